@@ -1,0 +1,353 @@
+//! What a log entry asks of the state machine and what applying it returns. These types are the
+//! store's vocabulary: the client API maps its protobuf messages onto them.
+
+use std::fmt;
+
+use serde::Deserialize;
+use serde::Serialize;
+
+/// Largest key accepted, in bytes.
+pub const MAX_KEY_BYTES: usize = 4 * 1024;
+/// Largest value accepted, in bytes.
+pub const MAX_VALUE_BYTES: usize = 1024 * 1024;
+/// Most operations (compares plus ops) in one transaction.
+pub const MAX_TXN_OPS: usize = 128;
+/// Shortest and longest lease TTL accepted.
+pub const MIN_LEASE_TTL_MS: u64 = 100;
+pub const MAX_LEASE_TTL_MS: u64 = 30 * 24 * 3600 * 1000;
+
+/// A log entry's payload: a command plus the proposer's clock, the only time apply ever sees.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Request {
+    /// Proposer's wall clock, milliseconds since the Unix epoch. Informational (lease grant
+    /// times); apply never compares it with a local clock.
+    pub at_ms: u64,
+    pub cmd: Command,
+}
+
+impl fmt::Display for Request {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.cmd {
+            Command::Put(p) => write!(f, "put({} bytes key)", p.key.len()),
+            Command::Delete(d) => write!(f, "delete(prefix={})", d.prefix),
+            Command::Txn(t) => write!(f, "txn({} compares)", t.compare.len()),
+            Command::LeaseGrant { ttl_ms } => write!(f, "lease_grant({ttl_ms}ms)"),
+            Command::LeaseRevoke { ids } => write!(f, "lease_revoke({ids:?})"),
+            Command::AllocateMemberId => write!(f, "allocate_member_id"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Command {
+    Put(Put),
+    Delete(Delete),
+    Txn(Txn),
+    LeaseGrant {
+        ttl_ms: u64,
+    },
+    /// Revokes leases and deletes their keys; the leader proposes it when a lease expires.
+    LeaseRevoke {
+        ids: Vec<u64>,
+    },
+    /// Hands out a manager id that was never used before.
+    AllocateMemberId,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Put {
+    pub key: Vec<u8>,
+    pub value: Vec<u8>,
+    /// 0: no lease.
+    pub lease: u64,
+    pub prev_kv: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delete {
+    pub key: Vec<u8>,
+    pub prefix: bool,
+    pub prev_kv: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Range {
+    pub key: Vec<u8>,
+    pub prefix: bool,
+    /// 0: no limit.
+    pub limit: u64,
+    pub keys_only: bool,
+    pub count_only: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Op {
+    Range(Range),
+    Put(Put),
+    Delete(Delete),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CompareTarget {
+    Value(Vec<u8>),
+    ModRevision(u64),
+    CreateRevision(u64),
+    Version(u64),
+    Exists(bool),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CompareOp {
+    Equal,
+    NotEqual,
+    Less,
+    Greater,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Compare {
+    pub key: Vec<u8>,
+    pub target: CompareTarget,
+    pub op: CompareOp,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Txn {
+    pub compare: Vec<Compare>,
+    pub success: Vec<Op>,
+    pub failure: Vec<Op>,
+}
+
+/// A key and its metadata, as stored and as returned.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyValue {
+    pub key: Vec<u8>,
+    pub value: Vec<u8>,
+    pub create_revision: u64,
+    pub mod_revision: u64,
+    pub version: u64,
+    pub lease: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EventKind {
+    Put,
+    Delete,
+}
+
+/// One change to one key. A delete carries the key with `mod_revision` set to the deleting
+/// revision and an empty value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    pub kind: EventKind,
+    pub kv: KeyValue,
+    pub prev_kv: Option<KeyValue>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RangeResult {
+    pub kvs: Vec<KeyValue>,
+    pub more: bool,
+    pub count: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OpResponse {
+    Range(RangeResult),
+    Put {
+        prev_kv: Option<KeyValue>,
+    },
+    Delete {
+        deleted: u64,
+        prev_kvs: Vec<KeyValue>,
+    },
+}
+
+/// The result of applying one entry. `revision` is the store revision right after it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    /// Blank and membership entries.
+    Empty {
+        revision: u64,
+    },
+    Put {
+        revision: u64,
+        prev_kv: Option<KeyValue>,
+    },
+    Delete {
+        revision: u64,
+        deleted: u64,
+        prev_kvs: Vec<KeyValue>,
+    },
+    Txn {
+        revision: u64,
+        succeeded: bool,
+        responses: Vec<OpResponse>,
+    },
+    LeaseGranted {
+        revision: u64,
+        id: u64,
+        ttl_ms: u64,
+    },
+    LeaseRevoked {
+        revision: u64,
+        found: Vec<u64>,
+    },
+    MemberId {
+        id: u64,
+    },
+    /// The command was valid but refers to something that does not exist (a lease id).
+    Rejected {
+        revision: u64,
+        reason: String,
+    },
+}
+
+impl Response {
+    pub fn revision(&self) -> u64 {
+        match self {
+            Response::Empty { revision }
+            | Response::Put { revision, .. }
+            | Response::Delete { revision, .. }
+            | Response::Txn { revision, .. }
+            | Response::LeaseGranted { revision, .. }
+            | Response::LeaseRevoked { revision, .. }
+            | Response::Rejected { revision, .. } => *revision,
+            Response::MemberId { .. } => 0,
+        }
+    }
+}
+
+/// Why a request was refused before it reached the log.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+pub enum InvalidRequest {
+    #[error("key is empty")]
+    EmptyKey,
+    #[error("key is {0} bytes; the limit is {MAX_KEY_BYTES}")]
+    KeyTooLarge(usize),
+    #[error("value is {0} bytes; the limit is {MAX_VALUE_BYTES}")]
+    ValueTooLarge(usize),
+    #[error("transaction has {0} compares and operations; the limit is {MAX_TXN_OPS}")]
+    TxnTooLarge(usize),
+    #[error("lease ttl {0} ms is outside {MIN_LEASE_TTL_MS}..={MAX_LEASE_TTL_MS} ms")]
+    LeaseTtl(u64),
+}
+
+fn check_key(key: &[u8], prefix: bool) -> Result<(), InvalidRequest> {
+    if key.is_empty() && !prefix {
+        return Err(InvalidRequest::EmptyKey);
+    }
+    if key.len() > MAX_KEY_BYTES {
+        return Err(InvalidRequest::KeyTooLarge(key.len()));
+    }
+    Ok(())
+}
+
+impl Range {
+    pub fn validate(&self) -> Result<(), InvalidRequest> {
+        check_key(&self.key, self.prefix)
+    }
+}
+
+impl Op {
+    fn validate(&self) -> Result<(), InvalidRequest> {
+        match self {
+            Op::Range(r) => r.validate(),
+            Op::Put(p) => Command::Put(p.clone()).validate(),
+            Op::Delete(d) => check_key(&d.key, d.prefix),
+        }
+    }
+}
+
+impl Command {
+    /// Checks limits before proposing, so that the log only holds entries apply accepts.
+    pub fn validate(&self) -> Result<(), InvalidRequest> {
+        match self {
+            Command::Put(p) => {
+                check_key(&p.key, false)?;
+                if p.value.len() > MAX_VALUE_BYTES {
+                    return Err(InvalidRequest::ValueTooLarge(p.value.len()));
+                }
+                Ok(())
+            }
+            Command::Delete(d) => check_key(&d.key, d.prefix),
+            Command::Txn(t) => {
+                let n = t.compare.len() + t.success.len() + t.failure.len();
+                if n > MAX_TXN_OPS {
+                    return Err(InvalidRequest::TxnTooLarge(n));
+                }
+                for c in &t.compare {
+                    check_key(&c.key, false)?;
+                    if let CompareTarget::Value(v) = &c.target {
+                        if v.len() > MAX_VALUE_BYTES {
+                            return Err(InvalidRequest::ValueTooLarge(v.len()));
+                        }
+                    }
+                }
+                t.success
+                    .iter()
+                    .chain(&t.failure)
+                    .try_for_each(Op::validate)
+            }
+            Command::LeaseGrant { ttl_ms } => {
+                if !(MIN_LEASE_TTL_MS..=MAX_LEASE_TTL_MS).contains(ttl_ms) {
+                    return Err(InvalidRequest::LeaseTtl(*ttl_ms));
+                }
+                Ok(())
+            }
+            Command::LeaseRevoke { .. } | Command::AllocateMemberId => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validation_enforces_limits() {
+        let put = |k: usize, v: usize| {
+            Command::Put(Put {
+                key: vec![b'k'; k],
+                value: vec![0; v],
+                ..Default::default()
+            })
+            .validate()
+        };
+        assert_eq!(put(0, 1), Err(InvalidRequest::EmptyKey));
+        assert_eq!(
+            put(MAX_KEY_BYTES + 1, 1),
+            Err(InvalidRequest::KeyTooLarge(MAX_KEY_BYTES + 1))
+        );
+        assert_eq!(
+            put(1, MAX_VALUE_BYTES + 1),
+            Err(InvalidRequest::ValueTooLarge(MAX_VALUE_BYTES + 1))
+        );
+        assert_eq!(put(MAX_KEY_BYTES, MAX_VALUE_BYTES), Ok(()));
+        assert_eq!(
+            Command::LeaseGrant { ttl_ms: 1 }.validate(),
+            Err(InvalidRequest::LeaseTtl(1))
+        );
+        let big = Txn {
+            success: vec![
+                Op::Delete(Delete {
+                    key: b"a".to_vec(),
+                    ..Default::default()
+                });
+                MAX_TXN_OPS + 1
+            ],
+            ..Default::default()
+        };
+        assert!(matches!(
+            Command::Txn(big).validate(),
+            Err(InvalidRequest::TxnTooLarge(_))
+        ));
+        // An empty prefix means "everything" and is allowed for deletes and ranges.
+        let all = Delete {
+            key: vec![],
+            prefix: true,
+            prev_kv: false,
+        };
+        assert_eq!(Command::Delete(all).validate(), Ok(()));
+    }
+}

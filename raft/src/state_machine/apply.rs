@@ -1,0 +1,807 @@
+//! Deterministic application of one log entry. Everything here depends only on the entry and
+//! the stored state: no clock, no randomness, no local configuration, so every replica reaches
+//! the same revision with the same keys.
+
+use std::collections::BTreeMap;
+use std::io;
+
+use rocksdb::WriteBatch;
+use rocksdb::DB;
+use serde::Deserialize;
+use serde::Serialize;
+
+use crate::codec;
+use crate::command::Command;
+use crate::command::Compare;
+use crate::command::CompareOp;
+use crate::command::CompareTarget;
+use crate::command::Delete;
+use crate::command::Event;
+use crate::command::EventKind;
+use crate::command::KeyValue;
+use crate::command::Op;
+use crate::command::OpResponse;
+use crate::command::Put;
+use crate::command::Range;
+use crate::command::RangeResult;
+use crate::command::Request;
+use crate::command::Response;
+use crate::db::be;
+use crate::db::io_err;
+use crate::db::prefix_end;
+use crate::db::CF_HISTORY;
+use crate::db::CF_KV;
+use crate::db::CF_LEASE;
+use crate::db::CF_LEASE_KEY;
+use crate::db::CF_SM;
+
+/// How many revisions of change history are kept for watches to catch up from.
+pub(crate) const HISTORY_REVISIONS: u64 = 100_000;
+
+pub(crate) const KEY_APPLIED: &[u8] = b"applied";
+pub(crate) const KEY_MEMBERSHIP: &[u8] = b"membership";
+pub(crate) const KEY_COUNTERS: &[u8] = b"counters";
+
+/// Counters the state machine advances; stored as one record so one write keeps them in step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Counters {
+    /// The store revision: bumped once by every entry that changes at least one key.
+    pub revision: u64,
+    pub next_lease: u64,
+    pub next_member: u64,
+}
+
+impl Default for Counters {
+    fn default() -> Self {
+        Counters {
+            revision: 0,
+            next_lease: 1,
+            // Manager 1 bootstraps the cluster.
+            next_member: 2,
+        }
+    }
+}
+
+/// A lease as the state machine keeps it. Its expiry is the leader's business, not apply's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseRecord {
+    pub id: u64,
+    pub ttl_ms: u64,
+    /// The granting entry's proposer clock; informational.
+    pub granted_at_ms: u64,
+}
+
+/// Lease changes an entry made, for the in-memory lease table.
+#[derive(Debug, Default)]
+pub(crate) struct LeaseChanges {
+    pub granted: Vec<LeaseRecord>,
+    pub revoked: Vec<u64>,
+}
+
+pub(crate) fn lease_key(id: u64, key: &[u8]) -> Vec<u8> {
+    let mut k = be(id).to_vec();
+    k.extend_from_slice(key);
+    k
+}
+
+/// Reads one key's record (stored without its key).
+pub(crate) fn read_kv(db: &DB, key: &[u8]) -> io::Result<Option<KeyValue>> {
+    View::live(db).get_kv(key)
+}
+
+/// What reads see: the live DB, or a point-in-time snapshot of it.
+#[derive(Clone, Copy)]
+pub(crate) struct View<'a> {
+    pub db: &'a DB,
+    pub snap: Option<&'a rocksdb::Snapshot<'a>>,
+}
+
+impl<'a> View<'a> {
+    pub(crate) fn live(db: &'a DB) -> Self {
+        View { db, snap: None }
+    }
+
+    fn get_kv(&self, key: &[u8]) -> io::Result<Option<KeyValue>> {
+        let cf = self.db.cf_handle(CF_KV).expect("cf kv");
+        let bytes = match self.snap {
+            Some(s) => s.get_cf(cf, key),
+            None => self.db.get_cf(cf, key),
+        }
+        .map_err(io_err)?;
+        match bytes {
+            None => Ok(None),
+            Some(bytes) => {
+                let mut kv: KeyValue = codec::decode(&bytes)?;
+                kv.key = key.to_vec();
+                Ok(Some(kv))
+            }
+        }
+    }
+
+    fn iter_from(&self, start: &[u8]) -> rocksdb::DBIteratorWithThreadMode<'a, DB> {
+        let cf = self.db.cf_handle(CF_KV).expect("cf kv");
+        let mode = rocksdb::IteratorMode::From(start, rocksdb::Direction::Forward);
+        match self.snap {
+            Some(s) => s.iterator_cf(cf, mode),
+            None => self.db.iterator_cf(cf, mode),
+        }
+    }
+}
+
+/// Reads the keys `range` selects. `unlimited` ignores the range's limit (for merging).
+pub(crate) fn scan(view: View<'_>, range: &Range, unlimited: bool) -> io::Result<RangeResult> {
+    let mut out = RangeResult::default();
+    if !range.prefix {
+        if let Some(mut kv) = view.get_kv(&range.key)? {
+            out.count = 1;
+            if !range.count_only {
+                if range.keys_only {
+                    kv.value.clear();
+                }
+                out.kvs.push(kv);
+            }
+        }
+        return Ok(out);
+    }
+    let end = prefix_end(&range.key);
+    for item in view.iter_from(&range.key) {
+        let (key, bytes) = item.map_err(io_err)?;
+        if end.as_deref().is_some_and(|end| key.as_ref() >= end) {
+            break;
+        }
+        out.count += 1;
+        if range.count_only {
+            continue;
+        }
+        if !unlimited && range.limit > 0 && out.kvs.len() as u64 >= range.limit {
+            out.more = true;
+            continue;
+        }
+        let mut kv: KeyValue = codec::decode(&bytes)?;
+        kv.key = key.to_vec();
+        if range.keys_only {
+            kv.value.clear();
+        }
+        out.kvs.push(kv);
+    }
+    Ok(out)
+}
+
+/// The effect of one entry, written by the caller in one atomic batch.
+pub(crate) struct Applied {
+    pub batch: WriteBatch,
+    pub response: Response,
+    pub counters: Counters,
+    /// Events at `counters.revision`, empty if the entry changed no key.
+    pub events: Vec<Event>,
+    pub leases: LeaseChanges,
+}
+
+/// Applies one entry's request on top of `db` as it stands.
+pub(crate) fn apply_request(db: &DB, counters: Counters, req: &Request) -> io::Result<Applied> {
+    let mut tx = EntryTx {
+        db,
+        batch: WriteBatch::default(),
+        overlay: BTreeMap::new(),
+        counters,
+        next_rev: counters.revision + 1,
+        events: Vec::new(),
+        leases: LeaseChanges::default(),
+    };
+    let response = tx.run(req)?;
+    Ok(tx.finish(response))
+}
+
+struct EntryTx<'a> {
+    db: &'a DB,
+    batch: WriteBatch,
+    /// Keys this entry already changed: later operations in the same txn must see them.
+    overlay: BTreeMap<Vec<u8>, Option<KeyValue>>,
+    counters: Counters,
+    /// The revision this entry's changes carry if it changes anything.
+    next_rev: u64,
+    events: Vec<Event>,
+    leases: LeaseChanges,
+}
+
+impl EntryTx<'_> {
+    fn run(&mut self, req: &Request) -> io::Result<Response> {
+        Ok(match &req.cmd {
+            Command::Put(p) => match self.put(p)? {
+                Ok(prev_kv) => Response::Put {
+                    revision: self.result_revision(),
+                    prev_kv,
+                },
+                Err(reason) => self.rejected(reason),
+            },
+            Command::Delete(d) => {
+                let (deleted, prev_kvs) = self.delete(d)?;
+                Response::Delete {
+                    revision: self.result_revision(),
+                    deleted,
+                    prev_kvs,
+                }
+            }
+            Command::Txn(t) => {
+                let mut succeeded = true;
+                for c in &t.compare {
+                    succeeded &= self.compare(c)?;
+                }
+                let ops = if succeeded { &t.success } else { &t.failure };
+                // A txn that would attach a missing lease is rejected whole, before any change.
+                for op in ops {
+                    if let Op::Put(p) = op {
+                        if let Err(reason) = self.check_lease(p.lease)? {
+                            return Ok(self.rejected(reason));
+                        }
+                    }
+                }
+                let mut responses = Vec::with_capacity(ops.len());
+                for op in ops {
+                    responses.push(match op {
+                        Op::Range(r) => OpResponse::Range(self.range(r)?),
+                        Op::Put(p) => OpResponse::Put {
+                            prev_kv: self.put(p)?.unwrap_or(None),
+                        },
+                        Op::Delete(d) => {
+                            let (deleted, prev_kvs) = self.delete(d)?;
+                            OpResponse::Delete { deleted, prev_kvs }
+                        }
+                    });
+                }
+                Response::Txn {
+                    revision: self.result_revision(),
+                    succeeded,
+                    responses,
+                }
+            }
+            Command::LeaseGrant { ttl_ms } => {
+                let id = self.counters.next_lease;
+                self.counters.next_lease += 1;
+                let rec = LeaseRecord {
+                    id,
+                    ttl_ms: *ttl_ms,
+                    granted_at_ms: req.at_ms,
+                };
+                let cf = self.db.cf_handle(CF_LEASE).expect("cf lease");
+                self.batch.put_cf(cf, be(id), codec::encode(&rec)?);
+                self.leases.granted.push(rec);
+                Response::LeaseGranted {
+                    revision: self.counters.revision,
+                    id,
+                    ttl_ms: *ttl_ms,
+                }
+            }
+            Command::LeaseRevoke { ids } => {
+                let mut found = Vec::new();
+                for &id in ids {
+                    if self.revoke(id)? {
+                        found.push(id);
+                    }
+                }
+                Response::LeaseRevoked {
+                    revision: self.result_revision(),
+                    found,
+                }
+            }
+            Command::AllocateMemberId => {
+                let id = self.counters.next_member;
+                self.counters.next_member += 1;
+                Response::MemberId { id }
+            }
+        })
+    }
+
+    /// The revision the store is at once this entry is applied.
+    fn result_revision(&self) -> u64 {
+        if self.events.is_empty() {
+            self.counters.revision
+        } else {
+            self.next_rev
+        }
+    }
+
+    fn rejected(&self, reason: String) -> Response {
+        Response::Rejected {
+            revision: self.counters.revision,
+            reason,
+        }
+    }
+
+    fn finish(mut self, response: Response) -> Applied {
+        if !self.events.is_empty() {
+            self.counters.revision = self.next_rev;
+            let cf = self.db.cf_handle(CF_HISTORY).expect("cf history");
+            let bytes = codec::encode(&self.events).expect("events encode");
+            self.batch.put_cf(cf, be(self.next_rev), bytes);
+            if self.next_rev > HISTORY_REVISIONS {
+                self.batch
+                    .delete_cf(cf, be(self.next_rev - HISTORY_REVISIONS));
+            }
+        }
+        let sm = self.db.cf_handle(CF_SM).expect("cf sm");
+        self.batch.put_cf(
+            sm,
+            KEY_COUNTERS,
+            codec::encode(&self.counters).expect("counters encode"),
+        );
+        Applied {
+            batch: self.batch,
+            response,
+            counters: self.counters,
+            events: self.events,
+            leases: self.leases,
+        }
+    }
+
+    fn get(&self, key: &[u8]) -> io::Result<Option<KeyValue>> {
+        match self.overlay.get(key) {
+            Some(v) => Ok(v.clone()),
+            None => read_kv(self.db, key),
+        }
+    }
+
+    fn range(&self, r: &Range) -> io::Result<RangeResult> {
+        if self.overlay.is_empty() {
+            return scan(View::live(self.db), r, false);
+        }
+        // Merge what this entry changed over the stored keys, then apply the limit.
+        let stored = scan(
+            View::live(self.db),
+            &Range {
+                count_only: false,
+                ..r.clone()
+            },
+            true,
+        )?;
+        let mut merged: BTreeMap<Vec<u8>, KeyValue> = stored
+            .kvs
+            .into_iter()
+            .map(|kv| (kv.key.clone(), kv))
+            .collect();
+        for (k, v) in &self.overlay {
+            let inside = if r.prefix {
+                k.starts_with(&r.key)
+            } else {
+                k == &r.key
+            };
+            if !inside {
+                continue;
+            }
+            match v {
+                Some(kv) => merged.insert(k.clone(), kv.clone()),
+                None => merged.remove(k),
+            };
+        }
+        let count = merged.len() as u64;
+        let mut kvs: Vec<KeyValue> = if r.count_only {
+            vec![]
+        } else {
+            merged.into_values().collect()
+        };
+        let more = r.limit > 0 && kvs.len() as u64 > r.limit;
+        if more {
+            kvs.truncate(r.limit as usize);
+        }
+        if r.keys_only {
+            kvs.iter_mut().for_each(|kv| kv.value.clear());
+        }
+        Ok(RangeResult { kvs, more, count })
+    }
+
+    fn check_lease(&self, lease: u64) -> io::Result<Result<(), String>> {
+        if lease == 0 {
+            return Ok(Ok(()));
+        }
+        let cf = self.db.cf_handle(CF_LEASE).expect("cf lease");
+        let revoked_here = self.leases.revoked.contains(&lease);
+        if revoked_here || self.db.get_cf(cf, be(lease)).map_err(io_err)?.is_none() {
+            return Ok(Err(format!("lease {lease} not found")));
+        }
+        Ok(Ok(()))
+    }
+
+    /// Returns the previous value (if asked for) or the reason the put was refused.
+    fn put(&mut self, p: &Put) -> io::Result<Result<Option<KeyValue>, String>> {
+        if let Err(reason) = self.check_lease(p.lease)? {
+            return Ok(Err(reason));
+        }
+        let prev = self.get(&p.key)?;
+        let kv = KeyValue {
+            key: p.key.clone(),
+            value: p.value.clone(),
+            create_revision: prev.as_ref().map_or(self.next_rev, |kv| kv.create_revision),
+            mod_revision: self.next_rev,
+            version: prev.as_ref().map_or(1, |kv| kv.version + 1),
+            lease: p.lease,
+        };
+        let lease_cf = self.db.cf_handle(CF_LEASE_KEY).expect("cf lease_key");
+        if let Some(old) = prev
+            .as_ref()
+            .filter(|old| old.lease != 0 && old.lease != p.lease)
+        {
+            self.batch.delete_cf(lease_cf, lease_key(old.lease, &p.key));
+        }
+        if p.lease != 0 {
+            self.batch.put_cf(lease_cf, lease_key(p.lease, &p.key), []);
+        }
+        let stored = KeyValue {
+            key: Vec::new(),
+            ..kv.clone()
+        };
+        let cf = self.db.cf_handle(CF_KV).expect("cf kv");
+        self.batch.put_cf(cf, &p.key, codec::encode(&stored)?);
+        self.overlay.insert(p.key.clone(), Some(kv.clone()));
+        self.events.push(Event {
+            kind: EventKind::Put,
+            kv,
+            prev_kv: prev.clone(),
+        });
+        Ok(Ok(if p.prev_kv { prev } else { None }))
+    }
+
+    fn delete(&mut self, d: &Delete) -> io::Result<(u64, Vec<KeyValue>)> {
+        let victims: Vec<KeyValue> = if d.prefix {
+            self.range(&Range {
+                key: d.key.clone(),
+                prefix: true,
+                ..Default::default()
+            })?
+            .kvs
+        } else {
+            self.get(&d.key)?.into_iter().collect()
+        };
+        let deleted = victims.len() as u64;
+        for kv in &victims {
+            self.remove(kv);
+        }
+        Ok((deleted, if d.prev_kv { victims } else { Vec::new() }))
+    }
+
+    fn remove(&mut self, kv: &KeyValue) {
+        let cf = self.db.cf_handle(CF_KV).expect("cf kv");
+        self.batch.delete_cf(cf, &kv.key);
+        if kv.lease != 0 {
+            let lease_cf = self.db.cf_handle(CF_LEASE_KEY).expect("cf lease_key");
+            self.batch.delete_cf(lease_cf, lease_key(kv.lease, &kv.key));
+        }
+        self.overlay.insert(kv.key.clone(), None);
+        self.events.push(Event {
+            kind: EventKind::Delete,
+            kv: KeyValue {
+                key: kv.key.clone(),
+                mod_revision: self.next_rev,
+                ..Default::default()
+            },
+            prev_kv: Some(kv.clone()),
+        });
+    }
+
+    fn revoke(&mut self, id: u64) -> io::Result<bool> {
+        let cf = self.db.cf_handle(CF_LEASE).expect("cf lease");
+        if self.db.get_cf(cf, be(id)).map_err(io_err)?.is_none()
+            || self.leases.revoked.contains(&id)
+        {
+            return Ok(false);
+        }
+        self.batch.delete_cf(cf, be(id));
+        self.leases.revoked.push(id);
+        let lease_cf = self.db.cf_handle(CF_LEASE_KEY).expect("cf lease_key");
+        let prefix = be(id);
+        let mode = rocksdb::IteratorMode::From(&prefix, rocksdb::Direction::Forward);
+        let mut keys = Vec::new();
+        for item in self.db.iterator_cf(lease_cf, mode) {
+            let (k, _) = item.map_err(io_err)?;
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            keys.push(k[8..].to_vec());
+        }
+        for key in keys {
+            // The attachment may be stale only if this same entry already moved the key.
+            if let Some(kv) = self.get(&key)?.filter(|kv| kv.lease == id) {
+                self.remove(&kv);
+            }
+        }
+        Ok(true)
+    }
+
+    fn compare(&self, c: &Compare) -> io::Result<bool> {
+        let kv = self.get(&c.key)?;
+        let ord = match (&c.target, &kv) {
+            (CompareTarget::Exists(want), _) => {
+                let eq = kv.is_some() == *want;
+                return Ok(match c.op {
+                    CompareOp::Equal => eq,
+                    CompareOp::NotEqual => !eq,
+                    CompareOp::Less | CompareOp::Greater => false,
+                });
+            }
+            (CompareTarget::Value(v), Some(kv)) => kv.value.as_slice().cmp(v.as_slice()),
+            // A missing key compares as revision / version 0 (as etcd does).
+            (CompareTarget::ModRevision(n), _) => {
+                kv.as_ref().map_or(0, |kv| kv.mod_revision).cmp(n)
+            }
+            (CompareTarget::CreateRevision(n), _) => {
+                kv.as_ref().map_or(0, |kv| kv.create_revision).cmp(n)
+            }
+            (CompareTarget::Version(n), _) => kv.as_ref().map_or(0, |kv| kv.version).cmp(n),
+            // A value comparison against a missing key is false whatever the operator.
+            (CompareTarget::Value(_), None) => return Ok(false),
+        };
+        Ok(match c.op {
+            CompareOp::Equal => ord.is_eq(),
+            CompareOp::NotEqual => ord.is_ne(),
+            CompareOp::Less => ord.is_lt(),
+            CompareOp::Greater => ord.is_gt(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::command::Txn;
+
+    struct Sm {
+        _dir: tempfile::TempDir,
+        db: std::sync::Arc<DB>,
+        counters: Counters,
+    }
+
+    impl Sm {
+        fn new() -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let db = crate::db::open(dir.path()).unwrap();
+            Sm {
+                _dir: dir,
+                db,
+                counters: Counters::default(),
+            }
+        }
+
+        fn apply(&mut self, cmd: Command) -> (Response, Vec<Event>) {
+            let a = apply_request(&self.db, self.counters, &Request { at_ms: 7, cmd }).unwrap();
+            self.db.write(a.batch).unwrap();
+            self.counters = a.counters;
+            (a.response, a.events)
+        }
+
+        fn put(&mut self, k: &str, v: &str, lease: u64) -> Response {
+            self.apply(Command::Put(Put {
+                key: k.into(),
+                value: v.into(),
+                lease,
+                prev_kv: true,
+            }))
+            .0
+        }
+
+        fn get(&self, k: &str) -> Option<KeyValue> {
+            read_kv(&self.db, k.as_bytes()).unwrap()
+        }
+    }
+
+    #[test]
+    fn puts_track_revisions_and_versions() {
+        let mut sm = Sm::new();
+        assert_eq!(
+            sm.put("a", "1", 0),
+            Response::Put {
+                revision: 1,
+                prev_kv: None
+            }
+        );
+        sm.put("b", "x", 0);
+        let r = sm.put("a", "2", 0);
+        let Response::Put {
+            revision: 3,
+            prev_kv: Some(prev),
+        } = r
+        else {
+            panic!("{r:?}")
+        };
+        assert_eq!(prev.value, b"1");
+        let a = sm.get("a").unwrap();
+        assert_eq!((a.create_revision, a.mod_revision, a.version), (1, 3, 2));
+        assert_eq!(a.value, b"2");
+    }
+
+    #[test]
+    fn deletes_bump_the_revision_only_when_something_goes() {
+        let mut sm = Sm::new();
+        sm.put("dir/a", "1", 0);
+        sm.put("dir/b", "2", 0);
+        sm.put("other", "3", 0);
+        let (r, _) = sm.apply(Command::Delete(Delete {
+            key: b"missing".to_vec(),
+            prefix: false,
+            prev_kv: false,
+        }));
+        assert_eq!(
+            r,
+            Response::Delete {
+                revision: 3,
+                deleted: 0,
+                prev_kvs: vec![]
+            }
+        );
+        let (r, events) = sm.apply(Command::Delete(Delete {
+            key: b"dir/".to_vec(),
+            prefix: true,
+            prev_kv: false,
+        }));
+        assert_eq!(
+            r,
+            Response::Delete {
+                revision: 4,
+                deleted: 2,
+                prev_kvs: vec![]
+            }
+        );
+        assert_eq!(events.len(), 2);
+        assert!(events
+            .iter()
+            .all(|e| e.kind == EventKind::Delete && e.kv.mod_revision == 4));
+        assert!(sm.get("dir/a").is_none() && sm.get("other").is_some());
+    }
+
+    #[test]
+    fn txn_takes_the_branch_its_compares_choose() {
+        let mut sm = Sm::new();
+        sm.put("k", "v1", 0);
+        let cas = |rev: u64, value: &str| {
+            Command::Txn(Txn {
+                compare: vec![Compare {
+                    key: b"k".to_vec(),
+                    target: CompareTarget::ModRevision(rev),
+                    op: CompareOp::Equal,
+                }],
+                success: vec![Op::Put(Put {
+                    key: b"k".to_vec(),
+                    value: value.into(),
+                    ..Default::default()
+                })],
+                failure: vec![Op::Range(Range {
+                    key: b"k".to_vec(),
+                    ..Default::default()
+                })],
+            })
+        };
+        let (r, _) = sm.apply(cas(1, "v2"));
+        assert!(
+            matches!(
+                r,
+                Response::Txn {
+                    revision: 2,
+                    succeeded: true,
+                    ..
+                }
+            ),
+            "{r:?}"
+        );
+        let (r, events) = sm.apply(cas(1, "v3"));
+        let Response::Txn {
+            revision: 2,
+            succeeded: false,
+            responses,
+        } = r
+        else {
+            panic!("{r:?}")
+        };
+        assert!(events.is_empty());
+        let OpResponse::Range(range) = &responses[0] else {
+            panic!()
+        };
+        assert_eq!(range.kvs[0].value, b"v2");
+        // Creation guard: a missing key has mod_revision 0.
+        let create = Command::Txn(Txn {
+            compare: vec![Compare {
+                key: b"new".to_vec(),
+                target: CompareTarget::ModRevision(0),
+                op: CompareOp::Equal,
+            }],
+            success: vec![
+                Op::Put(Put {
+                    key: b"new".to_vec(),
+                    value: b"1".to_vec(),
+                    ..Default::default()
+                }),
+                Op::Range(Range {
+                    key: b"new".to_vec(),
+                    ..Default::default()
+                }),
+            ],
+            failure: vec![],
+        });
+        let (r, _) = sm.apply(create.clone());
+        let Response::Txn {
+            succeeded: true,
+            responses,
+            ..
+        } = r
+        else {
+            panic!("{r:?}")
+        };
+        let OpResponse::Range(seen) = &responses[1] else {
+            panic!()
+        };
+        assert_eq!(seen.count, 1, "a txn sees its own earlier puts");
+        assert!(matches!(
+            sm.apply(create).0,
+            Response::Txn {
+                succeeded: false,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn leases_own_their_keys() {
+        let mut sm = Sm::new();
+        let (r, _) = sm.apply(Command::LeaseGrant { ttl_ms: 2000 });
+        assert_eq!(
+            r,
+            Response::LeaseGranted {
+                revision: 0,
+                id: 1,
+                ttl_ms: 2000
+            }
+        );
+        sm.put("l/a", "1", 1);
+        sm.put("l/b", "2", 1);
+        sm.put("l/c", "3", 0);
+        // Re-putting without the lease detaches the key.
+        sm.put("l/b", "2", 0);
+        let r = sm.put("l/d", "x", 99);
+        assert_eq!(
+            r,
+            Response::Rejected {
+                revision: 4,
+                reason: "lease 99 not found".into()
+            }
+        );
+        let (r, events) = sm.apply(Command::LeaseRevoke { ids: vec![1, 5] });
+        assert_eq!(
+            r,
+            Response::LeaseRevoked {
+                revision: 5,
+                found: vec![1]
+            }
+        );
+        assert_eq!(events.len(), 1);
+        assert!(sm.get("l/a").is_none());
+        assert!(sm.get("l/b").is_some() && sm.get("l/c").is_some());
+        let r = sm.put("l/e", "x", 1);
+        assert!(
+            matches!(r, Response::Rejected { .. }),
+            "revoked lease accepted: {r:?}"
+        );
+    }
+
+    #[test]
+    fn history_records_every_revision() {
+        let mut sm = Sm::new();
+        sm.put("a", "1", 0);
+        sm.put("a", "2", 0);
+        let cf = sm.db.cf_handle(CF_HISTORY).unwrap();
+        for rev in 1..=2u64 {
+            let bytes = sm.db.get_cf(cf, be(rev)).unwrap().expect("history entry");
+            let events: Vec<Event> = codec::decode(&bytes).unwrap();
+            assert_eq!(events[0].kv.mod_revision, rev);
+        }
+        assert!(sm.db.get_cf(cf, be(3)).unwrap().is_none());
+    }
+
+    #[test]
+    fn member_ids_are_never_reused() {
+        let mut sm = Sm::new();
+        let ids: Vec<_> = (0..3)
+            .map(|_| match sm.apply(Command::AllocateMemberId).0 {
+                Response::MemberId { id } => id,
+                r => panic!("{r:?}"),
+            })
+            .collect();
+        assert_eq!(ids, vec![2, 3, 4]);
+    }
+}

@@ -1,0 +1,260 @@
+//! The state machine: applies committed entries to the revisioned KV in RocksDB, feeds watches
+//! with what changed, and builds and installs snapshots. It never reads a clock.
+
+mod apply;
+mod snapshot;
+
+use std::collections::BTreeMap;
+use std::io;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::sync::Mutex;
+
+use futures::Stream;
+use futures::TryStreamExt;
+use openraft::storage::EntryResponder;
+use openraft::storage::RaftStateMachine;
+use openraft::EntryPayload;
+use openraft::OptionalSend;
+use rocksdb::WriteBatch;
+use rocksdb::DB;
+use tokio::sync::broadcast;
+
+pub(crate) use self::apply::scan;
+pub(crate) use self::apply::Counters;
+pub use self::apply::LeaseRecord;
+pub(crate) use self::apply::View;
+pub(crate) use self::apply::HISTORY_REVISIONS;
+pub(crate) use self::apply::KEY_COUNTERS;
+pub use self::snapshot::SnapshotFile;
+pub(crate) use self::snapshot::SnapshotStore;
+use crate::codec;
+use crate::command::Event;
+use crate::command::Response;
+use crate::db::io_err;
+use crate::db::CF_LEASE;
+use crate::db::CF_SM;
+use crate::types::LogId;
+use crate::types::SnapshotMeta;
+use crate::types::StoredMembership;
+use crate::types::TypeConfig;
+
+/// The changes one entry made, all at one revision. An empty `events` list with a revision
+/// ahead of the watcher means "re-read history up to here" (a snapshot was installed).
+#[derive(Debug)]
+pub(crate) struct RevisionEvents {
+    pub revision: u64,
+    pub events: Vec<Event>,
+}
+
+/// What the state machine shares with readers on the same manager.
+pub(crate) struct Shared {
+    /// Revision of the last applied entry.
+    pub revision: AtomicU64,
+    /// Live leases, mirrored from the `lease` column family.
+    pub leases: Mutex<BTreeMap<u64, LeaseRecord>>,
+    pub events: broadcast::Sender<Arc<RevisionEvents>>,
+}
+
+impl Shared {
+    pub(crate) fn revision(&self) -> u64 {
+        self.revision.load(Ordering::Acquire)
+    }
+}
+
+pub struct StateMachine {
+    db: Arc<DB>,
+    shared: Arc<Shared>,
+    counters: Counters,
+    snapshots: Arc<SnapshotStore>,
+}
+
+impl StateMachine {
+    /// Opens the state machine stored in `db`, with snapshots kept under `snapshot_dir`.
+    pub(crate) fn open(
+        db: Arc<DB>,
+        snapshot_dir: std::path::PathBuf,
+    ) -> io::Result<(Self, Arc<Shared>)> {
+        let snapshots = Arc::new(SnapshotStore::open(snapshot_dir)?);
+        let counters = read_counters(&db)?;
+        let (events, _) = broadcast::channel(4096);
+        let shared = Arc::new(Shared {
+            revision: AtomicU64::new(counters.revision),
+            leases: Mutex::new(read_leases(&db)?),
+            events,
+        });
+        let sm = StateMachine {
+            db,
+            shared: shared.clone(),
+            counters,
+            snapshots,
+        };
+        Ok((sm, shared))
+    }
+
+    pub(crate) fn snapshot_store(&self) -> Arc<SnapshotStore> {
+        self.snapshots.clone()
+    }
+
+    fn sm_get<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> io::Result<Option<T>> {
+        let cf = self.db.cf_handle(CF_SM).expect("cf sm");
+        match self.db.get_cf(cf, key).map_err(io_err)? {
+            None => Ok(None),
+            Some(bytes) => Ok(Some(codec::decode(&bytes)?)),
+        }
+    }
+
+    /// Re-reads everything cached in memory after the stored state was replaced.
+    fn reload(&mut self) -> io::Result<()> {
+        self.counters = read_counters(&self.db)?;
+        self.shared
+            .revision
+            .store(self.counters.revision, Ordering::Release);
+        *self.shared.leases.lock().expect("lease table") = read_leases(&self.db)?;
+        let _ = self.shared.events.send(Arc::new(RevisionEvents {
+            revision: self.counters.revision,
+            events: Vec::new(),
+        }));
+        Ok(())
+    }
+}
+
+fn read_counters(db: &DB) -> io::Result<Counters> {
+    let cf = db.cf_handle(CF_SM).expect("cf sm");
+    match db.get_cf(cf, KEY_COUNTERS).map_err(io_err)? {
+        None => Ok(Counters::default()),
+        Some(bytes) => Ok(codec::decode(&bytes)?),
+    }
+}
+
+fn read_leases(db: &DB) -> io::Result<BTreeMap<u64, LeaseRecord>> {
+    let cf = db.cf_handle(CF_LEASE).expect("cf lease");
+    let mut out = BTreeMap::new();
+    for item in db.iterator_cf(cf, rocksdb::IteratorMode::Start) {
+        let (_, bytes) = item.map_err(io_err)?;
+        let rec: LeaseRecord = codec::decode(&bytes)?;
+        out.insert(rec.id, rec);
+    }
+    Ok(out)
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotData = SnapshotFile;
+    type SnapshotBuilder = snapshot::Builder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), io::Error> {
+        let applied = self.sm_get::<Option<LogId>>(apply::KEY_APPLIED)?.flatten();
+        let membership = self
+            .sm_get::<StoredMembership>(apply::KEY_MEMBERSHIP)?
+            .unwrap_or_default();
+        Ok((applied, membership))
+    }
+
+    async fn apply<S>(&mut self, mut entries: S) -> Result<(), io::Error>
+    where
+        S: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
+    {
+        let sm_cf = self.db.cf_handle(CF_SM).expect("cf sm");
+        while let Some((entry, responder)) = entries.try_next().await? {
+            let log_id = entry.log_id;
+            let (mut batch, response, events, leases) = match &entry.payload {
+                EntryPayload::Blank => (WriteBatch::default(), empty(self.counters), vec![], None),
+                EntryPayload::Normal(req) => {
+                    let applied = apply::apply_request(&self.db, self.counters, req)?;
+                    self.counters = applied.counters;
+                    (
+                        applied.batch,
+                        applied.response,
+                        applied.events,
+                        Some(applied.leases),
+                    )
+                }
+                EntryPayload::Membership(m) => {
+                    let mut batch = WriteBatch::default();
+                    let stored = StoredMembership::new(Some(log_id), m.clone());
+                    batch.put_cf(sm_cf, apply::KEY_MEMBERSHIP, codec::encode(&stored)?);
+                    // Ids are never reused: the allocator stays above every id ever a member.
+                    let max_id = m.nodes().map(|(id, _)| *id).max().unwrap_or(0);
+                    if self.counters.next_member <= max_id {
+                        self.counters.next_member = max_id + 1;
+                        batch.put_cf(sm_cf, KEY_COUNTERS, codec::encode(&self.counters)?);
+                    }
+                    (batch, empty(self.counters), vec![], None)
+                }
+            };
+            batch.put_cf(sm_cf, apply::KEY_APPLIED, codec::encode(&Some(log_id))?);
+            // Not synced: the log entry it comes from is durable, and the next synced write
+            // shares this WAL. See db.rs.
+            self.db.write(batch).map_err(io_err)?;
+
+            if let Some(changes) = leases {
+                let mut table = self.shared.leases.lock().expect("lease table");
+                for rec in changes.granted {
+                    table.insert(rec.id, rec);
+                }
+                for id in changes.revoked {
+                    table.remove(&id);
+                }
+            }
+            if !events.is_empty() {
+                self.shared
+                    .revision
+                    .store(self.counters.revision, Ordering::Release);
+                // No receiver is fine: nobody is watching.
+                let _ = self.shared.events.send(Arc::new(RevisionEvents {
+                    revision: self.counters.revision,
+                    events,
+                }));
+            }
+            if let Some(responder) = responder {
+                responder.send(response);
+            }
+        }
+        Ok(())
+    }
+
+    async fn try_create_snapshot_builder(&mut self, _force: bool) -> Option<Self::SnapshotBuilder> {
+        match snapshot::Builder::start(self.db.clone(), self.snapshots.clone()).await {
+            Ok(b) => Some(b),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start building a snapshot");
+                None
+            }
+        }
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        snapshot::Builder::start(self.db.clone(), self.snapshots.clone())
+            .await
+            .expect("starting a snapshot builder")
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: SnapshotFile,
+    ) -> Result<(), io::Error> {
+        let db = self.db.clone();
+        let store = self.snapshots.clone();
+        let meta2 = meta.clone();
+        tokio::task::spawn_blocking(move || snapshot::install(&db, &store, &meta2, snapshot))
+            .await
+            .map_err(io::Error::other)??;
+        self.reload()?;
+        tracing::info!(last_log_id = ?meta.last_log_id, revision = self.counters.revision, "installed snapshot");
+        Ok(())
+    }
+
+    async fn get_current_snapshot(
+        &mut self,
+    ) -> Result<Option<openraft::alias::SnapshotOf<TypeConfig, SnapshotFile>>, io::Error> {
+        self.snapshots.current()
+    }
+}
+
+fn empty(c: Counters) -> Response {
+    Response::Empty {
+        revision: c.revision,
+    }
+}

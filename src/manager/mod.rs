@@ -1,0 +1,119 @@
+//! The `shoal manager` process: one replica of the store plus the gRPC surfaces every manager
+//! serves (peer Raft transport, client KV API, cluster admin).
+
+mod cluster_service;
+mod convert;
+mod kv_service;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use shoal_proto::v1::cluster_server::ClusterServer;
+use shoal_proto::v1::kv_server::KvServer;
+use shoal_raft::ManagerNode;
+use shoal_raft::Opened;
+use shoal_raft::RaftTuning;
+use shoal_raft::Store;
+use shoal_raft::StoreConfig;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use self::cluster_service::ClusterService;
+use self::kv_service::KvService;
+
+/// Everything `shoal manager` is started with (the CLI contract's flags).
+#[derive(Debug, Clone)]
+pub struct ManagerConfig {
+    pub data_dir: PathBuf,
+    /// gRPC listen address (raft, client API, admin).
+    pub listen: SocketAddr,
+    /// Address other managers and clients use to reach this one; defaults to `listen`.
+    pub advertise: Option<String>,
+    /// HTTP address (health, status); None disables it.
+    pub http: Option<SocketAddr>,
+    /// Docker Engine API address; None disables it.
+    pub docker_api: Option<SocketAddr>,
+    /// Managers to join; empty bootstraps a new cluster (or restarts from the data dir).
+    pub join: Vec<String>,
+    pub token: Option<String>,
+    /// Restart a surviving manager as a one-member cluster keeping all its data.
+    pub force_new_cluster: bool,
+}
+
+/// Runs a manager until `shutdown` resolves or a fatal error occurs.
+pub async fn run(config: ManagerConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    // Bind first: a taken port is reported before anything touches the data dir.
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let local = listener.local_addr()?;
+    let advertise = match &config.advertise {
+        Some(a) => a.clone(),
+        None if local.ip().is_unspecified() => {
+            anyhow::bail!("--listen {local} is a wildcard address: give --advertise with an address other managers can reach")
+        }
+        None => local.to_string(),
+    };
+    let node = ManagerNode {
+        grpc: advertise.clone(),
+        http: config.http.map(|a| a.to_string()).unwrap_or_default(),
+        docker_api: config.docker_api.map(|a| a.to_string()).unwrap_or_default(),
+    };
+    let (store, opened) = Store::open(StoreConfig {
+        data_dir: config.data_dir.clone(),
+        node,
+        join: config.join.clone(),
+        token: config.token.clone(),
+        force_new_cluster: config.force_new_cluster,
+        tuning: RaftTuning::default(),
+    })
+    .await?;
+
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tonic::transport::Server::builder()
+        .add_service(store.peer_service())
+        .add_service(KvServer::new(KvService::new(store.clone())))
+        .add_service(ClusterServer::new(ClusterService::new(store.clone())))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+            let _ = stop_rx.await;
+        });
+    let mut server = tokio::spawn(server);
+
+    if opened == Opened::Joining || (!config.join.is_empty() && !store.is_member()) {
+        let joined = tokio::select! {
+            r = store.finish_join(&config.join) => r,
+            r = &mut server => {
+                anyhow::bail!("gRPC server stopped while joining: {:?}", r);
+            }
+        };
+        joined.context("joining the cluster")?;
+    }
+
+    match opened {
+        Opened::Bootstrapped => println!("join token: {}", store.token()),
+        Opened::ForcedNewCluster => {
+            tracing::warn!("running as a new one-member cluster; add managers with --join")
+        }
+        _ => {}
+    }
+    println!(
+        "shoal manager {} of cluster {} serving on {advertise} ({:?})",
+        store.id(),
+        store.cluster_id(),
+        opened
+    );
+
+    let result = tokio::select! {
+        _ = shutdown => Ok(()),
+        r = &mut server => match r {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(anyhow::anyhow!("gRPC server failed: {e}")),
+            Err(e) => Err(anyhow::anyhow!("gRPC server task failed: {e}")),
+        },
+    };
+    let _ = stop_tx.send(());
+    store.shutdown().await;
+    result
+}
