@@ -477,6 +477,20 @@ impl Store {
         }
     }
 
+    /// Resolves when Raft stops on a fatal error (a storage failure such as a full disk): the
+    /// manager must then exit rather than serve from a replica that can no longer advance.
+    pub async fn fatal(&self) -> StoreError {
+        let mut rx = self.inner.raft.metrics();
+        loop {
+            if let Err(e) = &rx.borrow_watched().running_state {
+                return StoreError::Stopped(e.to_string());
+            }
+            if rx.changed().await.is_err() {
+                return StoreError::Stopped("raft stopped".into());
+            }
+        }
+    }
+
     /// Stops Raft and the background tasks.
     pub async fn shutdown(&self) {
         for h in self.inner.background.lock().expect("background").drain(..) {

@@ -107,6 +107,7 @@ pub async fn run(config: ManagerConfig, shutdown: impl Future<Output = ()>) -> a
 
     let result = tokio::select! {
         _ = shutdown => Ok(()),
+        e = store.fatal() => Err(anyhow::anyhow!("store failed, stopping: {e}")),
         r = &mut server => match r {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(anyhow::anyhow!("gRPC server failed: {e}")),
