@@ -58,9 +58,25 @@ pub enum Command {
 pub struct Put {
     pub key: Vec<u8>,
     pub value: Vec<u8>,
-    /// 0: no lease.
+    /// 0: no lease. The key is deleted when its lease ends.
     pub lease: u64,
     pub prev_kv: bool,
+    /// Opaque client flags stored with the key (Consul's `Flags`).
+    pub flags: u64,
+    pub lock: Lock,
+}
+
+/// What a put does to the key's lock: a lease-held mark that survives value changes and is
+/// cleared (not deleted) when the holding lease ends. Consul sessions are built on it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Lock {
+    /// Leave the lock as it is.
+    #[default]
+    Keep,
+    /// Take the lock for this lease; refused if another lease holds it.
+    Acquire(u64),
+    /// Give the lock up; refused unless this lease holds it.
+    Release(u64),
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -127,6 +143,14 @@ pub struct KeyValue {
     pub mod_revision: u64,
     pub version: u64,
     pub lease: u64,
+    #[serde(default)]
+    pub flags: u64,
+    /// Lease holding the key's lock (0: unlocked).
+    #[serde(default)]
+    pub lock: u64,
+    /// How many times the lock was acquired.
+    #[serde(default)]
+    pub lock_index: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

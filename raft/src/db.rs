@@ -23,19 +23,29 @@ pub(crate) const CF_KV: &str = "kv";
 pub(crate) const CF_LEASE: &str = "lease";
 /// Keys attached to a lease: big-endian id ++ key -> empty.
 pub(crate) const CF_LEASE_KEY: &str = "lease_key";
+/// Keys locked by a lease: big-endian id ++ key -> empty.
+pub(crate) const CF_LEASE_LOCK: &str = "lease_lock";
 /// Change history for watches: big-endian revision -> encoded events.
 pub(crate) const CF_HISTORY: &str = "history";
 
 /// Column families holding state-machine data: what a snapshot carries.
-pub(crate) const SM_CFS: [&str; 5] = [CF_SM, CF_KV, CF_LEASE, CF_LEASE_KEY, CF_HISTORY];
+pub(crate) const SM_CFS: [&str; 6] = [
+    CF_SM,
+    CF_KV,
+    CF_LEASE,
+    CF_LEASE_KEY,
+    CF_LEASE_LOCK,
+    CF_HISTORY,
+];
 
-const ALL_CFS: [&str; 7] = [
+const ALL_CFS: [&str; 8] = [
     CF_RAFT,
     CF_LOG,
     CF_SM,
     CF_KV,
     CF_LEASE,
     CF_LEASE_KEY,
+    CF_LEASE_LOCK,
     CF_HISTORY,
 ];
 

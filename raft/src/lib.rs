@@ -30,6 +30,7 @@ pub use command::Event;
 pub use command::EventKind;
 pub use command::InvalidRequest;
 pub use command::KeyValue;
+pub use command::Lock;
 pub use command::Op;
 pub use command::OpResponse;
 pub use command::Put;

@@ -23,6 +23,9 @@ pub(crate) fn kv(kv: KeyValue) -> pb::KeyValue {
         mod_revision: kv.mod_revision,
         version: kv.version,
         lease: kv.lease,
+        flags: kv.flags,
+        lock: kv.lock,
+        lock_index: kv.lock_index,
     }
 }
 
@@ -42,6 +45,8 @@ pub(crate) fn put(p: pb::PutRequest) -> Put {
         value: p.value,
         lease: p.lease,
         prev_kv: p.prev_kv,
+        flags: p.flags,
+        ..Default::default()
     }
 }
 

@@ -18,7 +18,7 @@ use shoal_raft::RaftTuning;
 use shoal_raft::Store;
 use shoal_raft::StoreConfig;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 
 use self::cluster_service::ClusterService;
 use self::kv_service::KvService;
@@ -72,11 +72,13 @@ pub async fn run(config: ManagerConfig, shutdown: impl Future<Output = ()>) -> a
     .await?;
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    // Small request/response RPCs: without TCP_NODELAY, Nagle and delayed ACKs add ~40 ms.
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let server = tonic::transport::Server::builder()
         .add_service(store.peer_service())
         .add_service(KvServer::new(KvService::new(store.clone())))
         .add_service(ClusterServer::new(ClusterService::new(store.clone())))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+        .serve_with_incoming_shutdown(incoming, async {
             let _ = stop_rx.await;
         });
     let mut server = tokio::spawn(server);

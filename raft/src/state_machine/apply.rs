@@ -19,6 +19,7 @@ use crate::command::Delete;
 use crate::command::Event;
 use crate::command::EventKind;
 use crate::command::KeyValue;
+use crate::command::Lock;
 use crate::command::Op;
 use crate::command::OpResponse;
 use crate::command::Put;
@@ -33,6 +34,7 @@ use crate::db::CF_HISTORY;
 use crate::db::CF_KV;
 use crate::db::CF_LEASE;
 use crate::db::CF_LEASE_KEY;
+use crate::db::CF_LEASE_LOCK;
 use crate::db::CF_SM;
 
 /// How many revisions of change history are kept for watches to catch up from.
@@ -228,10 +230,10 @@ impl EntryTx<'_> {
                     succeeded &= self.compare(c)?;
                 }
                 let ops = if succeeded { &t.success } else { &t.failure };
-                // A txn that would attach a missing lease is rejected whole, before any change.
+                // A txn with a put that would be refused is rejected whole, before any change.
                 for op in ops {
                     if let Op::Put(p) = op {
-                        if let Err(reason) = self.check_lease(p.lease)? {
+                        if let Err(reason) = self.check_put(p)? {
                             return Ok(self.rejected(reason));
                         }
                     }
@@ -401,12 +403,47 @@ impl EntryTx<'_> {
         Ok(Ok(()))
     }
 
-    /// Returns the previous value (if asked for) or the reason the put was refused.
-    fn put(&mut self, p: &Put) -> io::Result<Result<Option<KeyValue>, String>> {
+    /// Why `p` would be refused as things stand, if it would.
+    fn check_put(&self, p: &Put) -> io::Result<Result<(), String>> {
         if let Err(reason) = self.check_lease(p.lease)? {
             return Ok(Err(reason));
         }
+        let held = self.get(&p.key)?.map_or(0, |kv| kv.lock);
+        let key = String::from_utf8_lossy(&p.key);
+        Ok(match p.lock {
+            Lock::Keep => Ok(()),
+            Lock::Acquire(l) => match self.check_lease(l)? {
+                Err(reason) => Err(reason),
+                Ok(()) if held != 0 && held != l => {
+                    Err(format!("key {key} is locked by lease {held}"))
+                }
+                Ok(()) => Ok(()),
+            },
+            Lock::Release(l) if held != l => Err(format!("key {key} is not locked by lease {l}")),
+            Lock::Release(_) => Ok(()),
+        })
+    }
+
+    /// Returns the previous value (if asked for) or the reason the put was refused.
+    fn put(&mut self, p: &Put) -> io::Result<Result<Option<KeyValue>, String>> {
+        if let Err(reason) = self.check_put(p)? {
+            return Ok(Err(reason));
+        }
         let prev = self.get(&p.key)?;
+        let out = if p.prev_kv { prev.clone() } else { None };
+        self.write_put(p, prev)?;
+        Ok(Ok(out))
+    }
+
+    /// Writes a put already found acceptable, over `prev`.
+    fn write_put(&mut self, p: &Put, prev: Option<KeyValue>) -> io::Result<()> {
+        let (held, held_index) = prev.as_ref().map_or((0, 0), |kv| (kv.lock, kv.lock_index));
+        let (lock, lock_index) = match p.lock {
+            Lock::Keep => (held, held_index),
+            Lock::Acquire(l) if l == held => (held, held_index),
+            Lock::Acquire(l) => (l, held_index + 1),
+            Lock::Release(_) => (0, held_index),
+        };
         let kv = KeyValue {
             key: p.key.clone(),
             value: p.value.clone(),
@@ -414,7 +451,19 @@ impl EntryTx<'_> {
             mod_revision: self.next_rev,
             version: prev.as_ref().map_or(1, |kv| kv.version + 1),
             lease: p.lease,
+            flags: p.flags,
+            lock,
+            lock_index,
         };
+        if held != lock {
+            let lock_cf = self.db.cf_handle(CF_LEASE_LOCK).expect("cf lease_lock");
+            if held != 0 {
+                self.batch.delete_cf(lock_cf, lease_key(held, &p.key));
+            }
+            if lock != 0 {
+                self.batch.put_cf(lock_cf, lease_key(lock, &p.key), []);
+            }
+        }
         let lease_cf = self.db.cf_handle(CF_LEASE_KEY).expect("cf lease_key");
         if let Some(old) = prev
             .as_ref()
@@ -435,9 +484,9 @@ impl EntryTx<'_> {
         self.events.push(Event {
             kind: EventKind::Put,
             kv,
-            prev_kv: prev.clone(),
+            prev_kv: prev,
         });
-        Ok(Ok(if p.prev_kv { prev } else { None }))
+        Ok(())
     }
 
     fn delete(&mut self, d: &Delete) -> io::Result<(u64, Vec<KeyValue>)> {
@@ -461,6 +510,10 @@ impl EntryTx<'_> {
     fn remove(&mut self, kv: &KeyValue) {
         let cf = self.db.cf_handle(CF_KV).expect("cf kv");
         self.batch.delete_cf(cf, &kv.key);
+        if kv.lock != 0 {
+            let lock_cf = self.db.cf_handle(CF_LEASE_LOCK).expect("cf lease_lock");
+            self.batch.delete_cf(lock_cf, lease_key(kv.lock, &kv.key));
+        }
         if kv.lease != 0 {
             let lease_cf = self.db.cf_handle(CF_LEASE_KEY).expect("cf lease_key");
             self.batch.delete_cf(lease_cf, lease_key(kv.lease, &kv.key));
@@ -486,24 +539,44 @@ impl EntryTx<'_> {
         }
         self.batch.delete_cf(cf, be(id));
         self.leases.revoked.push(id);
-        let lease_cf = self.db.cf_handle(CF_LEASE_KEY).expect("cf lease_key");
+        // Keys attached to the lease go; keys merely locked by it stay, unlocked.
+        for key in self.attached(CF_LEASE_KEY, id)? {
+            // The attachment may be stale only if this same entry already moved the key.
+            if let Some(kv) = self.get(&key)?.filter(|kv| kv.lease == id) {
+                self.remove(&kv);
+            }
+        }
+        for key in self.attached(CF_LEASE_LOCK, id)? {
+            if let Some(kv) = self.get(&key)?.filter(|kv| kv.lock == id) {
+                let unlock = Put {
+                    key: kv.key.clone(),
+                    value: kv.value.clone(),
+                    lease: kv.lease,
+                    prev_kv: false,
+                    flags: kv.flags,
+                    lock: Lock::Release(id),
+                };
+                // Not checked: `id` is being revoked, and releasing what it holds is the point.
+                self.write_put(&unlock, Some(kv))?;
+            }
+        }
+        Ok(true)
+    }
+
+    /// Keys recorded under lease `id` in column family `cf_name`.
+    fn attached(&self, cf_name: &str, id: u64) -> io::Result<Vec<Vec<u8>>> {
+        let cf = self.db.cf_handle(cf_name).expect("lease attachment cf");
         let prefix = be(id);
         let mode = rocksdb::IteratorMode::From(&prefix, rocksdb::Direction::Forward);
         let mut keys = Vec::new();
-        for item in self.db.iterator_cf(lease_cf, mode) {
+        for item in self.db.iterator_cf(cf, mode) {
             let (k, _) = item.map_err(io_err)?;
             if !k.starts_with(&prefix) {
                 break;
             }
             keys.push(k[8..].to_vec());
         }
-        for key in keys {
-            // The attachment may be stale only if this same entry already moved the key.
-            if let Some(kv) = self.get(&key)?.filter(|kv| kv.lease == id) {
-                self.remove(&kv);
-            }
-        }
-        Ok(true)
+        Ok(keys)
     }
 
     fn compare(&self, c: &Compare) -> io::Result<bool> {
@@ -573,6 +646,7 @@ mod tests {
                 value: v.into(),
                 lease,
                 prev_kv: true,
+                ..Default::default()
             }))
             .0
         }
@@ -777,6 +851,63 @@ mod tests {
             matches!(r, Response::Rejected { .. }),
             "revoked lease accepted: {r:?}"
         );
+    }
+
+    #[test]
+    fn locks_are_exclusive_and_released_when_their_lease_ends() {
+        let mut sm = Sm::new();
+        sm.apply(Command::LeaseGrant { ttl_ms: 1000 });
+        sm.apply(Command::LeaseGrant { ttl_ms: 1000 });
+        let lock = |sm: &mut Sm, v: &str, lock: Lock| {
+            sm.apply(Command::Put(Put {
+                key: b"lock".to_vec(),
+                value: v.into(),
+                flags: 42,
+                lock,
+                ..Default::default()
+            }))
+            .0
+        };
+        assert!(matches!(
+            lock(&mut sm, "a", Lock::Acquire(1)),
+            Response::Put { .. }
+        ));
+        let held = sm.get("lock").unwrap();
+        assert_eq!((held.lock, held.lock_index, held.flags), (1, 1, 42));
+        // Re-acquiring by the holder keeps the index; another lease is refused.
+        assert!(matches!(
+            lock(&mut sm, "b", Lock::Acquire(1)),
+            Response::Put { .. }
+        ));
+        assert_eq!(sm.get("lock").unwrap().lock_index, 1);
+        let r = lock(&mut sm, "c", Lock::Acquire(2));
+        assert_eq!(
+            r,
+            Response::Rejected {
+                revision: 2,
+                reason: "key lock is locked by lease 1".into()
+            }
+        );
+        assert!(matches!(
+            lock(&mut sm, "c", Lock::Release(2)),
+            Response::Rejected { .. }
+        ));
+        // A plain put keeps the lock.
+        assert!(matches!(
+            lock(&mut sm, "d", Lock::Keep),
+            Response::Put { .. }
+        ));
+        assert_eq!(sm.get("lock").unwrap().lock, 1);
+        // The holder's lease ends: the key stays, unlocked; lease 2 can take it.
+        let (_, events) = sm.apply(Command::LeaseRevoke { ids: vec![1] });
+        assert_eq!(events.len(), 1);
+        let after = sm.get("lock").unwrap();
+        assert_eq!((after.lock, after.value.as_slice()), (0, b"d".as_slice()));
+        assert!(matches!(
+            lock(&mut sm, "e", Lock::Acquire(2)),
+            Response::Put { .. }
+        ));
+        assert_eq!(sm.get("lock").unwrap().lock_index, 2);
     }
 
     #[test]
