@@ -1,0 +1,227 @@
+//! A throwaway cluster of `shoal manager` processes on loopback. Each child runs in its own
+//! process group; dropping the `Cluster` (normal exit, error, panic or Ctrl-C) SIGKILLs every
+//! group, so no manager outlives the bench.
+
+use std::fs::File;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use shoal_proto::v1::cluster_client::ClusterClient;
+use shoal_proto::v1::{StatusRequest, StatusResponse};
+use tokio::time::Instant;
+use tonic::transport::Endpoint;
+
+/// How long one step of the start (token written, a manager becoming a voter) may take.
+const STEP_TIMEOUT: Duration = Duration::from_secs(60);
+
+struct Manager {
+    name: String,
+    grpc: SocketAddr,
+    data_dir: PathBuf,
+    log: PathBuf,
+    child: Child,
+}
+
+pub(crate) struct Cluster {
+    managers: Vec<Manager>,
+}
+
+impl Cluster {
+    /// Starts `n` managers under `dir`: m1 bootstraps, the others join it one at a time, and
+    /// returns once the cluster has `n` voters and a leader.
+    pub(crate) async fn start(exe: &Path, dir: &Path, n: usize) -> Result<Cluster> {
+        if n == 0 {
+            bail!("--managers must be at least 1");
+        }
+        // Every listener stays open until all ports are picked, so none is handed out twice.
+        let listeners = (0..n * 3)
+            .map(|_| TcpListener::bind("127.0.0.1:0"))
+            .collect::<Result<Vec<_>, _>>()?;
+        let ports = listeners
+            .iter()
+            .map(|l| l.local_addr())
+            .collect::<Result<Vec<_>, _>>()?;
+        drop(listeners);
+
+        let mut cluster = Cluster {
+            managers: Vec::with_capacity(n),
+        };
+        let mut token = String::new();
+        for i in 0..n {
+            let name = format!("m{}", i + 1);
+            let data_dir = dir.join(&name);
+            let (grpc, http, docker) = (ports[3 * i], ports[3 * i + 1], ports[3 * i + 2]);
+            let mut args = vec![
+                "manager".to_string(),
+                "--data-dir".into(),
+                data_dir.display().to_string(),
+                "--listen".into(),
+                grpc.to_string(),
+                "--http".into(),
+                http.to_string(),
+                "--docker-api".into(),
+                docker.to_string(),
+            ];
+            if i > 0 {
+                args.extend([
+                    "--join".into(),
+                    cluster.managers[0].grpc.to_string(),
+                    "--token".into(),
+                    token.clone(),
+                ]);
+            }
+            let log = dir.join(format!("{name}.log"));
+            cluster.spawn(exe, name, grpc, data_dir, log, &args)?;
+            if i == 0 {
+                token = cluster.wait_for_token().await?;
+            }
+            cluster.wait_for_voters(i + 1).await?;
+        }
+        Ok(cluster)
+    }
+
+    pub(crate) fn addrs(&self) -> Vec<SocketAddr> {
+        self.managers.iter().map(|m| m.grpc).collect()
+    }
+
+    fn spawn(
+        &mut self,
+        exe: &Path,
+        name: String,
+        grpc: SocketAddr,
+        data_dir: PathBuf,
+        log: PathBuf,
+        args: &[String],
+    ) -> Result<()> {
+        use std::os::unix::process::CommandExt;
+        let out = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        let err = out.try_clone()?;
+        let child = Command::new(exe)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .process_group(0)
+            .spawn()
+            .with_context(|| format!("starting {} ({})", name, exe.display()))?;
+        self.managers.push(Manager {
+            name,
+            grpc,
+            data_dir,
+            log,
+            child,
+        });
+        Ok(())
+    }
+
+    /// The bootstrapping manager writes its join token to `DATA_DIR/token`.
+    async fn wait_for_token(&mut self) -> Result<String> {
+        let path = self.managers[0].data_dir.join("token");
+        let deadline = Instant::now() + STEP_TIMEOUT;
+        loop {
+            if let Ok(token) = std::fs::read_to_string(&path) {
+                if !token.trim().is_empty() {
+                    return Ok(token.trim().to_string());
+                }
+            }
+            self.check_alive()?;
+            if Instant::now() >= deadline {
+                bail!(
+                    "m1 wrote no join token to {} within {STEP_TIMEOUT:?}; see {}",
+                    path.display(),
+                    self.managers[0].log.display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Polls `Cluster/Status` on every started manager until one reports a leader and `voters` voters.
+    async fn wait_for_voters(&mut self, voters: usize) -> Result<StatusResponse> {
+        let deadline = Instant::now() + STEP_TIMEOUT;
+        let mut last = String::from("no answer yet");
+        loop {
+            self.check_alive()?;
+            for addr in self.addrs() {
+                match status(addr).await {
+                    Ok(s)
+                        if s.leader_id != 0
+                            && s.members.iter().filter(|m| m.voter).count() >= voters =>
+                    {
+                        return Ok(s)
+                    }
+                    Ok(s) => {
+                        let v = s.members.iter().filter(|m| m.voter).count();
+                        last = format!(
+                            "{addr}: leader {}, {v} voters of {} members",
+                            s.leader_id,
+                            s.members.len()
+                        );
+                    }
+                    Err(e) => last = format!("{addr}: {e:#}"),
+                }
+            }
+            if Instant::now() >= deadline {
+                let m = self.managers.last().expect("one manager started");
+                bail!(
+                    "no leader with {voters} voters within {STEP_TIMEOUT:?} (last: {last}); see {}",
+                    m.log.display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    fn check_alive(&mut self) -> Result<()> {
+        for m in &mut self.managers {
+            if let Some(status) = m.child.try_wait()? {
+                let tail = last_lines(&m.log, 5);
+                bail!(
+                    "{} exited during start-up ({status}); {}:\n{tail}",
+                    m.name,
+                    m.log.display()
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for m in &mut self.managers {
+            if let Ok(pid) = i32::try_from(m.child.id()) {
+                // ESRCH means it has already gone, which is what we want.
+                let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+            let _ = m.child.wait();
+        }
+    }
+}
+
+/// One `Cluster/Status` call, bounded in time.
+pub(crate) async fn status(addr: SocketAddr) -> Result<StatusResponse> {
+    let channel = Endpoint::from_shared(format!("http://{addr}"))?
+        .connect_timeout(Duration::from_secs(1))
+        .timeout(Duration::from_secs(3))
+        .connect()
+        .await?;
+    Ok(ClusterClient::new(channel)
+        .status(StatusRequest {})
+        .await?
+        .into_inner())
+}
+
+fn last_lines(path: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    if lines.is_empty() {
+        return "(log empty)".into();
+    }
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}

@@ -1,0 +1,51 @@
+//! `shoal-bench`: benchmarks that start their own cluster on loopback, drive it, and print
+//! figures (a table, then JSON). They measure; they are not tests and assert nothing.
+#![forbid(unsafe_code)]
+
+mod cluster;
+mod kv;
+mod load;
+mod report;
+mod shoal;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "shoal-bench",
+    about = "Throughput and latency figures for shoal"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Start a cluster on loopback and measure puts, linearizable gets and stale gets.
+    Kv(kv::KvArgs),
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let run = async {
+        match cli.command {
+            Command::Kv(args) => kv::run(args).await,
+        }
+    };
+    // Ctrl-C drops `run`, and with it the cluster guard that kills the managers.
+    let result = tokio::select! {
+        r = run => r,
+        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
