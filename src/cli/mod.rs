@@ -1,0 +1,141 @@
+//! The client side of the `shoal` command line: `kv`, `cluster` and `manager remove`. Each command
+//! is one short conversation with a manager through [`crate::client`]; output goes to stdout
+//! (`--json`: one JSON document, or JSON lines for `kv watch`), errors are returned, never printed.
+
+mod cluster;
+pub mod duration;
+mod error;
+mod kv;
+
+use std::io::Write;
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+
+use crate::client::{parse_hosts, Client, ClientConfig, DEFAULT_GRPC};
+pub use error::CliError;
+
+/// Options every client command accepts.
+#[derive(Debug, Clone, Args)]
+pub struct GlobalArgs {
+    /// Manager gRPC addresses, comma-separated: the first reachable one is used.
+    #[arg(long, global = true, env = "SHOAL_HOST", value_delimiter = ',', default_value = DEFAULT_GRPC)]
+    pub host: Vec<String>,
+
+    /// Bound on each request to a manager (e.g. 15s, 500ms).
+    #[arg(long, global = true, env = "SHOAL_TIMEOUT", value_parser = duration::parse, default_value = "15s")]
+    pub timeout: Duration,
+}
+
+impl GlobalArgs {
+    fn client_config(&self) -> ClientConfig {
+        let mut config = ClientConfig::new(parse_hosts(&self.host));
+        config.request_timeout = self.timeout;
+        config
+    }
+
+    async fn connect(&self) -> Result<Client, CliError> {
+        Ok(Client::connect(self.client_config()).await?)
+    }
+}
+
+/// `shoal kv ...`
+#[derive(Debug, Subcommand)]
+pub enum KvCommand {
+    /// Print a key's value (linearizable unless --stale).
+    Get {
+        key: String,
+        /// Read this manager's replica without asking the leader (may be behind).
+        #[arg(long)]
+        stale: bool,
+        /// Print every key under KEY, one `key<TAB>value` line each.
+        #[arg(long)]
+        prefix: bool,
+        /// One JSON document with the values and their revisions.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Set a key. Without VALUE the value is read from stdin.
+    Put {
+        key: String,
+        value: Option<String>,
+        /// Attach the key to a new lease with this TTL (e.g. 2s, 500ms, 1m): it dies with it.
+        #[arg(long, value_parser = duration::parse)]
+        ttl: Option<Duration>,
+        /// Only if the key's mod revision is REV (0: only if the key does not exist).
+        #[arg(long, value_name = "REV")]
+        cas: Option<u64>,
+    },
+    /// Delete a key (or every key under it with --prefix).
+    Del {
+        key: String,
+        #[arg(long)]
+        prefix: bool,
+    },
+    /// List the keys under PREFIX (all keys without it).
+    Ls {
+        prefix: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print changes to KEY (or under it with --prefix) as they happen, one line each.
+    Watch {
+        key: String,
+        #[arg(long)]
+        prefix: bool,
+        /// Start at this revision (inclusive) instead of now.
+        #[arg(long, value_name = "R")]
+        rev: Option<u64>,
+        /// JSON lines: {"revision","type","key","value"}.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `shoal cluster ...`
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// Leader, term, commit index and every manager's role, health and applied index.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the join token managers need to join this cluster.
+    Token,
+}
+
+pub async fn run_kv(global: &GlobalArgs, command: KvCommand) -> Result<(), CliError> {
+    let client = global.connect().await?;
+    quiet_broken_pipe(kv::run(client, command).await)
+}
+
+pub async fn run_cluster(global: &GlobalArgs, command: ClusterCommand) -> Result<(), CliError> {
+    let client = global.connect().await?;
+    quiet_broken_pipe(cluster::run(client, command).await)
+}
+
+/// `shoal manager remove ID`
+pub async fn remove_manager(global: &GlobalArgs, id: u64) -> Result<(), CliError> {
+    let client = global.connect().await?;
+    quiet_broken_pipe(cluster::remove(client, id).await)
+}
+
+/// `shoal kv ls | head` is not an error.
+fn quiet_broken_pipe(result: Result<(), CliError>) -> Result<(), CliError> {
+    match result {
+        Err(CliError::Output(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other,
+    }
+}
+
+/// Writes one line to stdout and flushes it (watchers read line by line).
+fn out(line: impl std::fmt::Display) -> Result<(), CliError> {
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "{line}")?;
+    stdout.flush()?;
+    Ok(())
+}
+
+fn lossy(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}

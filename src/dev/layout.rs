@@ -1,0 +1,206 @@
+//! Where `shoal dev` puts things: `DIR/mN` data dirs, `DIR/logs/mN.log`, and `DIR/cluster.json`
+//! (written atomically: a reader sees the old file or the new one, never half of one).
+
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::DevError;
+
+/// `DIR/cluster.json`: every process with its pid and addresses, plus the join token.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClusterFile {
+    pub token: String,
+    pub managers: Vec<ManagerEntry>,
+    pub agents: Vec<serde_json::Value>,
+    pub proxy: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ManagerEntry {
+    pub id: u64,
+    pub pid: u32,
+    pub grpc: String,
+    pub docker_api: String,
+    pub http: String,
+    pub data_dir: PathBuf,
+}
+
+/// One manager `shoal dev` runs: its name (`m1`...) and where it lives.
+#[derive(Debug, Clone)]
+pub(crate) struct Slot {
+    pub(crate) name: String,
+    pub(crate) grpc: SocketAddr,
+    pub(crate) http: SocketAddr,
+    pub(crate) docker_api: SocketAddr,
+    pub(crate) data_dir: PathBuf,
+    pub(crate) log: PathBuf,
+}
+
+impl Slot {
+    pub(crate) fn manager_args(&self) -> Vec<String> {
+        vec![
+            "manager".into(),
+            "--data-dir".into(),
+            self.data_dir.display().to_string(),
+            "--listen".into(),
+            self.grpc.to_string(),
+            "--http".into(),
+            self.http.to_string(),
+            "--docker-api".into(),
+            self.docker_api.to_string(),
+        ]
+    }
+}
+
+pub(crate) fn cluster_file_path(dir: &Path) -> PathBuf {
+    dir.join("cluster.json")
+}
+
+/// Fresh slots on free loopback ports. All listeners stay open until every port is picked, so
+/// no port is handed out twice.
+pub(crate) fn fresh_slots(dir: &Path, managers: usize) -> Result<Vec<Slot>, DevError> {
+    let mut held = Vec::new();
+    let mut pick = || -> Result<SocketAddr, DevError> {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .map_err(DevError::io("picking a free port on", "127.0.0.1"))?;
+        let addr = listener
+            .local_addr()
+            .map_err(DevError::io("picking a free port on", "127.0.0.1"))?;
+        held.push(listener);
+        Ok(addr)
+    };
+    let mut slots = Vec::new();
+    for i in 1..=managers {
+        let name = format!("m{i}");
+        slots.push(Slot {
+            grpc: pick()?,
+            http: pick()?,
+            docker_api: pick()?,
+            data_dir: dir.join(&name),
+            log: dir.join("logs").join(format!("{name}.log")),
+            name,
+        });
+    }
+    Ok(slots)
+}
+
+/// The slots of a cluster `shoal dev` ran before in `dir`: same ports, same data dirs, so the
+/// managers find each other again without `--join`.
+pub(crate) fn previous_slots(dir: &Path, file: &ClusterFile) -> Result<Vec<Slot>, DevError> {
+    let bad = |reason: String| DevError::Existing {
+        dir: cluster_file_path(dir),
+        reason,
+    };
+    let parse = |what: &str, value: &str| -> Result<SocketAddr, DevError> {
+        value
+            .parse()
+            .map_err(|e| bad(format!("bad {what} address {value:?}: {e}")))
+    };
+    file.managers
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let name = format!("m{}", i + 1);
+            Ok(Slot {
+                grpc: parse("grpc", &m.grpc)?,
+                http: parse("http", &m.http)?,
+                docker_api: parse("docker_api", &m.docker_api)?,
+                data_dir: m.data_dir.clone(),
+                log: dir.join("logs").join(format!("{name}.log")),
+                name,
+            })
+        })
+        .collect()
+}
+
+pub(crate) fn read_cluster_file(dir: &Path) -> Result<Option<ClusterFile>, DevError> {
+    let path = cluster_file_path(dir);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(DevError::Io {
+                what: "reading",
+                path,
+                source: e,
+            })
+        }
+    };
+    serde_json::from_str(&text)
+        .map(Some)
+        .map_err(|e| DevError::Existing {
+            dir: path,
+            reason: format!("unreadable ({e}); remove it to start afresh"),
+        })
+}
+
+/// Writes `DIR/cluster.json` through a temporary file and a rename.
+pub(crate) fn write_cluster_file(dir: &Path, file: &ClusterFile) -> Result<PathBuf, DevError> {
+    let path = cluster_file_path(dir);
+    let tmp = dir.join(".cluster.json.tmp");
+    let text = serde_json::to_string_pretty(file).expect("plain data");
+    let write = || -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(text.as_bytes())?;
+        f.write_all(b"\n")?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &path)
+    };
+    write().map_err(DevError::io("writing", &path))?;
+    Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fresh_slots_have_distinct_ports() {
+        let dir = Path::new("/tmp/x");
+        let slots = fresh_slots(dir, 3).unwrap();
+        let mut ports: Vec<u16> = slots
+            .iter()
+            .flat_map(|s| [s.grpc.port(), s.http.port(), s.docker_api.port()])
+            .collect();
+        ports.sort_unstable();
+        ports.dedup();
+        assert_eq!(ports.len(), 9);
+        assert_eq!(slots[2].data_dir, dir.join("m3"));
+    }
+
+    #[test]
+    fn cluster_file_round_trips_through_previous_slots() {
+        let dir = tempfile::tempdir().unwrap();
+        let slots = fresh_slots(dir.path(), 2).unwrap();
+        let file = ClusterFile {
+            token: "t".into(),
+            managers: slots
+                .iter()
+                .enumerate()
+                .map(|(i, s)| ManagerEntry {
+                    id: i as u64 + 1,
+                    pid: 1,
+                    grpc: s.grpc.to_string(),
+                    docker_api: s.docker_api.to_string(),
+                    http: s.http.to_string(),
+                    data_dir: s.data_dir.clone(),
+                })
+                .collect(),
+            agents: vec![],
+            proxy: None,
+        };
+        write_cluster_file(dir.path(), &file).unwrap();
+        let read = read_cluster_file(dir.path()).unwrap().unwrap();
+        let again = previous_slots(dir.path(), &read).unwrap();
+        assert_eq!(again[1].grpc, slots[1].grpc);
+        assert_eq!(again[1].name, "m2");
+        let json: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(dir.path().join("cluster.json")).unwrap(),
+        )
+        .unwrap();
+        assert!(json["proxy"].is_null() && json["agents"].as_array().unwrap().is_empty());
+    }
+}

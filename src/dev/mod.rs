@@ -1,0 +1,288 @@
+//! `shoal dev`: a whole cluster on loopback as child processes of one command: N managers (the
+//! first bootstraps, the others join it), `DIR/cluster.json` once they are all voters, and a clean
+//! stop on Ctrl-C. It never deletes anything in DIR: run it again and the same cluster restarts.
+
+mod error;
+mod layout;
+mod procs;
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Args;
+
+use crate::client::{Client, ClientConfig};
+pub use error::DevError;
+use layout::Slot;
+pub use layout::{ClusterFile, ManagerEntry};
+use procs::Group;
+
+/// How long one manager may take to come up (first start opens RocksDB, elects, joins).
+const START_TIMEOUT: Duration = Duration::from_secs(120);
+
+#[derive(Debug, Clone, Args)]
+pub struct DevArgs {
+    /// How many managers to run.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=9))]
+    pub managers: u16,
+    /// How many agents to run (none yet: agents come in a later version).
+    #[arg(long, default_value_t = 0)]
+    pub agents: u32,
+    /// Also run a proxy (not yet available).
+    #[arg(long)]
+    pub proxy: bool,
+    /// Where the managers keep their data, logs and cluster.json.
+    #[arg(long, default_value = "shoal-dev")]
+    pub dir: PathBuf,
+}
+
+/// Runs the local cluster until `shutdown` resolves, then stops every child.
+pub async fn run(args: DevArgs, shutdown: impl Future<Output = ()>) -> Result<(), DevError> {
+    if args.agents != 0 {
+        return Err(DevError::Unsupported(
+            "agents are not available yet in this version of shoal: use --agents 0",
+        ));
+    }
+    if args.proxy {
+        return Err(DevError::Unsupported(
+            "the proxy is not available yet in this version of shoal: drop --proxy",
+        ));
+    }
+    std::fs::create_dir_all(args.dir.join("logs")).map_err(DevError::io("creating", &args.dir))?;
+    let dir = std::path::absolute(&args.dir).map_err(DevError::io("resolving", &args.dir))?;
+    let exe = std::env::current_exe().map_err(DevError::io("finding", "the shoal executable"))?;
+
+    let previous = layout::read_cluster_file(&dir)?;
+    let slots = match &previous {
+        Some(file) => {
+            if file.managers.len() != usize::from(args.managers) {
+                return Err(DevError::Existing {
+                    dir: dir.clone(),
+                    reason: format!(
+                        "holds a cluster of {} managers; run with --managers {} or choose another --dir",
+                        file.managers.len(),
+                        file.managers.len()
+                    ),
+                });
+            }
+            let slots = layout::previous_slots(&dir, file)?;
+            if let Some(missing) = slots.iter().find(|s| !s.data_dir.exists()) {
+                // Started without its data, it would bootstrap a second, separate cluster.
+                return Err(DevError::Existing {
+                    dir: dir.clone(),
+                    reason: format!(
+                        "cluster.json lists {} but it is gone; remove {} to start a new cluster",
+                        missing.data_dir.display(),
+                        dir.display()
+                    ),
+                });
+            }
+            slots
+        }
+        None => {
+            if dir.join("m1").exists() {
+                return Err(DevError::Existing {
+                    dir: dir.clone(),
+                    reason: "holds manager data but no cluster.json (an interrupted start?); remove it or choose another --dir".into(),
+                });
+            }
+            layout::fresh_slots(&dir, usize::from(args.managers))?
+        }
+    };
+
+    let mut group = Group::new();
+    tokio::pin!(shutdown);
+    let started = tokio::select! {
+        started = start(&exe, &slots, previous.as_ref(), &mut group) => started,
+        _ = &mut shutdown => {
+            group.stop().await;
+            return Ok(());
+        }
+    };
+    let file = match started {
+        Ok(file) => file,
+        Err(e) => {
+            group.stop().await;
+            return Err(e);
+        }
+    };
+    let path = layout::write_cluster_file(&dir, &file)?;
+    print_summary(&file, &slots, &path);
+
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            (index, status) = group.next_exit() => {
+                let p = group.get(index);
+                eprintln!(
+                    "shoal dev: manager {} (pid {}) exited unexpectedly ({status}); see {}. The others keep running.",
+                    p.name, p.pid, p.log.display()
+                );
+                if group.alive() == 0 {
+                    return Err(DevError::AllExited { logs: dir.join("logs") });
+                }
+            }
+        }
+    }
+    let alive = group.alive();
+    eprintln!(
+        "shoal dev: stopping {alive} manager{}",
+        if alive == 1 { "" } else { "s" }
+    );
+    group.stop().await;
+    Ok(())
+}
+
+/// Starts every manager and waits until all of them are voters. A fresh cluster: m1 bootstraps,
+/// then each other manager joins it in turn. A previous one: all restart from their data dirs.
+async fn start(
+    exe: &Path,
+    slots: &[Slot],
+    previous: Option<&ClusterFile>,
+    group: &mut Group,
+) -> Result<ClusterFile, DevError> {
+    let token = match previous {
+        Some(file) => {
+            for slot in slots {
+                group.spawn(&slot.name, exe, &slot.manager_args(), &slot.log)?;
+            }
+            file.token.clone()
+        }
+        None => {
+            let first = &slots[0];
+            let index = group.spawn(&first.name, exe, &first.manager_args(), &first.log)?;
+            let token = wait_for_token(first, index, group).await?;
+            wait_for_voters(first, index, group, &slots[..1], 1).await?;
+            for (i, slot) in slots.iter().enumerate().skip(1) {
+                let mut args = slot.manager_args();
+                args.extend([
+                    "--join".into(),
+                    first.grpc.to_string(),
+                    "--token".into(),
+                    token.clone(),
+                ]);
+                let index = group.spawn(&slot.name, exe, &args, &slot.log)?;
+                wait_for_voters(slot, index, group, slots, i + 1).await?;
+            }
+            token
+        }
+    };
+    let status = wait_for_voters(&slots[0], 0, group, slots, slots.len()).await?;
+    let managers = slots
+        .iter()
+        .enumerate()
+        .map(|(i, slot)| ManagerEntry {
+            id: status
+                .members
+                .iter()
+                .find(|m| m.addr == slot.grpc.to_string())
+                .map_or(0, |m| m.id),
+            pid: group.get(i).pid,
+            grpc: slot.grpc.to_string(),
+            docker_api: slot.docker_api.to_string(),
+            http: slot.http.to_string(),
+            data_dir: slot.data_dir.clone(),
+        })
+        .collect();
+    Ok(ClusterFile {
+        token,
+        managers,
+        agents: Vec::new(),
+        proxy: None,
+    })
+}
+
+/// Waits for the bootstrapping manager to write `DATA_DIR/token`.
+async fn wait_for_token(slot: &Slot, index: usize, group: &mut Group) -> Result<String, DevError> {
+    let path = slot.data_dir.join("token");
+    let deadline = tokio::time::Instant::now() + START_TIMEOUT;
+    loop {
+        if let Ok(token) = std::fs::read_to_string(&path) {
+            let token = token.trim();
+            if !token.is_empty() {
+                return Ok(token.to_string());
+            }
+        }
+        check_alive(slot, index, group)?;
+        if tokio::time::Instant::now() >= deadline {
+            return Err(timeout(slot, "write its join token"));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until some manager of `ask` reports a leader and at least `voters` voters, and the
+/// manager being started (`index`) is still alive.
+async fn wait_for_voters(
+    slot: &Slot,
+    index: usize,
+    group: &mut Group,
+    ask: &[Slot],
+    voters: usize,
+) -> Result<shoal_proto::v1::StatusResponse, DevError> {
+    let mut config = ClientConfig::new(ask.iter().map(|s| s.grpc.to_string()).collect());
+    config.connect_timeout = Duration::from_secs(1);
+    config.request_timeout = Duration::from_secs(5);
+    let deadline = tokio::time::Instant::now() + START_TIMEOUT;
+    loop {
+        check_alive(slot, index, group)?;
+        if let Ok(mut client) = Client::connect(config.clone()).await {
+            if let Ok(status) = client.status().await {
+                let count = status.members.iter().filter(|m| m.voter).count();
+                if status.leader_id != 0 && count >= voters {
+                    return Ok(status);
+                }
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(timeout(slot, "become a voter"));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn check_alive(slot: &Slot, index: usize, group: &mut Group) -> Result<(), DevError> {
+    match group.exited(index) {
+        None => Ok(()),
+        Some(status) => Err(DevError::ExitedEarly {
+            name: slot.name.clone(),
+            status,
+            last_log_line: procs::last_log_line(&slot.log),
+            log: slot.log.clone(),
+        }),
+    }
+}
+
+fn timeout(slot: &Slot, what: &'static str) -> DevError {
+    DevError::StartTimeout {
+        name: slot.name.clone(),
+        what,
+        waited: START_TIMEOUT,
+        log: slot.log.clone(),
+    }
+}
+
+fn print_summary(file: &ClusterFile, slots: &[Slot], path: &Path) {
+    println!(
+        "shoal dev: {} managers running (Ctrl-C stops them)",
+        file.managers.len()
+    );
+    for (m, slot) in file.managers.iter().zip(slots) {
+        println!(
+            "  {}  id {}  pid {}  grpc {}  http {}  docker-api {}  log {}",
+            slot.name,
+            m.id,
+            m.pid,
+            m.grpc,
+            m.http,
+            m.docker_api,
+            slot.log.display()
+        );
+    }
+    println!("join token: {}", file.token);
+    println!("cluster file: {}", path.display());
+    println!();
+    let hosts: Vec<&str> = file.managers.iter().map(|m| m.grpc.as_str()).collect();
+    println!("export SHOAL_HOST={}", hosts.join(","));
+}

@@ -1,0 +1,8 @@
+//! shoal: a Raft-replicated control plane for Docker hosts. The binary's pieces live here so that
+//! integration tests and benchmarks can reach them; `main.rs` is a thin clap front end.
+#![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod client;
+pub mod dev;
+pub mod manager;

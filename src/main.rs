@@ -1,0 +1,164 @@
+//! The `shoal` binary: parses the command line and hands over to the library (`manager::run`,
+//! `dev::run`, `cli::*`). Errors are printed as one `error: ...` line with exit code 1; clap
+//! reports usage errors itself with exit code 2.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use shoal::cli::{ClusterCommand, GlobalArgs, KvCommand};
+use shoal::dev::DevArgs;
+use shoal::manager::ManagerConfig;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "shoal",
+    version,
+    about = "A Raft-replicated, highly available control plane for Docker hosts"
+)]
+struct Cli {
+    #[command(flatten)]
+    global: GlobalArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a manager (one replica of the store), or `manager remove ID`.
+    Manager(ManagerArgs),
+    /// Start a local cluster of child processes; Ctrl-C stops it.
+    Dev(DevArgs),
+    /// Read, write and watch the replicated key-value store.
+    Kv {
+        #[command(subcommand)]
+        command: KvCommand,
+    },
+    /// Inspect the cluster.
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
+}
+
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+struct ManagerArgs {
+    #[command(subcommand)]
+    action: Option<ManagerAction>,
+    /// Where this manager keeps its replica (created if missing).
+    #[arg(long, required = true)]
+    data_dir: Option<PathBuf>,
+    /// gRPC address to listen on (raft, client API, admin).
+    #[arg(long, default_value = shoal::client::DEFAULT_GRPC)]
+    listen: SocketAddr,
+    /// Address the other managers and clients use to reach this one (default: --listen).
+    #[arg(long)]
+    advertise: Option<String>,
+    /// HTTP address (Consul-style KV, status, metrics, health).
+    #[arg(long)]
+    http: Option<SocketAddr>,
+    /// Docker Engine API address.
+    #[arg(long)]
+    docker_api: Option<SocketAddr>,
+    /// Managers of the cluster to join, comma-separated (without it: bootstrap, or restart).
+    #[arg(long, value_delimiter = ',', requires = "token")]
+    join: Vec<String>,
+    /// The cluster's join token (printed at bootstrap; `shoal cluster token`).
+    #[arg(long, requires = "join")]
+    token: Option<String>,
+    /// Restart this surviving manager as a one-member cluster with all its data.
+    #[arg(long, conflicts_with = "join")]
+    force_new_cluster: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum ManagerAction {
+    /// Remove a manager from the cluster (its id is never reused).
+    Remove { id: u64 },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: starting the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let global = cli.global;
+    match cli.command {
+        Command::Manager(ManagerArgs {
+            action: Some(ManagerAction::Remove { id }),
+            ..
+        }) => shoal::cli::remove_manager(&global, id).await?,
+        Command::Manager(args) => {
+            shoal::manager::run(manager_config(args)?, shutdown_signal()).await?
+        }
+        Command::Dev(args) => shoal::dev::run(args, shutdown_signal()).await?,
+        Command::Kv { command } => shoal::cli::run_kv(&global, command).await?,
+        Command::Cluster { command } => shoal::cli::run_cluster(&global, command).await?,
+    }
+    Ok(())
+}
+
+fn manager_config(args: ManagerArgs) -> anyhow::Result<ManagerConfig> {
+    let data_dir = args
+        .data_dir
+        .ok_or_else(|| anyhow::anyhow!("--data-dir is required"))?;
+    Ok(ManagerConfig {
+        data_dir,
+        listen: args.listen,
+        advertise: args.advertise,
+        http: args.http,
+        docker_api: args.docker_api,
+        join: shoal::client::parse_hosts(&args.join),
+        token: args.token,
+        force_new_cluster: args.force_new_cluster,
+    })
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+/// Logs go to stderr; RUST_LOG overrides the default level.
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi)
+        .init();
+}

@@ -1,0 +1,14 @@
+//! Integration tests: the real `shoal` binary, several manager processes on loopback, kill -9,
+//! restarts. One binary (see STYLE.md); the tests that start managers run one at a time.
+
+mod bad_input;
+mod cli;
+mod cluster;
+mod crash;
+mod dev;
+mod failover;
+mod full_disk;
+mod membership;
+mod snapshot;
+mod ttl;
+mod watch;
