@@ -49,6 +49,14 @@ pub async fn run(config: ManagerConfig, shutdown: impl Future<Output = ()>) -> a
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let local = listener.local_addr()?;
+    let http = match config.http {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} (--http)"))?,
+        ),
+        None => None,
+    };
     let advertise = match &config.advertise {
         Some(a) => a.clone(),
         None if local.ip().is_unspecified() => {
@@ -58,7 +66,10 @@ pub async fn run(config: ManagerConfig, shutdown: impl Future<Output = ()>) -> a
     };
     let node = ManagerNode {
         grpc: advertise.clone(),
-        http: config.http.map(|a| a.to_string()).unwrap_or_default(),
+        http: match &http {
+            Some(l) => l.local_addr()?.to_string(),
+            None => String::new(),
+        },
         docker_api: config.docker_api.map(|a| a.to_string()).unwrap_or_default(),
     };
     let (store, opened) = Store::open(StoreConfig {
@@ -82,6 +93,17 @@ pub async fn run(config: ManagerConfig, shutdown: impl Future<Output = ()>) -> a
             let _ = stop_rx.await;
         });
     let mut server = tokio::spawn(server);
+    let (http_stop, http_stopped) = tokio::sync::oneshot::channel::<()>();
+    let http = http.map(|l| {
+        let serve = crate::api::http::serve(l, store.clone(), async move {
+            let _ = http_stopped.await;
+        });
+        tokio::spawn(async move {
+            if let Err(e) = serve.await {
+                tracing::error!(error = %e, "HTTP API server failed");
+            }
+        })
+    });
 
     if opened == Opened::Joining || (!config.join.is_empty() && !store.is_member()) {
         let joined = tokio::select! {
@@ -117,6 +139,10 @@ pub async fn run(config: ManagerConfig, shutdown: impl Future<Output = ()>) -> a
         },
     };
     let _ = stop_tx.send(());
+    let _ = http_stop.send(());
+    if let Some(h) = http {
+        let _ = h.await;
+    }
     store.shutdown().await;
     result
 }

@@ -1,0 +1,192 @@
+//! A Consul-compatible HTTP API over the store, served by every manager on `--http`: the KV
+//! (`/v1/kv`), sessions and locks, `/v1/txn`, the status, agent and catalog endpoints clients
+//! probe, plus `/health` and `/metrics`. Writes go through the leader (the store routes them);
+//! this module keeps no state besides what it writes to the store.
+//!
+//! # Choices and differences from Consul
+//! - **Key space.** A Consul key `a/b` is the store key `a/b`. Nothing is hidden from root
+//!   listings: session records (`/shoal/consul/sessions/<id>`) and cluster objects (`/shoal/`)
+//!   show up in `GET /v1/kv/?recurse` as they do in `shoal kv ls` (Consul clients do not break
+//!   on extra keys; a recursive root delete removes them as it would any key).
+//! - **Indexes** are store revisions: `CreateIndex`/`ModifyIndex` are a key's create and mod
+//!   revisions, `LockIndex` its lock count. `X-Consul-Index` is a single key's `ModifyIndex`,
+//!   else the revision read. Blocking queries (`?index=N&wait=D`, default 5m, capped at 10m)
+//!   watch the key or prefix from N+1 and answer at the first change, or at the wait with
+//!   index N. `X-Consul-LastContact` is always 0.
+//! - **Consistency.** The default and `?consistent` are linearizable reads; `?stale` reads
+//!   the local replica.
+//! - **Values** up to 512 KiB (Consul's default `kv_max_value_size`, not the store's 1 MiB),
+//!   so that what works here works against Consul; larger ones answer 413.
+//! - **Sessions** are store leases. TTL must be within 10s..24h as in Consul (400 otherwise);
+//!   a session without a TTL is a 30-day lease (the store's longest), ended by destroy. A
+//!   session ends exactly at its TTL (Consul allows up to twice it) and a leader failover
+//!   restarts its full TTL. Health checks are not attached: `Checks` are accepted and
+//!   ignored. `LockDelay` is recorded but not enforced. A session id is the lease id in a
+//!   UUID's shape (lease 10 is `00000000-0000-000a-0000-000000000000`). Behaviour `delete`
+//!   attaches the locked key to the lease; a later plain PUT (no `?acquire`) of that key
+//!   detaches it, so the key is then only unlocked, not deleted, when the session ends.
+//! - **Transactions** (`/v1/txn`, KV verbs only, at most 64): checks run before the writes
+//!   rather than in order, so a check on a key written earlier in the same transaction sees
+//!   the value before it. All or nothing; a failed check answers 409 with `Errors`.
+//! - **Bad input.** Unknown query parameters answer 400 (Consul ignores them) so that a typo
+//!   such as `?recurce` on a DELETE never deletes something else; parameters common to all of
+//!   Consul's endpoints (`dc`, `token`, `ns`, ...) are accepted, and `dc` must be `dc1`.
+//!   Malformed session ids answer 400; an unknown session in `?acquire` 500 (as Consul).
+//! - **Catalog.** `/v1/catalog/nodes` lists the managers; agents join it in a later issue.
+//!   `/v1/status/leader` and `/peers` give managers' HTTP addresses (gRPC for one without).
+//! - **Health.** `/health` answers 200 while the manager knows a leader, else 503.
+//!   ACL tokens are ignored: the API has no authentication, hence its loopback default.
+
+mod blocking;
+mod error;
+mod kv;
+mod query;
+mod session;
+mod status;
+mod txn;
+
+use std::future::Future;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::header;
+use axum::http::HeaderValue;
+use axum::http::Method;
+use axum::http::StatusCode;
+use axum::http::Uri;
+use axum::response::IntoResponse;
+use axum::response::Response;
+use axum::serve::ListenerExt;
+use axum::Router;
+use serde::Serialize;
+use shoal_raft::Store;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use self::error::ApiError;
+use self::query::decode;
+
+/// What every handler gets: the store, and a signal that the manager is stopping (blocking
+/// queries end early so that a graceful shutdown never waits minutes for them).
+#[derive(Clone)]
+pub(crate) struct Api {
+    store: Store,
+    stopping: watch::Receiver<bool>,
+}
+
+/// Serves the API on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: TcpListener,
+    store: Store,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let (stop_tx, stopping) = watch::channel(false);
+    let app = Router::new()
+        .fallback(dispatch)
+        .with_state(Api { store, stopping });
+    // Small request/response exchanges: without TCP_NODELAY, Nagle adds tens of milliseconds.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+        })
+        .await
+}
+
+async fn dispatch(State(api): State<Api>, method: Method, uri: Uri, body: Bytes) -> Response {
+    let path = uri.path();
+    let raw_query = uri.query();
+    let result = route(&api, &method, path, raw_query, body).await;
+    result.unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn route(
+    api: &Api,
+    method: &Method,
+    path: &str,
+    q: Option<&str>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    if let Some(key) =
+        path.strip_prefix("/v1/kv/")
+            .or(if path == "/v1/kv" { Some("") } else { None })
+    {
+        return kv::handle(api, method, &decode(key, false)?, q, body).await;
+    }
+    if let Some(rest) = path.strip_prefix("/v1/session/") {
+        let (verb, arg) = rest.split_once('/').unwrap_or((rest, ""));
+        return session::handle(api, method, verb, &decode(arg, false)?, q, body).await;
+    }
+    let get = |m: &Method| allow(m, &[Method::GET]);
+    match path {
+        "/v1/txn" => {
+            allow(method, &[Method::PUT])?;
+            txn::handle(api, q, body).await
+        }
+        "/v1/status/leader" => {
+            get(method)?;
+            status::leader(api, q).await
+        }
+        "/v1/status/peers" => {
+            get(method)?;
+            status::peers(api, q).await
+        }
+        "/v1/agent/self" => {
+            get(method)?;
+            status::agent_self(api, q).await
+        }
+        "/v1/catalog/nodes" => {
+            get(method)?;
+            status::catalog_nodes(api, q).await
+        }
+        "/v1/catalog/datacenters" => {
+            get(method)?;
+            Ok(json(StatusCode::OK, &[query::DATACENTER]))
+        }
+        "/health" => {
+            get(method)?;
+            status::health(api).await
+        }
+        "/metrics" => {
+            get(method)?;
+            status::metrics(api).await
+        }
+        _ => Err(ApiError::NotFound(format!(
+            "{path} is not an endpoint of shoal's Consul-compatible API"
+        ))),
+    }
+}
+
+fn allow(method: &Method, allowed: &[Method]) -> Result<(), ApiError> {
+    if allowed.contains(method) {
+        Ok(())
+    } else {
+        Err(ApiError::MethodNotAllowed(method.to_string()))
+    }
+}
+
+/// A JSON response.
+fn json<T: Serialize + ?Sized>(status: StatusCode, body: &T) -> Response {
+    let bytes = serde_json::to_vec(body).expect("API responses serialize");
+    (status, [(header::CONTENT_TYPE, "application/json")], bytes).into_response()
+}
+
+impl Api {
+    /// Adds Consul's query metadata headers. Indexes are store revisions; Consul never answers
+    /// index 0 (clients treat it as "no blocking"), so neither does shoal.
+    fn with_meta(&self, mut resp: Response, index: u64) -> Response {
+        let h = resp.headers_mut();
+        h.insert("X-Consul-Index", HeaderValue::from(index.max(1)));
+        let known = if self.store.leader().is_some() {
+            "true"
+        } else {
+            "false"
+        };
+        h.insert("X-Consul-KnownLeader", HeaderValue::from_static(known));
+        h.insert("X-Consul-LastContact", HeaderValue::from_static("0"));
+        resp
+    }
+}

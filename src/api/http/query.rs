@@ -1,0 +1,242 @@
+//! Query strings as Consul reads them: flags without values (`?recurse`), Go durations
+//! (`wait=1m30s`), consistency modes and blocking-query parameters. Unknown parameters are
+//! refused: a misspelt `?recurce` on a DELETE must not silently delete one key instead of a tree.
+
+use std::time::Duration;
+
+use percent_encoding::percent_decode_str;
+
+use super::error::ApiError;
+
+/// The only datacenter a shoal cluster is.
+pub(crate) const DATACENTER: &str = "dc1";
+/// Consul's default and longest wait of a blocking query.
+const DEFAULT_WAIT: Duration = Duration::from_secs(5 * 60);
+const MAX_WAIT: Duration = Duration::from_secs(10 * 60);
+
+/// Parameters every Consul endpoint accepts; shoal has no ACLs, namespaces or partitions, so
+/// they are accepted and ignored (`dc` must name the one datacenter).
+const GENERIC: &[&str] = &[
+    "dc",
+    "token",
+    "ns",
+    "partition",
+    "peer",
+    "pretty",
+    "cached",
+    "near",
+    "filter",
+    "node-meta",
+];
+
+#[derive(Debug, Default)]
+pub(crate) struct Query {
+    pairs: Vec<(String, String)>,
+}
+
+/// Decodes one URL component (`+` is a space in a query).
+pub(crate) fn decode(s: &str, plus_is_space: bool) -> Result<String, ApiError> {
+    let s = if plus_is_space {
+        s.replace('+', " ")
+    } else {
+        s.to_string()
+    };
+    percent_decode_str(&s)
+        .decode_utf8()
+        .map(|c| c.into_owned())
+        .map_err(|_| ApiError::BadRequest(format!("{s:?} is not valid UTF-8 once decoded")))
+}
+
+impl Query {
+    /// Parses `raw` and refuses parameters outside `allowed` and the generic ones.
+    pub(crate) fn parse(raw: Option<&str>, allowed: &[&str]) -> Result<Query, ApiError> {
+        let mut pairs = Vec::new();
+        for part in raw.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = part.split_once('=').unwrap_or((part, ""));
+            pairs.push((decode(k, true)?, decode(v, true)?));
+        }
+        let q = Query { pairs };
+        if let Some((k, _)) = q
+            .pairs
+            .iter()
+            .find(|(k, _)| !allowed.contains(&k.as_str()) && !GENERIC.contains(&k.as_str()))
+        {
+            let mut known: Vec<&str> = allowed.to_vec();
+            known.sort_unstable();
+            return Err(ApiError::BadRequest(format!(
+                "unknown query parameter {k:?}; this endpoint accepts {}",
+                if known.is_empty() {
+                    "none besides dc and token".to_string()
+                } else {
+                    known.join(", ")
+                }
+            )));
+        }
+        if let Some(dc) = q.get("dc") {
+            if !dc.is_empty() && dc != DATACENTER {
+                // Consul's answer for a datacenter it cannot route to.
+                return Err(ApiError::Internal(format!(
+                    "No path to datacenter {dc:?}: a shoal cluster is the single datacenter {DATACENTER:?}"
+                )));
+            }
+        }
+        Ok(q)
+    }
+
+    pub(crate) fn has(&self, name: &str) -> bool {
+        self.pairs.iter().any(|(k, _)| k == name)
+    }
+
+    pub(crate) fn get(&self, name: &str) -> Option<&str> {
+        self.pairs
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// A numeric parameter; `what` names it in Consul's error message ("Invalid flags").
+    pub(crate) fn u64(&self, name: &str, what: &str) -> Result<Option<u64>, ApiError> {
+        match self.get(name) {
+            None => Ok(None),
+            Some(v) => v.parse().map(Some).map_err(|_| {
+                ApiError::BadRequest(format!(
+                    "Invalid {what}: {v:?} is not a non-negative integer"
+                ))
+            }),
+        }
+    }
+
+    /// Whether the read may be served from this replica (`?stale`); the default and
+    /// `?consistent` are both linearizable reads here.
+    pub(crate) fn stale(&self) -> Result<bool, ApiError> {
+        let stale = self.has("stale");
+        if stale && self.has("consistent") {
+            return Err(ApiError::BadRequest(
+                "Cannot specify ?stale with ?consistent, conflicting semantics.".into(),
+            ));
+        }
+        Ok(stale)
+    }
+
+    /// `?index=N[&wait=D]`: block until something changes after index N, for at most D
+    /// (default 5m, capped at 10m as Consul does). None when the query does not block.
+    pub(crate) fn blocking(&self) -> Result<Option<(u64, Duration)>, ApiError> {
+        let index = match self.get("index") {
+            None => None,
+            Some(v) => Some(v.parse::<u64>().map_err(|_| {
+                ApiError::BadRequest(format!(
+                    "Invalid index: {v:?} is not a non-negative integer"
+                ))
+            })?),
+        };
+        let wait = match self.get("wait") {
+            None => DEFAULT_WAIT,
+            Some(v) => parse_duration(v)
+                .ok_or_else(|| {
+                    ApiError::BadRequest(format!(
+                        "Invalid wait time: {v:?} is not a duration such as 30s, 5m or 1m30s"
+                    ))
+                })?
+                .min(MAX_WAIT),
+        };
+        Ok(index.filter(|&i| i > 0).map(|i| (i, wait)))
+    }
+}
+
+/// Parses a Go duration (`300ms`, `1.5h`, `2h45m`, a bare `0`). Negative durations are refused.
+pub(crate) fn parse_duration(s: &str) -> Option<Duration> {
+    if s == "0" {
+        return Some(Duration::ZERO);
+    }
+    let mut rest = s;
+    let mut total = 0f64;
+    if rest.is_empty() {
+        return None;
+    }
+    while !rest.is_empty() {
+        let num_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let number: f64 = rest[..num_len].parse().ok()?;
+        rest = &rest[num_len..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let scale = match &rest[..unit_len] {
+            "ns" => 1e-9,
+            "us" | "µs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return None,
+        };
+        rest = &rest[unit_len..];
+        total += number * scale;
+    }
+    Duration::try_from_secs_f64(total).ok()
+}
+
+/// Formats a duration as Go does for whole seconds and above (`10s`, `1m30s`, `24h0m0s`).
+pub(crate) fn format_duration(d: Duration) -> String {
+    let secs = d.as_secs();
+    let (h, m, s) = (secs / 3600, secs / 60 % 60, secs % 60);
+    let frac = d.subsec_millis();
+    let s = if frac > 0 {
+        format!("{s}.{frac:03}").trim_end_matches('0').to_string()
+    } else {
+        s.to_string()
+    };
+    if h > 0 {
+        format!("{h}h{m}m{s}s")
+    } else if m > 0 {
+        format!("{m}m{s}s")
+    } else {
+        format!("{s}s")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn go_durations() {
+        assert_eq!(parse_duration("30s"), Some(Duration::from_secs(30)));
+        assert_eq!(parse_duration("1m30s"), Some(Duration::from_secs(90)));
+        assert_eq!(parse_duration("100ms"), Some(Duration::from_millis(100)));
+        assert_eq!(parse_duration("1.5h"), Some(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("0"), Some(Duration::ZERO));
+        for bad in ["", "10", "-5s", "5x", "s", "1..2s"] {
+            assert_eq!(parse_duration(bad), None, "{bad}");
+        }
+        assert_eq!(format_duration(Duration::from_secs(10)), "10s");
+        assert_eq!(format_duration(Duration::from_secs(86400)), "24h0m0s");
+        assert_eq!(format_duration(Duration::from_millis(1500)), "1.5s");
+    }
+
+    #[test]
+    fn queries() {
+        let q = Query::parse(
+            Some("recurse&index=5&wait=1m&dc=dc1"),
+            &["recurse", "index", "wait"],
+        )
+        .unwrap();
+        assert!(q.has("recurse"));
+        assert_eq!(q.blocking().unwrap(), Some((5, Duration::from_secs(60))));
+        let q = Query::parse(Some("index=5&wait=1h"), &["index", "wait"]).unwrap();
+        assert_eq!(q.blocking().unwrap(), Some((5, MAX_WAIT)));
+        assert!(matches!(
+            Query::parse(Some("recurce"), &["recurse"]),
+            Err(ApiError::BadRequest(_))
+        ));
+        assert!(matches!(
+            Query::parse(Some("dc=eu"), &[]),
+            Err(ApiError::Internal(_))
+        ));
+        let q = Query::parse(Some("index=x"), &["index"]).unwrap();
+        assert!(q.blocking().is_err());
+        let q = Query::parse(Some("stale&consistent"), &["stale", "consistent"]).unwrap();
+        assert!(q.stale().is_err());
+    }
+}

@@ -1,0 +1,744 @@
+//! The Consul-compatible HTTP API against three real managers started with `--http`: raw HTTP
+//! for every verb and bad input, then the same core flow with a real Consul client library
+//! (py-consul, from PyPI) driven by `consul_client.py`; both again after kill -9 of the leader.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::io::AsyncReadExt;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::time::sleep;
+use tokio::time::Instant;
+
+use crate::cluster::free_port;
+use crate::cluster::serial;
+use crate::cluster::tail;
+use crate::cluster::Manager;
+use crate::cluster::WAIT;
+
+/// Three managers, each serving the HTTP API (the shared harness starts them without it).
+struct HttpCluster {
+    _root: tempfile::TempDir,
+    managers: Vec<Manager>,
+    http: Vec<String>,
+}
+
+impl HttpCluster {
+    async fn start(n: usize) -> HttpCluster {
+        let root = tempfile::Builder::new()
+            .prefix("shoal-consul-")
+            .tempdir()
+            .unwrap();
+        let mut c = HttpCluster {
+            managers: Vec::new(),
+            http: Vec::new(),
+            _root: root,
+        };
+        let mut token = String::new();
+        for i in 0..n {
+            let mut m = Manager::new(c._root.path(), &format!("m{}", i + 1));
+            let http = format!("127.0.0.1:{}", free_port());
+            if i == 0 {
+                m.spawn(&["--http", &http]);
+                token = m.wait_token().await;
+            } else {
+                let join: Vec<String> = c.managers.iter().map(|m| m.grpc.clone()).collect();
+                m.spawn(&[
+                    "--join",
+                    &join.join(","),
+                    "--token",
+                    &token,
+                    "--http",
+                    &http,
+                ]);
+            }
+            c.managers.push(m);
+            c.http.push(http);
+            c.wait_voters(i + 1).await;
+        }
+        c
+    }
+
+    async fn wait_voters(&self, n: usize) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            for m in &self.managers {
+                if let Ok(s) = m.status().await {
+                    if s.leader_id != 0 && s.members.iter().filter(|m| m.voter).count() == n {
+                        return;
+                    }
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "never {n} voters\n{}",
+                self.logs()
+            );
+            sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// The index of the manager that says it leads.
+    async fn leader(&mut self) -> usize {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            for (i, m) in self.managers.iter_mut().enumerate() {
+                if !m.is_running() {
+                    continue;
+                }
+                if let Ok(s) = m.status().await {
+                    if s.leader_id != 0 && s.leader_id == s.member_id {
+                        return i;
+                    }
+                }
+            }
+            assert!(Instant::now() < deadline, "no leader\n{}", self.logs());
+            sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    fn logs(&self) -> String {
+        self.managers
+            .iter()
+            .map(|m| format!("---- {} ----\n{}", m.name, tail(&m.log_text())))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+#[derive(Debug)]
+struct Reply {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Reply {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn index(&self) -> u64 {
+        self.header("X-Consul-Index")
+            .expect("X-Consul-Index header")
+            .parse()
+            .unwrap()
+    }
+
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// One HTTP/1.1 exchange on a fresh connection (`Connection: close`), bounded by 60 s.
+async fn http(addr: &str, method: &str, target: &str, body: &[u8]) -> Result<Reply, String> {
+    let exchange = async {
+        let mut s = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+        let head = format!(
+            "{method} {target} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
+        s.write_all(head.as_bytes())
+            .await
+            .map_err(|e| e.to_string())?;
+        s.write_all(body).await.map_err(|e| e.to_string())?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await.map_err(|e| e.to_string())?;
+        Ok::<_, String>(buf)
+    };
+    let buf = tokio::time::timeout(Duration::from_secs(60), exchange)
+        .await
+        .map_err(|_| format!("{method} {target}: no answer within 60 s"))??;
+    let split = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| format!("{method} {target}: no header end in {buf:?}"))?;
+    let head = String::from_utf8_lossy(&buf[..split]).into_owned();
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("bad status line in {head:?}"))?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect();
+    assert!(
+        !headers
+            .iter()
+            .any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked")),
+        "the test client does not decode chunked bodies"
+    );
+    Ok(Reply {
+        status,
+        headers,
+        body: buf[split + 4..].to_vec(),
+    })
+}
+
+async fn call(addr: &str, method: &str, target: &str, body: &[u8]) -> Reply {
+    http(addr, method, target, body)
+        .await
+        .unwrap_or_else(|e| panic!("{method} {target} on {addr}: {e}"))
+}
+
+/// A call expected to answer `status`, with its body in the failure message.
+async fn expect(addr: &str, method: &str, target: &str, body: &[u8], status: u16) -> Reply {
+    let r = call(addr, method, target, body).await;
+    assert_eq!(r.status, status, "{method} {target}: {}", r.text());
+    r
+}
+
+fn b64(s: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+fn unb64(v: &Value) -> String {
+    use base64::Engine as _;
+    String::from_utf8(
+        base64::engine::general_purpose::STANDARD
+            .decode(v.as_str().expect("base64 string"))
+            .unwrap(),
+    )
+    .unwrap()
+}
+
+/// Retries a request until it succeeds: for the first (idempotent) write after a kill -9,
+/// while a new leader is elected.
+async fn until_ok(addr: &str, method: &str, target: &str, body: &[u8]) -> Reply {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Ok(r) = http(addr, method, target, body).await {
+            if r.status == 200 {
+                return r;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{method} {target} never succeeded"
+        );
+        sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// Everything the issue asks of the raw API, writing through `w` and reading through `r`
+/// (different managers). `p` prefixes every key so runs do not interfere.
+async fn core_flow(w: &str, r: &str, p: &str, wait_ttl: bool) {
+    // put, get, flags
+    let put = expect(w, "PUT", &format!("/v1/kv/{p}a"), b"1", 200).await;
+    assert_eq!(put.text(), "true");
+    expect(w, "PUT", &format!("/v1/kv/{p}b?flags=42"), b"2", 200).await;
+    expect(w, "PUT", &format!("/v1/kv/{p}dir/c"), b"3", 200).await;
+    let got = expect(r, "GET", &format!("/v1/kv/{p}a"), b"", 200).await;
+    assert_eq!(got.header("X-Consul-KnownLeader"), Some("true"));
+    assert!(got.header("X-Consul-LastContact").is_some());
+    let e = &got.json()[0];
+    assert_eq!(
+        (e["Key"].as_str().unwrap(), unb64(&e["Value"])),
+        (format!("{p}a").as_str(), "1".into())
+    );
+    assert_eq!(got.index(), e["ModifyIndex"].as_u64().unwrap());
+    let b = expect(r, "GET", &format!("/v1/kv/{p}b"), b"", 200)
+        .await
+        .json();
+    assert_eq!(b[0]["Flags"], 42);
+    // raw, recurse, keys, separator, missing
+    assert_eq!(
+        expect(r, "GET", &format!("/v1/kv/{p}a?raw"), b"", 200)
+            .await
+            .text(),
+        "1"
+    );
+    let all = expect(r, "GET", &format!("/v1/kv/{p}?recurse"), b"", 200)
+        .await
+        .json();
+    let keys: Vec<&str> = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["Key"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        keys,
+        [format!("{p}a"), format!("{p}b"), format!("{p}dir/c")]
+    );
+    let listed = expect(r, "GET", &format!("/v1/kv/{p}?keys&separator=/"), b"", 200)
+        .await
+        .json();
+    assert_eq!(
+        listed,
+        serde_json::json!([format!("{p}a"), format!("{p}b"), format!("{p}dir/")])
+    );
+    let missing = expect(r, "GET", &format!("/v1/kv/{p}nope"), b"", 404).await;
+    assert!(missing.index() > 0);
+    expect(r, "GET", &format!("/v1/kv/{p}a?stale"), b"", 200).await;
+    expect(r, "GET", &format!("/v1/kv/{p}a?consistent"), b"", 200).await;
+
+    // cas
+    let mi = e["ModifyIndex"].as_u64().unwrap();
+    assert_eq!(
+        expect(
+            w,
+            "PUT",
+            &format!("/v1/kv/{p}a?cas={}", mi + 1000),
+            b"x",
+            200
+        )
+        .await
+        .text(),
+        "false"
+    );
+    assert_eq!(
+        expect(w, "PUT", &format!("/v1/kv/{p}a?cas={mi}"), b"4", 200)
+            .await
+            .text(),
+        "true"
+    );
+    assert_eq!(
+        expect(w, "PUT", &format!("/v1/kv/{p}a?cas=0"), b"5", 200)
+            .await
+            .text(),
+        "false"
+    );
+    assert_eq!(
+        expect(w, "PUT", &format!("/v1/kv/{p}new?cas=0"), b"n", 200)
+            .await
+            .text(),
+        "true"
+    );
+    assert_eq!(
+        expect(r, "GET", &format!("/v1/kv/{p}a?raw"), b"", 200)
+            .await
+            .text(),
+        "4"
+    );
+    assert_eq!(
+        expect(w, "DELETE", &format!("/v1/kv/{p}new?cas=1"), b"", 200)
+            .await
+            .text(),
+        "false"
+    );
+    assert_eq!(
+        expect(w, "DELETE", &format!("/v1/kv/{p}new"), b"", 200)
+            .await
+            .text(),
+        "true"
+    );
+    expect(r, "GET", &format!("/v1/kv/{p}new"), b"", 404).await;
+
+    // a blocking query on `r` woken by a write on `w`
+    let idx = expect(r, "GET", &format!("/v1/kv/{p}watched"), b"", 404)
+        .await
+        .index();
+    let (raddr, target) = (
+        r.to_string(),
+        format!("/v1/kv/{p}watched?index={idx}&wait=30s"),
+    );
+    let started = Instant::now();
+    let blocked = tokio::spawn(async move { call(&raddr, "GET", &target, b"").await });
+    sleep(Duration::from_millis(800)).await;
+    assert!(
+        !blocked.is_finished(),
+        "the blocking query answered before any change"
+    );
+    expect(w, "PUT", &format!("/v1/kv/{p}watched"), b"woken", 200).await;
+    let woken = tokio::time::timeout(Duration::from_secs(10), blocked)
+        .await
+        .expect("blocking query woken within 10 s of the write")
+        .unwrap();
+    assert_eq!(woken.status, 200, "{}", woken.text());
+    assert_eq!(unb64(&woken.json()[0]["Value"]), "woken");
+    assert!(woken.index() > idx && started.elapsed() < Duration::from_secs(10));
+    // ... and one that times out answers with the same index.
+    let idx = woken.index();
+    let started = Instant::now();
+    let same = expect(
+        r,
+        "GET",
+        &format!("/v1/kv/{p}watched?index={idx}&wait=1s"),
+        b"",
+        200,
+    )
+    .await;
+    assert_eq!(same.index(), idx);
+    assert!(started.elapsed() >= Duration::from_millis(900));
+
+    // sessions and locks
+    let s1 = expect(
+        w,
+        "PUT",
+        "/v1/session/create",
+        br#"{"Name":"holder","TTL":"10s","LockDelay":"0s"}"#,
+        200,
+    )
+    .await
+    .json()["ID"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let s2 = expect(
+        r,
+        "PUT",
+        "/v1/session/create",
+        br#"{"name":"waiter","ttl":"60s","lockdelay":0}"#,
+        200,
+    )
+    .await
+    .json()["ID"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(s1.len(), 36);
+    let lock = format!("/v1/kv/{p}lock");
+    assert_eq!(
+        expect(w, "PUT", &format!("{lock}?acquire={s1}"), b"one", 200)
+            .await
+            .text(),
+        "true"
+    );
+    assert_eq!(
+        expect(r, "PUT", &format!("{lock}?acquire={s2}"), b"two", 200)
+            .await
+            .text(),
+        "false"
+    );
+    assert_eq!(
+        expect(r, "PUT", &format!("{lock}?release={s2}"), b"two", 200)
+            .await
+            .text(),
+        "false"
+    );
+    let held = expect(r, "GET", &lock, b"", 200).await.json();
+    assert_eq!(
+        (held[0]["Session"].as_str(), held[0]["LockIndex"].as_u64()),
+        (Some(s1.as_str()), Some(1))
+    );
+    let info = expect(r, "GET", &format!("/v1/session/info/{s1}"), b"", 200)
+        .await
+        .json();
+    assert_eq!(
+        (info[0]["ID"].as_str(), info[0]["TTL"].as_str()),
+        (Some(s1.as_str()), Some("10s"))
+    );
+    let list = expect(r, "GET", "/v1/session/list", b"", 200).await.json();
+    assert!(
+        list.as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| s["ID"] == s1 || s["ID"] == s2)
+            .count()
+            == 2
+    );
+    let renewed = expect(w, "PUT", &format!("/v1/session/renew/{s2}"), b"", 200)
+        .await
+        .json();
+    assert_eq!(renewed[0]["ID"].as_str(), Some(s2.as_str()));
+    if wait_ttl {
+        // s1 is never renewed: its 10 s TTL lapses and the lock is released, the key kept.
+        let deadline = Instant::now() + Duration::from_secs(45);
+        loop {
+            expect(r, "PUT", &format!("/v1/session/renew/{s2}"), b"", 200).await;
+            let v = expect(r, "GET", &lock, b"", 200).await.json();
+            if v[0].get("Session").is_none() {
+                assert_eq!(unb64(&v[0]["Value"]), "one");
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the lock outlived its session's TTL: {v}"
+            );
+            sleep(Duration::from_secs(1)).await;
+        }
+        assert_eq!(
+            expect(r, "GET", &format!("/v1/session/info/{s1}"), b"", 200)
+                .await
+                .json(),
+            serde_json::json!([])
+        );
+        expect(r, "PUT", &format!("/v1/session/renew/{s1}"), b"", 404).await;
+    } else {
+        assert_eq!(
+            expect(w, "PUT", &format!("{lock}?release={s1}"), b"one", 200)
+                .await
+                .text(),
+            "true"
+        );
+    }
+    assert_eq!(
+        expect(r, "PUT", &format!("{lock}?acquire={s2}"), b"two", 200)
+            .await
+            .text(),
+        "true"
+    );
+    let v = expect(w, "GET", &lock, b"", 200).await.json();
+    assert_eq!(
+        (v[0]["Session"].as_str(), v[0]["LockIndex"].as_u64()),
+        (Some(s2.as_str()), Some(2))
+    );
+    // Behavior "delete": destroying the session deletes the key it holds.
+    let s3 = expect(
+        w,
+        "PUT",
+        "/v1/session/create",
+        br#"{"Behavior":"delete","LockDelay":"0s"}"#,
+        200,
+    )
+    .await
+    .json()["ID"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        expect(w, "PUT", &format!("/v1/kv/{p}eph?acquire={s3}"), b"e", 200)
+            .await
+            .text(),
+        "true"
+    );
+    assert_eq!(
+        expect(w, "PUT", &format!("/v1/session/destroy/{s3}"), b"", 200)
+            .await
+            .text(),
+        "true"
+    );
+    expect(r, "GET", &format!("/v1/kv/{p}eph"), b"", 404).await;
+    assert_eq!(
+        expect(w, "PUT", &format!("/v1/session/destroy/{s2}"), b"", 200)
+            .await
+            .text(),
+        "true"
+    );
+    let v = expect(r, "GET", &lock, b"", 200).await.json();
+    assert!(v[0].get("Session").is_none(), "destroy releases: {v}");
+
+    // a transaction that fails as a whole applies nothing; then one that succeeds
+    let a = expect(r, "GET", &format!("/v1/kv/{p}a"), b"", 200)
+        .await
+        .json();
+    let mi = a[0]["ModifyIndex"].as_u64().unwrap();
+    let failing = serde_json::json!([
+        {"KV": {"Verb": "set", "Key": format!("{p}t1"), "Value": b64("t")}},
+        {"KV": {"Verb": "cas", "Key": format!("{p}a"), "Index": mi + 1000, "Value": b64("y")}},
+    ]);
+    let f = expect(w, "PUT", "/v1/txn", failing.to_string().as_bytes(), 409)
+        .await
+        .json();
+    assert_eq!(f["Errors"][0]["OpIndex"], 1, "{f}");
+    expect(r, "GET", &format!("/v1/kv/{p}t1"), b"", 404).await;
+    let ok = serde_json::json!([
+        {"KV": {"Verb": "set", "Key": format!("{p}t1"), "Value": b64("t"), "Flags": 9}},
+        {"KV": {"Verb": "cas", "Key": format!("{p}a"), "Index": mi, "Value": b64("y")}},
+        {"KV": {"Verb": "get", "Key": format!("{p}b")}},
+        {"KV": {"Verb": "check-not-exists", "Key": format!("{p}zzz")}},
+        {"KV": {"Verb": "delete", "Key": format!("{p}dir/c")}},
+    ]);
+    let t = expect(w, "PUT", "/v1/txn", ok.to_string().as_bytes(), 200)
+        .await
+        .json();
+    let results = t["Results"].as_array().unwrap();
+    assert_eq!(results.len(), 3, "{t}");
+    assert_eq!(results[0]["KV"]["Flags"], 9);
+    assert_eq!(unb64(&results[2]["KV"]["Value"]), "2");
+    assert_eq!(
+        expect(r, "GET", &format!("/v1/kv/{p}a?raw"), b"", 200)
+            .await
+            .text(),
+        "y"
+    );
+    expect(r, "GET", &format!("/v1/kv/{p}dir/c"), b"", 404).await;
+
+    // recursive delete
+    assert_eq!(
+        expect(w, "DELETE", &format!("/v1/kv/{p}?recurse"), b"", 200)
+            .await
+            .text(),
+        "true"
+    );
+    expect(r, "GET", &format!("/v1/kv/{p}?recurse"), b"", 404).await;
+}
+
+/// Bad input answers Consul's status codes with a message.
+async fn bad_input(a: &str) {
+    let cases: &[(&str, &str, &[u8], u16)] = &[
+        ("PUT", "/v1/kv/bad?flags=x", b"v", 400),
+        ("PUT", "/v1/kv/bad?cas=-1", b"v", 400),
+        ("PUT", "/v1/kv/bad?recurce", b"v", 400),
+        ("GET", "/v1/kv/bad?index=1&wait=soon", b"", 400),
+        ("GET", "/v1/kv/bad?stale&consistent", b"", 400),
+        ("PUT", "/v1/kv/", b"v", 400),
+        ("PUT", "/v1/kv/bad?acquire=not-a-session", b"v", 400),
+        (
+            "PUT",
+            "/v1/kv/bad?acquire=00000000-0000-0fff-0000-000000000000",
+            b"v",
+            500,
+        ),
+        ("GET", "/v1/session/info/xyz", b"", 400),
+        ("PUT", "/v1/session/create", br#"{"TTL":"5s"}"#, 400),
+        (
+            "PUT",
+            "/v1/session/create",
+            br#"{"Behavior":"explode"}"#,
+            400,
+        ),
+        ("PUT", "/v1/session/create", b"{", 400),
+        (
+            "PUT",
+            "/v1/txn",
+            br#"[{"KV":{"Verb":"set","Key":"k","Value":"%%%"}}]"#,
+            400,
+        ),
+        (
+            "PUT",
+            "/v1/txn",
+            br#"[{"KV":{"Verb":"frob","Key":"k"}}]"#,
+            400,
+        ),
+        ("GET", "/v1/kv/bad?dc=elsewhere", b"", 500),
+        ("GET", "/v1/nothing/here", b"", 404),
+        ("GET", "/v1/session/frob", b"", 404),
+        ("DELETE", "/v1/status/leader", b"", 405),
+    ];
+    for (method, target, body, status) in cases {
+        let r = expect(a, method, target, body, *status).await;
+        assert!(!r.body.is_empty(), "{method} {target}: an error says why");
+    }
+    let foreign = "/v1/session/info/adf4238a-882b-9ddc-4a9d-5b6758e4159e";
+    assert_eq!(expect(a, "GET", foreign, b"", 200).await.text(), "[]");
+    let big = vec![b'x'; 512 * 1024 + 1];
+    let r = expect(a, "PUT", "/v1/kv/big", &big, 413).await;
+    assert!(r.text().contains("too large"), "{}", r.text());
+    expect(a, "PUT", "/v1/kv/big", &big[1..], 200).await;
+    expect(a, "DELETE", "/v1/kv/big", b"", 200).await;
+}
+
+/// Status, agent, catalog, health and metrics as seen from manager `a`.
+async fn probes(a: &str, http: &[String]) {
+    let leader = expect(a, "GET", "/v1/status/leader", b"", 200).await.json();
+    assert!(
+        http.iter().any(|h| leader == *h),
+        "leader {leader} is one of {http:?}"
+    );
+    let peers = expect(a, "GET", "/v1/status/peers", b"", 200).await.json();
+    let mut peers: Vec<String> = serde_json::from_value(peers).unwrap();
+    peers.sort();
+    let mut want = http.to_vec();
+    want.sort();
+    assert_eq!(peers, want);
+    let me = expect(a, "GET", "/v1/agent/self", b"", 200).await.json();
+    assert_eq!(me["Config"]["Datacenter"], "dc1");
+    assert!(me["Config"]["NodeName"]
+        .as_str()
+        .unwrap()
+        .starts_with("manager-"));
+    let nodes = expect(a, "GET", "/v1/catalog/nodes", b"", 200).await;
+    assert_eq!(nodes.json().as_array().unwrap().len(), http.len());
+    // Unchanged membership: a blocking query answers at its wait with the same index.
+    let target = format!("/v1/catalog/nodes?index={}&wait=1s", nodes.index());
+    let again = expect(a, "GET", &target, b"", 200).await;
+    assert_eq!(again.index(), nodes.index());
+    assert_eq!(
+        expect(a, "GET", "/health", b"", 200).await.json()["status"],
+        "ok"
+    );
+    let metrics = expect(a, "GET", "/metrics", b"", 200).await.text();
+    for m in [
+        "shoal_is_leader",
+        "shoal_raft_term",
+        "shoal_raft_commit_index",
+        "shoal_raft_applied_index",
+        "shoal_store_revision",
+    ] {
+        assert!(metrics.contains(&format!("\n{m} ")), "{m} in\n{metrics}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn consul_http_api_across_managers_and_after_leader_kill() {
+    let _serial = serial().await;
+    let mut c = HttpCluster::start(3).await;
+    let leader = c.leader().await;
+    let follower = (leader + 1) % 3;
+    let other = (leader + 2) % 3;
+    probes(&c.http[follower], &c.http).await;
+    bad_input(&c.http[follower]).await;
+    // Writes on a follower, reads on the leader, and the other way round.
+    core_flow(&c.http[follower], &c.http[leader], "raw1/", true).await;
+
+    c.managers[leader].kill();
+    let (w, r) = (c.http[follower].clone(), c.http[other].clone());
+    until_ok(&w, "PUT", "/v1/kv/after-kill", b"1").await;
+    core_flow(&w, &r, "raw2/", false).await;
+    let new_leader = expect(&r, "GET", "/v1/status/leader", b"", 200)
+        .await
+        .json();
+    assert_ne!(new_leader, c.http[leader].as_str());
+    assert!(new_leader == w.as_str() || new_leader == r.as_str());
+}
+
+/// Installs py-consul if it is missing; fails (never skips) when that is impossible.
+fn ensure_py_consul() {
+    let have = |py: &str| {
+        std::process::Command::new(py)
+            .args(["-c", "import consul"])
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if have("python3") {
+        return;
+    }
+    let out = std::process::Command::new("python3")
+        .args(["-m", "pip", "install", "--quiet", "py-consul==1.8.0"])
+        .output()
+        .expect("python3 must be installed to run the Consul client test");
+    assert!(
+        out.status.success() && have("python3"),
+        "could not install py-consul with `python3 -m pip install py-consul==1.8.0` (is pip available and PyPI reachable?):\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+async fn run_python(phase: &str, w: &str, r: &str) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/consul_client.py");
+    let out = tokio::time::timeout(
+        Duration::from_secs(180),
+        tokio::process::Command::new("python3")
+            .arg(&script)
+            .args([phase, w, r])
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("consul_client.py {phase} did not finish within 180 s"))
+    .expect("running python3");
+    assert!(
+        out.status.success(),
+        "consul_client.py {phase} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn consul_python_client_across_managers_and_after_leader_kill() {
+    ensure_py_consul();
+    let _serial = serial().await;
+    let mut c = HttpCluster::start(3).await;
+    let leader = c.leader().await;
+    let (follower, other) = ((leader + 1) % 3, (leader + 2) % 3);
+    run_python("full", &c.http[follower], &c.http[leader]).await;
+    c.managers[leader].kill();
+    until_ok(&c.http[follower], "PUT", "/v1/kv/after-kill", b"1").await;
+    run_python("quick", &c.http[follower], &c.http[other]).await;
+}
