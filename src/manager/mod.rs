@@ -4,6 +4,7 @@
 mod cluster_service;
 mod convert;
 mod kv_service;
+pub mod scheduler;
 
 use std::future::Future;
 use std::net::SocketAddr;

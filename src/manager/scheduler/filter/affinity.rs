@@ -1,0 +1,118 @@
+//! Affinity: place next to (`==`) or away from (`!=`) other tasks, by container name
+//! (`container==web`), image (`image==redis`, also matching images already on the node) or any
+//! other key as a task label. Soft forms (`==~`) are preferences.
+
+use super::super::expr::Expr;
+use super::super::view::{NodeInfo, Request};
+use super::Filter;
+
+pub(crate) struct Affinity;
+
+impl Filter for Affinity {
+    fn check(&self, req: &Request, node: &NodeInfo, broken: &mut Vec<String>) {
+        for expr in req.affinities.iter().filter(|e| !e.soft) {
+            if !holds(expr, node) {
+                broken.push(format!("affinity {expr}"));
+            }
+        }
+    }
+
+    fn preference(&self, req: &Request, node: &NodeInfo) -> usize {
+        req.affinities
+            .iter()
+            .filter(|e| e.soft && holds(e, node))
+            .count()
+    }
+}
+
+fn holds(expr: &Expr, node: &NodeInfo) -> bool {
+    let tasks = &node.tasks;
+    match expr.key.as_str() {
+        "container" => expr.holds(
+            tasks
+                .iter()
+                .flat_map(|t| t.names.iter().map(String::as_str)),
+        ),
+        "image" => {
+            let images = tasks.iter().map(|t| t.image.as_str());
+            let images = images.chain(node.node.images.iter().map(String::as_str));
+            expr.holds(images.flat_map(|i| [i, untagged(i)]))
+        }
+        label => expr.holds(
+            tasks
+                .iter()
+                .filter_map(|t| t.labels.get(label).map(String::as_str)),
+        ),
+    }
+}
+
+/// `redis:7` → `redis`; a registry port (`host:5000/redis`) is not a tag.
+fn untagged(image: &str) -> &str {
+    match image.rsplit_once(':') {
+        Some((repo, tag)) if !tag.contains('/') => repo,
+        _ => image,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::super::testutil::*;
+    use super::*;
+
+    fn with(affinity: &str) -> crate::model::Service {
+        let mut svc = service("app");
+        svc.affinities = vec![affinity.into()];
+        svc
+    }
+
+    #[test]
+    fn container_image_and_label_affinities() {
+        let mut web = service("web");
+        web.image = "nginx:1.27".into();
+        web.labels.insert("tier".into(), "front".into());
+        let mut n = node(1, &[]);
+        n.images = vec!["registry:5000/redis:7".into()];
+        let with_web = info(&n, vec![placed(&web, 1)]);
+        let empty = info(&n, vec![]);
+        for yes in [
+            "container==web",
+            "container==web.*",
+            "image==nginx",
+            "image==registry:5000/redis",
+            "tier==front",
+            "container!=db",
+        ] {
+            assert!(
+                broken(&Affinity, &request(&with(yes)), &with_web).is_empty(),
+                "{yes}"
+            );
+        }
+        for no in [
+            "container==db",
+            "image==postgres",
+            "tier==back",
+            "container!=web",
+        ] {
+            assert_eq!(
+                broken(&Affinity, &request(&with(no)), &with_web),
+                [format!("affinity {no}")]
+            );
+        }
+        assert_eq!(
+            broken(&Affinity, &request(&with("container==web")), &empty).len(),
+            1
+        );
+        assert!(broken(&Affinity, &request(&with("container!=web")), &empty).is_empty());
+    }
+
+    #[test]
+    fn soft_affinities_only_score() {
+        let web = service("web");
+        let n = node(1, &[]);
+        let req = request(&with("container==~web"));
+        let with_web = info(&n, vec![placed(&web, 1)]);
+        assert!(broken(&Affinity, &req, &info(&n, vec![])).is_empty());
+        assert_eq!(Affinity.preference(&req, &with_web), 1);
+        assert_eq!(Affinity.preference(&req, &info(&n, vec![])), 0);
+    }
+}

@@ -1,0 +1,19 @@
+//! Cluster objects as the store holds them under `/shoal/`: nodes, services, tasks and the task
+//! lifecycle. Plain serde data (JSON, snake_case fields); nothing here does I/O or reads a clock.
+
+mod error;
+pub mod keys;
+mod node;
+mod placement;
+mod port;
+mod service;
+mod task;
+mod task_state;
+
+pub use self::error::ModelError;
+pub use self::node::{Availability, Node, NodeStatus};
+pub use self::placement::Placement;
+pub use self::port::{PortSpec, Protocol};
+pub use self::service::{Reservations, RestartPolicy, Service};
+pub use self::task::{PublishedPort, Task};
+pub use self::task_state::{Actor, TaskState};

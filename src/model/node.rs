@@ -1,0 +1,88 @@
+//! A Docker host as registered by its `shoal agent`, with the status the dispatcher observes and
+//! the availability an operator sets.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Written by the dispatcher, only on transitions (heartbeats stay in the leader's memory).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeStatus {
+    Ready,
+    Down,
+}
+
+/// Set by the operator (`shoal node update`): a drained node takes no new tasks and gives its
+/// tasks away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Availability {
+    #[default]
+    Active,
+    Drain,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Node {
+    pub id: String,
+    pub name: String,
+    /// The address the agent advertises (its own loopback IP when several share one machine).
+    pub addr: String,
+    /// Operator labels (`--label storage=ssd`) merged with engine attributes such as
+    /// `storagedriver`, `operatingsystem`, `kernelversion`: constraints see them all.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    pub cpus: u32,
+    pub memory_bytes: u64,
+    #[serde(default)]
+    pub engine_version: String,
+    /// Image references present on the engine (`repo:tag`).
+    #[serde(default)]
+    pub images: Vec<String>,
+    pub status: NodeStatus,
+    #[serde(default)]
+    pub availability: Availability,
+}
+
+impl Node {
+    /// Whether the scheduler may place new tasks here.
+    pub fn is_schedulable(&self) -> bool {
+        self.status == NodeStatus::Ready && self.availability == Availability::Active
+    }
+
+    /// CPU capacity in the unit of reservations (1e9 per CPU, as Docker's NanoCPUs).
+    pub fn nano_cpus(&self) -> u64 {
+        u64::from(self.cpus) * 1_000_000_000
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_round_trip_uses_stable_snake_case_names() {
+        let node = Node {
+            id: "n1".into(),
+            name: "node-1".into(),
+            addr: "127.0.0.2:7000".into(),
+            labels: BTreeMap::from([("storage".into(), "ssd".into())]),
+            cpus: 2,
+            memory_bytes: 1 << 30,
+            engine_version: "27.0.1".into(),
+            images: vec!["shoal/whoami:latest".into()],
+            status: NodeStatus::Ready,
+            availability: Availability::Drain,
+        };
+        let json = serde_json::to_value(&node).unwrap();
+        assert_eq!(json["status"], "ready");
+        assert_eq!(json["availability"], "drain");
+        assert_eq!(json["memory_bytes"], 1u64 << 30);
+        assert_eq!(json["labels"]["storage"], "ssd");
+        let back: Node = serde_json::from_value(json).unwrap();
+        assert_eq!(back, node);
+        assert!(!back.is_schedulable());
+        assert_eq!(back.nano_cpus(), 2_000_000_000);
+    }
+}

@@ -1,0 +1,136 @@
+//! A task: one replica (slot) of a service, its placement and the state its agent reports.
+//! Timestamps come from the log entry that wrote the change, never from a local clock.
+
+use serde::{Deserialize, Serialize};
+
+use super::error::ModelError;
+use super::port::Protocol;
+use super::task_state::{Actor, TaskState};
+
+/// A port the engine actually published for the task's container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublishedPort {
+    pub container_port: u16,
+    #[serde(default)]
+    pub protocol: Protocol,
+    #[serde(default)]
+    pub host_ip: String,
+    pub host_port: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Task {
+    pub id: String,
+    pub service_id: String,
+    /// Replica number, from 1; a replacement keeps the slot of the task it replaces.
+    pub slot: u64,
+    /// Set by the scheduler together with ASSIGNED.
+    #[serde(default)]
+    pub node_id: Option<String>,
+    /// RUNNING or SHUTDOWN; written by the orchestrator only.
+    pub desired_state: TaskState,
+    pub state: TaskState,
+    /// Why the task is in its state: "no suitable node: ...", an engine error, an exit code.
+    #[serde(default)]
+    pub message: String,
+    #[serde(default)]
+    pub container_id: Option<String>,
+    #[serde(default)]
+    pub ports: Vec<PublishedPort>,
+    /// Milliseconds since the epoch, from the log entry that created the task.
+    pub created_ms: u64,
+    /// Milliseconds since the epoch, from the log entry of the last change.
+    pub updated_ms: u64,
+}
+
+impl Task {
+    /// A fresh task the orchestrator is about to write: NEW, meant to run.
+    pub fn new(id: String, service_id: String, slot: u64, now_ms: u64) -> Task {
+        Task {
+            id,
+            service_id,
+            slot,
+            node_id: None,
+            desired_state: TaskState::Running,
+            state: TaskState::New,
+            message: String::new(),
+            container_id: None,
+            ports: Vec::new(),
+            created_ms: now_ms,
+            updated_ms: now_ms,
+        }
+    }
+
+    /// The container name of this task: `<service>.<slot>`.
+    pub fn name(&self, service_name: &str) -> String {
+        format!("{service_name}.{}", self.slot)
+    }
+
+    /// Moves the task to `to` if `actor` owns that move (see `TaskState::may_move`).
+    pub fn transition(
+        &mut self,
+        to: TaskState,
+        actor: Actor,
+        message: impl Into<String>,
+        now_ms: u64,
+    ) -> Result<(), ModelError> {
+        if !self.state.may_move(to, actor) {
+            return Err(ModelError::Transition {
+                task: self.id.clone(),
+                actor,
+                from: self.state,
+                to,
+            });
+        }
+        self.state = to;
+        self.message = message.into();
+        self.updated_ms = now_ms;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_round_trip() {
+        let mut task = Task::new("t1".into(), "s1".into(), 2, 1_700_000_000_000);
+        task.node_id = Some("n1".into());
+        task.ports.push(PublishedPort {
+            container_port: 80,
+            protocol: Protocol::Tcp,
+            host_ip: "127.0.0.2".into(),
+            host_port: 32768,
+        });
+        let json = serde_json::to_value(&task).unwrap();
+        assert_eq!(json["state"], "new");
+        assert_eq!(json["desired_state"], "running");
+        assert_eq!(json["node_id"], "n1");
+        assert_eq!(serde_json::from_value::<Task>(json).unwrap(), task);
+        assert_eq!(task.name("web"), "web.2");
+    }
+
+    #[test]
+    fn transition_checks_owner_and_direction() {
+        let mut task = Task::new("t1".into(), "s1".into(), 1, 10);
+        task.transition(TaskState::Pending, Actor::Orchestrator, "", 11)
+            .unwrap();
+        let err = task
+            .transition(TaskState::Running, Actor::Agent, "", 12)
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "task t1: the agent may not move it from PENDING to RUNNING"
+        );
+        assert_eq!((task.state, task.updated_ms), (TaskState::Pending, 11));
+        task.transition(TaskState::Assigned, Actor::Scheduler, "", 13)
+            .unwrap();
+        task.transition(TaskState::Running, Actor::Agent, "up", 14)
+            .unwrap();
+        assert_eq!(
+            (task.state, task.message.as_str(), task.updated_ms),
+            (TaskState::Running, "up", 14)
+        );
+    }
+}
