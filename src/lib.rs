@@ -2,6 +2,7 @@
 //! integration tests and benchmarks can reach them; `main.rs` is a thin clap front end.
 #![forbid(unsafe_code)]
 
+pub mod agent;
 pub mod api;
 pub mod cli;
 pub mod client;

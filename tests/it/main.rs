@@ -7,6 +7,7 @@ mod cluster;
 mod consul;
 mod crash;
 mod dev;
+mod docker_runtime;
 mod failover;
 mod full_disk;
 mod membership;

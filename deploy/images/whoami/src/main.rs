@@ -1,0 +1,88 @@
+//! whoami: the test image's HTTP server. Every request gets a plain-text body naming the task, service,
+//! node and container it reached; `GET /health` answers "ok". Std only, one thread per connection, built
+//! statically so that the image can be `FROM scratch`.
+
+mod http;
+mod signal;
+
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Who answers: read once at startup from the environment shoal gives every task.
+pub struct Identity {
+    task: String,
+    service: String,
+    node: String,
+    container: String,
+}
+
+impl Identity {
+    fn from_env() -> Identity {
+        let var = |name: &str| std::env::var(name).unwrap_or_else(|_| "-".to_string());
+        Identity {
+            task: var("SHOAL_TASK"),
+            service: var("SHOAL_SERVICE"),
+            node: var("SHOAL_NODE"),
+            container: hostname(),
+        }
+    }
+
+    /// The body of every answer but `/health`: one `key: value` line each, stable for tests to parse.
+    pub fn body(&self) -> String {
+        format!(
+            "task: {}\nservice: {}\nnode: {}\ncontainer: {}\n",
+            self.task, self.service, self.node, self.container
+        )
+    }
+}
+
+/// Docker sets the hostname to the (short) container id. The kernel's copy needs no libc call; `HOSTNAME`
+/// is Docker's fallback for when /proc is missing.
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "-".to_string())
+}
+
+fn port() -> u16 {
+    match std::env::var("PORT") {
+        Ok(p) => p.parse().unwrap_or_else(|_| {
+            eprintln!("whoami: PORT={p:?} is not a port number");
+            std::process::exit(2)
+        }),
+        Err(_) => 80,
+    }
+}
+
+fn main() {
+    signal::exit_on_term();
+    let addr = SocketAddr::from(([0, 0, 0, 0], port()));
+    let listener = TcpListener::bind(addr).unwrap_or_else(|e| {
+        eprintln!("whoami: cannot listen on {addr}: {e}");
+        std::process::exit(1)
+    });
+    let identity = Arc::new(Identity::from_env());
+    eprintln!("whoami: listening on {addr} as {}", identity.container);
+    for conn in listener.incoming() {
+        match conn {
+            Ok(stream) => {
+                let identity = Arc::clone(&identity);
+                let spawned = std::thread::Builder::new()
+                    .stack_size(64 * 1024)
+                    .spawn(move || http::serve(stream, &identity));
+                if let Err(e) = spawned {
+                    eprintln!("whoami: cannot start a connection thread: {e}");
+                }
+            }
+            // Out of descriptors or a connection reset before accept: back off briefly, keep serving.
+            Err(e) => {
+                eprintln!("whoami: accept: {e}");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+}

@@ -1,0 +1,232 @@
+//! The agent's container runtime: the local Docker engine through bollard. Creates, inspects, stops and
+//! removes the containers of this node's tasks and finds them again by label after a restart. It never
+//! decides what should run; the agent's task loop does.
+
+mod error;
+mod restart;
+mod spec;
+mod status;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, KillContainerOptionsBuilder, ListContainersOptionsBuilder,
+    ListImagesOptionsBuilder, RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
+};
+use bollard::Docker;
+
+use error::engine_status;
+pub use error::RuntimeError;
+pub use restart::RestartPolicy;
+pub use spec::{ContainerSpec, Owner, PortSpec, Protocol, NODE_LABEL, SERVICE_LABEL, TASK_LABEL};
+pub use status::{ContainerInfo, ContainerState, EngineInfo, PublishedPort};
+
+/// bollard's default for every request.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// A handle on one Docker engine; cheap to clone (bollard pools its connections).
+#[derive(Debug, Clone)]
+pub struct DockerRuntime {
+    docker: Docker,
+    endpoint: String,
+}
+
+impl DockerRuntime {
+    /// Connects to `url` (`unix:///path`, a bare socket path, `tcp://host:port`), or to the local socket
+    /// when None, and settles on the engine's API version: bollard speaks a newer one than older engines
+    /// (Debian's 20.10 stops at 1.41) accept.
+    pub async fn connect(url: Option<&str>) -> Result<DockerRuntime, RuntimeError> {
+        let endpoint = match url {
+            None => "unix:///var/run/docker.sock".to_string(),
+            Some(path) if path.starts_with('/') => format!("unix://{path}"),
+            Some(url) => url.to_string(),
+        };
+        let connect_error = |source| RuntimeError::Connect {
+            endpoint: endpoint.clone(),
+            source,
+        };
+        let docker = Docker::connect_with_host(&endpoint).map_err(connect_error)?;
+        let docker = docker.negotiate_version().await.map_err(connect_error)?;
+        Ok(DockerRuntime { docker, endpoint })
+    }
+
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    fn engine_error(
+        &self,
+        op: &'static str,
+    ) -> impl FnOnce(bollard::errors::Error) -> RuntimeError {
+        let endpoint = self.endpoint.clone();
+        move |source| RuntimeError::Engine {
+            endpoint,
+            op,
+            source,
+        }
+    }
+
+    /// What the agent registers its node with: engine version, CPUs, memory, images present.
+    pub async fn engine_info(&self) -> Result<EngineInfo, RuntimeError> {
+        let version = self
+            .docker
+            .version()
+            .await
+            .map_err(self.engine_error("version"))?;
+        let info = self
+            .docker
+            .info()
+            .await
+            .map_err(self.engine_error("info"))?;
+        let options = ListImagesOptionsBuilder::new().build();
+        let listed = self
+            .docker
+            .list_images(Some(options))
+            .await
+            .map_err(self.engine_error("list images"))?;
+        let mut images: Vec<String> = listed
+            .into_iter()
+            .flat_map(|i| i.repo_tags)
+            .filter(|tag| tag != "<none>:<none>")
+            .collect();
+        images.sort();
+        images.dedup();
+        Ok(EngineInfo {
+            name: info.name.unwrap_or_default(),
+            version: version.version.unwrap_or_default(),
+            api_version: version.api_version.unwrap_or_default(),
+            cpus: info.ncpu.unwrap_or_default().try_into().unwrap_or_default(),
+            memory_bytes: info
+                .mem_total
+                .unwrap_or_default()
+                .try_into()
+                .unwrap_or_default(),
+            images,
+        })
+    }
+
+    /// Creates and starts `spec`'s container and returns its id. A container that cannot start is
+    /// removed again, so a failed attempt leaves nothing for `adopt` to find.
+    pub async fn create_and_start(&self, spec: &ContainerSpec) -> Result<String, RuntimeError> {
+        let body = spec.to_create_body()?;
+        let options = CreateContainerOptionsBuilder::new()
+            .name(&spec.name)
+            .build();
+        let created = self
+            .docker
+            .create_container(Some(options), body)
+            .await
+            .map_err(|source| match engine_status(&source) {
+                Some((404, _)) => RuntimeError::ImageMissing {
+                    image: spec.image.clone(),
+                },
+                Some((409, _)) => RuntimeError::NameConflict {
+                    name: spec.name.clone(),
+                },
+                _ => RuntimeError::Create {
+                    name: spec.name.clone(),
+                    image: spec.image.clone(),
+                    source,
+                },
+            })?;
+        if let Err(source) = self.docker.start_container(&created.id, None).await {
+            if let Err(e) = self.remove(&created.id).await {
+                tracing::warn!(container = %spec.name, error = %e, "removing a container that failed to start");
+            }
+            return Err(match engine_status(&source) {
+                Some((_, m))
+                    if m.contains("port is already allocated")
+                        || m.contains("address already in use") =>
+                {
+                    RuntimeError::PortConflict {
+                        container: spec.name.clone(),
+                        detail: m.to_string(),
+                    }
+                }
+                _ => RuntimeError::Docker {
+                    op: "start",
+                    container: spec.name.clone(),
+                    source,
+                },
+            });
+        }
+        Ok(created.id)
+    }
+
+    pub async fn inspect(&self, container: &str) -> Result<ContainerInfo, RuntimeError> {
+        let inspected = self.docker.inspect_container(container, None).await;
+        Ok(ContainerInfo::from_inspect(
+            inspected.map_err(RuntimeError::on("inspect", container))?,
+        ))
+    }
+
+    /// SIGTERM (or the image's stop signal), then SIGKILL after `timeout`. Stopping a stopped container
+    /// is not an error.
+    pub async fn stop(&self, container: &str, timeout: Duration) -> Result<(), RuntimeError> {
+        let t = i32::try_from(timeout.as_secs()).unwrap_or(i32::MAX);
+        let options = StopContainerOptionsBuilder::new().t(t).build();
+        // bollard's request timeout (2 minutes) must outlast the engine's own stop timeout.
+        let docker = self
+            .docker
+            .clone()
+            .with_timeout(timeout.saturating_add(REQUEST_TIMEOUT));
+        match docker.stop_container(container, Some(options)).await {
+            Err(e) if engine_status(&e).is_some_and(|(code, _)| code == 304) => Ok(()),
+            result => result.map_err(RuntimeError::on("stop", container)),
+        }
+    }
+
+    /// SIGKILL now. Killing a container that is not running is not an error.
+    pub async fn kill(&self, container: &str) -> Result<(), RuntimeError> {
+        let options = KillContainerOptionsBuilder::new().signal("SIGKILL").build();
+        match self.docker.kill_container(container, Some(options)).await {
+            Err(e) if engine_status(&e).is_some_and(|(code, _)| code == 409) => Ok(()),
+            result => result.map_err(RuntimeError::on("kill", container)),
+        }
+    }
+
+    /// Removes the container whatever its state, with its anonymous volumes. Idempotent: a container
+    /// that is already gone (or going) is not an error.
+    pub async fn remove(&self, container: &str) -> Result<(), RuntimeError> {
+        let options = RemoveContainerOptionsBuilder::new()
+            .force(true)
+            .v(true)
+            .build();
+        match self.docker.remove_container(container, Some(options)).await {
+            Err(e) if engine_status(&e).is_some_and(|(code, _)| code == 404 || code == 409) => {
+                Ok(())
+            }
+            result => result.map_err(RuntimeError::on("remove", container)),
+        }
+    }
+
+    /// Every container, running or not, labelled `key=value`, inspected; sorted by name.
+    pub async fn list(&self, key: &str, value: &str) -> Result<Vec<ContainerInfo>, RuntimeError> {
+        let filters = HashMap::from([("label", vec![format!("{key}={value}")])]);
+        let options = ListContainersOptionsBuilder::new()
+            .all(true)
+            .filters(&filters)
+            .build();
+        let listed = self.docker.list_containers(Some(options)).await;
+        let mut found = Vec::new();
+        for summary in listed.map_err(self.engine_error("list containers"))? {
+            let Some(id) = summary.id else { continue };
+            match self.inspect(&id).await {
+                Ok(info) => found.push(info),
+                // Removed between the list and the inspect: it no longer exists to report.
+                Err(RuntimeError::NotFound { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        found.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(found)
+    }
+
+    /// The containers of node `node`, for an agent that restarts: it reconciles these with its
+    /// assignments (by `owner.task`) instead of starting its tasks again. A container labelled with the
+    /// node but missing an owner label (`owner` None) belongs to no task and is the caller's to remove.
+    pub async fn adopt(&self, node: &str) -> Result<Vec<ContainerInfo>, RuntimeError> {
+        self.list(NODE_LABEL, node).await
+    }
+}

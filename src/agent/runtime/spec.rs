@@ -1,0 +1,177 @@
+//! What the agent asks Docker to run: a `ContainerSpec` and its translation into Docker's create body.
+//! The only place that decides which labels and environment every shoal container carries.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::net::IpAddr;
+
+use bollard::models::{ContainerCreateBody, HostConfig, PortBinding};
+
+use super::error::RuntimeError;
+use super::restart::RestartPolicy;
+
+pub const TASK_LABEL: &str = "shoal.task";
+pub const SERVICE_LABEL: &str = "shoal.service";
+pub const NODE_LABEL: &str = "shoal.node";
+
+/// The task a container runs for. Written on the container as labels (so an agent can reconcile after a
+/// restart) and into its environment as `SHOAL_TASK`, `SHOAL_SERVICE`, `SHOAL_NODE`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Owner {
+    pub task: String,
+    pub service: String,
+    pub node: String,
+}
+
+impl Owner {
+    /// The owner recorded on a container, if it carries all three labels.
+    pub fn from_labels(labels: &BTreeMap<String, String>) -> Option<Owner> {
+        Some(Owner {
+            task: labels.get(TASK_LABEL)?.clone(),
+            service: labels.get(SERVICE_LABEL)?.clone(),
+            node: labels.get(NODE_LABEL)?.clone(),
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        })
+    }
+}
+
+/// A container port published on the host. `host_port` 0 lets Docker pick a free port; `host_ip` None
+/// publishes on every address (agents sharing one engine each pass their own 127.0.0.x).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortSpec {
+    pub container_port: u16,
+    pub host_port: u16,
+    pub host_ip: Option<IpAddr>,
+    pub protocol: Protocol,
+}
+
+impl PortSpec {
+    pub fn tcp(container_port: u16, host_port: u16) -> PortSpec {
+        PortSpec {
+            container_port,
+            host_port,
+            host_ip: None,
+            protocol: Protocol::Tcp,
+        }
+    }
+}
+
+/// One container to create and start. `cmd` empty keeps the image's default command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerSpec {
+    pub name: String,
+    pub image: String,
+    pub owner: Owner,
+    pub cmd: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub labels: BTreeMap<String, String>,
+    pub ports: Vec<PortSpec>,
+    pub restart: RestartPolicy,
+    pub memory_bytes: Option<i64>,
+    pub nano_cpus: Option<i64>,
+}
+
+impl ContainerSpec {
+    pub fn new(name: impl Into<String>, image: impl Into<String>, owner: Owner) -> ContainerSpec {
+        ContainerSpec {
+            name: name.into(),
+            image: image.into(),
+            owner,
+            cmd: Vec::new(),
+            env: Vec::new(),
+            labels: BTreeMap::new(),
+            ports: Vec::new(),
+            restart: RestartPolicy::No,
+            memory_bytes: None,
+            nano_cpus: None,
+        }
+    }
+
+    /// Docker's create body. Rejects what Docker would misread: reserved `shoal.` labels, malformed
+    /// environment names, empty names.
+    pub(crate) fn to_create_body(&self) -> Result<ContainerCreateBody, RuntimeError> {
+        self.validate()?;
+        let owner = [
+            (TASK_LABEL, "SHOAL_TASK", &self.owner.task),
+            (SERVICE_LABEL, "SHOAL_SERVICE", &self.owner.service),
+            (NODE_LABEL, "SHOAL_NODE", &self.owner.node),
+        ];
+        let mut labels: HashMap<String, String> = self.labels.clone().into_iter().collect();
+        let mut env: Vec<String> = self.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        for (label, var, value) in owner {
+            labels.insert(label.to_string(), value.clone());
+            env.push(format!("{var}={value}"));
+        }
+        let mut bindings: HashMap<String, Option<Vec<PortBinding>>> = HashMap::new();
+        for p in &self.ports {
+            let binding = PortBinding {
+                host_ip: p.host_ip.map(|ip| ip.to_string()),
+                host_port: (p.host_port != 0).then(|| p.host_port.to_string()),
+            };
+            let key = format!("{}/{}", p.container_port, p.protocol);
+            bindings
+                .entry(key)
+                .or_insert_with(|| Some(Vec::new()))
+                .get_or_insert_default()
+                .push(binding);
+        }
+        Ok(ContainerCreateBody {
+            image: Some(self.image.clone()),
+            cmd: (!self.cmd.is_empty()).then(|| self.cmd.clone()),
+            env: Some(env),
+            labels: Some(labels),
+            exposed_ports: Some(bindings.keys().cloned().collect()),
+            host_config: Some(HostConfig {
+                port_bindings: Some(bindings),
+                restart_policy: Some(self.restart.to_docker()),
+                memory: self.memory_bytes,
+                nano_cpus: self.nano_cpus,
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+    }
+
+    fn validate(&self) -> Result<(), RuntimeError> {
+        let invalid = |what: String| {
+            Err(RuntimeError::InvalidSpec(format!(
+                "container {}: {what}",
+                self.name
+            )))
+        };
+        if self.name.is_empty() || self.image.is_empty() {
+            return invalid("a container needs a name and an image".to_string());
+        }
+        if let Some(label) = self.labels.keys().find(|k| k.starts_with("shoal.")) {
+            return invalid(format!("label {label} is reserved for shoal"));
+        }
+        if let Some((key, _)) = self
+            .env
+            .iter()
+            .find(|(k, _)| k.is_empty() || k.contains('='))
+        {
+            return invalid(format!(
+                "environment variable name {key:?} is empty or contains '='"
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+#[path = "spec_tests.rs"]
+mod tests;

@@ -1,0 +1,106 @@
+//! Unit tests of `ContainerSpec`'s translation: owner labels and env, ports, restart policies.
+
+use super::*;
+use bollard::models::RestartPolicyNameEnum;
+
+fn owner() -> Owner {
+    Owner {
+        task: "t1".into(),
+        service: "web".into(),
+        node: "n1".into(),
+    }
+}
+
+#[test]
+fn restart_policy_round_trips_the_cli_spelling() {
+    for s in ["no", "always", "on-failure", "on-failure:3"] {
+        assert_eq!(s.parse::<RestartPolicy>().unwrap().to_string(), s);
+    }
+    for bad in [
+        "",
+        "sometimes",
+        "on-failure:",
+        "on-failure:x",
+        "always:2",
+        "unless-stopped",
+    ] {
+        let err = bad.parse::<RestartPolicy>().unwrap_err();
+        assert!(
+            matches!(err, RuntimeError::InvalidSpec(_)),
+            "{bad:?} gave {err}"
+        );
+    }
+}
+
+#[test]
+fn every_container_carries_its_owner_as_labels_and_env() {
+    let mut spec = ContainerSpec::new("c1", "shoal/whoami:latest", owner());
+    spec.labels
+        .insert("interlock.hostname".into(), "test".into());
+    spec.env.push(("GREETING".into(), "hi=there".into()));
+    let body = spec.to_create_body().unwrap();
+    let labels = body.labels.unwrap();
+    assert_eq!(labels["shoal.task"], "t1");
+    assert_eq!(labels["shoal.service"], "web");
+    assert_eq!(labels["shoal.node"], "n1");
+    assert_eq!(labels["interlock.hostname"], "test");
+    let env = body.env.unwrap();
+    for var in [
+        "GREETING=hi=there",
+        "SHOAL_TASK=t1",
+        "SHOAL_SERVICE=web",
+        "SHOAL_NODE=n1",
+    ] {
+        assert!(env.contains(&var.to_string()), "{var} missing from {env:?}");
+    }
+    assert_eq!(body.cmd, None, "an empty cmd keeps the image's");
+}
+
+#[test]
+fn ports_restart_and_limits_map_to_docker() {
+    let mut spec = ContainerSpec::new("c1", "img", owner());
+    spec.ports.push(PortSpec::tcp(80, 0));
+    spec.ports.push(PortSpec {
+        container_port: 53,
+        host_port: 5353,
+        host_ip: Some("127.0.0.2".parse().unwrap()),
+        protocol: Protocol::Udp,
+    });
+    spec.restart = RestartPolicy::OnFailure {
+        max_retries: Some(2),
+    };
+    spec.memory_bytes = Some(64 << 20);
+    let body = spec.to_create_body().unwrap();
+    let mut exposed = body.exposed_ports.unwrap();
+    exposed.sort();
+    assert_eq!(exposed, ["53/udp", "80/tcp"]);
+    let host = body.host_config.unwrap();
+    let bindings = host.port_bindings.unwrap();
+    let random = &bindings["80/tcp"].as_ref().unwrap()[0];
+    assert_eq!(
+        (random.host_ip.as_deref(), random.host_port.as_deref()),
+        (None, None)
+    );
+    let fixed = &bindings["53/udp"].as_ref().unwrap()[0];
+    assert_eq!(fixed.host_ip.as_deref(), Some("127.0.0.2"));
+    assert_eq!(fixed.host_port.as_deref(), Some("5353"));
+    let restart = host.restart_policy.unwrap();
+    assert_eq!(restart.name, Some(RestartPolicyNameEnum::ON_FAILURE));
+    assert_eq!(restart.maximum_retry_count, Some(2));
+    assert_eq!(host.memory, Some(64 << 20));
+}
+
+#[test]
+fn reserved_labels_and_bad_env_names_are_refused() {
+    let mut spec = ContainerSpec::new("c1", "img", owner());
+    spec.labels.insert("shoal.task".into(), "other".into());
+    let err = spec.to_create_body().unwrap_err().to_string();
+    assert!(err.contains("shoal.task is reserved"), "{err}");
+
+    let mut spec = ContainerSpec::new("c1", "img", owner());
+    spec.env.push(("A=B".into(), "x".into()));
+    assert!(matches!(
+        spec.to_create_body(),
+        Err(RuntimeError::InvalidSpec(_))
+    ));
+}

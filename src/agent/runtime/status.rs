@@ -1,0 +1,156 @@
+//! What Docker says about the engine and a container, reduced to what the agent reports: state with
+//! exit code and OOM kill, owner labels, published host ports.
+
+use std::collections::BTreeMap;
+
+use bollard::models::{ContainerInspectResponse, ContainerStateStatusEnum, PortMap};
+
+use super::spec::Owner;
+
+/// The engine an agent registers its node with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EngineInfo {
+    pub name: String,
+    pub version: String,
+    pub api_version: String,
+    pub cpus: u32,
+    pub memory_bytes: u64,
+    /// `repo:tag` of every tagged image present, sorted.
+    pub images: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ContainerState {
+    Created,
+    Running,
+    Paused,
+    Restarting,
+    Removing,
+    Exited { exit_code: i64, oom_killed: bool },
+    Dead,
+}
+
+impl ContainerState {
+    pub fn is_running(&self) -> bool {
+        matches!(
+            self,
+            ContainerState::Running | ContainerState::Restarting | ContainerState::Paused
+        )
+    }
+}
+
+/// A container port published on the host, as Docker bound it (a random port resolved).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PublishedPort {
+    pub container_port: u16,
+    pub protocol: String,
+    pub host_ip: String,
+    pub host_port: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerInfo {
+    pub id: String,
+    pub name: String,
+    /// The image as the container was created with it (`shoal/whoami:latest`), not its digest.
+    pub image: String,
+    /// None when the container lacks one of the `shoal.task`/`shoal.service`/`shoal.node` labels.
+    pub owner: Option<Owner>,
+    pub labels: BTreeMap<String, String>,
+    pub state: ContainerState,
+    /// Docker's own complaint, e.g. why the process could not be started.
+    pub error: Option<String>,
+    pub restart_count: i64,
+    pub ports: Vec<PublishedPort>,
+}
+
+impl ContainerInfo {
+    pub(crate) fn from_inspect(c: ContainerInspectResponse) -> ContainerInfo {
+        let config = c.config.unwrap_or_default();
+        let labels: BTreeMap<String, String> =
+            config.labels.unwrap_or_default().into_iter().collect();
+        let state = c.state.unwrap_or_default();
+        let exit_code = state.exit_code.unwrap_or_default();
+        let oom_killed = state.oom_killed.unwrap_or_default();
+        let status = match state.status {
+            Some(ContainerStateStatusEnum::CREATED) => ContainerState::Created,
+            Some(ContainerStateStatusEnum::RUNNING) => ContainerState::Running,
+            Some(ContainerStateStatusEnum::PAUSED) => ContainerState::Paused,
+            Some(ContainerStateStatusEnum::RESTARTING) => ContainerState::Restarting,
+            Some(ContainerStateStatusEnum::REMOVING) => ContainerState::Removing,
+            Some(ContainerStateStatusEnum::DEAD) => ContainerState::Dead,
+            // Newer engines' "stopping" still runs; an unknown state reads as what the flag says.
+            Some(ContainerStateStatusEnum::STOPPING) => ContainerState::Running,
+            Some(ContainerStateStatusEnum::EXITED) => ContainerState::Exited {
+                exit_code,
+                oom_killed,
+            },
+            _ if state.running == Some(true) => ContainerState::Running,
+            _ => ContainerState::Exited {
+                exit_code,
+                oom_killed,
+            },
+        };
+        ContainerInfo {
+            id: c.id.unwrap_or_default(),
+            name: c
+                .name
+                .unwrap_or_default()
+                .trim_start_matches('/')
+                .to_string(),
+            image: config.image.unwrap_or_default(),
+            owner: Owner::from_labels(&labels),
+            labels,
+            state: status,
+            error: state.error.filter(|e| !e.is_empty()),
+            restart_count: c.restart_count.unwrap_or_default(),
+            ports: published(c.network_settings.and_then(|n| n.ports).unwrap_or_default()),
+        }
+    }
+
+    /// The host port bound to `container_port`/tcp, if it is published.
+    pub fn host_port(&self, container_port: u16) -> Option<u16> {
+        self.ports
+            .iter()
+            .find(|p| p.container_port == container_port && p.protocol == "tcp")
+            .map(|p| p.host_port)
+    }
+}
+
+/// Docker lists a binding per address family (`0.0.0.0` and `::`) for one port; keep each port once,
+/// preferring IPv4.
+fn published(ports: PortMap) -> Vec<PublishedPort> {
+    let mut out: Vec<PublishedPort> = Vec::new();
+    for (key, bindings) in ports {
+        let (port, protocol) = key.split_once('/').unwrap_or((key.as_str(), "tcp"));
+        let Ok(container_port) = port.parse() else {
+            continue;
+        };
+        for b in bindings.unwrap_or_default() {
+            let Some(host_port) = b.host_port.and_then(|p| p.parse().ok()) else {
+                continue;
+            };
+            let host_ip = b.host_ip.unwrap_or_default();
+            out.push(PublishedPort {
+                container_port,
+                protocol: protocol.to_string(),
+                host_ip,
+                host_port,
+            });
+        }
+    }
+    out.sort_by_key(|p| {
+        (
+            p.container_port,
+            p.protocol.clone(),
+            p.host_port,
+            p.host_ip.contains(':'),
+        )
+    });
+    out.dedup_by_key(|p| (p.container_port, p.protocol.clone(), p.host_port));
+    out
+}
+
+#[cfg(test)]
+#[path = "status_tests.rs"]
+mod tests;
