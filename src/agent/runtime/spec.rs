@@ -2,7 +2,6 @@
 //! The only place that decides which labels and environment every shoal container carries.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fmt;
 use std::net::IpAddr;
 
 use bollard::models::{ContainerCreateBody, HostConfig, PortBinding};
@@ -34,20 +33,8 @@ impl Owner {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Protocol {
-    Tcp,
-    Udp,
-}
-
-impl fmt::Display for Protocol {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Protocol::Tcp => "tcp",
-            Protocol::Udp => "udp",
-        })
-    }
-}
+/// The runtime publishes ports with the model's protocol type.
+pub use crate::model::Protocol;
 
 /// A container port published on the host. `host_port` 0 lets Docker pick a free port; `host_ip` None
 /// publishes on every address (agents sharing one engine each pass their own 127.0.0.x).
