@@ -39,6 +39,7 @@ pub use command::RangeResult;
 pub use command::Response;
 pub use command::Txn;
 pub use command::MAX_KEY_BYTES;
+pub use command::MAX_LEASE_TTL_MS;
 pub use command::MAX_VALUE_BYTES;
 pub use error::StoreError;
 pub use identity::JoinToken;

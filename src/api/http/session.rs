@@ -35,7 +35,7 @@ pub(crate) const SESSIONS: &str = "/shoal/consul/sessions/";
 const MIN_TTL: Duration = Duration::from_secs(10);
 const MAX_TTL: Duration = Duration::from_secs(24 * 3600);
 /// A session without a TTL lives until destroyed: the store's longest lease (30 days).
-const NO_TTL_MS: u64 = 30 * 24 * 3600 * 1000;
+const NO_TTL_MS: u64 = shoal_raft::MAX_LEASE_TTL_MS;
 const DEFAULT_LOCK_DELAY: Duration = Duration::from_secs(15);
 const MAX_LOCK_DELAY: Duration = Duration::from_secs(60);
 /// The fixed tail that marks a UUID as a shoal session id.
