@@ -25,6 +25,17 @@ pub struct Request {
     pub cmd: Command,
 }
 
+impl Request {
+    /// A request stamped with this proposer's clock.
+    pub fn now(cmd: Command) -> Self {
+        let at_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        Request { at_ms, cmd }
+    }
+}
+
 impl fmt::Display for Request {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.cmd {
@@ -220,10 +231,10 @@ pub enum Response {
     MemberId {
         id: u64,
     },
-    /// The command was valid but refers to something that does not exist (a lease id).
+    /// The command was well formed but the store's state refuses it; nothing was changed.
     Rejected {
         revision: u64,
-        reason: String,
+        reason: Rejection,
     },
 }
 
@@ -240,6 +251,17 @@ impl Response {
             Response::MemberId { .. } => 0,
         }
     }
+}
+
+/// Why apply refused a put (alone or in a txn, which is then refused whole).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+pub enum Rejection {
+    #[error("lease {0} not found")]
+    LeaseNotFound(u64),
+    #[error("key {} is locked by lease {holder}", String::from_utf8_lossy(.key))]
+    LockHeld { key: Vec<u8>, holder: u64 },
+    #[error("key {} is not locked by lease {lease}", String::from_utf8_lossy(.key))]
+    LockNotHeld { key: Vec<u8>, lease: u64 },
 }
 
 /// Why a request was refused before it reached the log.

@@ -38,16 +38,8 @@ pub(crate) const SM_CFS: [&str; 6] = [
     CF_HISTORY,
 ];
 
-const ALL_CFS: [&str; 8] = [
-    CF_RAFT,
-    CF_LOG,
-    CF_SM,
-    CF_KV,
-    CF_LEASE,
-    CF_LEASE_KEY,
-    CF_LEASE_LOCK,
-    CF_HISTORY,
-];
+/// Raft's own column families; with [`SM_CFS`], every column family of the database.
+const RAFT_CFS: [&str; 2] = [CF_RAFT, CF_LOG];
 
 /// Opens (or creates) the store's database under `dir/db`.
 pub(crate) fn open(dir: &Path) -> Result<Arc<DB>, StoreError> {
@@ -65,8 +57,9 @@ pub(crate) fn open(dir: &Path) -> Result<Arc<DB>, StoreError> {
     // never acknowledged.
     opts.set_wal_recovery_mode(rocksdb::DBRecoveryMode::PointInTime);
     opts.increase_parallelism(2);
-    let cfs = ALL_CFS
+    let cfs = RAFT_CFS
         .iter()
+        .chain(SM_CFS.iter())
         .map(|name| ColumnFamilyDescriptor::new(*name, Options::default()));
     let db = DB::open_cf_descriptors(&opts, &path, cfs).map_err(|e| StoreError::DataDir {
         path: path.display().to_string(),

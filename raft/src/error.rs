@@ -23,8 +23,6 @@ pub enum StoreError {
     #[error("lease {0} not found")]
     LeaseNotFound(u64),
     #[error("{0}")]
-    Rejected(String),
-    #[error("{0}")]
     Unauthenticated(String),
     #[error("data dir {path}: {reason}")]
     DataDir { path: String, reason: String },
@@ -59,7 +57,7 @@ impl From<StoreError> for tonic::Status {
             | StoreError::Stopped(_) => Status::unavailable(msg),
             StoreError::Compacted { .. } => Status::out_of_range(msg),
             StoreError::LeaseNotFound(_) => Status::not_found(msg),
-            StoreError::Rejected(_) | StoreError::Membership(_) => Status::failed_precondition(msg),
+            StoreError::Membership(_) => Status::failed_precondition(msg),
             StoreError::Unauthenticated(_) => Status::unauthenticated(msg),
             StoreError::WrongCluster { .. } => Status::permission_denied(msg),
             StoreError::Timeout(_) => Status::deadline_exceeded(msg),

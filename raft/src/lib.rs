@@ -36,6 +36,7 @@ pub use command::OpResponse;
 pub use command::Put;
 pub use command::Range;
 pub use command::RangeResult;
+pub use command::Rejection;
 pub use command::Response;
 pub use command::Txn;
 pub use command::MAX_KEY_BYTES;

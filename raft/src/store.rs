@@ -28,6 +28,7 @@ use crate::codec;
 use crate::command::Command;
 use crate::command::Range;
 use crate::command::RangeResult;
+use crate::command::Rejection;
 use crate::command::Request;
 use crate::command::Response;
 use crate::db;
@@ -128,13 +129,6 @@ struct Inner {
     leases: LeaseClock,
     peers: Mutex<BTreeMap<String, RaftServiceClient<Channel>>>,
     background: Mutex<Vec<tokio::task::JoinHandle<()>>>,
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 fn raft_err<E: std::fmt::Display>(e: E) -> StoreError {
@@ -328,16 +322,13 @@ impl Store {
     /// Proposes a command through the leader and returns what applying it produced.
     pub async fn write(&self, cmd: Command) -> Result<Response, StoreError> {
         cmd.validate()?;
-        let req = Request {
-            at_ms: now_ms(),
-            cmd,
-        };
+        let req = Request::now(cmd);
         match self.leader_call(LeaderRequest::Write(req)).await? {
-            LeaderResponse::Written(Response::Rejected { reason, .. })
-                if reason.starts_with("lease ") =>
-            {
-                Err(StoreError::Rejected(reason))
-            }
+            // A missing lease is an error of the request; a lock conflict is an answer.
+            LeaderResponse::Written(Response::Rejected {
+                reason: Rejection::LeaseNotFound(id),
+                ..
+            }) => Err(StoreError::LeaseNotFound(id)),
             LeaderResponse::Written(r) => Ok(r),
             other => Err(unexpected(other)),
         }
@@ -434,7 +425,7 @@ impl Store {
     pub async fn status(&self) -> Status {
         let local = self.local_status();
         match self
-            .leader_call_once(LeaderRequest::Status, Duration::from_millis(1500))
+            .leader_call_within(LeaderRequest::Status, Duration::from_millis(1500))
             .await
         {
             Ok(LeaderResponse::Status(leader)) => Status {
@@ -469,7 +460,7 @@ impl Store {
             JOIN_TIMEOUT
         };
         match self
-            .leader_call_once(LeaderRequest::Join { id, node }, timeout)
+            .leader_call_within(LeaderRequest::Join { id, node }, timeout)
             .await?
         {
             LeaderResponse::Joined(id) => Ok(id),
@@ -576,10 +567,10 @@ impl Store {
     /// Runs a leader-only request here if this manager leads, else at the leader. Waits up to
     /// [`LEADER_WAIT`] for a leader; re-routes only when the request provably did not run.
     async fn leader_call(&self, req: LeaderRequest) -> Result<LeaderResponse, StoreError> {
-        self.leader_call_once(req, FORWARD_TIMEOUT).await
+        self.leader_call_within(req, FORWARD_TIMEOUT).await
     }
 
-    async fn leader_call_once(
+    async fn leader_call_within(
         &self,
         req: LeaderRequest,
         timeout: Duration,
@@ -680,14 +671,7 @@ impl Store {
             return Err(not_leader());
         }
         match req {
-            LeaderRequest::Write(r) => match raft.client_write(r).await {
-                Ok(resp) => Ok(LeaderResponse::Written(resp.data)),
-                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Err(not_leader()),
-                Err(e) => Err(StoreError::OutcomeUnknown {
-                    leader: self.inner.node.grpc.clone(),
-                    reason: e.to_string(),
-                }),
-            },
+            LeaderRequest::Write(r) => self.propose(r).await.map(LeaderResponse::Written),
             LeaderRequest::ReadIndex => match raft.get_read_log_id(ReadPolicy::ReadIndex).await {
                 Ok((read, _)) => Ok(LeaderResponse::ReadIndex(read.index())),
                 Err(RaftError::APIError(_)) => Err(not_leader()),
@@ -710,19 +694,12 @@ impl Store {
                 }
             }
             LeaderRequest::Join { id: 0, .. } => {
-                let req = Request {
-                    at_ms: now_ms(),
-                    cmd: Command::AllocateMemberId,
-                };
-                match raft.client_write(req).await {
-                    Ok(r) => match r.data {
-                        Response::MemberId { id } => Ok(LeaderResponse::Joined(id)),
-                        other => Err(StoreError::Protocol(format!("unexpected {other:?}"))),
-                    },
-                    Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
-                        Err(not_leader())
-                    }
-                    Err(e) => Err(StoreError::Stopped(e.to_string())),
+                match self
+                    .propose(Request::now(Command::AllocateMemberId))
+                    .await?
+                {
+                    Response::MemberId { id } => Ok(LeaderResponse::Joined(id)),
+                    other => Err(StoreError::Protocol(format!("unexpected {other:?}"))),
                 }
             }
             LeaderRequest::Join { id, node } => {
@@ -770,14 +747,21 @@ impl Store {
         }
     }
 
-    async fn handle_leader_write(&self, cmd: Command) -> Result<Response, StoreError> {
-        let req = Request {
-            at_ms: now_ms(),
-            cmd,
-        };
-        match self.handle_as_leader(LeaderRequest::Write(req)).await? {
-            LeaderResponse::Written(r) => Ok(r),
-            other => Err(unexpected(other)),
+    /// Appends `req` to the log on this manager, which must lead; the one place writes enter
+    /// Raft. "Not leader" means the entry was never appended, so the caller may route it again.
+    async fn propose(&self, req: Request) -> Result<Response, StoreError> {
+        match self.inner.raft.client_write(req).await {
+            Ok(resp) => Ok(resp.data),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+                Err(StoreError::NotLeader {
+                    id: self.inner.id,
+                    leader: None,
+                })
+            }
+            Err(e) => Err(StoreError::OutcomeUnknown {
+                leader: self.inner.node.grpc.clone(),
+                reason: e.to_string(),
+            }),
         }
     }
 
@@ -810,7 +794,7 @@ impl Store {
                 }
                 tracing::debug!(?expired, "revoking expired leases");
                 if let Err(e) = store
-                    .handle_leader_write(Command::LeaseRevoke { ids: expired })
+                    .propose(Request::now(Command::LeaseRevoke { ids: expired }))
                     .await
                 {
                     tracing::warn!(error = %e, "revoking expired leases failed");

@@ -25,6 +25,7 @@ use crate::command::OpResponse;
 use crate::command::Put;
 use crate::command::Range;
 use crate::command::RangeResult;
+use crate::command::Rejection;
 use crate::command::Request;
 use crate::command::Response;
 use crate::db::be;
@@ -303,7 +304,7 @@ impl EntryTx<'_> {
         }
     }
 
-    fn rejected(&self, reason: String) -> Response {
+    fn rejected(&self, reason: Rejection) -> Response {
         Response::Rejected {
             revision: self.counters.revision,
             reason,
@@ -391,41 +392,45 @@ impl EntryTx<'_> {
         Ok(RangeResult { kvs, more, count })
     }
 
-    fn check_lease(&self, lease: u64) -> io::Result<Result<(), String>> {
+    fn check_lease(&self, lease: u64) -> io::Result<Result<(), Rejection>> {
         if lease == 0 {
             return Ok(Ok(()));
         }
         let cf = self.db.cf_handle(CF_LEASE).expect("cf lease");
         let revoked_here = self.leases.revoked.contains(&lease);
         if revoked_here || self.db.get_cf(cf, be(lease)).map_err(io_err)?.is_none() {
-            return Ok(Err(format!("lease {lease} not found")));
+            return Ok(Err(Rejection::LeaseNotFound(lease)));
         }
         Ok(Ok(()))
     }
 
     /// Why `p` would be refused as things stand, if it would.
-    fn check_put(&self, p: &Put) -> io::Result<Result<(), String>> {
+    fn check_put(&self, p: &Put) -> io::Result<Result<(), Rejection>> {
         if let Err(reason) = self.check_lease(p.lease)? {
             return Ok(Err(reason));
         }
         let held = self.get(&p.key)?.map_or(0, |kv| kv.lock);
-        let key = String::from_utf8_lossy(&p.key);
+        let key = || p.key.clone();
         Ok(match p.lock {
             Lock::Keep => Ok(()),
             Lock::Acquire(l) => match self.check_lease(l)? {
                 Err(reason) => Err(reason),
-                Ok(()) if held != 0 && held != l => {
-                    Err(format!("key {key} is locked by lease {held}"))
-                }
+                Ok(()) if held != 0 && held != l => Err(Rejection::LockHeld {
+                    key: key(),
+                    holder: held,
+                }),
                 Ok(()) => Ok(()),
             },
-            Lock::Release(l) if held != l => Err(format!("key {key} is not locked by lease {l}")),
+            Lock::Release(l) if held != l => Err(Rejection::LockNotHeld {
+                key: key(),
+                lease: l,
+            }),
             Lock::Release(_) => Ok(()),
         })
     }
 
     /// Returns the previous value (if asked for) or the reason the put was refused.
-    fn put(&mut self, p: &Put) -> io::Result<Result<Option<KeyValue>, String>> {
+    fn put(&mut self, p: &Put) -> io::Result<Result<Option<KeyValue>, Rejection>> {
         if let Err(reason) = self.check_put(p)? {
             return Ok(Err(reason));
         }
@@ -832,7 +837,7 @@ mod tests {
             r,
             Response::Rejected {
                 revision: 4,
-                reason: "lease 99 not found".into()
+                reason: Rejection::LeaseNotFound(99)
             }
         );
         let (r, events) = sm.apply(Command::LeaseRevoke { ids: vec![1, 5] });
@@ -885,7 +890,10 @@ mod tests {
             r,
             Response::Rejected {
                 revision: 2,
-                reason: "key lock is locked by lease 1".into()
+                reason: Rejection::LockHeld {
+                    key: b"lock".to_vec(),
+                    holder: 1
+                }
             }
         );
         assert!(matches!(

@@ -217,7 +217,7 @@ async fn put(api: &Api, key: &str, q: Option<&str>, body: Bytes) -> Result<Respo
         Ok(Applied::Txn { succeeded, .. }) => succeeded,
         // A lock held by another session, or a release by a session that does not hold it.
         Ok(Applied::Rejected { .. }) => false,
-        Err(StoreError::Rejected(_)) if acquire.is_some() => {
+        Err(StoreError::LeaseNotFound(_)) if acquire.is_some() => {
             // The session's lease ended between the lookup and the write.
             return Err(session::invalid(acquire.unwrap_or_default()));
         }

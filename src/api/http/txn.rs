@@ -23,6 +23,7 @@ use shoal_raft::Op;
 use shoal_raft::OpResponse;
 use shoal_raft::Put;
 use shoal_raft::Range;
+use shoal_raft::Rejection;
 use shoal_raft::Response as Applied;
 use shoal_raft::StoreError;
 use shoal_raft::Txn;
@@ -303,11 +304,16 @@ pub(crate) async fn handle(api: &Api, q: Option<&str>, body: Bytes) -> Result<Re
         Ok(Applied::Txn { .. }) => return failed_checks(api, &ops, &plans).await,
         Ok(Applied::Rejected { reason, .. }) => {
             // A lock held by another session, or an unlock by one that does not hold it.
+            let refused = match &reason {
+                Rejection::LockHeld { key, .. } | Rejection::LockNotHeld { key, .. } => {
+                    key.as_slice()
+                }
+                Rejection::LeaseNotFound(_) => &[],
+            };
             let i = ops
                 .iter()
                 .position(|op| {
-                    matches!(op.verb, Verb::Lock | Verb::Unlock)
-                        && reason.contains(&format!("key {} ", op.key))
+                    matches!(op.verb, Verb::Lock | Verb::Unlock) && op.key.as_bytes() == refused
                 })
                 .unwrap_or(0);
             let what = match ops.get(i).map(|o| o.verb) {
@@ -318,16 +324,13 @@ pub(crate) async fn handle(api: &Api, q: Option<&str>, body: Bytes) -> Result<Re
                     "failed to unlock key {:?}, lock isn't held, or is held by another session",
                     ops[i].key
                 ),
-                _ => reason,
+                _ => reason.to_string(),
             };
             return conflict(i, what);
         }
-        Err(StoreError::Rejected(reason)) => {
+        Err(StoreError::LeaseNotFound(lease)) => {
             // A session's lease ended between the lookup and the write.
-            let i = plans
-                .iter()
-                .position(|p| p.lease != 0 && reason.contains(&p.lease.to_string()))
-                .unwrap_or(0);
+            let i = plans.iter().position(|p| p.lease == lease).unwrap_or(0);
             return conflict(i, format!("invalid session {:?}", ops[i].session));
         }
         Ok(other) => return Err(unexpected(other)),
