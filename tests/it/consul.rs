@@ -200,6 +200,12 @@ async fn expect(addr: &str, method: &str, target: &str, body: &[u8], status: u16
     r
 }
 
+/// A request Consul answers with a bare `true` or `false` body (PUT, DELETE, session calls).
+async fn expect_bool(addr: &str, method: &str, target: &str, body: &[u8], want: bool) {
+    let r = expect(addr, method, target, body, 200).await;
+    assert_eq!(r.text(), want.to_string(), "{method} {target}");
+}
+
 fn b64(s: &str) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.encode(s)
@@ -300,42 +306,17 @@ async fn core_flow(w: &str, r: &str, p: &str, wait_ttl: bool) {
         .text(),
         "false"
     );
-    assert_eq!(
-        expect(w, "PUT", &format!("/v1/kv/{p}a?cas={mi}"), b"4", 200)
-            .await
-            .text(),
-        "true"
-    );
-    assert_eq!(
-        expect(w, "PUT", &format!("/v1/kv/{p}a?cas=0"), b"5", 200)
-            .await
-            .text(),
-        "false"
-    );
-    assert_eq!(
-        expect(w, "PUT", &format!("/v1/kv/{p}new?cas=0"), b"n", 200)
-            .await
-            .text(),
-        "true"
-    );
+    expect_bool(w, "PUT", &format!("/v1/kv/{p}a?cas={mi}"), b"4", true).await;
+    expect_bool(w, "PUT", &format!("/v1/kv/{p}a?cas=0"), b"5", false).await;
+    expect_bool(w, "PUT", &format!("/v1/kv/{p}new?cas=0"), b"n", true).await;
     assert_eq!(
         expect(r, "GET", &format!("/v1/kv/{p}a?raw"), b"", 200)
             .await
             .text(),
         "4"
     );
-    assert_eq!(
-        expect(w, "DELETE", &format!("/v1/kv/{p}new?cas=1"), b"", 200)
-            .await
-            .text(),
-        "false"
-    );
-    assert_eq!(
-        expect(w, "DELETE", &format!("/v1/kv/{p}new"), b"", 200)
-            .await
-            .text(),
-        "true"
-    );
+    expect_bool(w, "DELETE", &format!("/v1/kv/{p}new?cas=1"), b"", false).await;
+    expect_bool(w, "DELETE", &format!("/v1/kv/{p}new"), b"", true).await;
     expect(r, "GET", &format!("/v1/kv/{p}new"), b"", 404).await;
 
     // a blocking query on `r` woken by a write on `w`
@@ -402,24 +383,9 @@ async fn core_flow(w: &str, r: &str, p: &str, wait_ttl: bool) {
         .to_string();
     assert_eq!(s1.len(), 36);
     let lock = format!("/v1/kv/{p}lock");
-    assert_eq!(
-        expect(w, "PUT", &format!("{lock}?acquire={s1}"), b"one", 200)
-            .await
-            .text(),
-        "true"
-    );
-    assert_eq!(
-        expect(r, "PUT", &format!("{lock}?acquire={s2}"), b"two", 200)
-            .await
-            .text(),
-        "false"
-    );
-    assert_eq!(
-        expect(r, "PUT", &format!("{lock}?release={s2}"), b"two", 200)
-            .await
-            .text(),
-        "false"
-    );
+    expect_bool(w, "PUT", &format!("{lock}?acquire={s1}"), b"one", true).await;
+    expect_bool(r, "PUT", &format!("{lock}?acquire={s2}"), b"two", false).await;
+    expect_bool(r, "PUT", &format!("{lock}?release={s2}"), b"two", false).await;
     let held = expect(r, "GET", &lock, b"", 200).await.json();
     assert_eq!(
         (held[0]["Session"].as_str(), held[0]["LockIndex"].as_u64()),
@@ -469,19 +435,9 @@ async fn core_flow(w: &str, r: &str, p: &str, wait_ttl: bool) {
         );
         expect(r, "PUT", &format!("/v1/session/renew/{s1}"), b"", 404).await;
     } else {
-        assert_eq!(
-            expect(w, "PUT", &format!("{lock}?release={s1}"), b"one", 200)
-                .await
-                .text(),
-            "true"
-        );
+        expect_bool(w, "PUT", &format!("{lock}?release={s1}"), b"one", true).await;
     }
-    assert_eq!(
-        expect(r, "PUT", &format!("{lock}?acquire={s2}"), b"two", 200)
-            .await
-            .text(),
-        "true"
-    );
+    expect_bool(r, "PUT", &format!("{lock}?acquire={s2}"), b"two", true).await;
     let v = expect(w, "GET", &lock, b"", 200).await.json();
     assert_eq!(
         (v[0]["Session"].as_str(), v[0]["LockIndex"].as_u64()),
@@ -500,25 +456,10 @@ async fn core_flow(w: &str, r: &str, p: &str, wait_ttl: bool) {
         .as_str()
         .unwrap()
         .to_string();
-    assert_eq!(
-        expect(w, "PUT", &format!("/v1/kv/{p}eph?acquire={s3}"), b"e", 200)
-            .await
-            .text(),
-        "true"
-    );
-    assert_eq!(
-        expect(w, "PUT", &format!("/v1/session/destroy/{s3}"), b"", 200)
-            .await
-            .text(),
-        "true"
-    );
+    expect_bool(w, "PUT", &format!("/v1/kv/{p}eph?acquire={s3}"), b"e", true).await;
+    expect_bool(w, "PUT", &format!("/v1/session/destroy/{s3}"), b"", true).await;
     expect(r, "GET", &format!("/v1/kv/{p}eph"), b"", 404).await;
-    assert_eq!(
-        expect(w, "PUT", &format!("/v1/session/destroy/{s2}"), b"", 200)
-            .await
-            .text(),
-        "true"
-    );
+    expect_bool(w, "PUT", &format!("/v1/session/destroy/{s2}"), b"", true).await;
     let v = expect(r, "GET", &lock, b"", 200).await.json();
     assert!(v[0].get("Session").is_none(), "destroy releases: {v}");
 
@@ -559,12 +500,7 @@ async fn core_flow(w: &str, r: &str, p: &str, wait_ttl: bool) {
     expect(r, "GET", &format!("/v1/kv/{p}dir/c"), b"", 404).await;
 
     // recursive delete
-    assert_eq!(
-        expect(w, "DELETE", &format!("/v1/kv/{p}?recurse"), b"", 200)
-            .await
-            .text(),
-        "true"
-    );
+    expect_bool(w, "DELETE", &format!("/v1/kv/{p}?recurse"), b"", true).await;
     expect(r, "GET", &format!("/v1/kv/{p}?recurse"), b"", 404).await;
 }
 
