@@ -6,7 +6,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)
-        .compile_protos(&["proto/raft.proto", "proto/kv.proto"], &["proto"])?;
+        .compile_protos(
+            &[
+                "proto/raft.proto",
+                "proto/kv.proto",
+                "proto/dispatcher.proto",
+            ],
+            &["proto"],
+        )?;
     println!("cargo:rerun-if-changed=proto");
     Ok(())
 }

@@ -45,6 +45,7 @@ pub use command::MAX_VALUE_BYTES;
 pub use error::StoreError;
 pub use identity::JoinToken;
 pub use network::connect;
+pub use network::TOKEN_HEADER;
 pub use status::MemberStatus;
 pub use status::Status;
 pub use store::Opened;

@@ -43,17 +43,13 @@ impl PeerService {
             .get(TOKEN_HEADER)
             .and_then(|v| v.to_str().ok());
         match given {
-            Some(t) if constant_time_eq(t.as_bytes(), self.store.token().as_bytes()) => Ok(()),
+            Some(t) if self.store.token_matches(t) => Ok(()),
             Some(_) => Err(Status::unauthenticated(
                 "join token refused: it is not this cluster's token",
             )),
             None => Err(Status::unauthenticated("join token missing")),
         }
     }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn decode<T: serde::de::DeserializeOwned>(blob: &Blob) -> Result<T, Status> {

@@ -129,6 +129,8 @@ struct Inner {
     leases: LeaseClock,
     peers: Mutex<BTreeMap<String, RaftServiceClient<Channel>>>,
     background: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// `Some(term)` while this manager is the leader of `term`.
+    leading: tokio::sync::watch::Sender<Option<u64>>,
 }
 
 fn raft_err<E: std::fmt::Display>(e: E) -> StoreError {
@@ -247,9 +249,11 @@ impl Store {
                 leases: LeaseClock::default(),
                 peers: Mutex::new(BTreeMap::new()),
                 background: Mutex::new(Vec::new()),
+                leading: tokio::sync::watch::channel(None).0,
             }),
         };
         store.spawn_lease_loop();
+        store.spawn_leadership_watch();
         Ok((store, opened))
     }
 
@@ -317,6 +321,25 @@ impl Store {
     /// The leader this replica knows of.
     pub fn leader(&self) -> Option<NodeId> {
         self.inner.raft.metrics().borrow_watched().current_leader
+    }
+
+    /// The gRPC address of the leader this replica knows of.
+    pub fn leader_addr(&self) -> Option<String> {
+        let m = self.inner.raft.metrics().borrow_watched().clone();
+        let leader = m.current_leader?;
+        let node = m.membership_config.membership().get_node(&leader)?.clone();
+        Some(node.grpc)
+    }
+
+    /// This manager's leadership: `Some(term)` while it leads `term`, `None` otherwise. The
+    /// control loops start when it becomes `Some` and stop when it changes.
+    pub fn leadership(&self) -> tokio::sync::watch::Receiver<Option<u64>> {
+        self.inner.leading.subscribe()
+    }
+
+    /// Whether `given` is this cluster's join token (compared in constant time).
+    pub fn token_matches(&self, given: &str) -> bool {
+        crate::identity::constant_time_eq(given.as_bytes(), self.token().as_bytes())
     }
 
     /// Proposes a command through the leader and returns what applying it produced.
@@ -763,6 +786,30 @@ impl Store {
                 reason: e.to_string(),
             }),
         }
+    }
+
+    /// Publishes this manager's leadership (`Some(term)` while leading) for `leadership()`.
+    fn spawn_leadership_watch(&self) {
+        let store = self.clone();
+        let h = tokio::spawn(async move {
+            let mut rx = store.inner.raft.metrics();
+            loop {
+                let leading = {
+                    let m = rx.borrow_watched();
+                    (m.state == ServerState::Leader).then_some(m.current_term)
+                };
+                store.inner.leading.send_if_modified(|cur| {
+                    let changed = *cur != leading;
+                    *cur = leading;
+                    changed
+                });
+                if rx.changed().await.is_err() {
+                    store.inner.leading.send_replace(None);
+                    return;
+                }
+            }
+        });
+        self.inner.background.lock().expect("background").push(h);
     }
 
     /// The leader's lease loop: every 100 ms, revoke what expired (one log entry per round).

@@ -2,7 +2,9 @@
 //! serves (peer Raft transport, client KV API, cluster admin).
 
 mod cluster_service;
+pub mod control;
 mod convert;
+pub mod dispatcher;
 mod kv_service;
 pub mod scheduler;
 
@@ -12,6 +14,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use shoal_proto::v1::cluster_server::ClusterServer;
+use shoal_proto::v1::dispatcher_server::DispatcherServer;
 use shoal_proto::v1::kv_server::KvServer;
 use shoal_raft::ManagerNode;
 use shoal_raft::Opened;
@@ -22,6 +25,8 @@ use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
 
 use self::cluster_service::ClusterService;
+use self::control::ControlConfig;
+use self::dispatcher::DispatcherService;
 use self::kv_service::KvService;
 
 /// Everything `shoal manager` is started with (the CLI contract's flags).
@@ -83,6 +88,14 @@ pub async fn run(config: ManagerConfig, shutdown: impl Future<Output = ()>) -> a
     })
     .await?;
 
+    // The leader's control loops, and the dispatcher that answers agents while they run.
+    let (leading_tx, leading) = tokio::sync::watch::channel(None);
+    let control = tokio::spawn(control::run(
+        store.clone(),
+        ControlConfig::default(),
+        leading_tx,
+    ));
+
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     // Small request/response RPCs: without TCP_NODELAY, Nagle and delayed ACKs add ~40 ms.
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
@@ -90,6 +103,10 @@ pub async fn run(config: ManagerConfig, shutdown: impl Future<Output = ()>) -> a
         .add_service(store.peer_service())
         .add_service(KvServer::new(KvService::new(store.clone())))
         .add_service(ClusterServer::new(ClusterService::new(store.clone())))
+        .add_service(DispatcherServer::new(DispatcherService::new(
+            store.clone(),
+            leading,
+        )))
         .serve_with_incoming_shutdown(incoming, async {
             let _ = stop_rx.await;
         });
@@ -139,6 +156,7 @@ pub async fn run(config: ManagerConfig, shutdown: impl Future<Output = ()>) -> a
             Err(e) => Err(anyhow::anyhow!("gRPC server task failed: {e}")),
         },
     };
+    control.abort();
     let _ = stop_tx.send(());
     let _ = http_stop.send(());
     if let Some(h) = http {

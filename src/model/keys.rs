@@ -4,6 +4,12 @@
 pub const NODES: &str = "/shoal/nodes/";
 pub const SERVICES: &str = "/shoal/services/";
 pub const TASKS: &str = "/shoal/tasks/";
+/// `/shoal/service-names/<name>` holds a service's id: creating a service puts both keys in one
+/// txn conditioned on the name key not existing, so names are unique.
+pub const SERVICE_NAMES: &str = "/shoal/service-names/";
+/// The term of the leader whose control loops may write; every control-loop txn compares it, so
+/// a deposed leader's loops can no longer write once its successor has written its own term.
+pub const LEADER_TERM: &str = "/shoal/leader/term";
 
 pub fn node(id: &str) -> String {
     format!("{NODES}{id}")
@@ -15,6 +21,10 @@ pub fn service(id: &str) -> String {
 
 pub fn task(id: &str) -> String {
     format!("{TASKS}{id}")
+}
+
+pub fn service_name(name: &str) -> String {
+    format!("{SERVICE_NAMES}{name}")
 }
 
 /// The id in a key under `prefix` (one of the constants above); None for other keys and for

@@ -11,9 +11,9 @@ mod task;
 mod task_state;
 
 pub use self::error::ModelError;
-pub use self::node::{Availability, Node, NodeStatus};
+pub use self::node::{Availability, Node, NodeStatus, DEFAULT_HEARTBEAT_MS};
 pub use self::placement::Placement;
 pub use self::port::{PortSpec, Protocol};
 pub use self::service::{Reservations, RestartPolicy, Service};
-pub use self::task::{PublishedPort, Task};
+pub use self::task::{PublishedPort, Task, TaskStatus};
 pub use self::task_state::{Actor, TaskState};

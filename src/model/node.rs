@@ -29,10 +29,13 @@ pub struct Node {
     pub name: String,
     /// The address the agent advertises (its own loopback IP when several share one machine).
     pub addr: String,
-    /// Operator labels (`--label storage=ssd`) merged with engine attributes such as
-    /// `storagedriver`, `operatingsystem`, `kernelversion`: constraints see them all.
+    /// The agent's labels (`shoal agent --label storage=ssd`), replaced at each registration.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// Labels set by an operator (`shoal node update --label-add`); they survive registrations
+    /// and win over the agent's. Constraints see both (`Node::label`).
+    #[serde(default)]
+    pub operator_labels: BTreeMap<String, String>,
     pub cpus: u32,
     pub memory_bytes: u64,
     #[serde(default)]
@@ -43,12 +46,40 @@ pub struct Node {
     pub status: NodeStatus,
     #[serde(default)]
     pub availability: Availability,
+    /// The agent's heartbeat period; 3 missed periods make the node DOWN.
+    #[serde(default = "default_heartbeat_ms")]
+    pub heartbeat_ms: u64,
+    /// Why the node has its status ("no heartbeat for 1.5 s").
+    #[serde(default)]
+    pub message: String,
+}
+
+/// `shoal agent --heartbeat` default.
+pub const DEFAULT_HEARTBEAT_MS: u64 = 500;
+
+fn default_heartbeat_ms() -> u64 {
+    DEFAULT_HEARTBEAT_MS
 }
 
 impl Node {
     /// Whether the scheduler may place new tasks here.
     pub fn is_schedulable(&self) -> bool {
         self.status == NodeStatus::Ready && self.availability == Availability::Active
+    }
+
+    /// A label's value as constraints see it: the operator's, else the agent's.
+    pub fn label(&self, key: &str) -> Option<&str> {
+        self.operator_labels
+            .get(key)
+            .or_else(|| self.labels.get(key))
+            .map(String::as_str)
+    }
+
+    /// Every label, the operator's winning over the agent's.
+    pub fn all_labels(&self) -> BTreeMap<String, String> {
+        let mut all = self.labels.clone();
+        all.extend(self.operator_labels.clone());
+        all
     }
 
     /// CPU capacity in the unit of reservations (1e9 per CPU, as Docker's NanoCPUs).
@@ -68,12 +99,15 @@ mod tests {
             name: "node-1".into(),
             addr: "127.0.0.2:7000".into(),
             labels: BTreeMap::from([("storage".into(), "ssd".into())]),
+            operator_labels: BTreeMap::from([("storage".into(), "hdd".into())]),
             cpus: 2,
             memory_bytes: 1 << 30,
             engine_version: "27.0.1".into(),
             images: vec!["shoal/whoami:latest".into()],
             status: NodeStatus::Ready,
             availability: Availability::Drain,
+            heartbeat_ms: 500,
+            message: String::new(),
         };
         let json = serde_json::to_value(&node).unwrap();
         assert_eq!(json["status"], "ready");
@@ -84,5 +118,8 @@ mod tests {
         assert_eq!(back, node);
         assert!(!back.is_schedulable());
         assert_eq!(back.nano_cpus(), 2_000_000_000);
+        assert_eq!(back.label("storage"), Some("hdd"), "operator labels win");
+        assert_eq!(back.all_labels()["storage"], "hdd");
+        assert_eq!(back.label("zone"), None);
     }
 }

@@ -37,10 +37,28 @@ pub struct Task {
     pub container_id: Option<String>,
     #[serde(default)]
     pub ports: Vec<PublishedPort>,
-    /// Milliseconds since the epoch, from the log entry that created the task.
+    /// How many tasks of this slot failed (or were rejected) in a row before this one: the
+    /// orchestrator's restart backoff and `on-failure:MAX` count it.
+    #[serde(default)]
+    pub failures: u32,
+    /// Milliseconds since the epoch, from the leader's clock when it proposed the task.
     pub created_ms: u64,
-    /// Milliseconds since the epoch, from the log entry of the last change.
+    /// Milliseconds since the epoch, from the clock of the writer of the last change.
     pub updated_ms: u64,
+}
+
+/// What an agent observed of one of its tasks, sent to the leader's dispatcher, which applies it
+/// with `Task::transition(.., Actor::Agent, ..)`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskStatus {
+    pub task_id: String,
+    pub state: TaskState,
+    #[serde(default)]
+    pub message: String,
+    #[serde(default)]
+    pub container_id: Option<String>,
+    #[serde(default)]
+    pub ports: Vec<PublishedPort>,
 }
 
 impl Task {
@@ -56,6 +74,7 @@ impl Task {
             message: String::new(),
             container_id: None,
             ports: Vec::new(),
+            failures: 0,
             created_ms: now_ms,
             updated_ms: now_ms,
         }

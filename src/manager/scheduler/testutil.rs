@@ -20,9 +20,18 @@ pub(crate) fn node(n: u32, labels: &[(&str, &str)]) -> Node {
         cpus: 2,
         memory_bytes: 4 << 30,
         engine_version: "27.0.0".into(),
-        images: vec![],
+        // Every fixture service's image: the image filter passes unless a test removes one.
+        images: [
+            "api", "app", "big", "data", "db", "gone", "ok", "sidecar", "small", "tiny", "web",
+        ]
+        .iter()
+        .map(|name| format!("{name}:latest"))
+        .collect(),
         status: NodeStatus::Ready,
         availability: Default::default(),
+        operator_labels: BTreeMap::new(),
+        heartbeat_ms: 500,
+        message: String::new(),
     }
 }
 

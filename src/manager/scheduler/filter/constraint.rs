@@ -29,7 +29,7 @@ fn holds(expr: &Expr, node: &NodeInfo) -> bool {
     let n = node.node;
     match expr.key.as_str() {
         "node" => expr.holds([n.id.as_str(), n.name.as_str()]),
-        label => expr.holds(n.labels.get(label).map(String::as_str)),
+        label => expr.holds(n.label(label)),
     }
 }
 

@@ -6,6 +6,7 @@ mod affinity;
 mod constraint;
 mod dependency;
 mod health;
+mod image;
 mod port;
 mod resources;
 mod slots;
@@ -23,8 +24,9 @@ pub(crate) trait Filter {
     }
 }
 
-const FILTERS: [&dyn Filter; 7] = [
+const FILTERS: [&dyn Filter; 8] = [
     &health::Health,
+    &image::Image,
     &port::Port,
     &slots::ContainerSlots,
     &dependency::Dependency,

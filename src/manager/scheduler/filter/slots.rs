@@ -12,8 +12,7 @@ impl Filter for ContainerSlots {
     fn check(&self, _req: &Request, node: &NodeInfo, broken: &mut Vec<String>) {
         let slots = node
             .node
-            .labels
-            .get(LABEL)
+            .label(LABEL)
             .and_then(|v| v.trim().parse::<usize>().ok());
         if slots.is_some_and(|n| node.tasks.len() >= n) {
             broken.push("containerslots free".to_string());

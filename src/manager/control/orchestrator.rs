@@ -1,0 +1,297 @@
+//! The orchestrator: keeps every service at its replica count. From one read of the store it
+//! decides which tasks to create (a slot without a live task, as the restart policy allows and
+//! after a backoff for failing slots), which to stop (scale down, drained node, service removed,
+//! a duplicate in a slot), which to orphan (their node is DOWN) and which finished tasks to
+//! forget. Pure: no store, no clock; the driver in `control` commits the plan.
+
+use std::collections::{BTreeMap, HashMap};
+
+use crate::model::{
+    Actor, Availability, Node, NodeStatus, RestartPolicy, Service, Task, TaskState,
+};
+
+use super::objects::{ClusterState, Expect, Versioned, Write};
+use super::Plan;
+
+/// Finished tasks kept per slot, newest first, for `service ps`.
+pub const RETAINED_PER_SLOT: usize = 5;
+
+/// Restart backoff after the first failure in a row: 1 s, doubling, at most this.
+const MAX_BACKOFF_MS: u64 = 10_000;
+
+/// How long a slot whose latest task failed `failures` times in a row waits before a new task.
+pub fn backoff_ms(failures: u32) -> u64 {
+    match failures {
+        0 | 1 => 0,
+        n => (1_000u64 << (n - 2).min(16)).min(MAX_BACKOFF_MS),
+    }
+}
+
+/// Decides the orchestrator's writes for `state` at `now_ms`; `new_id` names new tasks.
+pub fn plan(state: &ClusterState, now_ms: u64, new_id: &mut dyn FnMut() -> String) -> Plan {
+    let mut round = Round {
+        now_ms,
+        nodes: state
+            .nodes
+            .iter()
+            .map(|n| (n.value.id.as_str(), &n.value))
+            .collect(),
+        changed: BTreeMap::new(),
+        writes: Vec::new(),
+        wake_at_ms: None,
+    };
+    let mut by_service: HashMap<&str, Vec<&Versioned<Task>>> = HashMap::new();
+    for t in &state.tasks {
+        by_service.entry(&t.value.service_id).or_default().push(t);
+    }
+    for service in &state.services {
+        let tasks = by_service
+            .remove(service.value.id.as_str())
+            .unwrap_or_default();
+        round.service(&service.value, &tasks, new_id);
+    }
+    // Tasks whose service was removed: stop what runs, forget what finished.
+    for tasks in by_service.values() {
+        for t in tasks {
+            round.without_service(t);
+        }
+    }
+    round.finish()
+}
+
+struct Round<'a> {
+    now_ms: u64,
+    nodes: HashMap<&'a str, &'a Node>,
+    /// Tasks changed this round, by id, with the revision they were read at.
+    changed: BTreeMap<String, (Task, u64)>,
+    writes: Vec<Write>,
+    wake_at_ms: Option<u64>,
+}
+
+impl<'a> Round<'a> {
+    /// The task as this round has left it so far.
+    fn current(&self, t: &Versioned<Task>) -> Task {
+        match self.changed.get(&t.value.id) {
+            Some((task, _)) => task.clone(),
+            None => t.value.clone(),
+        }
+    }
+
+    fn update(&mut self, t: &Versioned<Task>, task: Task) {
+        if task != t.value {
+            self.changed.insert(task.id.clone(), (task, t.mod_revision));
+        }
+    }
+
+    fn node_of(&self, task: &Task) -> Option<&'a Node> {
+        task.node_id
+            .as_deref()
+            .and_then(|id| self.nodes.get(id).copied())
+    }
+
+    /// Whether the task's node can no longer report on it: DOWN, or gone from the store.
+    fn node_lost(&self, task: &Task) -> Option<String> {
+        let id = task.node_id.as_deref()?;
+        match self.nodes.get(id) {
+            None => Some(format!("node {id} was removed")),
+            Some(n) if n.status == NodeStatus::Down => Some(format!("node {} is down", n.name)),
+            Some(_) => None,
+        }
+    }
+
+    /// Stops a live task: directly while no agent has it, else by asking its agent; a task
+    /// whose node is lost is orphaned instead (its agent cannot answer).
+    fn stop(&mut self, t: &Versioned<Task>, why: &str) {
+        let mut task = self.current(t);
+        if task.state.is_terminal() {
+            return;
+        }
+        task.desired_state = TaskState::Shutdown;
+        if let Some(lost) = self
+            .node_lost(&task)
+            .filter(|_| task.state >= TaskState::Assigned)
+        {
+            let _ = task.transition(TaskState::Orphaned, Actor::Orchestrator, lost, self.now_ms);
+        } else if task.state <= TaskState::Assigned {
+            let _ = task.transition(TaskState::Shutdown, Actor::Orchestrator, why, self.now_ms);
+        } else if task.message.is_empty() {
+            task.message = why.to_string();
+        }
+        self.update(t, task);
+    }
+
+    fn service(
+        &mut self,
+        service: &Service,
+        tasks: &[&'a Versioned<Task>],
+        new_id: &mut dyn FnMut() -> String,
+    ) {
+        // Per task: lost nodes, drained nodes, slots beyond the replica count, and finishing
+        // what was already asked to stop.
+        for t in tasks {
+            let task = self.current(t);
+            if task.state.is_terminal() {
+                continue;
+            }
+            if task.state >= TaskState::Assigned {
+                if let Some(lost) = self.node_lost(&task) {
+                    let mut task = task;
+                    task.desired_state = TaskState::Shutdown;
+                    let _ = task.transition(
+                        TaskState::Orphaned,
+                        Actor::Orchestrator,
+                        lost,
+                        self.now_ms,
+                    );
+                    self.update(t, task);
+                    continue;
+                }
+            }
+            if task.slot > service.replicas {
+                self.stop(t, "scaled down");
+            } else if self
+                .node_of(&task)
+                .is_some_and(|n| n.availability == Availability::Drain)
+            {
+                self.stop(t, "node drained");
+            } else if task.desired_state == TaskState::Shutdown && task.state <= TaskState::Assigned
+            {
+                self.stop(t, "shut down");
+            } else if task.state == TaskState::New {
+                let mut task = task;
+                let _ = task.transition(TaskState::Pending, Actor::Orchestrator, "", self.now_ms);
+                self.update(t, task);
+            }
+        }
+
+        let mut slots: BTreeMap<u64, Vec<&'a Versioned<Task>>> = BTreeMap::new();
+        for t in tasks {
+            slots.entry(t.value.slot).or_default().push(t);
+        }
+        for slot in 1..=service.replicas {
+            let in_slot = slots.get(&slot).map(Vec::as_slice).unwrap_or(&[]);
+            self.slot(service, slot, in_slot, new_id);
+        }
+        // Forget finished tasks: beyond the replica count all of them, else the oldest.
+        for (slot, in_slot) in &slots {
+            let keep = if *slot > service.replicas {
+                0
+            } else {
+                RETAINED_PER_SLOT
+            };
+            self.forget_finished(in_slot, keep);
+        }
+    }
+
+    fn slot(
+        &mut self,
+        service: &Service,
+        slot: u64,
+        tasks: &[&'a Versioned<Task>],
+        new_id: &mut dyn FnMut() -> String,
+    ) {
+        let mut live: Vec<(&Versioned<Task>, Task)> = tasks
+            .iter()
+            .map(|t| (*t, self.current(t)))
+            .filter(|(_, task)| {
+                !task.state.is_terminal() && task.desired_state == TaskState::Running
+            })
+            .collect();
+        if live.len() > 1 {
+            // Keep the most advanced (then the newest); the others are duplicates.
+            live.sort_by_key(|(_, task)| (task.state, task.created_ms, task.id.clone()));
+            live.pop();
+            for (t, _) in live {
+                self.stop(t, "superseded by another task of its slot");
+            }
+            return;
+        }
+        if !live.is_empty() {
+            return;
+        }
+        // The slot's latest task decides whether, and when, it is replaced.
+        let latest = tasks
+            .iter()
+            .map(|t| self.current(t))
+            .max_by_key(|task| (task.updated_ms, task.created_ms, task.id.clone()));
+        let failures = match &latest {
+            None => 0,
+            Some(task) => {
+                let failed = matches!(task.state, TaskState::Failed | TaskState::Rejected);
+                let restart = match (task.state, service.restart) {
+                    // Stopped or orphaned by the cluster itself: the slot still needs a task.
+                    (TaskState::Shutdown | TaskState::Orphaned, _) => true,
+                    (TaskState::Complete, policy) => policy == RestartPolicy::Always,
+                    (_, RestartPolicy::No) => false,
+                    (_, RestartPolicy::Always) => true,
+                    (_, RestartPolicy::OnFailure { max }) => {
+                        max.is_none_or(|max| task.failures < max)
+                    }
+                };
+                if !restart {
+                    return;
+                }
+                let failures = if failed { task.failures + 1 } else { 0 };
+                let due = task.updated_ms.saturating_add(backoff_ms(failures));
+                if due > self.now_ms {
+                    self.wake_at_ms = Some(self.wake_at_ms.map_or(due, |w| w.min(due)));
+                    return;
+                }
+                failures
+            }
+        };
+        let mut task = Task::new(new_id(), service.id.clone(), slot, self.now_ms);
+        task.failures = failures;
+        let _ = task.transition(TaskState::Pending, Actor::Orchestrator, "", self.now_ms);
+        self.writes.push(Write::Task {
+            task,
+            expect: Expect::Absent,
+        });
+    }
+
+    fn forget_finished(&mut self, tasks: &[&Versioned<Task>], keep: usize) {
+        let mut finished: Vec<&Versioned<Task>> = tasks
+            .iter()
+            .copied()
+            .filter(|t| t.value.state.is_terminal() && !self.changed.contains_key(&t.value.id))
+            .collect();
+        finished.sort_by_key(|t| std::cmp::Reverse((t.value.updated_ms, t.value.created_ms)));
+        for t in finished.into_iter().skip(keep) {
+            self.writes.push(Write::DeleteTask {
+                id: t.value.id.clone(),
+                mod_revision: t.mod_revision,
+            });
+        }
+    }
+
+    fn without_service(&mut self, t: &Versioned<Task>) {
+        if t.value.state.is_terminal() {
+            self.writes.push(Write::DeleteTask {
+                id: t.value.id.clone(),
+                mod_revision: t.mod_revision,
+            });
+        } else {
+            self.stop(t, "service removed");
+        }
+    }
+
+    fn finish(self) -> Plan {
+        let mut writes: Vec<Write> = self
+            .changed
+            .into_values()
+            .map(|(task, rev)| Write::Task {
+                task,
+                expect: Expect::ModRevision(rev),
+            })
+            .collect();
+        writes.extend(self.writes);
+        Plan {
+            writes,
+            wake_at_ms: self.wake_at_ms,
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "orchestrator_tests.rs"]
+mod tests;

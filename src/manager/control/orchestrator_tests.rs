@@ -1,0 +1,301 @@
+//! The orchestrator's decisions on hand-built cluster states.
+
+use std::collections::BTreeMap;
+
+use super::*;
+use crate::manager::control::objects::Versioned;
+
+fn node(id: &str, status: NodeStatus, availability: Availability) -> Versioned<Node> {
+    Versioned {
+        value: Node {
+            id: id.into(),
+            name: format!("node-{id}"),
+            addr: "127.0.0.2".into(),
+            labels: BTreeMap::new(),
+            operator_labels: BTreeMap::new(),
+            cpus: 2,
+            memory_bytes: 1 << 30,
+            engine_version: String::new(),
+            images: vec![],
+            status,
+            availability,
+            heartbeat_ms: 500,
+            message: String::new(),
+        },
+        mod_revision: 1,
+    }
+}
+
+fn service(replicas: u64, restart: RestartPolicy) -> Versioned<Service> {
+    let mut s: Service = serde_json::from_value(serde_json::json!({
+        "id": "s", "name": "web", "image": "img", "replicas": replicas,
+    }))
+    .unwrap();
+    s.restart = restart;
+    Versioned {
+        value: s,
+        mod_revision: 2,
+    }
+}
+
+fn task(id: &str, slot: u64, state: TaskState, node: Option<&str>) -> Versioned<Task> {
+    let mut t = Task::new(id.into(), "s".into(), slot, 100);
+    t.state = state;
+    t.node_id = node.map(String::from);
+    if state.is_terminal() {
+        t.desired_state = TaskState::Shutdown;
+    }
+    Versioned {
+        value: t,
+        mod_revision: 10,
+    }
+}
+
+fn state(services: Vec<Versioned<Service>>, tasks: Vec<Versioned<Task>>) -> ClusterState {
+    ClusterState {
+        revision: 20,
+        nodes: vec![
+            node("n1", NodeStatus::Ready, Availability::Active),
+            node("n2", NodeStatus::Ready, Availability::Active),
+        ],
+        services,
+        tasks,
+    }
+}
+
+fn run(state: &ClusterState, now_ms: u64) -> Plan {
+    let mut n = 0;
+    plan(state, now_ms, &mut || {
+        n += 1;
+        format!("new{n}")
+    })
+}
+
+/// (id, slot, state, desired) of every task the plan writes, and the ids it deletes.
+fn summary(plan: &Plan) -> (Vec<(String, u64, TaskState, TaskState)>, Vec<String>) {
+    let mut puts = Vec::new();
+    let mut deletes = Vec::new();
+    for w in &plan.writes {
+        match w {
+            Write::Task { task, .. } => {
+                puts.push((task.id.clone(), task.slot, task.state, task.desired_state))
+            }
+            Write::DeleteTask { id, .. } => deletes.push(id.clone()),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    (puts, deletes)
+}
+
+use TaskState::*;
+
+#[test]
+fn empty_slots_get_new_pending_tasks() {
+    let p = run(
+        &state(vec![service(3, RestartPolicy::Always)], vec![]),
+        1000,
+    );
+    let (puts, deletes) = summary(&p);
+    assert_eq!(
+        puts,
+        vec![
+            ("new1".into(), 1, Pending, Running),
+            ("new2".into(), 2, Pending, Running),
+            ("new3".into(), 3, Pending, Running),
+        ]
+    );
+    assert!(deletes.is_empty());
+    assert!(p.writes.iter().all(|w| matches!(
+        w,
+        Write::Task {
+            expect: Expect::Absent,
+            ..
+        }
+    )));
+}
+
+#[test]
+fn a_converged_service_needs_no_writes() {
+    let tasks = vec![
+        task("a", 1, Running, Some("n1")),
+        task("b", 2, Running, Some("n2")),
+    ];
+    let p = run(&state(vec![service(2, RestartPolicy::Always)], tasks), 1000);
+    assert!(p.writes.is_empty(), "{:?}", p.writes);
+    assert_eq!(p.wake_at_ms, None);
+}
+
+#[test]
+fn scaling_down_stops_the_highest_slots() {
+    let tasks = vec![
+        task("a", 1, Running, Some("n1")),
+        task("b", 2, Running, Some("n2")),
+        task("c", 3, Pending, None),
+    ];
+    let p = run(&state(vec![service(1, RestartPolicy::Always)], tasks), 1000);
+    let (puts, _) = summary(&p);
+    assert_eq!(
+        puts,
+        vec![
+            // Running: its agent stops it. Pending: nobody has it, so it ends here.
+            ("b".into(), 2, Running, Shutdown),
+            ("c".into(), 3, Shutdown, Shutdown),
+        ]
+    );
+}
+
+#[test]
+fn tasks_of_a_down_node_are_orphaned_and_replaced_in_their_slot() {
+    let mut s = state(
+        vec![service(2, RestartPolicy::Always)],
+        vec![
+            task("a", 1, Running, Some("n1")),
+            task("b", 2, Running, Some("n2")),
+        ],
+    );
+    s.nodes[1].value.status = NodeStatus::Down;
+    let p = run(&s, 1000);
+    let (puts, _) = summary(&p);
+    assert_eq!(
+        puts,
+        vec![
+            ("b".into(), 2, Orphaned, Shutdown),
+            ("new1".into(), 2, Pending, Running),
+        ]
+    );
+    let Write::Task { task, expect } = &p.writes[0] else {
+        panic!()
+    };
+    assert_eq!(task.message, "node node-n2 is down");
+    assert_eq!(*expect, Expect::ModRevision(10));
+}
+
+#[test]
+fn draining_a_node_stops_its_tasks_and_replaces_them() {
+    let mut s = state(
+        vec![service(1, RestartPolicy::Always)],
+        vec![task("a", 1, Running, Some("n1"))],
+    );
+    s.nodes[0].value.availability = Availability::Drain;
+    let (puts, _) = summary(&run(&s, 1000));
+    assert_eq!(
+        puts,
+        vec![
+            ("a".into(), 1, Running, Shutdown),
+            ("new1".into(), 1, Pending, Running),
+        ]
+    );
+}
+
+#[test]
+fn restart_policy_decides_whether_a_finished_slot_is_refilled() {
+    let cases = [
+        (RestartPolicy::Always, Complete, true),
+        (RestartPolicy::Always, Failed, true),
+        (RestartPolicy::OnFailure { max: None }, Complete, false),
+        (RestartPolicy::OnFailure { max: None }, Failed, true),
+        (RestartPolicy::OnFailure { max: None }, Rejected, true),
+        (RestartPolicy::No, Failed, false),
+        (RestartPolicy::No, Complete, false),
+        // Stopped or orphaned by the cluster: refilled whatever the policy.
+        (RestartPolicy::No, Orphaned, true),
+        (RestartPolicy::No, Shutdown, true),
+    ];
+    for (policy, finished, refill) in cases {
+        let s = state(
+            vec![service(1, policy)],
+            vec![task("a", 1, finished, Some("n1"))],
+        );
+        let (puts, _) = summary(&run(&s, 1000));
+        assert_eq!(!puts.is_empty(), refill, "{policy:?} after {finished}");
+    }
+}
+
+#[test]
+fn on_failure_max_counts_failures_in_a_row() {
+    let mut failed = task("a", 1, Failed, Some("n1"));
+    failed.value.failures = 1;
+    let s = state(
+        vec![service(1, RestartPolicy::OnFailure { max: Some(2) })],
+        vec![failed.clone()],
+    );
+    let p = run(&s, 10_000);
+    let Some(Write::Task { task, .. }) = p.writes.first() else {
+        panic!("{:?}", p.writes)
+    };
+    assert_eq!(task.failures, 2);
+    failed.value.failures = 2;
+    let s = state(
+        vec![service(1, RestartPolicy::OnFailure { max: Some(2) })],
+        vec![failed],
+    );
+    assert!(run(&s, 10_000).writes.is_empty());
+}
+
+#[test]
+fn a_failing_slot_backs_off_instead_of_creating_tasks_in_a_loop() {
+    assert_eq!(
+        [0, 1, 2, 3, 4, 5, 9].map(backoff_ms),
+        [0, 0, 1000, 2000, 4000, 8000, 10_000]
+    );
+    let mut failed = task("a", 1, Rejected, Some("n1"));
+    failed.value.failures = 2;
+    failed.value.updated_ms = 1_000;
+    let s = state(vec![service(1, RestartPolicy::Always)], vec![failed]);
+    let early = run(&s, 2_000);
+    assert!(early.writes.is_empty());
+    assert_eq!(early.wake_at_ms, Some(3_000), "third failure in a row: 2 s");
+    let due = run(&s, 3_000);
+    let (puts, _) = summary(&due);
+    assert_eq!(puts, vec![("new1".into(), 1, Pending, Running)]);
+}
+
+#[test]
+fn duplicates_in_a_slot_keep_the_most_advanced() {
+    let tasks = vec![
+        task("old", 1, Running, Some("n1")),
+        task("new", 1, Assigned, Some("n2")),
+    ];
+    let (puts, _) = summary(&run(
+        &state(vec![service(1, RestartPolicy::Always)], tasks),
+        1000,
+    ));
+    assert_eq!(puts, vec![("new".into(), 1, Shutdown, Shutdown)]);
+}
+
+#[test]
+fn tasks_of_a_removed_service_are_stopped_then_forgotten() {
+    let tasks = vec![
+        task("a", 1, Running, Some("n1")),
+        task("b", 2, Failed, Some("n2")),
+        task("c", 3, Pending, None),
+    ];
+    let (puts, deletes) = summary(&run(&state(vec![], tasks), 1000));
+    assert_eq!(
+        puts,
+        vec![
+            ("a".into(), 1, Running, Shutdown),
+            ("c".into(), 3, Shutdown, Shutdown),
+        ]
+    );
+    assert_eq!(deletes, vec!["b".to_string()]);
+}
+
+#[test]
+fn finished_tasks_beyond_the_retention_limit_are_forgotten() {
+    let mut tasks = vec![task("live", 1, Running, Some("n1"))];
+    for i in 0..7u64 {
+        let mut t = task(&format!("f{i}"), 1, Failed, Some("n1"));
+        t.value.updated_ms = 100 + i;
+        tasks.push(t);
+    }
+    // A finished task of a slot that no longer exists goes too.
+    tasks.push(task("gone", 2, Complete, Some("n2")));
+    let (puts, mut deletes) = summary(&run(
+        &state(vec![service(1, RestartPolicy::Always)], tasks),
+        1000,
+    ));
+    assert!(puts.is_empty());
+    deletes.sort();
+    assert_eq!(deletes, vec!["f0", "f1", "gone"]);
+}
