@@ -1,13 +1,13 @@
 //! The `shoal` binary: parses the command line and hands over to the library (`manager::run`,
-//! `dev::run`, `cli::*`). Errors are printed as one `error: ...` line with exit code 1; clap
-//! reports usage errors itself with exit code 2.
+//! `agent::run`, `dev::run`, `cli::*`). Errors are printed as one `error: ...` line with exit
+//! code 1; clap reports usage errors itself with exit code 2.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use shoal::cli::{ClusterCommand, GlobalArgs, KvCommand};
+use shoal::cli::{ClusterCommand, GlobalArgs, KvCommand, NodeCommand, ServiceCommand};
 use shoal::dev::DevArgs;
 use shoal::manager::ManagerConfig;
 
@@ -28,6 +28,8 @@ struct Cli {
 enum Command {
     /// Run a manager (one replica of the store), or `manager remove ID`.
     Manager(ManagerArgs),
+    /// Run an agent: register this Docker host as a node and run the tasks assigned to it.
+    Agent(AgentArgs),
     /// Start a local cluster of child processes; Ctrl-C stops it.
     Dev(DevArgs),
     /// Read, write and watch the replicated key-value store.
@@ -39,6 +41,16 @@ enum Command {
     Cluster {
         #[command(subcommand)]
         command: ClusterCommand,
+    },
+    /// List, inspect and drain the Docker hosts (nodes) of the cluster.
+    Node {
+        #[command(subcommand)]
+        command: NodeCommand,
+    },
+    /// Create, list, scale and remove services.
+    Service {
+        #[command(subcommand)]
+        command: ServiceCommand,
     },
 }
 
@@ -71,6 +83,42 @@ struct ManagerArgs {
     /// Restart this surviving manager as a one-member cluster with all its data.
     #[arg(long, conflicts_with = "join")]
     force_new_cluster: bool,
+}
+
+#[derive(Debug, Args)]
+struct AgentArgs {
+    /// Where this agent keeps its node id (created if missing).
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// Managers to join, comma-separated; the agent finds the leader through any of them.
+    #[arg(long, value_delimiter = ',', required = true)]
+    join: Vec<String>,
+    /// The cluster's join token (printed at bootstrap; `shoal cluster token`).
+    #[arg(long)]
+    token: String,
+    /// The node's name (default: the host name).
+    #[arg(long)]
+    name: Option<String>,
+    /// A node label for placement constraints, `K=V`; repeatable.
+    #[arg(long = "label", value_name = "K=V", value_parser = parse_label)]
+    labels: Vec<(String, String)>,
+    /// The IP the node's published ports are bound to and reached on.
+    #[arg(long, default_value = "127.0.0.1")]
+    advertise_addr: std::net::IpAddr,
+    /// Docker engine URL (default: the local socket).
+    #[arg(long, value_name = "URL")]
+    docker: Option<String>,
+    /// Heartbeat period; the node is DOWN after 3 missed periods.
+    #[arg(long, default_value = "500ms", value_parser = shoal::cli::duration::parse)]
+    heartbeat: std::time::Duration,
+}
+
+/// `K=V`, as `--label` takes it.
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("invalid label {s:?}: expected K=V")),
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -112,9 +160,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Manager(args) => {
             shoal::manager::run(manager_config(args)?, shutdown_signal()).await?
         }
+        Command::Agent(args) => shoal::agent::run(agent_config(args), shutdown_signal()).await?,
         Command::Dev(args) => shoal::dev::run(args, shutdown_signal()).await?,
         Command::Kv { command } => shoal::cli::run_kv(&global, command).await?,
         Command::Cluster { command } => shoal::cli::run_cluster(&global, command).await?,
+        Command::Node { command } => shoal::cli::run_node(&global, command).await?,
+        Command::Service { command } => shoal::cli::run_service(&global, command).await?,
     }
     Ok(())
 }
@@ -133,6 +184,20 @@ fn manager_config(args: ManagerArgs) -> anyhow::Result<ManagerConfig> {
         token: args.token,
         force_new_cluster: args.force_new_cluster,
     })
+}
+
+fn agent_config(args: AgentArgs) -> shoal::agent::AgentConfig {
+    let mut config = shoal::agent::AgentConfig::new(
+        args.data_dir,
+        shoal::client::parse_hosts(&args.join),
+        args.token,
+    );
+    config.name = args.name;
+    config.labels = args.labels.into_iter().collect();
+    config.advertise_addr = args.advertise_addr;
+    config.docker = args.docker;
+    config.heartbeat = args.heartbeat;
+    config
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

@@ -1,9 +1,150 @@
-//! `shoal agent`: runs the tasks assigned to its node on the local Docker engine. So far its container
-//! runtime over bollard; the session with the leader and the task loop build on it.
+//! `shoal agent`: registers its Docker host as a node with the leader, keeps a session with it, runs
+//! the tasks assigned to the node on the local engine and reports their states. It never decides what
+//! should run (the leader's control loops do) and never stops its containers when it stops itself: a
+//! restarted agent adopts them.
 
+mod container;
+mod engine;
+mod error;
+mod follow;
+mod node_id;
+mod plan;
 mod runtime;
+mod session;
+mod tasks;
+mod throttle;
 
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch, Notify};
+use tokio::task::JoinSet;
+
+pub use error::AgentError;
 pub use runtime::{
     ContainerInfo, ContainerSpec, ContainerState, DockerRuntime, EngineInfo, Owner, PortSpec,
-    Protocol, PublishedPort, RestartPolicy, RuntimeError, NODE_LABEL, SERVICE_LABEL, TASK_LABEL,
+    Protocol, RuntimeError, NODE_LABEL, SERVICE_LABEL, TASK_LABEL,
 };
+
+/// Everything `shoal agent` is started with.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// Where the agent keeps its node id (created if missing).
+    pub data_dir: PathBuf,
+    /// Managers' gRPC addresses; any of them leads the agent to the leader.
+    pub join: Vec<String>,
+    /// The cluster's join token.
+    pub token: String,
+    /// The node's name; None: the host name.
+    pub name: Option<String>,
+    /// The node's labels, matched by placement constraints.
+    pub labels: BTreeMap<String, String>,
+    /// The address the node's published ports are bound to and reached on.
+    pub advertise_addr: IpAddr,
+    /// Docker engine URL (`unix:///var/run/docker.sock`, `tcp://host:port`); None: the local socket.
+    pub docker: Option<String>,
+    /// Heartbeat period; the leader declares the node DOWN after 3 missed periods.
+    pub heartbeat: Duration,
+}
+
+impl AgentConfig {
+    /// A config with the CLI's defaults: host name, no labels, 127.0.0.1, the local engine, 500 ms.
+    pub fn new(data_dir: impl Into<PathBuf>, join: Vec<String>, token: impl Into<String>) -> Self {
+        AgentConfig {
+            data_dir: data_dir.into(),
+            join,
+            token: token.into(),
+            name: None,
+            labels: BTreeMap::new(),
+            advertise_addr: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            docker: None,
+            heartbeat: Duration::from_millis(crate::model::DEFAULT_HEARTBEAT_MS),
+        }
+    }
+}
+
+/// Runs the agent until `shutdown` resolves (then returns Ok, leaving every container running) or
+/// until a manager refuses the token (then returns that error). A missing engine or leader is waited
+/// for, never an error.
+pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    tokio::pin!(shutdown);
+    if config.join.is_empty() {
+        return Err(AgentError::NoManagers.into());
+    }
+    let node_id = node_id::load_or_create(&config.data_dir)?;
+    let name = config.name.clone().unwrap_or_else(host_name);
+    tracing::info!(node = %node_id, %name, addr = %config.advertise_addr, "starting agent");
+
+    let (docker, engine) = tokio::select! {
+        ready = engine::wait_for_engine(config.docker.as_deref()) => ready,
+        () = &mut shutdown => return Ok(()),
+    };
+    match docker.adopt(&node_id).await {
+        Ok(found) if !found.is_empty() => tracing::info!(
+            containers = found.len(),
+            "found containers of this node; those still assigned keep running"
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "listing this node's containers"),
+    }
+
+    let (engine_tx, engine_rx) = watch::channel(engine);
+    let (assignments_tx, assignments_rx) = watch::channel(None);
+    let (reports_tx, reports_rx) = mpsc::unbounded_channel();
+    let wake = Arc::new(Notify::new());
+
+    let mut background = JoinSet::new();
+    background.spawn(engine::poll_images(docker.clone(), engine_tx));
+    background.spawn(engine::watch_events(
+        docker.clone(),
+        node_id.clone(),
+        wake.clone(),
+    ));
+    let runner = tasks::TaskRunner::new(
+        docker,
+        node_id.clone(),
+        config.advertise_addr,
+        assignments_rx,
+        reports_tx,
+        wake,
+    );
+    background.spawn(runner.run());
+
+    let session = session::Session::new(
+        session::Identity {
+            node_id,
+            name,
+            addr: config.advertise_addr.to_string(),
+            labels: config.labels,
+            heartbeat: config.heartbeat,
+        },
+        &config.join,
+        &config.token,
+        engine_rx,
+        assignments_tx,
+        reports_rx,
+    )?;
+    let result = tokio::select! {
+        fatal = session.run() => Err(fatal.into()),
+        () = &mut shutdown => {
+            tracing::info!("agent stopping; its containers keep running");
+            Ok(())
+        }
+    };
+    background.shutdown().await;
+    result
+}
+
+/// The host's name, as the kernel knows it.
+fn host_name() -> String {
+    ["/proc/sys/kernel/hostname", "/etc/hostname"]
+        .iter()
+        .filter_map(|path| std::fs::read_to_string(path).ok())
+        .map(|name| name.trim().to_string())
+        .find(|name| !name.is_empty())
+        .unwrap_or_else(|| "localhost".to_string())
+}

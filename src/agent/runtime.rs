@@ -11,16 +11,17 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use bollard::query_parameters::{
-    CreateContainerOptionsBuilder, KillContainerOptionsBuilder, ListContainersOptionsBuilder,
-    ListImagesOptionsBuilder, RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
+    CreateContainerOptionsBuilder, EventsOptionsBuilder, KillContainerOptionsBuilder,
+    ListContainersOptionsBuilder, ListImagesOptionsBuilder, RemoveContainerOptionsBuilder,
+    StopContainerOptionsBuilder,
 };
 use bollard::Docker;
+use futures::{Stream, StreamExt};
 
 use error::engine_status;
 pub use error::RuntimeError;
-pub use restart::RestartPolicy;
 pub use spec::{ContainerSpec, Owner, PortSpec, Protocol, NODE_LABEL, SERVICE_LABEL, TASK_LABEL};
-pub use status::{ContainerInfo, ContainerState, EngineInfo, PublishedPort};
+pub use status::{ContainerInfo, ContainerState, EngineInfo};
 
 /// bollard's default for every request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
@@ -79,6 +80,23 @@ impl DockerRuntime {
             .info()
             .await
             .map_err(self.engine_error("info"))?;
+        let images = self.images().await?;
+        Ok(EngineInfo {
+            name: info.name.unwrap_or_default(),
+            version: version.version.unwrap_or_default(),
+            api_version: version.api_version.unwrap_or_default(),
+            cpus: info.ncpu.unwrap_or_default().try_into().unwrap_or_default(),
+            memory_bytes: info
+                .mem_total
+                .unwrap_or_default()
+                .try_into()
+                .unwrap_or_default(),
+            images,
+        })
+    }
+
+    /// `repo:tag` of every tagged image present, sorted: what the scheduler's image filter needs.
+    pub async fn images(&self) -> Result<Vec<String>, RuntimeError> {
         let options = ListImagesOptionsBuilder::new().build();
         let listed = self
             .docker
@@ -92,18 +110,32 @@ impl DockerRuntime {
             .collect();
         images.sort();
         images.dedup();
-        Ok(EngineInfo {
-            name: info.name.unwrap_or_default(),
-            version: version.version.unwrap_or_default(),
-            api_version: version.api_version.unwrap_or_default(),
-            cpus: info.ncpu.unwrap_or_default().try_into().unwrap_or_default(),
-            memory_bytes: info
-                .mem_total
-                .unwrap_or_default()
-                .try_into()
-                .unwrap_or_default(),
-            images,
-        })
+        Ok(images)
+    }
+
+    /// The engine's events about node `node`'s containers (`start`, `die`, `oom`, `destroy`, ...), as
+    /// their action names. The stream ends, or yields an error, when the engine goes away.
+    pub fn container_events(
+        &self,
+        node: &str,
+    ) -> impl Stream<Item = Result<String, RuntimeError>> + Send + 'static {
+        let filters = HashMap::from([
+            ("type", vec!["container".to_string()]),
+            ("label", vec![format!("{NODE_LABEL}={node}")]),
+        ]);
+        let options = EventsOptionsBuilder::new().filters(&filters).build();
+        // bollard's request timeout bounds the wait for the response head only, not the stream.
+        let endpoint = self.endpoint.clone();
+        self.docker
+            .events(Some(options))
+            .map(move |event| match event {
+                Ok(event) => Ok(event.action.unwrap_or_default()),
+                Err(source) => Err(RuntimeError::Engine {
+                    endpoint: endpoint.clone(),
+                    op: "events",
+                    source,
+                }),
+            })
     }
 
     /// Creates and starts `spec`'s container and returns its id. A container that cannot start is

@@ -7,7 +7,8 @@ use std::net::IpAddr;
 use bollard::models::{ContainerCreateBody, HostConfig, PortBinding};
 
 use super::error::RuntimeError;
-use super::restart::RestartPolicy;
+use super::restart;
+use crate::model::RestartPolicy;
 
 pub const TASK_LABEL: &str = "shoal.task";
 pub const SERVICE_LABEL: &str = "shoal.service";
@@ -53,6 +54,17 @@ impl PortSpec {
             host_port,
             host_ip: None,
             protocol: Protocol::Tcp,
+        }
+    }
+
+    /// A service's published port (`model::PortSpec`: no host port means an ephemeral one), bound to
+    /// `host_ip`.
+    pub fn from_model(port: &crate::model::PortSpec, host_ip: Option<IpAddr>) -> PortSpec {
+        PortSpec {
+            container_port: port.container_port,
+            host_port: port.host_port.unwrap_or(0),
+            host_ip,
+            protocol: port.protocol,
         }
     }
 }
@@ -124,7 +136,7 @@ impl ContainerSpec {
             exposed_ports: Some(bindings.keys().cloned().collect()),
             host_config: Some(HostConfig {
                 port_bindings: Some(bindings),
-                restart_policy: Some(self.restart.to_docker()),
+                restart_policy: Some(restart::to_docker(self.restart)),
                 memory: self.memory_bytes,
                 nano_cpus: self.nano_cpus,
                 ..Default::default()

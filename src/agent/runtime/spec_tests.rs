@@ -12,24 +12,40 @@ fn owner() -> Owner {
 }
 
 #[test]
-fn restart_policy_round_trips_the_cli_spelling() {
-    for s in ["no", "always", "on-failure", "on-failure:3"] {
-        assert_eq!(s.parse::<RestartPolicy>().unwrap().to_string(), s);
-    }
-    for bad in [
-        "",
-        "sometimes",
-        "on-failure:",
-        "on-failure:x",
-        "always:2",
-        "unless-stopped",
-    ] {
-        let err = bad.parse::<RestartPolicy>().unwrap_err();
-        assert!(
-            matches!(err, RuntimeError::InvalidSpec(_)),
-            "{bad:?} gave {err}"
+fn restart_policies_map_to_docker_names() {
+    let cases = [
+        ("no", RestartPolicyNameEnum::NO, None),
+        ("always", RestartPolicyNameEnum::ALWAYS, None),
+        ("on-failure", RestartPolicyNameEnum::ON_FAILURE, None),
+        ("on-failure:3", RestartPolicyNameEnum::ON_FAILURE, Some(3)),
+    ];
+    for (spelling, name, max) in cases {
+        let policy: RestartPolicy = spelling.parse().unwrap();
+        let docker = super::restart::to_docker(policy);
+        assert_eq!(
+            (docker.name, docker.maximum_retry_count),
+            (Some(name), max),
+            "{spelling}"
         );
     }
+}
+
+#[test]
+fn model_ports_publish_on_the_given_address() {
+    let ip = Some("127.0.0.3".parse().unwrap());
+    let ephemeral: crate::model::PortSpec = "80".parse().unwrap();
+    let fixed: crate::model::PortSpec = "5353:53/udp".parse().unwrap();
+    assert_eq!(
+        PortSpec::from_model(&ephemeral, ip),
+        PortSpec {
+            container_port: 80,
+            host_port: 0,
+            host_ip: ip,
+            protocol: Protocol::Tcp
+        }
+    );
+    let fixed = PortSpec::from_model(&fixed, None);
+    assert_eq!((fixed.host_port, fixed.protocol), (5353, Protocol::Udp));
 }
 
 #[test]
@@ -66,9 +82,7 @@ fn ports_restart_and_limits_map_to_docker() {
         host_ip: Some("127.0.0.2".parse().unwrap()),
         protocol: Protocol::Udp,
     });
-    spec.restart = RestartPolicy::OnFailure {
-        max_retries: Some(2),
-    };
+    spec.restart = RestartPolicy::OnFailure { max: Some(2) };
     spec.memory_bytes = Some(64 << 20);
     let body = spec.to_create_body().unwrap();
     let mut exposed = body.exposed_ports.unwrap();

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use bollard::models::{ContainerInspectResponse, ContainerStateStatusEnum, PortMap};
 
 use super::spec::Owner;
+use crate::model::{Protocol, PublishedPort};
 
 /// The engine an agent registers its node with.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,15 +40,6 @@ impl ContainerState {
     }
 }
 
-/// A container port published on the host, as Docker bound it (a random port resolved).
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub struct PublishedPort {
-    pub container_port: u16,
-    pub protocol: String,
-    pub host_ip: String,
-    pub host_port: u16,
-}
-
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ContainerInfo {
     pub id: String,
@@ -61,6 +53,7 @@ pub struct ContainerInfo {
     /// Docker's own complaint, e.g. why the process could not be started.
     pub error: Option<String>,
     pub restart_count: i64,
+    /// The ports Docker published, as Docker bound them (an ephemeral host port resolved).
     pub ports: Vec<PublishedPort>,
 }
 
@@ -112,17 +105,22 @@ impl ContainerInfo {
     pub fn host_port(&self, container_port: u16) -> Option<u16> {
         self.ports
             .iter()
-            .find(|p| p.container_port == container_port && p.protocol == "tcp")
+            .find(|p| p.container_port == container_port && p.protocol == Protocol::Tcp)
             .map(|p| p.host_port)
     }
 }
 
 /// Docker lists a binding per address family (`0.0.0.0` and `::`) for one port; keep each port once,
-/// preferring IPv4.
+/// preferring IPv4. Protocols shoal does not publish (sctp) are left out.
 fn published(ports: PortMap) -> Vec<PublishedPort> {
     let mut out: Vec<PublishedPort> = Vec::new();
     for (key, bindings) in ports {
         let (port, protocol) = key.split_once('/').unwrap_or((key.as_str(), "tcp"));
+        let protocol = match protocol {
+            "tcp" => Protocol::Tcp,
+            "udp" => Protocol::Udp,
+            _ => continue,
+        };
         let Ok(container_port) = port.parse() else {
             continue;
         };
@@ -133,7 +131,7 @@ fn published(ports: PortMap) -> Vec<PublishedPort> {
             let host_ip = b.host_ip.unwrap_or_default();
             out.push(PublishedPort {
                 container_port,
-                protocol: protocol.to_string(),
+                protocol,
                 host_ip,
                 host_port,
             });
@@ -142,12 +140,12 @@ fn published(ports: PortMap) -> Vec<PublishedPort> {
     out.sort_by_key(|p| {
         (
             p.container_port,
-            p.protocol.clone(),
+            p.protocol,
             p.host_port,
             p.host_ip.contains(':'),
         )
     });
-    out.dedup_by_key(|p| (p.container_port, p.protocol.clone(), p.host_port));
+    out.dedup_by_key(|p| (p.container_port, p.protocol, p.host_port));
     out
 }
 

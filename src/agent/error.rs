@@ -1,0 +1,30 @@
+//! Errors of the agent boundary: what stops `shoal agent` for good (a refused token, an unusable data
+//! dir or configuration), each naming the manager, file or value it concerns. Everything transient (a
+//! leader change, a stopped engine) is retried inside the agent and never surfaces here.
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("no manager to join: --join needs at least one address")]
+    NoManagers,
+
+    #[error("invalid manager address {addr:?}: {reason}")]
+    BadAddress { addr: String, reason: String },
+
+    #[error("the join token cannot be sent in gRPC metadata (it must be printable ASCII)")]
+    BadToken,
+
+    #[error("node id file {path}: {source}")]
+    NodeIdFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+
+    #[error("node id file {path} holds {found:?}, not a node id (20 lowercase hex characters)")]
+    BadNodeId { path: PathBuf, found: String },
+
+    /// PERMISSION_DENIED / UNAUTHENTICATED: the token is wrong or belongs to another cluster.
+    #[error("manager {addr} refused this agent ({message}): check --token")]
+    Refused { addr: String, message: String },
+}

@@ -1,0 +1,299 @@
+//! Unit tests of the reconcile decision, with plain assignment sets and containers.
+
+use std::collections::{BTreeMap, HashSet};
+
+use super::*;
+use crate::agent::runtime::Owner;
+use crate::model::PublishedPort;
+
+const NODE: &str = "node1";
+
+fn node() -> Node<'static> {
+    Node {
+        id: NODE,
+        host_ip: "127.0.0.2".parse().unwrap(),
+    }
+}
+
+fn service() -> Service {
+    serde_json::from_value(serde_json::json!({
+        "id": "svc1", "name": "web", "image": "shoal/whoami:latest", "replicas": 3,
+        "ports": [{"container_port": 80}],
+    }))
+    .unwrap()
+}
+
+fn assigned(id: &str, state: TaskState, desired: TaskState) -> Assignment {
+    let mut task = Task::new(id.into(), "svc1".into(), 1, 0);
+    task.node_id = Some(NODE.into());
+    task.state = state;
+    task.desired_state = desired;
+    Assignment {
+        task,
+        service: Some(service()),
+    }
+}
+
+fn running_task(id: &str) -> Assignment {
+    assigned(id, TaskState::Running, TaskState::Running)
+}
+
+fn container(id: &str, task: Option<&str>, state: ContainerState) -> ContainerInfo {
+    let owner = task.map(|t| Owner {
+        task: t.into(),
+        service: "svc1".into(),
+        node: NODE.into(),
+    });
+    ContainerInfo {
+        id: format!("c-{id}"),
+        name: format!("web.1.{id}"),
+        image: "shoal/whoami:latest".into(),
+        owner,
+        labels: BTreeMap::new(),
+        state,
+        error: None,
+        restart_count: 0,
+        ports: vec![PublishedPort {
+            container_port: 80,
+            protocol: crate::model::Protocol::Tcp,
+            host_ip: "127.0.0.2".into(),
+            host_port: 32768,
+        }],
+    }
+}
+
+fn exited(code: i64) -> ContainerState {
+    ContainerState::Exited {
+        exit_code: code,
+        oom_killed: false,
+    }
+}
+
+fn run(set: &[Assignment], containers: &[ContainerInfo]) -> Vec<Action> {
+    run_started(set, containers, &HashSet::new())
+}
+
+fn run_started(
+    set: &[Assignment],
+    containers: &[ContainerInfo],
+    started: &HashSet<String>,
+) -> Vec<Action> {
+    let observed = Observed {
+        containers,
+        started,
+    };
+    plan(Some(set), observed, node())
+}
+
+fn reports(actions: &[Action]) -> Vec<(String, TaskState, String)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Report(s) => Some((s.task_id.clone(), s.state, s.message.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn stopped(actions: &[Action]) -> Vec<String> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Stop { container, .. } => Some(container.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn nothing_happens_before_the_first_set() {
+    let containers = [
+        container("t1", Some("t1"), ContainerState::Running),
+        container("x", None, ContainerState::Running),
+    ];
+    let observed = Observed {
+        containers: &containers,
+        started: &HashSet::new(),
+    };
+    assert_eq!(plan(None, observed, node()), vec![]);
+}
+
+#[test]
+fn an_assigned_task_is_accepted_and_started_with_its_spec() {
+    let actions = run(
+        &[assigned("t1", TaskState::Assigned, TaskState::Running)],
+        &[],
+    );
+    let [Action::Start { task, spec, accept }] = actions.as_slice() else {
+        panic!("{actions:?}");
+    };
+    assert_eq!((task.as_str(), *accept), ("t1", true));
+    assert_eq!(spec.name, "web.1.t1");
+    assert_eq!(spec.owner.node, NODE);
+    assert_eq!(spec.ports[0].host_ip, Some(node().host_ip));
+}
+
+#[test]
+fn adopted_running_containers_are_kept_not_restarted() {
+    let set = [running_task("t1"), running_task("t2")];
+    let containers = [
+        container("t1", Some("t1"), ContainerState::Running),
+        container("t2", Some("t2"), ContainerState::Restarting),
+    ];
+    assert_eq!(run(&set, &containers), vec![]);
+}
+
+#[test]
+fn a_running_container_is_reported_running_once_the_set_lags() {
+    let set = [assigned("t1", TaskState::Accepted, TaskState::Running)];
+    let containers = [container("t1", Some("t1"), ContainerState::Running)];
+    let actions = run(&set, &containers);
+    let [Action::Report(s)] = actions.as_slice() else {
+        panic!("{actions:?}");
+    };
+    assert_eq!(s.state, TaskState::Running);
+    assert_eq!(s.container_id.as_deref(), Some("c-t1"));
+    assert_eq!(s.ports[0].host_port, 32768);
+}
+
+#[test]
+fn an_exited_container_is_reported_complete_or_failed() {
+    let set = [running_task("ok"), running_task("bad"), running_task("oom")];
+    let mut oom = container(
+        "oom",
+        Some("oom"),
+        ContainerState::Exited {
+            exit_code: 137,
+            oom_killed: true,
+        },
+    );
+    oom.error = None;
+    let mut bad = container("bad", Some("bad"), exited(3));
+    bad.error = Some("boom".into());
+    let containers = [container("ok", Some("ok"), exited(0)), bad, oom];
+    let mut got = reports(&run(&set, &containers));
+    got.sort();
+    assert_eq!(
+        got,
+        vec![
+            ("bad".into(), TaskState::Failed, "exit code 3: boom".into()),
+            ("ok".into(), TaskState::Complete, "exit code 0".into()),
+            ("oom".into(), TaskState::Failed, "OOM killed".into()),
+        ]
+    );
+    assert!(
+        stopped(&run(&set, &containers)).is_empty(),
+        "kept until the task is terminal"
+    );
+}
+
+#[test]
+fn a_vanished_container_fails_its_task_and_is_never_recreated() {
+    let set = [running_task("t1")];
+    assert_eq!(
+        reports(&run(&set, &[])),
+        vec![(
+            "t1".into(),
+            TaskState::Failed,
+            "container disappeared".into()
+        )]
+    );
+    // The set still says ASSIGNED, but this agent already created the task's container once.
+    let stale = [assigned("t2", TaskState::Assigned, TaskState::Running)];
+    let started = HashSet::from(["t2".to_string()]);
+    let actions = run_started(&stale, &[], &started);
+    assert_eq!(reports(&actions)[0].1, TaskState::Failed);
+    assert!(!actions.iter().any(|a| matches!(a, Action::Start { .. })));
+}
+
+#[test]
+fn stray_and_terminal_containers_are_stopped_and_removed() {
+    let mut failed = running_task("old");
+    failed.task.state = TaskState::Orphaned;
+    failed.task.desired_state = TaskState::Shutdown;
+    let set = [failed, running_task("t1")];
+    let containers = [
+        container("old", Some("old"), ContainerState::Running),
+        container("gone", Some("gone"), ContainerState::Running),
+        container("nobody", None, exited(0)),
+        container("t1", Some("t1"), ContainerState::Running),
+    ];
+    let actions = run(&set, &containers);
+    let mut stops = stopped(&actions);
+    stops.sort();
+    assert_eq!(stops, ["c-gone", "c-nobody", "c-old"]);
+    assert!(reports(&actions).is_empty(), "{actions:?}");
+}
+
+#[test]
+fn desired_shutdown_stops_removes_and_then_reports() {
+    let set = [
+        assigned("t1", TaskState::Running, TaskState::Shutdown),
+        assigned("t2", TaskState::Assigned, TaskState::Shutdown),
+    ];
+    let containers = [container("t1", Some("t1"), ContainerState::Running)];
+    let actions = run(&set, &containers);
+    assert_eq!(actions.len(), 2, "{actions:?}");
+    let Action::Stop {
+        container,
+        then: Some(then),
+        ..
+    } = &actions[0]
+    else {
+        panic!("{actions:?}");
+    };
+    assert_eq!(
+        (container.as_str(), then.state),
+        ("c-t1", TaskState::Shutdown)
+    );
+    assert_eq!(reports(&actions)[0].0, "t2", "nothing to stop, just report");
+    assert_eq!(reports(&actions)[0].1, TaskState::Shutdown);
+}
+
+#[test]
+fn never_two_containers_for_one_task() {
+    let set = [running_task("t1")];
+    let containers = [
+        container("a", Some("t1"), exited(1)),
+        container("b", Some("t1"), ContainerState::Running),
+    ];
+    let actions = run(&set, &containers);
+    assert_eq!(stopped(&actions), ["c-a"], "the running one is kept");
+    assert!(reports(&actions).is_empty(), "{actions:?}");
+    // A task with a container, whatever its state, is never started again.
+    let accepted = [assigned("t1", TaskState::Assigned, TaskState::Running)];
+    let actions = run(&accepted, &[container("t1", Some("t1"), exited(0))]);
+    assert!(!actions.iter().any(|a| matches!(a, Action::Start { .. })));
+}
+
+#[test]
+fn a_container_created_but_never_started_is_replaced() {
+    let set = [assigned("t1", TaskState::Accepted, TaskState::Running)];
+    let containers = [container("t1", Some("t1"), ContainerState::Created)];
+    let actions = run(&set, &containers);
+    assert!(
+        matches!(&actions[..], [Action::Remove { container }, Action::Start { accept: false, .. }] if container == "c-t1"),
+        "{actions:?}"
+    );
+}
+
+#[test]
+fn a_task_whose_service_is_gone_is_rejected() {
+    let mut a = assigned("t1", TaskState::Assigned, TaskState::Running);
+    a.service = None;
+    assert_eq!(
+        reports(&run(&[a], &[])),
+        vec![(
+            "t1".into(),
+            TaskState::Rejected,
+            "service svc1 no longer exists".into()
+        )]
+    );
+}
+
+#[test]
+fn containers_of_other_nodes_are_never_touched() {
+    let mut other = container("x", Some("x"), ContainerState::Running);
+    other.owner.as_mut().unwrap().node = "node2".into();
+    assert_eq!(run(&[], &[other]), vec![]);
+}
