@@ -1,6 +1,9 @@
-//! Errors of the CLI boundary: what a `shoal kv|cluster|manager` command reports on stderr.
+//! Errors of the CLI boundary: what a `shoal kv|cluster|manager|node|service` command reports on
+//! stderr, one line each.
 
 use crate::client::ClientError;
+use crate::manager::scheduler::ExprError;
+use crate::model::ModelError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
@@ -21,4 +24,47 @@ pub enum CliError {
 
     #[error("unexpected answer from manager {addr}: {what}")]
     Protocol { addr: String, what: String },
+
+    /// A command-line value that does not parse; `what` names the flag or argument.
+    #[error("invalid {what} {value:?}: {reason}")]
+    Invalid {
+        what: &'static str,
+        value: String,
+        reason: String,
+    },
+
+    /// A malformed port, restart policy or placement label.
+    #[error(transparent)]
+    Model(#[from] ModelError),
+
+    /// A constraint or affinity that does not parse.
+    #[error(transparent)]
+    Expr(#[from] ExprError),
+
+    #[error("{0}")]
+    Usage(&'static str),
+
+    #[error("no such {kind}: {name}")]
+    NoSuch { kind: &'static str, name: String },
+
+    #[error("ambiguous {kind} id prefix {prefix:?}: it matches {matches}")]
+    Ambiguous {
+        kind: &'static str,
+        prefix: String,
+        matches: String,
+    },
+
+    #[error("service {0} already exists")]
+    ServiceExists(String),
+
+    /// A read-modify-write whose compare kept failing: nothing was written.
+    #[error("{kind} {name} changed {attempts} times while being updated; nothing was written, try again")]
+    Contended {
+        kind: &'static str,
+        name: String,
+        attempts: u32,
+    },
+
+    #[error("unreadable object at {key}: {reason}")]
+    BadObject { key: String, reason: String },
 }

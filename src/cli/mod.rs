@@ -1,11 +1,17 @@
-//! The client side of the `shoal` command line: `kv`, `cluster` and `manager remove`. Each command
-//! is one short conversation with a manager through [`crate::client`]; output goes to stdout
-//! (`--json`: one JSON document, or JSON lines for `kv watch`), errors are returned, never printed.
+//! The client side of the `shoal` command line: `kv`, `cluster`, `node`, `service` and
+//! `manager remove`. Each command is one short conversation with a manager through
+//! [`crate::client`]; output goes to stdout (`--json`: one JSON document, or JSON lines for
+//! `kv watch`), errors are returned, never printed.
 
 mod cluster;
 pub mod duration;
 mod error;
 mod kv;
+mod node;
+mod objects;
+mod service;
+mod spec;
+mod table;
 
 use std::io::Write;
 use std::time::Duration;
@@ -14,6 +20,9 @@ use clap::{Args, Subcommand};
 
 use crate::client::{parse_hosts, Client, ClientConfig, DEFAULT_GRPC};
 pub use error::CliError;
+pub use node::NodeCommand;
+pub use service::ServiceCommand;
+pub use spec::CreateArgs;
 
 /// Options every client command accepts.
 #[derive(Debug, Clone, Args)]
@@ -112,6 +121,16 @@ pub async fn run_kv(global: &GlobalArgs, command: KvCommand) -> Result<(), CliEr
 pub async fn run_cluster(global: &GlobalArgs, command: ClusterCommand) -> Result<(), CliError> {
     let client = global.connect().await?;
     quiet_broken_pipe(cluster::run(client, command).await)
+}
+
+/// `shoal node ...`: arguments are validated before any manager is contacted.
+pub async fn run_node(global: &GlobalArgs, command: NodeCommand) -> Result<(), CliError> {
+    quiet_broken_pipe(node::run(global, command).await)
+}
+
+/// `shoal service ...`: arguments are validated before any manager is contacted.
+pub async fn run_service(global: &GlobalArgs, command: ServiceCommand) -> Result<(), CliError> {
+    quiet_broken_pipe(service::run(global, command).await)
 }
 
 /// `shoal manager remove ID`

@@ -15,22 +15,25 @@ pub enum DevError {
         source: std::io::Error,
     },
 
-    #[error("starting manager {name}: {source}")]
+    #[error("starting {kind} {name}: {source}")]
     Spawn {
+        kind: &'static str,
         name: String,
         source: std::io::Error,
     },
 
-    #[error("manager {name} exited during startup ({status}){}; see {}", last_line(.last_log_line), log.display())]
+    #[error("{kind} {name} exited during startup ({status}){}; see {}", last_line(.last_log_line), log.display())]
     ExitedEarly {
+        kind: &'static str,
         name: String,
         status: String,
         last_log_line: Option<String>,
         log: PathBuf,
     },
 
-    #[error("manager {name} did not {what} within {waited:?}; see {}", log.display())]
+    #[error("{kind} {name} did not {what} within {waited:?}; see {}", log.display())]
     StartTimeout {
+        kind: &'static str,
         name: String,
         what: &'static str,
         waited: Duration,

@@ -1,8 +1,9 @@
-//! Where `shoal dev` puts things: `DIR/mN` data dirs, `DIR/logs/mN.log`, and `DIR/cluster.json`
-//! (written atomically: a reader sees the old file or the new one, never half of one).
+//! Where `shoal dev` puts things: `DIR/mN` manager and `DIR/aN` agent data dirs, `DIR/logs/mN.log`
+//! and `DIR/logs/node-N.log`, and `DIR/cluster.json` (written atomically: a reader sees the old
+//! file or the new one, never half of one).
 
 use std::io::Write;
-use std::net::{SocketAddr, TcpListener};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -14,7 +15,8 @@ use super::DevError;
 pub struct ClusterFile {
     pub token: String,
     pub managers: Vec<ManagerEntry>,
-    pub agents: Vec<serde_json::Value>,
+    #[serde(default)]
+    pub agents: Vec<AgentEntry>,
     pub proxy: Option<serde_json::Value>,
 }
 
@@ -26,6 +28,74 @@ pub struct ManagerEntry {
     pub docker_api: String,
     pub http: String,
     pub data_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentEntry {
+    /// The node's name: `node-1`...
+    pub name: String,
+    pub pid: u32,
+    /// The IP the agent advertises and publishes its tasks' ports on (`127.0.0.2`...).
+    pub addr: String,
+    pub data_dir: PathBuf,
+    pub log: PathBuf,
+}
+
+/// The most agents `shoal dev` runs: each needs its own 127.0.0.x address, from 127.0.0.2.
+pub const MAX_AGENTS: u32 = 253;
+
+/// One agent `shoal dev` runs: `node-I` on 127.0.0.(I+1), node-1 labelled `storage=ssd` as the
+/// seed's first host. Derived from the index alone, so a restarted `shoal dev` finds the same
+/// data dirs (and so the same node ids) again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct AgentSlot {
+    pub(crate) name: String,
+    pub(crate) addr: Ipv4Addr,
+    pub(crate) labels: Vec<String>,
+    pub(crate) data_dir: PathBuf,
+    pub(crate) log: PathBuf,
+}
+
+impl AgentSlot {
+    pub(crate) fn agent_args(&self, join: &[String], token: &str) -> Vec<String> {
+        let mut args = vec![
+            "agent".into(),
+            "--data-dir".into(),
+            self.data_dir.display().to_string(),
+            "--join".into(),
+            join.join(","),
+            "--token".into(),
+            token.to_string(),
+            "--name".into(),
+            self.name.clone(),
+            "--advertise-addr".into(),
+            self.addr.to_string(),
+        ];
+        for label in &self.labels {
+            args.extend(["--label".into(), label.clone()]);
+        }
+        args
+    }
+}
+
+/// Agents `node-1..=node-count`, at most `MAX_AGENTS`.
+pub(crate) fn agent_slots(dir: &Path, count: u32) -> Vec<AgentSlot> {
+    (1..=count.min(MAX_AGENTS))
+        .map(|i| {
+            let name = format!("node-{i}");
+            AgentSlot {
+                addr: Ipv4Addr::new(127, 0, 0, (i + 1) as u8),
+                labels: if i == 1 {
+                    vec!["storage=ssd".into()]
+                } else {
+                    Vec::new()
+                },
+                data_dir: dir.join(format!("a{i}")),
+                log: dir.join("logs").join(format!("{name}.log")),
+                name,
+            }
+        })
+        .collect()
 }
 
 /// One manager `shoal dev` runs: its name (`m1`...) and where it lives.
@@ -202,5 +272,54 @@ mod tests {
         )
         .unwrap();
         assert!(json["proxy"].is_null() && json["agents"].as_array().unwrap().is_empty());
+    }
+
+    #[test]
+    fn agents_get_their_own_loopback_address_and_node_1_the_ssd_label() {
+        let dir = Path::new("/tmp/x");
+        let slots = agent_slots(dir, 3);
+        assert_eq!(slots.len(), 3);
+        assert_eq!(slots[0].name, "node-1");
+        assert_eq!(slots[0].addr, Ipv4Addr::new(127, 0, 0, 2));
+        assert_eq!(slots[2].addr, Ipv4Addr::new(127, 0, 0, 4));
+        assert_eq!(slots[2].data_dir, dir.join("a3"));
+        assert_eq!(slots[2].log, dir.join("logs/node-3.log"));
+        let join = vec!["127.0.0.1:1".to_string(), "127.0.0.1:2".to_string()];
+        assert_eq!(
+            slots[0].agent_args(&join, "tok").join(" "),
+            "agent --data-dir /tmp/x/a1 --join 127.0.0.1:1,127.0.0.1:2 --token tok \
+             --name node-1 --advertise-addr 127.0.0.2 --label storage=ssd"
+        );
+        assert!(!slots[1]
+            .agent_args(&join, "tok")
+            .contains(&"--label".to_string()));
+        assert_eq!(
+            agent_slots(dir, 1000).last().unwrap().addr,
+            Ipv4Addr::new(127, 0, 0, 254)
+        );
+        assert!(agent_slots(dir, 0).is_empty());
+    }
+
+    #[test]
+    fn agent_entries_have_the_documented_fields_and_old_files_still_read() {
+        let entry = AgentEntry {
+            name: "node-1".into(),
+            pid: 42,
+            addr: "127.0.0.2".into(),
+            data_dir: "/d/a1".into(),
+            log: "/d/logs/node-1.log".into(),
+        };
+        let json = serde_json::to_value(&entry).unwrap();
+        let mut fields: Vec<&str> = json
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        fields.sort_unstable();
+        assert_eq!(fields, ["addr", "data_dir", "log", "name", "pid"]);
+        let old: ClusterFile =
+            serde_json::from_str(r#"{"token":"t","managers":[],"proxy":null}"#).unwrap();
+        assert!(old.agents.is_empty());
     }
 }

@@ -1,7 +1,9 @@
 //! `shoal dev`: a whole cluster on loopback as child processes of one command: N managers (the
-//! first bootstraps, the others join it), `DIR/cluster.json` once they are all voters, and a clean
-//! stop on Ctrl-C. It never deletes anything in DIR: run it again and the same cluster restarts.
+//! first bootstraps, the others join it), M agents once the managers are voters, `DIR/cluster.json`
+//! once every agent is a READY node, and a clean stop on Ctrl-C. It never deletes anything in DIR:
+//! run it again and the same cluster restarts.
 
+mod agents;
 mod error;
 mod layout;
 mod procs;
@@ -15,7 +17,7 @@ use clap::Args;
 use crate::client::{Client, ClientConfig};
 pub use error::DevError;
 use layout::Slot;
-pub use layout::{ClusterFile, ManagerEntry};
+pub use layout::{AgentEntry, ClusterFile, ManagerEntry, MAX_AGENTS};
 use procs::Group;
 
 /// How long one manager may take to come up (first start opens RocksDB, elects, joins).
@@ -26,8 +28,9 @@ pub struct DevArgs {
     /// How many managers to run.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=9))]
     pub managers: u16,
-    /// How many agents to run (none yet: agents come in a later version).
-    #[arg(long, default_value_t = 0)]
+    /// How many agents to run against the local Docker engine: node-1 (labelled storage=ssd),
+    /// node-2, ... on 127.0.0.2, 127.0.0.3, ...
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=i64::from(MAX_AGENTS)))]
     pub agents: u32,
     /// Also run a proxy (not yet available).
     #[arg(long)]
@@ -39,11 +42,6 @@ pub struct DevArgs {
 
 /// Runs the local cluster until `shutdown` resolves, then stops every child.
 pub async fn run(args: DevArgs, shutdown: impl Future<Output = ()>) -> Result<(), DevError> {
-    if args.agents != 0 {
-        return Err(DevError::Unsupported(
-            "agents are not available yet in this version of shoal: use --agents 0",
-        ));
-    }
     if args.proxy {
         return Err(DevError::Unsupported(
             "the proxy is not available yet in this version of shoal: drop --proxy",
@@ -91,10 +89,12 @@ pub async fn run(args: DevArgs, shutdown: impl Future<Output = ()>) -> Result<()
         }
     };
 
+    let agent_slots = layout::agent_slots(&dir, args.agents);
+
     let mut group = Group::new();
     tokio::pin!(shutdown);
     let started = tokio::select! {
-        started = start(&exe, &slots, previous.as_ref(), &mut group) => started,
+        started = start(&exe, &slots, &agent_slots, previous.as_ref(), &mut group) => started,
         _ = &mut shutdown => {
             group.stop().await;
             return Ok(());
@@ -116,19 +116,22 @@ pub async fn run(args: DevArgs, shutdown: impl Future<Output = ()>) -> Result<()
             (index, status) = group.next_exit() => {
                 let p = group.get(index);
                 eprintln!(
-                    "shoal dev: manager {} (pid {}) exited unexpectedly ({status}); see {}. The others keep running.",
-                    p.name, p.pid, p.log.display()
+                    "shoal dev: {} {} (pid {}) exited unexpectedly ({status}); see {}. The others keep running.",
+                    p.kind, p.name, p.pid, p.log.display()
                 );
-                if group.alive() == 0 {
+                // Agents alone cannot do anything: no manager left is the end.
+                if group.alive_of("manager") == 0 {
                     return Err(DevError::AllExited { logs: dir.join("logs") });
                 }
             }
         }
     }
-    let alive = group.alive();
+    let (alive_managers, alive_agents) = (group.alive_of("manager"), group.alive_of("agent"));
+    let plural = |n: usize| if n == 1 { "" } else { "s" };
     eprintln!(
-        "shoal dev: stopping {alive} manager{}",
-        if alive == 1 { "" } else { "s" }
+        "shoal dev: stopping {alive_managers} manager{} and {alive_agents} agent{}",
+        plural(alive_managers),
+        plural(alive_agents)
     );
     group.stop().await;
     Ok(())
@@ -136,22 +139,30 @@ pub async fn run(args: DevArgs, shutdown: impl Future<Output = ()>) -> Result<()
 
 /// Starts every manager and waits until all of them are voters. A fresh cluster: m1 bootstraps,
 /// then each other manager joins it in turn. A previous one: all restart from their data dirs.
+/// Then starts the agents, joined to every manager, and waits until each is a READY node.
 async fn start(
     exe: &Path,
     slots: &[Slot],
+    agent_slots: &[layout::AgentSlot],
     previous: Option<&ClusterFile>,
     group: &mut Group,
 ) -> Result<ClusterFile, DevError> {
     let token = match previous {
         Some(file) => {
             for slot in slots {
-                group.spawn(&slot.name, exe, &slot.manager_args(), &slot.log)?;
+                group.spawn("manager", &slot.name, exe, &slot.manager_args(), &slot.log)?;
             }
             file.token.clone()
         }
         None => {
             let first = &slots[0];
-            let index = group.spawn(&first.name, exe, &first.manager_args(), &first.log)?;
+            let index = group.spawn(
+                "manager",
+                &first.name,
+                exe,
+                &first.manager_args(),
+                &first.log,
+            )?;
             let token = wait_for_token(first, index, group).await?;
             wait_for_voters(first, index, group, &slots[..1], 1).await?;
             for (i, slot) in slots.iter().enumerate().skip(1) {
@@ -162,7 +173,7 @@ async fn start(
                     "--token".into(),
                     token.clone(),
                 ]);
-                let index = group.spawn(&slot.name, exe, &args, &slot.log)?;
+                let index = group.spawn("manager", &slot.name, exe, &args, &slot.log)?;
                 wait_for_voters(slot, index, group, slots, i + 1).await?;
             }
             token
@@ -185,10 +196,12 @@ async fn start(
             data_dir: slot.data_dir.clone(),
         })
         .collect();
+    let grpc: Vec<String> = slots.iter().map(|s| s.grpc.to_string()).collect();
+    let agents = agents::start(exe, agent_slots, &grpc, &token, group).await?;
     Ok(ClusterFile {
         token,
         managers,
-        agents: Vec::new(),
+        agents,
         proxy: None,
     })
 }
@@ -246,6 +259,7 @@ fn check_alive(slot: &Slot, index: usize, group: &mut Group) -> Result<(), DevEr
     match group.exited(index) {
         None => Ok(()),
         Some(status) => Err(DevError::ExitedEarly {
+            kind: "manager",
             name: slot.name.clone(),
             status,
             last_log_line: procs::last_log_line(&slot.log),
@@ -256,6 +270,7 @@ fn check_alive(slot: &Slot, index: usize, group: &mut Group) -> Result<(), DevEr
 
 fn timeout(slot: &Slot, what: &'static str) -> DevError {
     DevError::StartTimeout {
+        kind: "manager",
         name: slot.name.clone(),
         what,
         waited: START_TIMEOUT,
@@ -278,6 +293,19 @@ fn print_summary(file: &ClusterFile, slots: &[Slot], path: &Path) {
             m.http,
             m.docker_api,
             slot.log.display()
+        );
+    }
+    if !file.agents.is_empty() {
+        let n = file.agents.len();
+        println!("{n} agent{} running", if n == 1 { "" } else { "s" });
+    }
+    for a in &file.agents {
+        println!(
+            "  {}  pid {}  addr {}  log {}",
+            a.name,
+            a.pid,
+            a.addr,
+            a.log.display()
         );
     }
     println!("join token: {}", file.token);

@@ -16,6 +16,8 @@ use super::DevError;
 const STOP_GRACE: Duration = Duration::from_secs(5);
 
 pub(crate) struct Proc {
+    /// `manager` or `agent`.
+    pub(crate) kind: &'static str,
     pub(crate) name: String,
     pub(crate) pid: u32,
     pub(crate) log: PathBuf,
@@ -42,6 +44,7 @@ impl Group {
     /// Starts `exe args...` with stdout and stderr appended to `log`; returns its index.
     pub(crate) fn spawn(
         &mut self,
+        kind: &'static str,
         name: &str,
         exe: &Path,
         args: &[String],
@@ -59,10 +62,11 @@ impl Group {
             .stdout(file)
             .stderr(stderr)
             .process_group(0)
-            // If `shoal dev` itself fails, no manager outlives it.
+            // If `shoal dev` itself fails, no child outlives it.
             .kill_on_drop(true)
             .spawn()
             .map_err(|source| DevError::Spawn {
+                kind,
                 name: name.to_string(),
                 source,
             })?;
@@ -77,6 +81,7 @@ impl Group {
             let _ = tx.send((index, status));
         });
         self.procs.push(Proc {
+            kind,
             name: name.to_string(),
             pid,
             log: log.to_path_buf(),
@@ -98,6 +103,15 @@ impl Group {
     pub(crate) fn alive(&mut self) -> usize {
         self.drain();
         self.procs.iter().filter(|p| p.exited.is_none()).count()
+    }
+
+    /// How many children of `kind` still run.
+    pub(crate) fn alive_of(&mut self, kind: &str) -> usize {
+        self.drain();
+        self.procs
+            .iter()
+            .filter(|p| p.kind == kind && p.exited.is_none())
+            .count()
     }
 
     /// Waits for the next child to exit: its index and how it exited.

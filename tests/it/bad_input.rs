@@ -47,10 +47,7 @@ async fn usage_errors_exit_with_code_2() {
 async fn dev_refuses_what_it_cannot_run_yet() {
     let dir = tempfile::tempdir().unwrap();
     let dir = dir.path().to_str().unwrap();
-    for args in [
-        &["dev", "--agents", "1", "--dir", dir][..],
-        &["dev", "--proxy", "--dir", dir],
-    ] {
+    for args in [&["dev", "--proxy", "--dir", dir][..]] {
         let out = run_cli(args, None, &[]).await;
         assert_eq!(out.code, Some(1), "{out:?}");
         assert!(

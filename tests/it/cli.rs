@@ -85,15 +85,16 @@ async fn kv_commands_and_their_output() {
     let out = c.cli(&["kv", "put", "other", "x"]).await;
     assert!(out.ok());
     let out = c.cli(&["kv", "ls"]).await;
+    // Everything, the cluster's own records under /shoal/ included (the leader's term).
     assert_eq!(
-        out.stdout, "app/a\napp/b\napp/c\nother\n",
+        out.stdout, "/shoal/leader/term\napp/a\napp/b\napp/c\nother\n",
         "kv ls without a prefix lists everything: {out:?}"
     );
     let out = c.cli(&["kv", "ls", "--json"]).await;
     let doc: Value = serde_json::from_str(&out.stdout).unwrap();
     assert_eq!(
         doc["keys"],
-        serde_json::json!(["app/a", "app/b", "app/c", "other"])
+        serde_json::json!(["/shoal/leader/term", "app/a", "app/b", "app/c", "other"])
     );
 
     let out = c.cli(&["kv", "del", "app/", "--prefix"]).await;

@@ -1,0 +1,443 @@
+//! What operators type for `service create` and `node update`, parsed and validated before
+//! anything is written: each bad value is one error naming it. Pure functions only.
+
+use std::collections::BTreeMap;
+
+use clap::Args;
+
+use super::CliError;
+use crate::manager::scheduler;
+use crate::model::{Availability, Placement, PortSpec, Reservations, RestartPolicy, Service};
+
+/// `shoal service create ... IMAGE [CMD...]`
+#[derive(Debug, Clone, Args)]
+pub struct CreateArgs {
+    /// Service name: letters, digits, '_', '.' and '-', starting with a letter or a digit.
+    #[arg(long)]
+    pub name: String,
+    /// How many tasks to keep running.
+    #[arg(long, default_value_t = 1)]
+    pub replicas: u64,
+    /// Publish a port: [HOST:]CONTAINER[/tcp|/udp]; without HOST the engine picks one.
+    #[arg(short = 'p', long = "publish", value_name = "PORT")]
+    pub publish: Vec<String>,
+    /// A label for the service's containers (interlock.hostname=test, ...).
+    #[arg(short = 'l', long = "label", value_name = "K=V")]
+    pub labels: Vec<String>,
+    /// A node constraint, classic Swarm syntax: storage==ssd, node!=node-2, soft zone==~a.
+    #[arg(long = "constraint", value_name = "EXPR")]
+    pub constraints: Vec<String>,
+    /// An affinity to other containers or images: container==web, image==~redis.
+    #[arg(long = "affinity", value_name = "EXPR")]
+    pub affinities: Vec<String>,
+    /// An environment variable (`constraint:EXPR`, `affinity:EXPR` and `reschedule:POLICY`
+    /// are read as placement rules, as classic Swarm does).
+    #[arg(short = 'e', long = "env", value_name = "K=V")]
+    pub env: Vec<String>,
+    /// always, on-failure[:MAX] or no.
+    #[arg(long, default_value = "always", value_name = "POLICY")]
+    pub restart: String,
+    /// CPUs each task reserves on its node (e.g. 0.5).
+    #[arg(long, value_name = "CPUS")]
+    pub reserve_cpu: Option<String>,
+    /// Memory each task reserves on its node (e.g. 64m, 1g; units b, k, m, g, t).
+    #[arg(long, value_name = "BYTES")]
+    pub reserve_memory: Option<String>,
+    /// on-node-failure or off (services are always replaced on a DOWN node; this is recorded
+    /// for classic Swarm's plain containers).
+    #[arg(long, value_name = "POLICY")]
+    pub reschedule: Option<String>,
+    /// Print the created service as JSON instead of its id.
+    #[arg(long)]
+    pub json: bool,
+    /// The image to run.
+    pub image: String,
+    /// The command and its arguments (everything after IMAGE).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub cmd: Vec<String>,
+}
+
+/// The service `args` describe, with id `id`; the first invalid value is the error.
+pub(super) fn service(args: &CreateArgs, id: String) -> Result<Service, CliError> {
+    check_name(&args.name)?;
+    if args.image.trim().is_empty() || args.image.contains(char::is_whitespace) {
+        return Err(invalid(
+            "image",
+            &args.image,
+            "expected an image reference such as nginx:latest",
+        ));
+    }
+    let ports = args
+        .publish
+        .iter()
+        .map(|p| p.parse::<PortSpec>())
+        .collect::<Result<Vec<_>, _>>()?;
+    let labels = args
+        .labels
+        .iter()
+        .map(|l| key_value("label", l))
+        .collect::<Result<BTreeMap<_, _>, _>>()?;
+    let (placement, env) = Placement::extract(args.env.clone(), &labels)?;
+    for entry in &env {
+        key_value("environment variable", entry)?;
+    }
+    let restart: RestartPolicy = args.restart.parse()?;
+    let reservations = Reservations {
+        nano_cpus: match &args.reserve_cpu {
+            Some(cpus) => nano_cpus(cpus)?,
+            None => 0,
+        },
+        memory_bytes: match &args.reserve_memory {
+            Some(bytes) => memory_bytes(bytes)?,
+            None => 0,
+        },
+    };
+    let reschedule_on_node_failure = match args.reschedule.as_deref() {
+        None => placement.reschedule_on_node_failure,
+        Some("on-node-failure") => true,
+        Some("off") => false,
+        Some(other) => {
+            return Err(invalid(
+                "--reschedule",
+                other,
+                "expected on-node-failure or off",
+            ));
+        }
+    };
+    let mut constraints = args.constraints.clone();
+    constraints.extend(placement.constraints);
+    let mut affinities = args.affinities.clone();
+    affinities.extend(placement.affinities);
+    let service = Service {
+        id,
+        name: args.name.clone(),
+        image: args.image.clone(),
+        cmd: args.cmd.clone(),
+        env,
+        labels,
+        ports,
+        replicas: args.replicas,
+        restart,
+        constraints,
+        affinities,
+        reservations,
+        reschedule_on_node_failure,
+        links: Vec::new(),
+        volumes_from: Vec::new(),
+        network_mode: None,
+    };
+    scheduler::validate(&service)?;
+    Ok(service)
+}
+
+/// Docker's container-name syntax, `[a-zA-Z0-9][a-zA-Z0-9_.-]*`: names end up in keys and in
+/// container names (`web.3`).
+pub(super) fn check_name(name: &str) -> Result<(), CliError> {
+    let mut chars = name.chars();
+    let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric());
+    if first_ok && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')) {
+        Ok(())
+    } else {
+        Err(invalid(
+            "service name",
+            name,
+            "expected letters, digits, '_', '.' and '-', starting with a letter or a digit",
+        ))
+    }
+}
+
+/// `K=V` with a non-empty K (V may be empty).
+pub(super) fn key_value(what: &'static str, entry: &str) -> Result<(String, String), CliError> {
+    match entry.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(invalid(
+            what,
+            entry,
+            "expected KEY=VALUE with a non-empty KEY",
+        )),
+    }
+}
+
+/// `0.5` CPUs as nano-CPUs (Docker's NanoCPUs).
+pub(super) fn nano_cpus(text: &str) -> Result<u64, CliError> {
+    let cpus: f64 = text
+        .trim()
+        .parse()
+        .ok()
+        .filter(|c: &f64| c.is_finite() && *c >= 0.0 && *c <= 1_000_000.0)
+        .ok_or_else(|| {
+            invalid(
+                "--reserve-cpu",
+                text,
+                "expected a number of CPUs such as 0.5",
+            )
+        })?;
+    Ok((cpus * 1e9).round() as u64)
+}
+
+/// `64m`, `1g`, `512k`, `1.5g`, `1048576`: bytes in powers of 1024, as `docker run --memory`
+/// (a trailing `b` or `ib` is accepted).
+pub(super) fn memory_bytes(text: &str) -> Result<u64, CliError> {
+    let bad = || {
+        invalid(
+            "--reserve-memory",
+            text,
+            "expected a size such as 64m or 1g (units b, k, m, g, t)",
+        )
+    };
+    let trimmed = text.trim();
+    let split = trimmed
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(trimmed.len());
+    let (number, unit) = trimmed.split_at(split);
+    let unit = unit.trim().to_ascii_lowercase();
+    let unit = unit.strip_suffix('b').unwrap_or(&unit);
+    let unit = unit
+        .strip_suffix('i')
+        .filter(|u| !u.is_empty())
+        .unwrap_or(unit);
+    let scale: f64 = match unit {
+        "" => 1.0,
+        "k" => 1024.0,
+        "m" => 1024.0 * 1024.0,
+        "g" => 1024.0 * 1024.0 * 1024.0,
+        "t" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
+        _ => return Err(bad()),
+    };
+    let value: f64 = number.parse().map_err(|_| bad())?;
+    let bytes = value * scale;
+    if !bytes.is_finite() || bytes >= u64::MAX as f64 {
+        return Err(bad());
+    }
+    Ok(bytes.round() as u64)
+}
+
+/// `active` or `drain`.
+pub(super) fn availability(text: &str) -> Result<Availability, CliError> {
+    match text {
+        "active" => Ok(Availability::Active),
+        "drain" => Ok(Availability::Drain),
+        other => Err(invalid("--availability", other, "expected active or drain")),
+    }
+}
+
+/// `NAME=N` of `service scale`.
+pub(super) fn scale_target(text: &str) -> Result<(String, u64), CliError> {
+    let bad = || invalid("scale", text, "expected SERVICE=REPLICAS, e.g. web=4");
+    let (name, n) = text.split_once('=').ok_or_else(bad)?;
+    if name.is_empty() {
+        return Err(bad());
+    }
+    let n = n.trim().parse::<u64>().map_err(|_| bad())?;
+    Ok((name.to_string(), n))
+}
+
+fn invalid(what: &'static str, value: &str, reason: &str) -> CliError {
+    CliError::Invalid {
+        what,
+        value: value.to_string(),
+        reason: reason.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::model::Protocol;
+
+    #[derive(Parser)]
+    struct Cmd {
+        #[command(flatten)]
+        args: CreateArgs,
+    }
+
+    fn parse(argv: &[&str]) -> CreateArgs {
+        let mut full = vec!["create"];
+        full.extend_from_slice(argv);
+        Cmd::try_parse_from(full).expect("parses").args
+    }
+
+    fn build(argv: &[&str]) -> Result<Service, String> {
+        service(&parse(argv), "0123456789ab".into()).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn the_seed_service_is_accepted_with_defaults() {
+        let svc = build(&[
+            "--name",
+            "web",
+            "--replicas",
+            "4",
+            "-p",
+            "80",
+            "-p",
+            "8080:80/udp",
+            "--label",
+            "interlock.hostname=test",
+            "--label",
+            "interlock.domain=local",
+            "--constraint",
+            "storage==ssd",
+            "--env",
+            "A=1",
+            "--reserve-cpu",
+            "0.5",
+            "--reserve-memory",
+            "64m",
+            "shoal/whoami:latest",
+            "--listen",
+            ":80",
+        ])
+        .unwrap();
+        assert_eq!(
+            (svc.id.as_str(), svc.name.as_str(), svc.replicas),
+            ("0123456789ab", "web", 4)
+        );
+        assert_eq!(svc.image, "shoal/whoami:latest");
+        assert_eq!(
+            svc.cmd,
+            ["--listen", ":80"],
+            "flags after IMAGE belong to CMD"
+        );
+        assert_eq!(svc.ports[1].protocol, Protocol::Udp);
+        assert_eq!(svc.ports[1].host_port, Some(8080));
+        assert_eq!(svc.labels["interlock.domain"], "local");
+        assert_eq!(svc.constraints, ["storage==ssd"]);
+        assert_eq!(svc.env, ["A=1"]);
+        assert_eq!(svc.restart, RestartPolicy::Always);
+        assert_eq!(svc.reservations.nano_cpus, 500_000_000);
+        assert_eq!(svc.reservations.memory_bytes, 64 << 20);
+        assert!(!svc.reschedule_on_node_failure);
+
+        let minimal = build(&["--name", "db", "redis"]).unwrap();
+        assert_eq!(minimal.replicas, 1);
+        assert_eq!(minimal.reservations, Reservations::default());
+    }
+
+    #[test]
+    fn classic_swarm_placement_in_env_is_read() {
+        let svc = build(&[
+            "--name",
+            "db",
+            "-e",
+            "constraint:storage==ssd",
+            "-e",
+            "affinity:container!=web",
+            "-e",
+            "reschedule:on-node-failure",
+            "-e",
+            "B=2",
+            "redis",
+        ])
+        .unwrap();
+        assert_eq!(svc.constraints, ["storage==ssd"]);
+        assert_eq!(svc.affinities, ["container!=web"]);
+        assert_eq!(svc.env, ["B=2"]);
+        assert!(svc.reschedule_on_node_failure);
+        let off = build(&[
+            "--name",
+            "db",
+            "-e",
+            "reschedule:on-node-failure",
+            "--reschedule",
+            "off",
+            "redis",
+        ]);
+        assert!(!off.unwrap().reschedule_on_node_failure, "the flag wins");
+        let restart = build(&["--name", "db", "--restart", "on-failure:3", "redis"]).unwrap();
+        assert_eq!(restart.restart, RestartPolicy::OnFailure { max: Some(3) });
+    }
+
+    #[test]
+    fn each_bad_value_is_named_in_one_line() {
+        let cases: [(&[&str], &str); 12] = [
+            (&["--name=-web", "x"], "invalid service name \"-web\""),
+            (&["--name", "a/b", "x"], "invalid service name \"a/b\""),
+            (&["--name", "", "x"], "invalid service name \"\""),
+            (
+                &["--name", "web", "-p", "80/sctp", "x"],
+                "invalid port \"80/sctp\"",
+            ),
+            (
+                &["--name", "web", "--label", "=v", "x"],
+                "invalid label \"=v\"",
+            ),
+            (
+                &["--name", "web", "--label", "novalue", "x"],
+                "invalid label \"novalue\"",
+            ),
+            (
+                &["--name", "web", "--env", "X", "x"],
+                "invalid environment variable \"X\"",
+            ),
+            (
+                &["--name", "web", "--restart", "sometimes", "x"],
+                "invalid restart policy \"sometimes\"",
+            ),
+            (
+                &["--name", "web", "--constraint", "storage=ssd", "x"],
+                "invalid constraint \"storage=ssd\"",
+            ),
+            (
+                &["--name", "web", "--reserve-cpu=-1", "x"],
+                "invalid --reserve-cpu \"-1\"",
+            ),
+            (
+                &["--name", "web", "--reserve-memory", "64q", "x"],
+                "invalid --reserve-memory \"64q\"",
+            ),
+            (
+                &["--name", "web", "--reschedule", "never", "x"],
+                "invalid --reschedule \"never\"",
+            ),
+        ];
+        for (argv, want) in cases {
+            let err = build(argv).unwrap_err();
+            assert!(err.starts_with(want), "{argv:?}: {err}");
+            assert!(!err.contains('\n'), "{err}");
+        }
+        let err = build(&["--name", "web", "--affinity", "container", "x"]).unwrap_err();
+        assert!(err.starts_with("invalid affinity \"container\""), "{err}");
+    }
+
+    #[test]
+    fn sizes_and_cpus() {
+        assert_eq!(memory_bytes("64m").unwrap(), 64 << 20);
+        assert_eq!(memory_bytes("1G").unwrap(), 1 << 30);
+        assert_eq!(memory_bytes("512kb").unwrap(), 512 << 10);
+        assert_eq!(memory_bytes("2MiB").unwrap(), 2 << 20);
+        assert_eq!(memory_bytes("1.5g").unwrap(), 3 << 29);
+        assert_eq!(memory_bytes("1000").unwrap(), 1000);
+        assert_eq!(memory_bytes("10b").unwrap(), 10);
+        for bad in ["", "m", "1x", "-1m", "1..2m", "99999999999t"] {
+            assert!(memory_bytes(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(nano_cpus("2").unwrap(), 2_000_000_000);
+        assert_eq!(nano_cpus("0.25").unwrap(), 250_000_000);
+        for bad in ["", "half", "NaN", "inf", "-0.5"] {
+            assert!(nano_cpus(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn scale_targets_and_availability() {
+        assert_eq!(scale_target("web=10").unwrap(), ("web".to_string(), 10));
+        assert_eq!(scale_target("web=0").unwrap(), ("web".to_string(), 0));
+        for bad in ["web", "=3", "web=", "web=-1", "web=x"] {
+            let err = scale_target(bad).unwrap_err().to_string();
+            assert!(err.starts_with(&format!("invalid scale {bad:?}")), "{err}");
+        }
+        assert_eq!(availability("drain").unwrap(), Availability::Drain);
+        assert_eq!(availability("active").unwrap(), Availability::Active);
+        assert!(availability("pause")
+            .unwrap_err()
+            .to_string()
+            .contains("\"pause\""));
+        assert_eq!(
+            key_value("label", "a=b=c").unwrap(),
+            ("a".to_string(), "b=c".to_string())
+        );
+    }
+}
