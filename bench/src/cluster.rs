@@ -24,11 +24,14 @@ struct Manager {
     grpc: SocketAddr,
     data_dir: PathBuf,
     log: PathBuf,
+    /// What it was started with: a restart reuses the data dir and these arguments.
+    args: Vec<String>,
     child: Child,
 }
 
 pub(crate) struct Cluster {
     managers: Vec<Manager>,
+    token: String,
 }
 
 impl Cluster {
@@ -50,6 +53,7 @@ impl Cluster {
 
         let mut cluster = Cluster {
             managers: Vec::with_capacity(n),
+            token: String::new(),
         };
         let mut token = String::new();
         for i in 0..n {
@@ -79,6 +83,7 @@ impl Cluster {
             cluster.spawn(exe, name, grpc, data_dir, log, &args)?;
             if i == 0 {
                 token = cluster.wait_for_token().await?;
+                cluster.token.clone_from(&token);
             }
             cluster.wait_for_voters(i + 1).await?;
         }
@@ -87,6 +92,50 @@ impl Cluster {
 
     pub(crate) fn addrs(&self) -> Vec<SocketAddr> {
         self.managers.iter().map(|m| m.grpc).collect()
+    }
+
+    pub(crate) fn token(&self) -> &str {
+        &self.token
+    }
+
+    /// kill -9 of manager `i`'s process group.
+    pub(crate) fn kill(&mut self, i: usize) {
+        let m = &mut self.managers[i];
+        if let Ok(pid) = i32::try_from(m.child.id()) {
+            let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+        let _ = m.child.wait();
+    }
+
+    /// Starts manager `i` again on its data dir (after `kill`), and waits until it answers
+    /// with a leader.
+    pub(crate) async fn restart(&mut self, exe: &Path, i: usize) -> Result<()> {
+        use std::os::unix::process::CommandExt;
+        let m = &mut self.managers[i];
+        let out = File::options().append(true).open(&m.log)?;
+        let err = out.try_clone()?;
+        m.child = Command::new(exe)
+            .args(&m.args)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .process_group(0)
+            .spawn()
+            .with_context(|| format!("restarting {}", m.name))?;
+        let addr = m.grpc;
+        let deadline = Instant::now() + STEP_TIMEOUT;
+        loop {
+            if status(addr).await.is_ok_and(|s| s.leader_id != 0) {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "{} did not come back within {STEP_TIMEOUT:?}",
+                    self.managers[i].name
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     fn spawn(
@@ -114,6 +163,7 @@ impl Cluster {
             grpc,
             data_dir,
             log,
+            args: args.to_vec(),
             child,
         });
         Ok(())

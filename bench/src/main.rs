@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 mod cluster;
+mod failover;
 mod kv;
 mod load;
 mod report;
@@ -26,6 +27,8 @@ struct Cli {
 enum Command {
     /// Start a cluster on loopback and measure puts, linearizable gets and stale gets.
     Kv(kv::KvArgs),
+    /// With real agents on the local Docker engine: node loss and leader loss repair times.
+    Failover(failover::FailoverArgs),
 }
 
 #[tokio::main]
@@ -34,6 +37,7 @@ async fn main() -> ExitCode {
     let run = async {
         match cli.command {
             Command::Kv(args) => kv::run(args).await,
+            Command::Failover(args) => failover::run(args).await,
         }
     };
     // Ctrl-C drops `run`, and with it the cluster guard that kills the managers.

@@ -24,8 +24,18 @@ fn alive(pid: u64) -> bool {
 
 /// Starts `shoal dev` and waits for its cluster.json (a new one: not listing `stale_pid`).
 async fn start_dev(dir: &str, stale_pid: Option<u64>) -> (tokio::process::Child, Value) {
+    start_dev_with(dir, stale_pid, &["--managers", "3"]).await
+}
+
+async fn start_dev_with(
+    dir: &str,
+    stale_pid: Option<u64>,
+    args: &[&str],
+) -> (tokio::process::Child, Value) {
     let child = tokio::process::Command::new(SHOAL)
-        .args(["dev", "--managers", "3", "--dir", dir])
+        .arg("dev")
+        .args(args)
+        .args(["--dir", dir])
         .env_remove("SHOAL_HOST")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -135,4 +145,44 @@ async fn dev_runs_a_local_cluster_and_stops_it() {
     let out = run_cli(&["kv", "get", "dev/k"], None, &[("SHOAL_HOST", &hosts)]).await;
     assert_eq!(out.stdout, "v\n", "{out:?}");
     stop_dev(child).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dev_with_agents_starts_the_seeds_two_nodes() {
+    let _serial = serial().await;
+    crate::fleet::whoami_image();
+    let dir = tempfile::tempdir().unwrap();
+    let dir_str = dir.path().join("cluster").to_str().unwrap().to_string();
+    let (child, doc) = start_dev_with(&dir_str, None, &["--managers", "1", "--agents", "2"]).await;
+    let agents = doc["agents"].as_array().unwrap().clone();
+    // Whatever happens below, the agents' containers go with the test.
+    let _cleanup: Vec<crate::fleet::NodeContainers> = agents
+        .iter()
+        .map(|a| crate::fleet::NodeContainers::of_data_dir(a["data_dir"].as_str().unwrap()))
+        .collect();
+    let names: Vec<&str> = agents.iter().map(|a| a["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["node-1", "node-2"]);
+    assert_eq!(agents[0]["addr"], "127.0.0.2");
+    let host = doc["managers"][0]["grpc"].as_str().unwrap().to_string();
+
+    let out = run_cli(&["node", "ls", "--json"], None, &[("SHOAL_HOST", &host)]).await;
+    assert!(out.ok(), "{out:?}");
+    let nodes: Value = serde_json::from_str(&out.stdout).unwrap();
+    let nodes = nodes.as_array().unwrap();
+    assert_eq!(nodes.len(), 2, "{nodes:?}");
+    for n in nodes {
+        assert_eq!(n["status"], "ready", "{n}");
+        let ssd = n["labels"]["storage"] == "ssd";
+        assert_eq!(
+            ssd,
+            n["name"] == "node-1",
+            "only node-1 is storage=ssd: {n}"
+        );
+    }
+
+    let pids: Vec<u64> = agents.iter().map(|a| a["pid"].as_u64().unwrap()).collect();
+    stop_dev(child).await;
+    for pid in pids {
+        assert!(!alive(pid), "agent {pid} outlived shoal dev");
+    }
 }

@@ -4,7 +4,6 @@
 
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use shoal::agent::{
@@ -14,21 +13,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{sleep, Instant};
 
-const IMAGE: &str = "shoal/whoami:latest";
-
-/// Builds the test image into the local engine once; later calls reuse the result.
-fn whoami_image() -> &'static str {
-    static BUILT: OnceLock<String> = OnceLock::new();
-    BUILT.get_or_init(|| {
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/images/build");
-        let out = Command::new(script)
-            .output()
-            .expect("running deploy/images/build");
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success(), "deploy/images/build failed: {stderr}");
-        String::from_utf8(out.stdout).unwrap().trim().to_string()
-    })
-}
+use crate::fleet::{whoami_image, WHOAMI as IMAGE};
 
 /// One test's node: a unique id, and on drop every container labelled with it removed.
 struct TestNode {

@@ -1,0 +1,426 @@
+//! `shoal-bench failover`: repair times with real agents on the machine's Docker engine.
+//! - node loss: kill -9 the agent of the node that runs the service's tasks and force-remove its
+//!   containers; time until the service again has all its replicas RUNNING on the other node;
+//! - leader loss: kill -9 the leader; time until the next scheduling write, that is until a task
+//!   created by a scale issued right after the kill is ASSIGNED by the new leader's scheduler.
+//!
+//! Each trial restores the cluster (agent or manager restarted) before the next. Figures are
+//! p50/p99 over the trials, as a table and JSON.
+
+use std::collections::BTreeMap;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use serde::Serialize;
+use serde_json::Value;
+use shoal_proto::v1::kv_client::KvClient;
+use shoal_proto::v1::{PutRequest, RangeRequest};
+use tokio::time::Instant;
+use tonic::transport::Endpoint;
+
+use crate::cluster::{self, Cluster};
+use crate::report::{self, Machine};
+
+#[derive(Debug, Args)]
+pub(crate) struct FailoverArgs {
+    /// Trials of each kind.
+    #[arg(long, default_value_t = 10)]
+    trials: usize,
+    /// Replicas of the service whose tasks are moved.
+    #[arg(long, default_value_t = 4)]
+    replicas: u64,
+    /// Image the service runs; it must be in the local engine (`deploy/images/build`).
+    #[arg(long, default_value = "shoal/whoami:latest")]
+    image: String,
+    /// The `shoal` binary (default: `shoal` next to this one).
+    #[arg(long)]
+    shoal_bin: Option<PathBuf>,
+    #[arg(long, default_value_os_t = std::env::temp_dir())]
+    dir: PathBuf,
+}
+
+#[derive(Debug, Serialize)]
+struct Figures {
+    trials: usize,
+    p50_ms: f64,
+    p99_ms: f64,
+    max_ms: f64,
+    all_ms: Vec<f64>,
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    benchmark: &'static str,
+    command: String,
+    date: String,
+    machine: Machine,
+    node_loss: Figures,
+    leader_loss: Figures,
+}
+
+/// A `shoal agent` child in its own process group.
+struct Agent {
+    name: String,
+    args: Vec<String>,
+    log: PathBuf,
+    data_dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl Agent {
+    fn spawn(&mut self, exe: &Path) -> Result<()> {
+        let out = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
+        let err = out.try_clone()?;
+        self.child = Some(
+            Command::new(exe)
+                .args(&self.args)
+                .stdin(Stdio::null())
+                .stdout(out)
+                .stderr(err)
+                .process_group(0)
+                .spawn()
+                .with_context(|| format!("starting agent {}", self.name))?,
+        );
+        Ok(())
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            if let Ok(pid) = i32::try_from(child.id()) {
+                let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+            let _ = child.wait();
+        }
+    }
+
+    fn node_id(&self) -> String {
+        std::fs::read_to_string(self.data_dir.join("node_id"))
+            .unwrap_or_default()
+            .trim()
+            .to_string()
+    }
+
+    /// Force-removes the node's containers: the node died with them.
+    fn remove_containers(&self) {
+        let filter = format!("label=shoal.node={}", self.node_id());
+        let Ok(out) = Command::new("docker")
+            .args(["ps", "-aq", "--filter", &filter])
+            .output()
+        else {
+            return;
+        };
+        let ids = String::from_utf8_lossy(&out.stdout);
+        let ids: Vec<&str> = ids.split_whitespace().collect();
+        if !ids.is_empty() {
+            let _ = Command::new("docker")
+                .args(["rm", "-f", "-v"])
+                .args(&ids)
+                .output();
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill();
+        self.remove_containers();
+    }
+}
+
+/// Every record under a prefix, as JSON, read from the first manager that answers.
+async fn read(addrs: &[std::net::SocketAddr], prefix: &str) -> Result<Vec<(Value, u64)>> {
+    let mut last = None;
+    for addr in addrs {
+        let attempt = async {
+            let channel = Endpoint::from_shared(format!("http://{addr}"))?
+                .connect_timeout(Duration::from_millis(300))
+                .timeout(Duration::from_secs(2))
+                .connect()
+                .await?;
+            let resp = KvClient::new(channel)
+                .range(RangeRequest {
+                    key: prefix.as_bytes().to_vec(),
+                    prefix: true,
+                    ..Default::default()
+                })
+                .await?
+                .into_inner();
+            anyhow::Ok(
+                resp.kvs
+                    .into_iter()
+                    .filter_map(|kv| {
+                        Some((serde_json::from_slice(&kv.value).ok()?, kv.mod_revision))
+                    })
+                    .collect(),
+            )
+        };
+        match attempt.await {
+            Ok(v) => return Ok(v),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| anyhow::anyhow!("no manager")))
+}
+
+/// Tasks meant to run and RUNNING, by node id.
+async fn running_by_node(addrs: &[std::net::SocketAddr]) -> Result<BTreeMap<String, usize>> {
+    let mut by_node = BTreeMap::new();
+    for (t, _) in read(addrs, "/shoal/tasks/").await? {
+        if t["state"] == "running" && t["desired_state"] == "running" {
+            *by_node
+                .entry(t["node_id"].as_str().unwrap_or("").to_string())
+                .or_insert(0) += 1;
+        }
+    }
+    Ok(by_node)
+}
+
+async fn wait<F, Fut>(what: &str, within: Duration, mut check: F) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    while !check().await {
+        if Instant::now() > deadline {
+            bail!("timed out waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+pub(crate) async fn run(args: FailoverArgs) -> Result<()> {
+    let exe = match &args.shoal_bin {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()?.with_file_name("shoal"),
+    };
+    let dir = tempfile::Builder::new()
+        .prefix("shoal-bench-failover-")
+        .tempdir_in(&args.dir)?;
+    let mut cluster = Cluster::start(&exe, dir.path(), 3).await?;
+    let addrs = cluster.addrs();
+    let join = addrs
+        .iter()
+        .map(|a| a.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut agents = Vec::new();
+    for i in 1..=2 {
+        let name = format!("node-{i}");
+        let data_dir = dir.path().join(&name);
+        let mut agent = Agent {
+            args: vec![
+                "agent".into(),
+                "--data-dir".into(),
+                data_dir.display().to_string(),
+                "--join".into(),
+                join.clone(),
+                "--token".into(),
+                cluster.token().to_string(),
+                "--name".into(),
+                name.clone(),
+                "--advertise-addr".into(),
+                format!("127.0.0.{}", i + 1),
+            ],
+            log: dir.path().join(format!("{name}.log")),
+            data_dir,
+            name,
+            child: None,
+        };
+        agent.spawn(&exe)?;
+        agents.push(agent);
+    }
+    let replicas = args.replicas.to_string();
+    let created = Command::new(&exe)
+        .args(["--host", &join, "service", "create", "--name", "web"])
+        .args(["--replicas", &replicas, "-p", "80", &args.image])
+        .output()?;
+    if !created.status.success() {
+        bail!(
+            "service create failed: {}",
+            String::from_utf8_lossy(&created.stderr).trim()
+        );
+    }
+    let n = args.replicas as usize;
+    wait("the service to run", Duration::from_secs(60), || async {
+        running_by_node(&addrs)
+            .await
+            .is_ok_and(|m| m.values().sum::<usize>() == n)
+    })
+    .await?;
+
+    let mut node_loss = Vec::new();
+    for trial in 0..args.trials {
+        let by_node = running_by_node(&addrs).await?;
+        // The victim is the agent whose node runs the most tasks.
+        let victim = (0..agents.len())
+            .max_by_key(|&i| by_node.get(&agents[i].node_id()).copied().unwrap_or(0))
+            .unwrap_or(0);
+        let victim_id = agents[victim].node_id();
+        let start = Instant::now();
+        agents[victim].kill();
+        agents[victim].remove_containers();
+        wait("replacements", Duration::from_secs(60), || async {
+            running_by_node(&addrs)
+                .await
+                .is_ok_and(|m| m.values().sum::<usize>() == n && !m.contains_key(&victim_id))
+        })
+        .await?;
+        let ms = start.elapsed().as_secs_f64() * 1000.0;
+        eprintln!("node loss trial {}: {ms:.0} ms", trial + 1);
+        node_loss.push(ms);
+        agents[victim].spawn(&exe)?;
+        wait("the node to come back", Duration::from_secs(60), || async {
+            read(&addrs, "/shoal/nodes/").await.is_ok_and(|nodes| {
+                nodes.iter().filter(|(n, _)| n["status"] == "ready").count() == agents.len()
+            })
+        })
+        .await?;
+    }
+
+    let mut leader_loss = Vec::new();
+    for trial in 0..args.trials {
+        let leader = leader_index(&addrs).await?;
+        let survivors: Vec<std::net::SocketAddr> = addrs
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != leader)
+            .map(|(_, a)| *a)
+            .collect();
+        let (service, _) = read(&survivors, "/shoal/services/")
+            .await?
+            .into_iter()
+            .next()
+            .context("the service is gone")?;
+        let before: Vec<String> = read(&survivors, "/shoal/tasks/")
+            .await?
+            .into_iter()
+            .filter_map(|(t, _)| Some(t["id"].as_str()?.to_string()))
+            .collect();
+        let start = Instant::now();
+        cluster.kill(leader);
+        // Scale up by one through a survivor, as soon as one takes the write.
+        let mut scaled = service.clone();
+        scaled["replicas"] = (n as u64 + 1).into();
+        let key = format!("/shoal/services/{}", service["id"].as_str().unwrap_or(""));
+        let value = serde_json::to_vec(&scaled)?;
+        'write: loop {
+            for addr in &survivors {
+                if put(*addr, &key, &value).await.is_ok() {
+                    break 'write;
+                }
+            }
+            if start.elapsed() > Duration::from_secs(60) {
+                bail!("no manager took the scale write");
+            }
+        }
+        wait(
+            "the new task to be assigned",
+            Duration::from_secs(60),
+            || async {
+                read(&survivors, "/shoal/tasks/").await.is_ok_and(|tasks| {
+                    tasks.iter().any(|(t, _)| {
+                        !before.iter().any(|b| t["id"] == b.as_str())
+                            && t["state"] != "pending"
+                            && t["state"] != "new"
+                    })
+                })
+            },
+        )
+        .await?;
+        let ms = start.elapsed().as_secs_f64() * 1000.0;
+        eprintln!("leader loss trial {}: {ms:.0} ms", trial + 1);
+        leader_loss.push(ms);
+        // Back to n replicas, and the killed manager back in the cluster.
+        put(survivors[0], &key, &serde_json::to_vec(&service)?).await?;
+        cluster.restart(&exe, leader).await?;
+        wait("the service to settle", Duration::from_secs(60), || async {
+            running_by_node(&addrs)
+                .await
+                .is_ok_and(|m| m.values().sum::<usize>() == n)
+        })
+        .await?;
+    }
+
+    let report = Report {
+        benchmark: "failover",
+        command: report::command_line(),
+        date: report::now_utc(),
+        machine: Machine::probe(&args.dir),
+        node_loss: figures(node_loss),
+        leader_loss: figures(leader_loss),
+    };
+    println!("| repair | trials | p50 ms | p99 ms | max ms |");
+    println!("|---|---:|---:|---:|---:|");
+    for (name, f) in [
+        ("node loss → replacements RUNNING", &report.node_loss),
+        ("leader loss → next scheduling write", &report.leader_loss),
+    ] {
+        println!(
+            "| {name} | {} | {:.0} | {:.0} | {:.0} |",
+            f.trials, f.p50_ms, f.p99_ms, f.max_ms
+        );
+    }
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    drop(agents);
+    Ok(())
+}
+
+async fn put(addr: std::net::SocketAddr, key: &str, value: &[u8]) -> Result<()> {
+    let channel = Endpoint::from_shared(format!("http://{addr}"))?
+        .connect_timeout(Duration::from_millis(300))
+        .timeout(Duration::from_secs(3))
+        .connect()
+        .await?;
+    KvClient::new(channel)
+        .put(PutRequest {
+            key: key.as_bytes().to_vec(),
+            value: value.to_vec(),
+            ..Default::default()
+        })
+        .await?;
+    Ok(())
+}
+
+async fn leader_index(addrs: &[std::net::SocketAddr]) -> Result<usize> {
+    for _ in 0..100 {
+        for (i, addr) in addrs.iter().enumerate() {
+            if let Ok(s) = cluster::status(*addr).await {
+                if s.leader_id != 0 && s.leader_id == s.member_id {
+                    return Ok(i);
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("no leader")
+}
+
+/// Nearest-rank percentiles.
+fn figures(mut all: Vec<f64>) -> Figures {
+    all.sort_by(f64::total_cmp);
+    let pick = |p: f64| {
+        if all.is_empty() {
+            return 0.0;
+        }
+        let rank = ((p * all.len() as f64).ceil() as usize).clamp(1, all.len());
+        all[rank - 1]
+    };
+    Figures {
+        trials: all.len(),
+        p50_ms: pick(0.50),
+        p99_ms: pick(0.99),
+        max_ms: all.last().copied().unwrap_or(0.0),
+        all_ms: all,
+    }
+}
