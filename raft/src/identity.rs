@@ -129,6 +129,11 @@ pub(crate) fn write_token(dir: &Path, token: &JoinToken) -> Result<(), StoreErro
         .map_err(err)
 }
 
+/// Compares secrets without leaking where they differ through timing.
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -149,9 +154,4 @@ mod tests {
             assert!(JoinToken::parse(bad).is_err(), "{bad} accepted");
         }
     }
-}
-
-/// Compares secrets without leaking where they differ through timing.
-pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

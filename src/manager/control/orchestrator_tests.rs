@@ -71,8 +71,11 @@ fn run(state: &ClusterState, now_ms: u64) -> Plan {
     })
 }
 
-/// (id, slot, state, desired) of every task the plan writes, and the ids it deletes.
-fn summary(plan: &Plan) -> (Vec<(String, u64, TaskState, TaskState)>, Vec<String>) {
+/// (id, slot, state, desired) of a task the plan writes.
+type Put = (String, u64, TaskState, TaskState);
+
+/// Every task the plan writes, and the ids it deletes.
+fn summary(plan: &Plan) -> (Vec<Put>, Vec<String>) {
     let mut puts = Vec::new();
     let mut deletes = Vec::new();
     for w in &plan.writes {
