@@ -9,3 +9,4 @@ pub mod client;
 pub mod dev;
 pub mod manager;
 pub mod model;
+pub mod proxy;

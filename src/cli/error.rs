@@ -33,6 +33,10 @@ pub enum CliError {
         reason: String,
     },
 
+    /// An Interlock label the proxies could not honour (`interlock.port=http`).
+    #[error("invalid {0}")]
+    ProxyLabel(String),
+
     /// A malformed port, restart policy or placement label.
     #[error(transparent)]
     Model(#[from] ModelError),

@@ -127,6 +127,7 @@ pub(super) fn service(args: &CreateArgs, id: String) -> Result<Service, CliError
         network_mode: None,
     };
     scheduler::validate(&service)?;
+    crate::proxy::labels::host_of(&service.labels).map_err(CliError::ProxyLabel)?;
     Ok(service)
 }
 
@@ -352,7 +353,7 @@ mod tests {
 
     #[test]
     fn each_bad_value_is_named_in_one_line() {
-        let cases: [(&[&str], &str); 12] = [
+        let cases: [(&[&str], &str); 13] = [
             (&["--name=-web", "x"], "invalid service name \"-web\""),
             (&["--name", "a/b", "x"], "invalid service name \"a/b\""),
             (&["--name", "", "x"], "invalid service name \"\""),
@@ -379,6 +380,18 @@ mod tests {
             (
                 &["--name", "web", "--constraint", "storage=ssd", "x"],
                 "invalid constraint \"storage=ssd\"",
+            ),
+            (
+                &[
+                    "--name",
+                    "web",
+                    "-l",
+                    "interlock.hostname=a",
+                    "-l",
+                    "interlock.port=x",
+                    "x",
+                ],
+                "invalid label interlock.port=\"x\": expected a port number",
             ),
             (
                 &["--name", "web", "--reserve-cpu=-1", "x"],

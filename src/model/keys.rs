@@ -7,6 +7,10 @@ pub const TASKS: &str = "/shoal/tasks/";
 /// `/shoal/service-names/<name>` holds a service's id: creating a service puts both keys in one
 /// txn conditioned on the name key not existing, so names are unique.
 pub const SERVICE_NAMES: &str = "/shoal/service-names/";
+/// The leader's rendered proxy config (`ProxyConfig`).
+pub const PROXY_CONFIG: &str = "/shoal/proxy/config";
+/// `/shoal/proxy/status/<name>`: what each `shoal proxy` applied (`ProxyStatus`), on its lease.
+pub const PROXY_STATUS: &str = "/shoal/proxy/status/";
 /// The term of the leader whose control loops may write; every control-loop txn compares it, so
 /// a deposed leader's loops can no longer write once its successor has written its own term.
 pub const LEADER_TERM: &str = "/shoal/leader/term";

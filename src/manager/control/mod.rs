@@ -1,4 +1,5 @@
-//! The leader's control loops: orchestrator, scheduler and node liveness. Each is a pure planner
+//! The leader's control loops: orchestrator, scheduler, node liveness and the proxy-config
+//! generator. Each is a pure planner
 //! (one store read in, writes out) run by the same driver; they share nothing but the store
 //! (`ObjectStore`), so none depends on another. `run` starts them whenever this manager becomes
 //! the leader, after fencing the store with its term, and stops them when leadership changes.
@@ -7,6 +8,7 @@ mod liveness;
 pub mod objects;
 mod orchestrator;
 mod placement;
+mod proxygen;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -111,6 +113,7 @@ async fn lead(
     let mut new_id = || random_id(20);
     let mut rng = StdRng::from_os_rng();
     let hb = heartbeats.clone();
+    let mut proxygen = proxygen::ProxyGen::default();
     tokio::join!(
         forward_changes(&store, state.revision, revision_tx),
         drive(&store, term, "orchestrator", revisions.clone(), |s, now| {
@@ -119,8 +122,11 @@ async fn lead(
         drive(&store, term, "scheduler", revisions.clone(), |s, now| {
             placement::plan(s, now, config.strategy, &mut rng)
         }),
-        drive(&store, term, "liveness", revisions, |s, now| {
+        drive(&store, term, "liveness", revisions.clone(), |s, now| {
             liveness::plan(s, &hb, tokio::time::Instant::now(), now)
+        }),
+        drive(&store, term, "proxygen", revisions, |s, now| {
+            proxygen.plan(s, now)
         }),
     );
 }

@@ -11,7 +11,7 @@ use shoal_raft::{
     StoreError, Txn,
 };
 
-use crate::model::{keys, Node, Service, Task};
+use crate::model::{keys, Node, ProxyConfig, Service, Task};
 
 /// A cluster object with the revision of the write that last changed it.
 #[derive(Debug, Clone, PartialEq)]
@@ -27,6 +27,8 @@ pub struct ClusterState {
     pub nodes: Vec<Versioned<Node>>,
     pub services: Vec<Versioned<Service>>,
     pub tasks: Vec<Versioned<Task>>,
+    /// The proxy config the leader last rendered.
+    pub proxy: Option<Versioned<ProxyConfig>>,
 }
 
 impl ClusterState {
@@ -53,6 +55,7 @@ pub enum Write {
     Task { task: Task, expect: Expect },
     Node { node: Node, expect: Expect },
     DeleteTask { id: String, mod_revision: u64 },
+    Proxy { config: ProxyConfig, expect: Expect },
 }
 
 impl Write {
@@ -61,6 +64,7 @@ impl Write {
             Write::Task { task, .. } => keys::task(&task.id),
             Write::Node { node, .. } => keys::node(&node.id),
             Write::DeleteTask { id, .. } => keys::task(id),
+            Write::Proxy { .. } => keys::PROXY_CONFIG.to_string(),
         }
     }
 }
@@ -126,6 +130,10 @@ impl ObjectStore for Store {
                 push(&mut state.services, key, &kv.value, mod_revision);
             } else if keys::id_of(keys::TASKS, key).is_some() {
                 push(&mut state.tasks, key, &kv.value, mod_revision);
+            } else if key == keys::PROXY_CONFIG {
+                let mut one = Vec::new();
+                push(&mut one, key, &kv.value, mod_revision);
+                state.proxy = one.pop();
             }
         }
         Ok(state)
@@ -144,7 +152,9 @@ impl ObjectStore for Store {
             for write in chunk {
                 let key = write.key().into_bytes();
                 let target = match write {
-                    Write::Task { expect, .. } | Write::Node { expect, .. } => match expect {
+                    Write::Task { expect, .. }
+                    | Write::Node { expect, .. }
+                    | Write::Proxy { expect, .. } => match expect {
                         Expect::Absent => CompareTarget::Exists(false),
                         Expect::ModRevision(r) => CompareTarget::ModRevision(*r),
                     },
@@ -160,6 +170,7 @@ impl ObjectStore for Store {
                 txn.success.push(match write {
                     Write::Task { task, .. } => put(key, task),
                     Write::Node { node, .. } => put(key, node),
+                    Write::Proxy { config, .. } => put(key, config),
                     Write::DeleteTask { .. } => Op::Delete(Delete {
                         key,
                         ..Default::default()

@@ -60,6 +60,7 @@ fn state(services: Vec<Versioned<Service>>, tasks: Vec<Versioned<Task>>) -> Clus
         ],
         services,
         tasks,
+        proxy: None,
     }
 }
 

@@ -124,6 +124,7 @@ mod tests {
                 mod_revision: 2,
             }],
             tasks,
+            proxy: None,
         }
     }
 

@@ -1,0 +1,217 @@
+//! The proxy-config generator: renders the nginx and haproxy configs from the proxy model of
+//! one store read (`crate::proxy::model`) and writes them to `/shoal/proxy/config` once per
+//! change. Additions wait until 100 ms after the last change, never more than 250 ms after the
+//! first, so a scale of many tasks is one new config; a server that leaves (its task died, its
+//! node is DOWN) is written at once. A new leader computes the same model from the same objects,
+//! so a failover writes nothing.
+
+use crate::model::{ProxyConfig, ProxyModel};
+use crate::proxy::model::build;
+use crate::proxy::render::{render, ProxyKind, RenderOptions};
+
+use super::objects::{ClusterState, Expect, Write};
+use super::Plan;
+
+/// Quiet time after the last change before a new config is written.
+pub const QUIET_MS: u64 = 100;
+/// Longest a change waits, however busy the cluster.
+pub const MAX_WAIT_MS: u64 = 250;
+
+/// The generator's memory between rounds: the model waiting to be written and since when.
+#[derive(Debug, Default)]
+pub struct ProxyGen {
+    waiting: Option<Waiting>,
+}
+
+#[derive(Debug)]
+struct Waiting {
+    model: ProxyModel,
+    first_ms: u64,
+    last_ms: u64,
+}
+
+impl ProxyGen {
+    pub fn plan(&mut self, state: &ClusterState, now_ms: u64) -> Plan {
+        let nodes: Vec<_> = state.nodes.iter().map(|n| &n.value).collect();
+        let services: Vec<_> = state.services.iter().map(|s| &s.value).collect();
+        let tasks: Vec<_> = state.tasks.iter().map(|t| &t.value).collect();
+        let model = build(&nodes, &services, &tasks);
+        let stored = state.proxy.as_ref();
+        if stored.is_some_and(|s| s.value.model == model) {
+            self.waiting = None;
+            return Plan::default();
+        }
+        let due = match &mut self.waiting {
+            Some(w) if w.model == model => w,
+            Some(w) => {
+                w.model = model.clone();
+                w.last_ms = now_ms;
+                w
+            }
+            None => self.waiting.insert(Waiting {
+                model: model.clone(),
+                first_ms: now_ms,
+                last_ms: now_ms,
+            }),
+        };
+        let due_ms = (due.last_ms + QUIET_MS).min(due.first_ms + MAX_WAIT_MS);
+        let removes = stored.is_some_and(|s| loses_a_server(&s.value.model, &model));
+        if now_ms < due_ms && !removes {
+            return Plan {
+                writes: Vec::new(),
+                wake_at_ms: Some(due_ms),
+            };
+        }
+        self.waiting = None;
+        let generation = stored.map_or(0, |s| s.value.generation) + 1;
+        let options = RenderOptions::default();
+        let rendered = (
+            render(ProxyKind::Nginx, &model, generation, &options, None),
+            render(ProxyKind::Haproxy, &model, generation, &options, None),
+        );
+        let (nginx, haproxy) = match rendered {
+            (Ok(n), Ok(h)) => (n, h),
+            (Err(e), _) | (_, Err(e)) => {
+                // The built-in templates render every model; this is a bug, not bad input.
+                tracing::error!(error = %e, "rendering the built-in proxy templates failed");
+                return Plan::default();
+            }
+        };
+        let expect = stored.map_or(Expect::Absent, |s| Expect::ModRevision(s.mod_revision));
+        Plan {
+            writes: vec![Write::Proxy {
+                config: ProxyConfig {
+                    generation,
+                    model,
+                    nginx,
+                    haproxy,
+                },
+                expect,
+            }],
+            wake_at_ms: None,
+        }
+    }
+}
+
+/// Whether `new` drops an upstream server or a host that `old` had.
+fn loses_a_server(old: &ProxyModel, new: &ProxyModel) -> bool {
+    old.hosts
+        .iter()
+        .any(|h| match new.hosts.iter().find(|n| n.name == h.name) {
+            None => true,
+            Some(n) => h
+                .upstreams
+                .iter()
+                .any(|u| !n.upstreams.iter().any(|x| x.addr == u.addr)),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manager::control::objects::Versioned;
+    use crate::model::{Node, NodeStatus, Protocol, PublishedPort, Service, Task, TaskState};
+
+    fn state(running: &[(&str, u16)]) -> ClusterState {
+        let node: Node = serde_json::from_value(serde_json::json!({
+            "id": "n1", "name": "node-1", "addr": "127.0.0.2", "cpus": 1, "memory_bytes": 1,
+            "status": NodeStatus::Ready,
+        }))
+        .unwrap();
+        let service: Service = serde_json::from_value(serde_json::json!({
+            "id": "s", "name": "web", "image": "i", "replicas": 1,
+            "labels": {"interlock.hostname": "test", "interlock.domain": "local"},
+        }))
+        .unwrap();
+        let tasks = running
+            .iter()
+            .map(|(id, port)| {
+                let mut t = Task::new(id.to_string(), "s".into(), 1, 0);
+                t.node_id = Some("n1".into());
+                t.state = TaskState::Running;
+                t.ports = vec![PublishedPort {
+                    container_port: 80,
+                    protocol: Protocol::Tcp,
+                    host_ip: "127.0.0.2".into(),
+                    host_port: *port,
+                }];
+                Versioned {
+                    value: t,
+                    mod_revision: 5,
+                }
+            })
+            .collect();
+        ClusterState {
+            revision: 9,
+            nodes: vec![Versioned {
+                value: node,
+                mod_revision: 1,
+            }],
+            services: vec![Versioned {
+                value: service,
+                mod_revision: 2,
+            }],
+            tasks,
+            proxy: None,
+        }
+    }
+
+    fn written(plan: &Plan) -> Option<&ProxyConfig> {
+        plan.writes.iter().find_map(|w| match w {
+            Write::Proxy { config, .. } => Some(config),
+            _ => None,
+        })
+    }
+
+    #[test]
+    fn a_change_waits_for_quiet_but_no_longer_than_the_cap() {
+        let mut gen = ProxyGen::default();
+        let s1 = state(&[("a", 1)]);
+        let p = gen.plan(&s1, 1_000);
+        assert!(p.writes.is_empty());
+        assert_eq!(p.wake_at_ms, Some(1_100));
+        // Another change at +80 ms moves the quiet deadline, capped at +250 ms.
+        let s2 = state(&[("a", 1), ("b", 2)]);
+        assert_eq!(gen.plan(&s2, 1_080).wake_at_ms, Some(1_180));
+        let s3 = state(&[("a", 1), ("b", 2), ("c", 3)]);
+        assert_eq!(gen.plan(&s3, 1_200).wake_at_ms, Some(1_250));
+        let p = gen.plan(&s3, 1_250);
+        let config = written(&p).expect("written at the cap");
+        assert_eq!(config.generation, 1);
+        assert_eq!(config.model.hosts[0].upstreams.len(), 3);
+        assert!(
+            config.nginx.contains("server 127.0.0.2:3 "),
+            "{}",
+            config.nginx
+        );
+        assert!(config.haproxy.contains("backend test.local"));
+    }
+
+    #[test]
+    fn an_unchanged_model_writes_nothing_and_a_lost_server_is_written_at_once() {
+        let mut gen = ProxyGen::default();
+        let mut s = state(&[("a", 1), ("b", 2)]);
+        let first = gen.plan(&s, 0);
+        assert!(first.writes.is_empty());
+        let config = written(&gen.plan(&s, 100)).unwrap().clone();
+        s.proxy = Some(Versioned {
+            value: config,
+            mod_revision: 10,
+        });
+        // As a new leader would see it: nothing to write.
+        assert!(ProxyGen::default().plan(&s, 5_000).writes.is_empty());
+        // Task b dies: its server leaves without waiting.
+        s.tasks.pop();
+        let p = gen.plan(&s, 5_001);
+        let config = written(&p).expect("written at once");
+        assert_eq!(config.generation, 2);
+        assert_eq!(config.model.hosts[0].upstreams.len(), 1);
+        assert!(matches!(
+            p.writes[0],
+            Write::Proxy {
+                expect: Expect::ModRevision(10),
+                ..
+            }
+        ));
+    }
+}

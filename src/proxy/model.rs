@@ -1,0 +1,195 @@
+//! The proxy model from one read of the cluster: each RUNNING task (meant to run, on a READY
+//! node) of a service with `interlock.hostname` becomes an upstream server of its host, at its
+//! node's address and the host port published for `interlock.port` (else its first published
+//! port). Deterministic: the same objects give the same model, whoever computes it.
+
+use std::collections::BTreeMap;
+
+use crate::model::{Node, NodeStatus, ProxyHost, ProxyModel, Service, Task, TaskState, Upstream};
+
+use super::labels;
+
+pub fn build(nodes: &[&Node], services: &[&Service], tasks: &[&Task]) -> ProxyModel {
+    let nodes: BTreeMap<&str, &Node> = nodes.iter().map(|n| (n.id.as_str(), *n)).collect();
+    let mut services: Vec<&Service> = services.to_vec();
+    services.sort_by(|a, b| (&a.name, &a.id).cmp(&(&b.name, &b.id)));
+    let mut by_service: BTreeMap<&str, Vec<&Task>> = BTreeMap::new();
+    for t in tasks {
+        let serving = t.state == TaskState::Running && t.desired_state == TaskState::Running;
+        if serving {
+            by_service.entry(t.service_id.as_str()).or_default().push(t);
+        }
+    }
+    let mut hosts: BTreeMap<String, ProxyHost> = BTreeMap::new();
+    let mut errors = Vec::new();
+    for service in services {
+        let (template, port) = match labels::host_of(&service.labels) {
+            Ok(Some(found)) => found,
+            Ok(None) => continue,
+            Err(e) => {
+                errors.push(format!("service {}: {e}", service.name));
+                continue;
+            }
+        };
+        // The first service (by name) of a host sets its options; later ones add servers.
+        let host = hosts
+            .entry(template.name.clone())
+            .or_insert_with(|| template.clone());
+        for task in by_service.get(service.id.as_str()).into_iter().flatten() {
+            let Some(node) = task
+                .node_id
+                .as_deref()
+                .and_then(|id| nodes.get(id))
+                .filter(|n| n.status == NodeStatus::Ready)
+            else {
+                continue;
+            };
+            let published = match port {
+                Some(p) => task.ports.iter().find(|pp| pp.container_port == p),
+                None => task.ports.first(),
+            };
+            let Some(published) = published else {
+                let what = port.map_or("any port".to_string(), |p| format!("port {p}"));
+                let e = format!(
+                    "service {}: task {} publishes no host port for {what}",
+                    service.name, task.id
+                );
+                if !errors.contains(&e) {
+                    errors.push(e);
+                }
+                continue;
+            };
+            let ip = match published.host_ip.as_str() {
+                "" | "0.0.0.0" | "::" => node_ip(&node.addr),
+                ip => ip,
+            };
+            host.upstreams.push(Upstream {
+                addr: format!("{ip}:{}", published.host_port),
+                task_id: task.id.clone(),
+                node: node.name.clone(),
+            });
+        }
+    }
+    let mut hosts: Vec<ProxyHost> = hosts.into_values().collect();
+    for host in &mut hosts {
+        host.upstreams.sort();
+        host.upstreams.dedup_by(|a, b| a.addr == b.addr);
+    }
+    ProxyModel { hosts, errors }
+}
+
+/// The IP of an address that may carry a port.
+fn node_ip(addr: &str) -> &str {
+    match addr.parse::<std::net::SocketAddr>() {
+        Ok(_) => addr.rsplit_once(':').map_or(addr, |(ip, _)| ip),
+        Err(_) => addr,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Protocol, PublishedPort};
+
+    fn node(id: &str, status: NodeStatus) -> Node {
+        serde_json::from_value(serde_json::json!({
+            "id": id, "name": format!("node-{id}"), "addr": format!("127.0.0.{}", id.len() + 1),
+            "cpus": 1, "memory_bytes": 1, "status": status,
+        }))
+        .unwrap()
+    }
+
+    fn service(id: &str, name: &str, labels: &[(&str, &str)]) -> Service {
+        let labels: BTreeMap<String, String> = labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        serde_json::from_value(serde_json::json!({
+            "id": id, "name": name, "image": "i", "replicas": 1, "labels": labels,
+        }))
+        .unwrap()
+    }
+
+    fn task(id: &str, service: &str, node: &str, state: TaskState, ports: &[(u16, u16)]) -> Task {
+        let mut t = Task::new(id.into(), service.into(), 1, 0);
+        t.node_id = Some(node.into());
+        t.state = state;
+        t.ports = ports
+            .iter()
+            .map(|&(container_port, host_port)| PublishedPort {
+                container_port,
+                protocol: Protocol::Tcp,
+                host_ip: "127.0.0.9".into(),
+                host_port,
+            })
+            .collect();
+        t
+    }
+
+    #[test]
+    fn running_tasks_on_ready_nodes_are_the_servers() {
+        let nodes = [node("a", NodeStatus::Ready), node("bb", NodeStatus::Down)];
+        let web = service(
+            "s1",
+            "web",
+            &[
+                ("interlock.hostname", "test"),
+                ("interlock.domain", "local"),
+            ],
+        );
+        let plain = service("s2", "plain", &[]);
+        let tasks = [
+            task("t1", "s1", "a", TaskState::Running, &[(80, 32001)]),
+            task("t2", "s1", "a", TaskState::Starting, &[]),
+            task("t3", "s1", "bb", TaskState::Running, &[(80, 32003)]),
+            task("t4", "s1", "a", TaskState::Failed, &[(80, 32004)]),
+            task("t5", "s2", "a", TaskState::Running, &[(80, 32005)]),
+        ];
+        let m = build(
+            &nodes.iter().collect::<Vec<_>>(),
+            &[&web, &plain],
+            &tasks.iter().collect::<Vec<_>>(),
+        );
+        assert_eq!(m.errors, Vec::<String>::new());
+        assert_eq!(m.hosts.len(), 1);
+        assert_eq!(m.hosts[0].name, "test.local");
+        assert_eq!(
+            m.hosts[0].upstreams,
+            vec![Upstream {
+                addr: "127.0.0.9:32001".into(),
+                task_id: "t1".into(),
+                node: "node-a".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn interlock_port_picks_the_published_port_and_bad_labels_are_reported() {
+        let nodes = [node("a", NodeStatus::Ready)];
+        let api = service(
+            "s1",
+            "api",
+            &[("interlock.hostname", "api"), ("interlock.port", "8080")],
+        );
+        let bad = service(
+            "s2",
+            "bad",
+            &[("interlock.hostname", "b"), ("interlock.port", "x")],
+        );
+        let tasks = [task(
+            "t1",
+            "s1",
+            "a",
+            TaskState::Running,
+            &[(80, 1), (8080, 2)],
+        )];
+        let m = build(
+            &nodes.iter().collect::<Vec<_>>(),
+            &[&api, &bad],
+            &tasks.iter().collect::<Vec<_>>(),
+        );
+        assert_eq!(m.hosts[0].upstreams[0].addr, "127.0.0.9:2");
+        assert_eq!(m.errors.len(), 1);
+        assert!(m.errors[0].starts_with("service bad: label interlock.port=\"x\""));
+    }
+}
