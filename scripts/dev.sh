@@ -9,11 +9,17 @@ need=()
 for pkg in build-essential libclang-dev clang curl ca-certificates; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
+# nginx for `shoal dev --proxy` and the proxy tests: Debian's smallest build.
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
 if ((${#need[@]})); then
     echo "installing ${need[*]}"
     sudo_cmd=()
     [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
     "${sudo_cmd[@]}" apt-get update -qq
+    # Newer Debian releases ship no nginx-light: their plain nginx package is the same thing.
+    if [[ " ${need[*]} " == *" nginx-light "* ]] && ! apt-cache show nginx-light >/dev/null 2>&1; then
+        need=("${need[@]/nginx-light/nginx}")
+    fi
     DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${need[@]}"
 fi
 if ! command -v cargo >/dev/null 2>&1; then

@@ -1,13 +1,15 @@
 //! The `shoal` binary: parses the command line and hands over to the library (`manager::run`,
-//! `agent::run`, `dev::run`, `cli::*`). Errors are printed as one `error: ...` line with exit
+//! `agent::run`, `proxy::run`, `dev::run`, `cli::*`). Errors are printed as one `error: ...` line with exit
 //! code 1; clap reports usage errors itself with exit code 2.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
-use shoal::cli::{ClusterCommand, GlobalArgs, KvCommand, NodeCommand, ServiceCommand};
+use clap::{ArgGroup, Args, Parser, Subcommand};
+use shoal::cli::{
+    ClusterCommand, GlobalArgs, KvCommand, NodeCommand, ProxyCommand, ServiceCommand,
+};
 use shoal::dev::DevArgs;
 use shoal::manager::ManagerConfig;
 
@@ -30,6 +32,8 @@ enum Command {
     Manager(ManagerArgs),
     /// Run an agent: register this Docker host as a node and run the tasks assigned to it.
     Agent(AgentArgs),
+    /// Run a proxy next to nginx or haproxy (apply the leader's config), or `proxy config|status`.
+    Proxy(ProxyArgs),
     /// Start a local cluster of child processes; Ctrl-C stops it.
     Dev(DevArgs),
     /// Read, write and watch the replicated key-value store.
@@ -113,6 +117,50 @@ struct AgentArgs {
     heartbeat: std::time::Duration,
 }
 
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+#[command(group(ArgGroup::new("reload").required(true).args(["pid_file", "container", "reload_cmd"])))]
+struct ProxyArgs {
+    #[command(subcommand)]
+    action: Option<ProxyCommand>,
+    /// Managers to follow, comma-separated; the watch fails over between them.
+    #[arg(long, value_delimiter = ',', required = true)]
+    join: Vec<String>,
+    /// The cluster's join token (accepted and kept; the managers do not check it yet).
+    #[arg(long, required = true)]
+    token: Option<String>,
+    /// Which proxy runs next to this one.
+    #[arg(long, required = true, value_parser = ["nginx", "haproxy"])]
+    kind: Option<String>,
+    /// The config file the proxy runs from; rewritten atomically (a temp file beside it).
+    #[arg(long, required = true, value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// Reload by a signal to the pid in this file (nginx: SIGHUP; haproxy: SIGUSR2).
+    #[arg(long, value_name = "PATH")]
+    pid_file: Option<PathBuf>,
+    /// Reload by the same signal to this container through the local Docker engine.
+    #[arg(long, value_name = "NAME")]
+    container: Option<String>,
+    /// Reload by running this command with `sh -c`.
+    #[arg(long, value_name = "CMD")]
+    reload_cmd: Option<String>,
+    /// The name this proxy reports its status under (default: the host name).
+    #[arg(long)]
+    name: Option<String>,
+    /// Render with this template (minijinja) instead of the built-in one; read at every apply.
+    #[arg(long, value_name = "PATH")]
+    template: Option<PathBuf>,
+    /// The port the proxy listens on for HTTP.
+    #[arg(long, default_value_t = 80)]
+    listen_port: u16,
+    /// The port the proxy listens on for HTTPS (hosts with `interlock.ssl`).
+    #[arg(long, default_value_t = 443)]
+    https_port: u16,
+    /// Where an unprivileged nginx keeps its pid, logs and temp files (absolute in the config).
+    #[arg(long, value_name = "DIR")]
+    run_dir: Option<PathBuf>,
+}
+
 /// `K=V`, as `--label` takes it.
 fn parse_label(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
@@ -161,6 +209,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             shoal::manager::run(manager_config(args)?, shutdown_signal()).await?
         }
         Command::Agent(args) => shoal::agent::run(agent_config(args), shutdown_signal()).await?,
+        Command::Proxy(args) => match args {
+            ProxyArgs {
+                action: Some(command),
+                ..
+            } => shoal::cli::run_proxy(&global, command).await?,
+            args => shoal::proxy::run(proxy_config(args)?, shutdown_signal()).await?,
+        },
         Command::Dev(args) => shoal::dev::run(args, shutdown_signal()).await?,
         Command::Kv { command } => shoal::cli::run_kv(&global, command).await?,
         Command::Cluster { command } => shoal::cli::run_cluster(&global, command).await?,
@@ -198,6 +253,31 @@ fn agent_config(args: AgentArgs) -> shoal::agent::AgentConfig {
     config.docker = args.docker;
     config.heartbeat = args.heartbeat;
     config
+}
+
+fn proxy_config(args: ProxyArgs) -> anyhow::Result<shoal::proxy::ProxyProcessConfig> {
+    use shoal::proxy::ReloadMethod;
+    let missing = |flag: &str| anyhow::anyhow!("{flag} is required");
+    let reload = match (args.pid_file, args.container, args.reload_cmd) {
+        (Some(path), _, _) => ReloadMethod::PidFile(path),
+        (_, Some(name), _) => ReloadMethod::Container(name),
+        (_, _, Some(command)) => ReloadMethod::Command(command),
+        _ => return Err(missing("one of --pid-file, --container, --reload-cmd")),
+    };
+    let kind = args.kind.ok_or_else(|| missing("--kind"))?;
+    let mut config = shoal::proxy::ProxyProcessConfig::new(
+        shoal::client::parse_hosts(&args.join),
+        args.token.ok_or_else(|| missing("--token"))?,
+        kind.parse()?,
+        args.config.ok_or_else(|| missing("--config"))?,
+        reload,
+    );
+    config.name = args.name;
+    config.template = args.template;
+    config.listen_port = args.listen_port;
+    config.https_port = args.https_port;
+    config.run_dir = args.run_dir;
+    Ok(config)
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

@@ -218,6 +218,14 @@ impl DockerRuntime {
         }
     }
 
+    /// Sends `signal` (`SIGHUP`, `SIGUSR2`...) to a running container's main process: how `shoal proxy`
+    /// reloads an nginx or haproxy that runs in a container, as the seed's Interlock did.
+    pub async fn signal(&self, container: &str, signal: &str) -> Result<(), RuntimeError> {
+        let options = KillContainerOptionsBuilder::new().signal(signal).build();
+        let sent = self.docker.kill_container(container, Some(options)).await;
+        sent.map_err(RuntimeError::on("signal", container))
+    }
+
     /// Removes the container whatever its state, with its anonymous volumes. Idempotent: a container
     /// that is already gone (or going) is not an error.
     pub async fn remove(&self, container: &str) -> Result<(), RuntimeError> {

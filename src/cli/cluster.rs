@@ -1,10 +1,12 @@
-//! `shoal cluster status|token` and `shoal manager remove ID`.
+//! `shoal cluster status|token` and `shoal manager remove ID`. The status also names every proxy
+//! whose last config did not go live.
 
 use serde::Serialize;
 use shoal_proto::v1 as pb;
 
 use super::{out, CliError, ClusterCommand};
 use crate::client::Client;
+use crate::model::ProxyStatus;
 
 #[derive(Serialize)]
 struct JsonStatus<'a> {
@@ -20,6 +22,8 @@ struct JsonStatus<'a> {
     snapshot_index: u64,
     purged_index: u64,
     members: Vec<JsonMember<'a>>,
+    /// Every running `shoal proxy`'s status.
+    proxies: &'a [ProxyStatus],
 }
 
 #[derive(Serialize)]
@@ -38,10 +42,13 @@ pub(super) async fn run(mut client: Client, command: ClusterCommand) -> Result<(
     match command {
         ClusterCommand::Status { json } => {
             let status = client.status().await?;
+            let proxies = super::proxy::statuses_for_cluster(&mut client).await;
             if json {
-                out(serde_json::to_string_pretty(&json_status(&status)).expect("plain data"))
+                let doc = json_status(&status, &proxies);
+                out(serde_json::to_string_pretty(&doc).expect("plain data"))
             } else {
-                out(table(&status))
+                out(table(&status))?;
+                proxy_errors(&proxies).try_for_each(out)
             }
         }
         ClusterCommand::Token => out(client.token().await?),
@@ -57,7 +64,7 @@ pub(super) async fn remove(mut client: Client, id: u64) -> Result<(), CliError> 
     ))
 }
 
-fn json_status(s: &pb::StatusResponse) -> JsonStatus<'_> {
+fn json_status<'a>(s: &'a pb::StatusResponse, proxies: &'a [ProxyStatus]) -> JsonStatus<'a> {
     JsonStatus {
         cluster_id: &s.cluster_id,
         member_id: s.member_id,
@@ -83,7 +90,19 @@ fn json_status(s: &pb::StatusResponse) -> JsonStatus<'_> {
                 docker_api: &m.docker_api,
             })
             .collect(),
+        proxies,
     }
+}
+
+/// One line per proxy whose last config did not go live.
+fn proxy_errors(proxies: &[ProxyStatus]) -> impl Iterator<Item = String> + '_ {
+    proxies.iter().filter_map(|p| {
+        let error = p.error.as_deref()?;
+        Some(format!(
+            "proxy {} ({}, live generation {}): {error}",
+            p.name, p.kind, p.applied_generation
+        ))
+    })
 }
 
 /// The human view: a summary, then one row per manager.
@@ -167,5 +186,33 @@ mod tests {
                 .any(|l| l.starts_with("1   127.0.0.1:7001  follower  yes    healthy  40")),
             "{text}"
         );
+    }
+
+    #[test]
+    fn only_proxies_with_an_error_get_a_line_and_json_lists_them_all() {
+        let proxy = |name: &str, error: Option<&str>| ProxyStatus {
+            name: name.into(),
+            kind: "nginx".into(),
+            applied_generation: 4,
+            applied_revision: 30,
+            error: error.map(String::from),
+            updated_ms: 1,
+        };
+        let proxies = [
+            proxy("edge-1", None),
+            proxy(
+                "edge-2",
+                Some("generation 5: nginx is not running (no pid in /run/nginx.pid)"),
+            ),
+        ];
+        let lines: Vec<String> = proxy_errors(&proxies).collect();
+        assert_eq!(
+            lines,
+            ["proxy edge-2 (nginx, live generation 4): generation 5: nginx is not running (no pid in /run/nginx.pid)"]
+        );
+        let status = pb::StatusResponse::default();
+        let json = serde_json::to_value(json_status(&status, &proxies)).unwrap();
+        assert_eq!(json["proxies"].as_array().unwrap().len(), 2);
+        assert_eq!(json["proxies"][1]["name"], "edge-2");
     }
 }

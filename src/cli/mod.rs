@@ -1,7 +1,7 @@
-//! The client side of the `shoal` command line: `kv`, `cluster`, `node`, `service` and
-//! `manager remove`. Each command is one short conversation with a manager through
-//! [`crate::client`]; output goes to stdout (`--json`: one JSON document, or JSON lines for
-//! `kv watch`), errors are returned, never printed.
+//! The client side of the `shoal` command line: `kv`, `cluster`, `node`, `service`,
+//! `proxy config|status` and `manager remove`. Each command is one short conversation with a
+//! manager through [`crate::client`]; output goes to stdout (`--json`: one JSON document, or JSON
+//! lines for `kv watch`), errors are returned, never printed.
 
 mod cluster;
 pub mod duration;
@@ -9,6 +9,7 @@ mod error;
 mod kv;
 mod node;
 mod objects;
+mod proxy;
 mod service;
 mod spec;
 mod table;
@@ -21,6 +22,7 @@ use clap::{Args, Subcommand};
 use crate::client::{parse_hosts, Client, ClientConfig, DEFAULT_GRPC};
 pub use error::CliError;
 pub use node::NodeCommand;
+pub use proxy::ProxyCommand;
 pub use service::ServiceCommand;
 pub use spec::CreateArgs;
 
@@ -131,6 +133,11 @@ pub async fn run_node(global: &GlobalArgs, command: NodeCommand) -> Result<(), C
 /// `shoal service ...`: arguments are validated before any manager is contacted.
 pub async fn run_service(global: &GlobalArgs, command: ServiceCommand) -> Result<(), CliError> {
     quiet_broken_pipe(service::run(global, command).await)
+}
+
+/// `shoal proxy config|status`
+pub async fn run_proxy(global: &GlobalArgs, command: ProxyCommand) -> Result<(), CliError> {
+    quiet_broken_pipe(proxy::run(global, command).await)
 }
 
 /// `shoal manager remove ID`

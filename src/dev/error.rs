@@ -8,6 +8,13 @@ pub enum DevError {
     #[error("{0}")]
     Unsupported(&'static str),
 
+    /// A program `shoal dev` needs is missing; `hint` says how to install it.
+    #[error("{program} is not installed: {hint}")]
+    NotInstalled {
+        program: &'static str,
+        hint: &'static str,
+    },
+
     #[error("{what} {}: {source}", path.display())]
     Io {
         what: &'static str,

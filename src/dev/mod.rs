@@ -1,12 +1,14 @@
 //! `shoal dev`: a whole cluster on loopback as child processes of one command: N managers (the
-//! first bootstraps, the others join it), M agents once the managers are voters, `DIR/cluster.json`
-//! once every agent is a READY node, and a clean stop on Ctrl-C. It never deletes anything in DIR:
-//! run it again and the same cluster restarts.
+//! first bootstraps, the others join it), M agents once the managers are voters, with `--proxy` an
+//! nginx and a `shoal proxy` beside it, `DIR/cluster.json` once every agent is a READY node and the
+//! proxy reports, and a clean stop on Ctrl-C. It never deletes anything in DIR: run it again and
+//! the same cluster restarts.
 
 mod agents;
 mod error;
 mod layout;
 mod procs;
+mod proxy;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -19,6 +21,8 @@ pub use error::DevError;
 use layout::Slot;
 pub use layout::{AgentEntry, ClusterFile, ManagerEntry, MAX_AGENTS};
 use procs::Group;
+pub use proxy::ProxyEntry;
+use proxy::ProxySlot;
 
 /// How long one manager may take to come up (first start opens RocksDB, elects, joins).
 const START_TIMEOUT: Duration = Duration::from_secs(120);
@@ -32,7 +36,8 @@ pub struct DevArgs {
     /// node-2, ... on 127.0.0.2, 127.0.0.3, ...
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=i64::from(MAX_AGENTS)))]
     pub agents: u32,
-    /// Also run a proxy (not yet available).
+    /// Also run nginx (Debian nginx-light) on a free port, with a `shoal proxy` applying the
+    /// cluster's proxy config to it.
     #[arg(long)]
     pub proxy: bool,
     /// Where the managers keep their data, logs and cluster.json.
@@ -42,11 +47,15 @@ pub struct DevArgs {
 
 /// Runs the local cluster until `shutdown` resolves, then stops every child.
 pub async fn run(args: DevArgs, shutdown: impl Future<Output = ()>) -> Result<(), DevError> {
-    if args.proxy {
-        return Err(DevError::Unsupported(
-            "the proxy is not available yet in this version of shoal: drop --proxy",
-        ));
-    }
+    let nginx = if args.proxy {
+        let missing = DevError::NotInstalled {
+            program: "nginx",
+            hint: "apt-get install nginx-light",
+        };
+        Some(crate::proxy::find_program("nginx").ok_or(missing)?)
+    } else {
+        None
+    };
     std::fs::create_dir_all(args.dir.join("logs")).map_err(DevError::io("creating", &args.dir))?;
     let dir = std::path::absolute(&args.dir).map_err(DevError::io("resolving", &args.dir))?;
     let exe = std::env::current_exe().map_err(DevError::io("finding", "the shoal executable"))?;
@@ -90,11 +99,19 @@ pub async fn run(args: DevArgs, shutdown: impl Future<Output = ()>) -> Result<()
     };
 
     let agent_slots = layout::agent_slots(&dir, args.agents);
+    let proxy_slot = match &nginx {
+        Some(nginx) => {
+            let previous = previous.as_ref().and_then(|f| f.proxy.as_ref());
+            Some((nginx.as_path(), ProxySlot::new(&dir, previous)?))
+        }
+        None => None,
+    };
+    let proxy = proxy_slot.as_ref().map(|(nginx, slot)| (*nginx, slot));
 
     let mut group = Group::new();
     tokio::pin!(shutdown);
     let started = tokio::select! {
-        started = start(&exe, &slots, &agent_slots, previous.as_ref(), &mut group) => started,
+        started = start(&exe, &slots, &agent_slots, proxy, previous.as_ref(), &mut group) => started,
         _ = &mut shutdown => {
             group.stop().await;
             return Ok(());
@@ -128,8 +145,12 @@ pub async fn run(args: DevArgs, shutdown: impl Future<Output = ()>) -> Result<()
     }
     let (alive_managers, alive_agents) = (group.alive_of("manager"), group.alive_of("agent"));
     let plural = |n: usize| if n == 1 { "" } else { "s" };
+    let proxy = match group.alive_of("nginx") + group.alive_of("proxy") {
+        0 => "",
+        _ => " and the proxy",
+    };
     eprintln!(
-        "shoal dev: stopping {alive_managers} manager{} and {alive_agents} agent{}",
+        "shoal dev: stopping {alive_managers} manager{}, {alive_agents} agent{}{proxy}",
         plural(alive_managers),
         plural(alive_agents)
     );
@@ -139,11 +160,13 @@ pub async fn run(args: DevArgs, shutdown: impl Future<Output = ()>) -> Result<()
 
 /// Starts every manager and waits until all of them are voters. A fresh cluster: m1 bootstraps,
 /// then each other manager joins it in turn. A previous one: all restart from their data dirs.
-/// Then starts the agents, joined to every manager, and waits until each is a READY node.
+/// Then starts the agents, joined to every manager, and waits until each is a READY node; then
+/// nginx (`proxy`: its binary and slot) and its `shoal proxy`.
 async fn start(
     exe: &Path,
     slots: &[Slot],
     agent_slots: &[layout::AgentSlot],
+    proxy: Option<(&Path, &ProxySlot)>,
     previous: Option<&ClusterFile>,
     group: &mut Group,
 ) -> Result<ClusterFile, DevError> {
@@ -198,11 +221,18 @@ async fn start(
         .collect();
     let grpc: Vec<String> = slots.iter().map(|s| s.grpc.to_string()).collect();
     let agents = agents::start(exe, agent_slots, &grpc, &token, group).await?;
+    let proxy = match proxy {
+        Some((nginx, slot)) => {
+            let entry = proxy::start(exe, nginx, slot, &grpc, &token, group).await?;
+            Some(serde_json::to_value(entry).expect("plain data"))
+        }
+        None => None,
+    };
     Ok(ClusterFile {
         token,
         managers,
         agents,
-        proxy: None,
+        proxy,
     })
 }
 
@@ -307,6 +337,17 @@ fn print_summary(file: &ClusterFile, slots: &[Slot], path: &Path) {
             a.addr,
             a.log.display()
         );
+    }
+    let proxy = file.proxy.clone().map(serde_json::from_value::<ProxyEntry>);
+    if let Some(Ok(p)) = proxy {
+        println!("proxy running: nginx on http://127.0.0.1:{}", p.port);
+        println!(
+            "  nginx  pid {}  config {}  log {}",
+            p.nginx_pid,
+            p.config.display(),
+            p.nginx_log.display()
+        );
+        println!("  {}  pid {}  log {}", p.name, p.pid, p.log.display());
     }
     println!("join token: {}", file.token);
     println!("cluster file: {}", path.display());

@@ -16,7 +16,7 @@ use super::DevError;
 const STOP_GRACE: Duration = Duration::from_secs(5);
 
 pub(crate) struct Proc {
-    /// `manager` or `agent`.
+    /// `manager`, `agent`, `nginx` or `proxy`.
     pub(crate) kind: &'static str,
     pub(crate) name: String,
     pub(crate) pid: u32,
