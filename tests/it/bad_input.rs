@@ -44,20 +44,6 @@ async fn usage_errors_exit_with_code_2() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn dev_refuses_what_it_cannot_run_yet() {
-    let dir = tempfile::tempdir().unwrap();
-    let dir = dir.path().to_str().unwrap();
-    for args in [&["dev", "--proxy", "--dir", dir][..]] {
-        let out = run_cli(args, None, &[]).await;
-        assert_eq!(out.code, Some(1), "{out:?}");
-        assert!(
-            one_error_line(&out.stderr) && out.stderr.contains("not available yet"),
-            "{out:?}"
-        );
-    }
-}
-
-#[tokio::test(flavor = "multi_thread")]
 async fn an_unreachable_host_fails_fast() {
     let port = free_port().to_string();
     let host = format!("127.0.0.1:{port},127.0.0.1:1");

@@ -148,12 +148,17 @@ async fn dev_runs_a_local_cluster_and_stops_it() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn dev_with_agents_starts_the_seeds_two_nodes() {
+async fn dev_with_agents_and_proxy_starts_the_seeds_two_nodes_and_nginx() {
     let _serial = serial().await;
     crate::fleet::whoami_image();
     let dir = tempfile::tempdir().unwrap();
     let dir_str = dir.path().join("cluster").to_str().unwrap().to_string();
-    let (child, doc) = start_dev_with(&dir_str, None, &["--managers", "1", "--agents", "2"]).await;
+    let (child, doc) = start_dev_with(
+        &dir_str,
+        None,
+        &["--managers", "1", "--agents", "2", "--proxy"],
+    )
+    .await;
     let agents = doc["agents"].as_array().unwrap().clone();
     // Whatever happens below, the agents' containers go with the test.
     let _cleanup: Vec<crate::fleet::NodeContainers> = agents
@@ -180,9 +185,19 @@ async fn dev_with_agents_starts_the_seeds_two_nodes() {
         );
     }
 
-    let pids: Vec<u64> = agents.iter().map(|a| a["pid"].as_u64().unwrap()).collect();
+    // nginx answers on the port cluster.json gives: 503 for a host nothing serves.
+    let port = doc["proxy"]["port"].as_u64().expect("proxy port in cluster.json");
+    let answer = crate::fleet::http_get(&format!("127.0.0.1:{port}")).await;
+    assert!(
+        answer.as_deref().is_some_and(|a| a.starts_with("HTTP/1.1 503")),
+        "{answer:?}"
+    );
+
+    let mut pids: Vec<u64> = agents.iter().map(|a| a["pid"].as_u64().unwrap()).collect();
+    pids.push(doc["proxy"]["pid"].as_u64().unwrap());
+    pids.push(doc["proxy"]["nginx_pid"].as_u64().unwrap());
     stop_dev(child).await;
     for pid in pids {
-        assert!(!alive(pid), "agent {pid} outlived shoal dev");
+        assert!(!alive(pid), "{pid} outlived shoal dev");
     }
 }

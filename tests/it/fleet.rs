@@ -358,7 +358,7 @@ pub fn node_names(tasks: &[Value]) -> Vec<String> {
     names
 }
 
-/// One HTTP GET to `addr` (host:port); the response body.
+/// One HTTP/1.0 GET to `addr` (host:port); the whole response, status line first.
 pub async fn http_get(addr: &str) -> Option<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream =

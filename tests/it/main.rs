@@ -12,6 +12,7 @@ mod failover;
 mod fleet;
 mod full_disk;
 mod membership;
+mod proxy;
 mod scheduling;
 mod snapshot;
 mod ttl;
