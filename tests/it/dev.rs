@@ -186,10 +186,14 @@ async fn dev_with_agents_and_proxy_starts_the_seeds_two_nodes_and_nginx() {
     }
 
     // nginx answers on the port cluster.json gives: 503 for a host nothing serves.
-    let port = doc["proxy"]["port"].as_u64().expect("proxy port in cluster.json");
+    let port = doc["proxy"]["port"]
+        .as_u64()
+        .expect("proxy port in cluster.json");
     let answer = crate::fleet::http_get(&format!("127.0.0.1:{port}")).await;
     assert!(
-        answer.as_deref().is_some_and(|a| a.starts_with("HTTP/1.1 503")),
+        answer
+            .as_deref()
+            .is_some_and(|a| a.starts_with("HTTP/1.1 503")),
         "{answer:?}"
     );
 
