@@ -193,10 +193,11 @@ pub fn docker_inspect(id: &str, format: &str) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
-/// Managers plus agents. Agents are declared after the cluster so they are dropped first.
+/// Managers plus agents. Fields drop in declaration order: the agents (and their containers,
+/// found through the node id in their data dirs) must go before the cluster removes its temp dir.
 pub struct Fleet {
-    pub cluster: Cluster,
     pub agents: Vec<Agent>,
+    pub cluster: Cluster,
 }
 
 impl Fleet {
