@@ -46,12 +46,12 @@ pub(crate) struct FailoverArgs {
 }
 
 #[derive(Debug, Serialize)]
-struct Figures {
-    trials: usize,
-    p50_ms: f64,
-    p99_ms: f64,
-    max_ms: f64,
-    all_ms: Vec<f64>,
+pub(crate) struct Figures {
+    pub(crate) trials: usize,
+    pub(crate) p50_ms: f64,
+    pub(crate) p99_ms: f64,
+    pub(crate) max_ms: f64,
+    pub(crate) all_ms: Vec<f64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -65,16 +65,16 @@ struct Report {
 }
 
 /// A `shoal agent` child in its own process group.
-struct Agent {
-    name: String,
-    args: Vec<String>,
-    log: PathBuf,
-    data_dir: PathBuf,
-    child: Option<Child>,
+pub(crate) struct Agent {
+    pub(crate) name: String,
+    pub(crate) args: Vec<String>,
+    pub(crate) log: PathBuf,
+    pub(crate) data_dir: PathBuf,
+    pub(crate) child: Option<Child>,
 }
 
 impl Agent {
-    fn spawn(&mut self, exe: &Path) -> Result<()> {
+    pub(crate) fn spawn(&mut self, exe: &Path) -> Result<()> {
         let out = std::fs::File::options()
             .create(true)
             .append(true)
@@ -392,7 +392,7 @@ async fn put(addr: std::net::SocketAddr, key: &str, value: &[u8]) -> Result<()> 
     Ok(())
 }
 
-async fn leader_index(addrs: &[std::net::SocketAddr]) -> Result<usize> {
+pub(crate) async fn leader_index(addrs: &[std::net::SocketAddr]) -> Result<usize> {
     for _ in 0..100 {
         for (i, addr) in addrs.iter().enumerate() {
             if let Ok(s) = cluster::status(*addr).await {
@@ -407,7 +407,7 @@ async fn leader_index(addrs: &[std::net::SocketAddr]) -> Result<usize> {
 }
 
 /// Nearest-rank percentiles.
-fn figures(mut all: Vec<f64>) -> Figures {
+pub(crate) fn figures(mut all: Vec<f64>) -> Figures {
     all.sort_by(f64::total_cmp);
     let pick = |p: f64| {
         if all.is_empty() {

@@ -6,6 +6,7 @@ mod cluster;
 mod failover;
 mod kv;
 mod load;
+mod proxy;
 mod report;
 mod shoal;
 
@@ -29,6 +30,8 @@ enum Command {
     Kv(kv::KvArgs),
     /// With real agents on the local Docker engine: node loss and leader loss repair times.
     Failover(failover::FailoverArgs),
+    /// With real agents, nginx and `shoal proxy`: RUNNING → first request, failed requests.
+    Proxy(proxy::ProxyArgs),
 }
 
 #[tokio::main]
@@ -38,6 +41,7 @@ async fn main() -> ExitCode {
         match cli.command {
             Command::Kv(args) => kv::run(args).await,
             Command::Failover(args) => failover::run(args).await,
+            Command::Proxy(args) => proxy::run(args).await,
         }
     };
     // Ctrl-C drops `run`, and with it the cluster guard that kills the managers.
