@@ -1,7 +1,7 @@
 //! The proxy-config generator: renders the nginx and haproxy configs from the proxy model of
 //! one store read (`crate::proxy::model`) and writes them to `/shoal/proxy/config` once per
-//! change. Additions wait until 100 ms after the last change, never more than 250 ms after the
-//! first, so a scale of many tasks is one new config; a server that leaves (its task died, its
+//! change. Additions wait until 50 ms after the last change, never more than 150 ms after the
+//! first (the bounds are 100 and 250 ms), so a scale of many tasks is one new config; a server that leaves (its task died, its
 //! node is DOWN) is written at once. A new leader computes the same model from the same objects,
 //! so a failover writes nothing.
 
@@ -13,9 +13,9 @@ use super::objects::{ClusterState, Expect, Write};
 use super::Plan;
 
 /// Quiet time after the last change before a new config is written.
-pub const QUIET_MS: u64 = 100;
+pub const QUIET_MS: u64 = 50;
 /// Longest a change waits, however busy the cluster.
-pub const MAX_WAIT_MS: u64 = 250;
+pub const MAX_WAIT_MS: u64 = 150;
 
 /// The generator's memory between rounds: the model waiting to be written and since when.
 #[derive(Debug, Default)]
@@ -169,13 +169,13 @@ mod tests {
         let s1 = state(&[("a", 1)]);
         let p = gen.plan(&s1, 1_000);
         assert!(p.writes.is_empty());
-        assert_eq!(p.wake_at_ms, Some(1_100));
-        // Another change at +80 ms moves the quiet deadline, capped at +250 ms.
+        assert_eq!(p.wake_at_ms, Some(1_000 + QUIET_MS));
+        // Another change moves the quiet deadline, capped at MAX_WAIT_MS after the first.
         let s2 = state(&[("a", 1), ("b", 2)]);
-        assert_eq!(gen.plan(&s2, 1_080).wake_at_ms, Some(1_180));
+        assert_eq!(gen.plan(&s2, 1_040).wake_at_ms, Some(1_040 + QUIET_MS));
         let s3 = state(&[("a", 1), ("b", 2), ("c", 3)]);
-        assert_eq!(gen.plan(&s3, 1_200).wake_at_ms, Some(1_250));
-        let p = gen.plan(&s3, 1_250);
+        assert_eq!(gen.plan(&s3, 1_140).wake_at_ms, Some(1_000 + MAX_WAIT_MS));
+        let p = gen.plan(&s3, 1_000 + MAX_WAIT_MS);
         let config = written(&p).expect("written at the cap");
         assert_eq!(config.generation, 1);
         assert_eq!(config.model.hosts[0].upstreams.len(), 3);
@@ -193,7 +193,7 @@ mod tests {
         let mut s = state(&[("a", 1), ("b", 2)]);
         let first = gen.plan(&s, 0);
         assert!(first.writes.is_empty());
-        let config = written(&gen.plan(&s, 100)).unwrap().clone();
+        let config = written(&gen.plan(&s, QUIET_MS)).unwrap().clone();
         s.proxy = Some(Versioned {
             value: config,
             mod_revision: 10,
