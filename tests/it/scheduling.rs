@@ -260,6 +260,12 @@ async fn killing_the_leader_during_a_scale_up_ends_with_exactly_the_replicas_ask
     let tasks = fleet.wait_running("web", 10).await;
     let slots: BTreeSet<u64> = tasks.iter().map(|t| t["slot"].as_u64().unwrap()).collect();
     assert_eq!(slots, (1..=10).collect());
+    // The leader change alone declared no node DOWN: nothing was orphaned, both nodes ready.
+    let all = fleet.tasks("web").await;
+    let orphaned: Vec<&Value> = all.iter().filter(|t| t["state"] == "orphaned").collect();
+    assert!(orphaned.is_empty(), "{orphaned:?}");
+    let nodes = fleet.nodes().await;
+    assert!(nodes.iter().all(|n| n["status"] == "ready"), "{nodes:?}");
     // And it stays so: no late duplicate appears.
     sleep(Duration::from_secs(2)).await;
     let running = running_by_task(&sid);
