@@ -65,30 +65,15 @@ impl Manager {
     /// Starts `shoal manager --data-dir D --listen A` plus `extra`, output appended to its log.
     pub fn spawn(&mut self, extra: &[&str]) {
         assert!(self.child.is_none(), "{} is already running", self.name);
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .unwrap();
-        let child = Command::new(SHOAL)
-            .args([
-                "manager",
-                "--data-dir",
-                self.data_dir.to_str().unwrap(),
-                "--listen",
-                &self.grpc,
-            ])
-            .args(extra)
-            .env(
-                "RUST_LOG",
-                std::env::var("SHOAL_TEST_LOG").unwrap_or_else(|_| "info".into()),
-            )
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .process_group(0)
-            .spawn()
-            .expect("spawning shoal manager");
+        let mut args = vec![
+            "manager",
+            "--data-dir",
+            self.data_dir.to_str().unwrap(),
+            "--listen",
+            &self.grpc,
+        ];
+        args.extend_from_slice(extra);
+        let child = spawn_logged(&args, &self.log);
         self.child = Some(child);
     }
 
@@ -179,6 +164,28 @@ impl Drop for Manager {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Starts `shoal ARGS` in its own process group, stdout and stderr appended to `log`, with
+/// `RUST_LOG` from `SHOAL_TEST_LOG` (default info).
+pub fn spawn_logged(args: &[&str], log: &Path) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    Command::new(SHOAL)
+        .args(args)
+        .env(
+            "RUST_LOG",
+            std::env::var("SHOAL_TEST_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .process_group(0)
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawning shoal {args:?}: {e}"))
 }
 
 /// A lazily connected channel: creating it never fails, calls to a dead manager do.

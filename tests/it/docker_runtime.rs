@@ -2,13 +2,10 @@
 //! builds itself (`deploy/images/build`, run once per test binary). Each test owns a unique node id and
 //! force-removes every container labelled with it when it ends, passed or not.
 
-use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use shoal::agent::{
-    ContainerSpec, ContainerState, DockerRuntime, Owner, PortSpec, RuntimeError, NODE_LABEL,
-};
+use shoal::agent::{ContainerSpec, ContainerState, DockerRuntime, Owner, PortSpec, RuntimeError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{sleep, Instant};
@@ -49,22 +46,7 @@ impl TestNode {
 
 impl Drop for TestNode {
     fn drop(&mut self) {
-        // Synchronous on purpose: it must also run while a failed test unwinds out of its runtime.
-        let filter = format!("label={NODE_LABEL}={}", self.id);
-        let Ok(out) = Command::new("docker")
-            .args(["ps", "-aq", "--filter", &filter])
-            .output()
-        else {
-            return;
-        };
-        let ids = String::from_utf8_lossy(&out.stdout);
-        let ids: Vec<&str> = ids.split_whitespace().collect();
-        if !ids.is_empty() {
-            let _ = Command::new("docker")
-                .args(["rm", "-f", "-v"])
-                .args(&ids)
-                .output();
-        }
+        crate::fleet::remove_node_containers(&self.id);
     }
 }
 

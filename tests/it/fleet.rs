@@ -3,9 +3,8 @@
 //! own process group. Dropping an agent kills it and force-removes every container labelled with
 //! its node id, passed or failed. Helpers read services and tasks through the CLI's `--json`.
 
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -14,7 +13,7 @@ use nix::unistd::Pid;
 use serde_json::Value;
 use tokio::time::{sleep, Instant};
 
-use crate::cluster::{tail, Cluster, SHOAL, WAIT};
+use crate::cluster::{spawn_logged, tail, Cluster, WAIT};
 
 pub const WHOAMI: &str = "shoal/whoami:latest";
 
@@ -46,11 +45,6 @@ pub struct Agent {
 impl Agent {
     pub fn spawn(&mut self, join: &str, token: &str, extra: &[&str]) {
         assert!(self.child.is_none(), "{} is already running", self.name);
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .unwrap();
         let data_dir = self.data_dir.display().to_string();
         let mut args = vec![
             "agent",
@@ -69,18 +63,7 @@ impl Agent {
             args.extend(["--label", label]);
         }
         args.extend_from_slice(extra);
-        let child = Command::new(SHOAL)
-            .args(&args)
-            .env(
-                "RUST_LOG",
-                std::env::var("SHOAL_TEST_LOG").unwrap_or_else(|_| "info".into()),
-            )
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .process_group(0)
-            .spawn()
-            .expect("spawning shoal agent");
+        let child = spawn_logged(&args, &self.log);
         self.child = Some(child);
     }
 
@@ -159,14 +142,20 @@ impl NodeContainers {
 impl Drop for NodeContainers {
     fn drop(&mut self) {
         if let Ok(id) = std::fs::read_to_string(self.data_dir.join("node_id")) {
-            let ids = docker_ps(&format!("label=shoal.node={}", id.trim()), false);
-            if !ids.is_empty() {
-                let _ = Command::new("docker")
-                    .args(["rm", "-f", "-v"])
-                    .args(&ids)
-                    .output();
-            }
+            remove_node_containers(id.trim());
         }
+    }
+}
+
+/// Force-removes every container labelled with node `id`, running or not. Synchronous on
+/// purpose: it must also work while a failed test unwinds out of its runtime.
+pub fn remove_node_containers(id: &str) {
+    let ids = docker_ps(&format!("label=shoal.node={id}"), false);
+    if !ids.is_empty() {
+        let _ = Command::new("docker")
+            .args(["rm", "-f", "-v"])
+            .args(&ids)
+            .output();
     }
 }
 
@@ -268,6 +257,24 @@ impl Fleet {
             self.logs()
         );
         out.stdout
+    }
+
+    /// `shoal service create --name NAME --replicas N -p 80 [EXTRA...] shoal/whoami:latest`.
+    pub async fn create_whoami(&self, name: &str, replicas: usize, extra: &[&str]) {
+        let replicas = replicas.to_string();
+        let mut args = vec![
+            "service",
+            "create",
+            "--name",
+            name,
+            "--replicas",
+            &replicas,
+            "-p",
+            "80",
+        ];
+        args.extend_from_slice(extra);
+        args.push(WHOAMI);
+        self.ok(&args).await;
     }
 
     pub async fn nodes(&self) -> Vec<Value> {

@@ -20,7 +20,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::{sleep, Instant};
 
 use crate::cluster::{free_port, serial, tail, SHOAL};
-use crate::fleet::{Fleet, WHOAMI};
+use crate::fleet::Fleet;
 
 /// nginx and `shoal proxy` next to it, in a temp dir of the cluster's.
 struct Proxy {
@@ -223,31 +223,21 @@ async fn wait_backends(fleet: &Fleet, proxy: &Proxy, want: usize) -> BTreeSet<St
     }
 }
 
-async fn web(fleet: &Fleet, replicas: &str) {
-    fleet
-        .ok(&[
-            "service",
-            "create",
-            "--name",
-            "web",
-            "--replicas",
-            replicas,
-            "-p",
-            "80",
-            "--label",
-            "interlock.hostname=test",
-            "--label",
-            "interlock.domain=local",
-            WHOAMI,
-        ])
-        .await;
+async fn web(fleet: &Fleet, replicas: usize) {
+    let interlock = [
+        "--label",
+        "interlock.hostname=test",
+        "--label",
+        "interlock.domain=local",
+    ];
+    fleet.create_whoami("web", replicas, &interlock).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn nginx_reaches_every_backend_and_drops_no_request_while_scaling() {
     let _serial = serial().await;
     let fleet = Fleet::start(3, 2).await;
-    web(&fleet, "4").await;
+    web(&fleet, 4).await;
     let tasks = fleet.wait_running("web", 4).await;
     let proxy = Proxy::start(&fleet, "px1", None).await;
 
@@ -290,7 +280,7 @@ async fn nginx_reaches_every_backend_and_drops_no_request_while_scaling() {
 async fn a_dead_backend_leaves_the_upstream_and_a_leader_kill_drops_nothing() {
     let _serial = serial().await;
     let mut fleet = Fleet::start(3, 2).await;
-    web(&fleet, "4").await;
+    web(&fleet, 4).await;
     let tasks = fleet.wait_running("web", 4).await;
     let proxy = Proxy::start(&fleet, "px1", None).await;
     wait_backends(&fleet, &proxy, 4).await;
@@ -348,7 +338,7 @@ async fn a_dead_backend_leaves_the_upstream_and_a_leader_kill_drops_nothing() {
 async fn a_broken_template_keeps_the_previous_config_serving() {
     let _serial = serial().await;
     let fleet = Fleet::start(1, 1).await;
-    web(&fleet, "2").await;
+    web(&fleet, 2).await;
     fleet.wait_running("web", 2).await;
     let template = fleet.cluster.root().join("mine.conf.j2");
     let builtin = concat!(

@@ -38,23 +38,13 @@ fn running_by_task(service_id: &str) -> BTreeMap<String, Vec<String>> {
 async fn seed_scenario_spreads_replicas_and_honours_constraints() {
     let _serial = serial().await;
     let fleet = Fleet::start(3, 2).await;
-    fleet
-        .ok(&[
-            "service",
-            "create",
-            "--name",
-            "web",
-            "--replicas",
-            "4",
-            "-p",
-            "80",
-            "--label",
-            "interlock.hostname=test",
-            "--label",
-            "interlock.domain=local",
-            WHOAMI,
-        ])
-        .await;
+    let interlock = [
+        "--label",
+        "interlock.hostname=test",
+        "--label",
+        "interlock.domain=local",
+    ];
+    fleet.create_whoami("web", 4, &interlock).await;
     let web = fleet.wait_running("web", 4).await;
     assert_eq!(
         node_names(&web),
@@ -109,19 +99,7 @@ async fn seed_scenario_spreads_replicas_and_honours_constraints() {
 async fn a_lost_node_has_its_tasks_replaced_on_a_healthy_node() {
     let _serial = serial().await;
     let mut fleet = Fleet::start(3, 2).await;
-    fleet
-        .ok(&[
-            "service",
-            "create",
-            "--name",
-            "web",
-            "--replicas",
-            "4",
-            "-p",
-            "80",
-            WHOAMI,
-        ])
-        .await;
+    fleet.create_whoami("web", 4, &[]).await;
     let before = fleet.wait_running("web", 4).await;
     assert_eq!(
         node_names(&before),
@@ -164,19 +142,7 @@ async fn a_lost_node_has_its_tasks_replaced_on_a_healthy_node() {
 async fn a_node_returning_after_its_tasks_were_replaced_leaves_no_duplicates() {
     let _serial = serial().await;
     let mut fleet = Fleet::start(3, 2).await;
-    fleet
-        .ok(&[
-            "service",
-            "create",
-            "--name",
-            "web",
-            "--replicas",
-            "4",
-            "-p",
-            "80",
-            WHOAMI,
-        ])
-        .await;
+    fleet.create_whoami("web", 4, &[]).await;
     let before = fleet.wait_running("web", 4).await;
     let sid = service_id(&before);
 
@@ -221,19 +187,7 @@ async fn a_node_returning_after_its_tasks_were_replaced_leaves_no_duplicates() {
 async fn killing_the_leader_during_a_scale_up_ends_with_exactly_the_replicas_asked_for() {
     let _serial = serial().await;
     let mut fleet = Fleet::start(3, 2).await;
-    fleet
-        .ok(&[
-            "service",
-            "create",
-            "--name",
-            "web",
-            "--replicas",
-            "2",
-            "-p",
-            "80",
-            WHOAMI,
-        ])
-        .await;
+    fleet.create_whoami("web", 2, &[]).await;
     let sid = service_id(&fleet.wait_running("web", 2).await);
 
     fleet.ok(&["service", "scale", "web=10"]).await;
@@ -277,19 +231,7 @@ async fn killing_the_leader_during_a_scale_up_ends_with_exactly_the_replicas_ask
 async fn a_restarted_agent_adopts_its_containers_without_restarting_them() {
     let _serial = serial().await;
     let mut fleet = Fleet::start(1, 1).await;
-    fleet
-        .ok(&[
-            "service",
-            "create",
-            "--name",
-            "web",
-            "--replicas",
-            "2",
-            "-p",
-            "80",
-            WHOAMI,
-        ])
-        .await;
+    fleet.create_whoami("web", 2, &[]).await;
     let before = fleet.wait_running("web", 2).await;
     let started = |id: &str| docker_inspect(id, "{{.State.StartedAt}} {{.RestartCount}}");
     let containers: Vec<(String, String)> = before
