@@ -7,6 +7,7 @@ pub mod api;
 pub mod cli;
 pub mod client;
 pub mod dev;
+pub mod host;
 pub mod manager;
 pub mod model;
 pub mod proxy;

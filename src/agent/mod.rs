@@ -76,7 +76,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> any
         return Err(AgentError::NoManagers.into());
     }
     let node_id = node_id::load_or_create(&config.data_dir)?;
-    let name = config.name.clone().unwrap_or_else(host_name);
+    let name = config.name.clone().unwrap_or_else(crate::host::host_name);
     tracing::info!(node = %node_id, %name, addr = %config.advertise_addr, "starting agent");
 
     let (docker, engine) = tokio::select! {
@@ -137,14 +137,4 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> any
     };
     background.shutdown().await;
     result
-}
-
-/// The host's name, as the kernel knows it.
-fn host_name() -> String {
-    ["/proc/sys/kernel/hostname", "/etc/hostname"]
-        .iter()
-        .filter_map(|path| std::fs::read_to_string(path).ok())
-        .map(|name| name.trim().to_string())
-        .find(|name| !name.is_empty())
-        .unwrap_or_else(|| "localhost".to_string())
 }

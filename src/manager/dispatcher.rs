@@ -15,7 +15,8 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use super::control::objects::{ClusterState, Commit, Expect, ObjectStore, Write};
-use super::control::{now_ms, Leading};
+use super::control::Leading;
+use crate::host::now_ms;
 use crate::model::{
     keys, Actor, Availability, Node, NodeStatus, Service, Task, TaskState, TaskStatus,
 };

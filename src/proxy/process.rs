@@ -7,7 +7,7 @@
 
 use std::future::Future;
 use std::path::PathBuf;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use shoal_proto::v1 as pb;
 use tokio::sync::watch;
@@ -105,7 +105,8 @@ pub async fn run(
     let applier = Applier::new(kind, path, template, options, control);
 
     let client_config = ClientConfig::new(join);
-    let (status_tx, status_rx) = watch::channel(applier.status(&checked.name, now_ms()));
+    let (status_tx, status_rx) =
+        watch::channel(applier.status(&checked.name, crate::host::now_ms()));
     let reporter = tokio::spawn(super::report::run(client_config.clone(), key, status_rx));
     let mut follower = Follower {
         name: checked.name,
@@ -168,7 +169,7 @@ fn check(mut config: ProxyProcessConfig) -> Result<Checked, ProxyError> {
         }
         config.run_dir = Some(absolute);
     }
-    let name = config.name.clone().unwrap_or_else(host_name);
+    let name = config.name.clone().unwrap_or_else(crate::host::host_name);
     if name.trim().is_empty() || name.contains('/') {
         return Err(ProxyError::Name(name));
     }
@@ -387,26 +388,10 @@ impl Follower {
     }
 
     fn publish(&self) {
-        let status = self.applier.status(&self.name, now_ms());
+        let status = self.applier.status(&self.name, crate::host::now_ms());
         // The reporter holds the receiver until the sender goes: this cannot fail before then.
         let _ = self.status.send(status);
     }
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis().try_into().unwrap_or(u64::MAX))
-}
-
-/// The host's name, as the kernel knows it.
-fn host_name() -> String {
-    ["/proc/sys/kernel/hostname", "/etc/hostname"]
-        .iter()
-        .filter_map(|path| std::fs::read_to_string(path).ok())
-        .map(|name| name.trim().to_string())
-        .find(|name| !name.is_empty())
-        .unwrap_or_else(|| "localhost".to_string())
 }
 
 #[cfg(test)]

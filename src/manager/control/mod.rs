@@ -10,7 +10,7 @@ mod orchestrator;
 mod placement;
 mod proxygen;
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use rand::rngs::StdRng;
 use rand::SeedableRng;
@@ -20,6 +20,7 @@ use shoal_raft::{
 use tokio::sync::watch;
 use tokio_stream::StreamExt;
 
+use crate::host::now_ms;
 use crate::manager::scheduler::Strategy;
 use crate::model::keys;
 
@@ -236,13 +237,6 @@ async fn drive<S: ObjectStore>(
             }
         }
     }
-}
-
-/// Milliseconds since the epoch by this leader's clock.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// `len` random lowercase hex characters.
