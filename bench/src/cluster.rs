@@ -254,6 +254,21 @@ impl Drop for Cluster {
     }
 }
 
+/// The `shoal` binary a bench starts: `--shoal-bin`, else `shoal` next to `shoal-bench`.
+pub(crate) fn shoal_exe(given: Option<&Path>) -> Result<PathBuf> {
+    let exe = match given {
+        Some(p) => p.to_path_buf(),
+        None => std::env::current_exe()?.with_file_name("shoal"),
+    };
+    if !exe.is_file() {
+        bail!(
+            "no shoal binary at {} (build it with `cargo build --workspace`, or pass --shoal-bin)",
+            exe.display()
+        );
+    }
+    Ok(exe)
+}
+
 /// One `Cluster/Status` call, bounded in time.
 pub(crate) async fn status(addr: SocketAddr) -> Result<StatusResponse> {
     let channel = Endpoint::from_shared(format!("http://{addr}"))?

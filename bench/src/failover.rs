@@ -136,6 +136,44 @@ impl Drop for Agent {
     }
 }
 
+/// Starts `n` agents `node-1..` with data dirs and logs under `dir`, each advertising its own
+/// 127.0.0.(i+1).
+pub(crate) fn start_agents(
+    exe: &Path,
+    dir: &Path,
+    join: &str,
+    token: &str,
+    n: usize,
+) -> Result<Vec<Agent>> {
+    let mut agents = Vec::with_capacity(n);
+    for i in 1..=n {
+        let name = format!("node-{i}");
+        let data_dir = dir.join(&name);
+        let mut agent = Agent {
+            args: vec![
+                "agent".into(),
+                "--data-dir".into(),
+                data_dir.display().to_string(),
+                "--join".into(),
+                join.to_string(),
+                "--token".into(),
+                token.to_string(),
+                "--name".into(),
+                name.clone(),
+                "--advertise-addr".into(),
+                format!("127.0.0.{}", i + 1),
+            ],
+            log: dir.join(format!("{name}.log")),
+            data_dir,
+            name,
+            child: None,
+        };
+        agent.spawn(exe)?;
+        agents.push(agent);
+    }
+    Ok(agents)
+}
+
 /// Every record under a prefix, as JSON, read from the first manager that answers.
 async fn read(addrs: &[std::net::SocketAddr], prefix: &str) -> Result<Vec<(Value, u64)>> {
     let mut last = None;
@@ -200,10 +238,7 @@ where
 }
 
 pub(crate) async fn run(args: FailoverArgs) -> Result<()> {
-    let exe = match &args.shoal_bin {
-        Some(p) => p.clone(),
-        None => std::env::current_exe()?.with_file_name("shoal"),
-    };
+    let exe = cluster::shoal_exe(args.shoal_bin.as_deref())?;
     let dir = tempfile::Builder::new()
         .prefix("shoal-bench-failover-")
         .tempdir_in(&args.dir)?;
@@ -214,32 +249,7 @@ pub(crate) async fn run(args: FailoverArgs) -> Result<()> {
         .map(|a| a.to_string())
         .collect::<Vec<_>>()
         .join(",");
-    let mut agents = Vec::new();
-    for i in 1..=2 {
-        let name = format!("node-{i}");
-        let data_dir = dir.path().join(&name);
-        let mut agent = Agent {
-            args: vec![
-                "agent".into(),
-                "--data-dir".into(),
-                data_dir.display().to_string(),
-                "--join".into(),
-                join.clone(),
-                "--token".into(),
-                cluster.token().to_string(),
-                "--name".into(),
-                name.clone(),
-                "--advertise-addr".into(),
-                format!("127.0.0.{}", i + 1),
-            ],
-            log: dir.path().join(format!("{name}.log")),
-            data_dir,
-            name,
-            child: None,
-        };
-        agent.spawn(&exe)?;
-        agents.push(agent);
-    }
+    let mut agents = start_agents(&exe, dir.path(), &join, cluster.token(), 2)?;
     let replicas = args.replicas.to_string();
     let created = Command::new(&exe)
         .args(["--host", &join, "service", "create", "--name", "web"])

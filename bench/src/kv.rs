@@ -65,16 +65,7 @@ pub(crate) async fn run(args: KvArgs) -> Result<()> {
     if args.clients == 0 {
         bail!("--clients must be at least 1");
     }
-    let exe = match &args.shoal_bin {
-        Some(p) => p.clone(),
-        None => std::env::current_exe()?.with_file_name("shoal"),
-    };
-    if !exe.is_file() {
-        bail!(
-            "no shoal binary at {} (build it with `cargo build -p shoal`, or pass --shoal-bin)",
-            exe.display()
-        );
-    }
+    let exe = cluster::shoal_exe(args.shoal_bin.as_deref())?;
     std::fs::create_dir_all(&args.dir)
         .with_context(|| format!("creating {}", args.dir.display()))?;
     let tmp = tempfile::Builder::new()

@@ -30,8 +30,8 @@ use tokio::task::JoinHandle;
 use tokio::time::{sleep, Instant};
 use tonic::transport::{Channel, Endpoint};
 
-use crate::cluster::Cluster;
-use crate::failover::{self, Agent};
+use crate::cluster::{self, Cluster};
+use crate::failover::{self, start_agents};
 use crate::report::{self, Machine};
 
 /// How often the poller reads `/shoal/tasks/`.
@@ -802,16 +802,7 @@ pub(crate) async fn run(args: ProxyArgs) -> Result<()> {
     if args.clients == 0 || args.step == 0 {
         bail!("--clients and --step must be at least 1");
     }
-    let exe = match &args.shoal_bin {
-        Some(p) => p.clone(),
-        None => std::env::current_exe()?.with_file_name("shoal"),
-    };
-    if !exe.is_file() {
-        bail!(
-            "no shoal binary at {} (build it with `cargo build --workspace`, or pass --shoal-bin)",
-            exe.display()
-        );
-    }
+    let exe = cluster::shoal_exe(args.shoal_bin.as_deref())?;
     let tmp = tempfile::Builder::new()
         .prefix("shoal-bench-proxy-")
         .tempdir_in(&args.dir)
@@ -829,32 +820,7 @@ async fn measure(args: &ProxyArgs, exe: &Path, dir: &Path) -> Result<()> {
     let mut cluster = Cluster::start(exe, dir, 3).await?;
     let addrs = cluster.addrs();
     let join = hosts(&addrs);
-    let mut agents = Vec::new();
-    for i in 1..=2 {
-        let name = format!("node-{i}");
-        let data_dir = dir.join(&name);
-        let mut agent = Agent {
-            args: vec![
-                "agent".into(),
-                "--data-dir".into(),
-                data_dir.display().to_string(),
-                "--join".into(),
-                join.clone(),
-                "--token".into(),
-                cluster.token().to_string(),
-                "--name".into(),
-                name.clone(),
-                "--advertise-addr".into(),
-                format!("127.0.0.{}", i + 1),
-            ],
-            log: dir.join(format!("{name}.log")),
-            data_dir,
-            name,
-            child: None,
-        };
-        agent.spawn(exe)?;
-        agents.push(agent);
-    }
+    let agents = start_agents(exe, dir, &join, cluster.token(), 2)?;
     cli(
         exe,
         &join,
