@@ -47,7 +47,7 @@ pub struct Manager {
     pub log: PathBuf,
     /// Raft id, learned from cluster status once it is a member.
     pub id: u64,
-    child: Option<Child>,
+    proc: Proc,
 }
 
 impl Manager {
@@ -58,13 +58,12 @@ impl Manager {
             data_dir: root.join(name),
             log: root.join(format!("{name}.log")),
             id: 0,
-            child: None,
+            proc: Proc::default(),
         }
     }
 
     /// Starts `shoal manager --data-dir D --listen A` plus `extra`, output appended to its log.
     pub fn spawn(&mut self, extra: &[&str]) {
-        assert!(self.child.is_none(), "{} is already running", self.name);
         let mut args = vec![
             "manager",
             "--data-dir",
@@ -73,55 +72,26 @@ impl Manager {
             &self.grpc,
         ];
         args.extend_from_slice(extra);
-        let child = spawn_logged(&args, &self.log);
-        self.child = Some(child);
+        self.proc.start(&self.name, &args, &self.log);
     }
 
     pub fn is_running(&mut self) -> bool {
-        match self.child.as_mut() {
-            Some(child) => child.try_wait().unwrap().is_none(),
-            None => false,
-        }
+        self.proc.is_running()
     }
 
     /// kill -9 of the whole process group, then reaps it.
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = killpg(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
-            let _ = child.wait();
-        }
+        self.proc.kill();
     }
 
     /// A graceful stop (SIGTERM), then SIGKILL if it takes more than 10 s.
     pub async fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = killpg(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while child.try_wait().unwrap().is_none() {
-                if Instant::now() > deadline {
-                    let _ = killpg(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
-                    let _ = child.wait();
-                    break;
-                }
-                sleep(Duration::from_millis(50)).await;
-            }
-        }
+        self.proc.stop().await;
     }
 
     /// Waits for the process to exit by itself; None if it still runs after `within`.
     pub async fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
-        let deadline = Instant::now() + within;
-        loop {
-            let child = self.child.as_mut().expect("not running");
-            if let Some(status) = child.try_wait().unwrap() {
-                self.child = None;
-                return Some(status);
-            }
-            if Instant::now() > deadline {
-                return None;
-            }
-            sleep(Duration::from_millis(50)).await;
-        }
+        self.proc.wait_exit(within).await
     }
 
     pub fn log_text(&self) -> String {
@@ -163,6 +133,67 @@ impl Manager {
 impl Drop for Manager {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// A `shoal` child process in its own process group, or nothing while it is down.
+#[derive(Default)]
+pub struct Proc {
+    child: Option<Child>,
+}
+
+impl Proc {
+    /// Starts `shoal ARGS` (see `spawn_logged`); `name` is for the message if it already runs.
+    pub fn start(&mut self, name: &str, args: &[&str], log: &Path) {
+        assert!(self.child.is_none(), "{name} is already running");
+        self.child = Some(spawn_logged(args, log));
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(child) => child.try_wait().unwrap().is_none(),
+            None => false,
+        }
+    }
+
+    /// kill -9 of the whole process group, then reaps it.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = killpg(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM to the group, then SIGKILL if it takes more than 10 s.
+    pub async fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = killpg(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while child.try_wait().unwrap().is_none() {
+                if Instant::now() > deadline {
+                    let _ = killpg(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
+                    let _ = child.wait();
+                    break;
+                }
+                sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+
+    /// Waits for the process to exit by itself; None if it still runs after `within`.
+    pub async fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + within;
+        loop {
+            let child = self.child.as_mut().expect("not running");
+            if let Some(status) = child.try_wait().unwrap() {
+                self.child = None;
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            sleep(Duration::from_millis(50)).await;
+        }
     }
 }
 

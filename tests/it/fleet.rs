@@ -4,16 +4,14 @@
 //! its node id, passed or failed. Helpers read services and tasks through the CLI's `--json`.
 
 use std::path::PathBuf;
-use std::process::{Child, Command};
+use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use nix::sys::signal::{killpg, Signal};
-use nix::unistd::Pid;
 use serde_json::Value;
 use tokio::time::{sleep, Instant};
 
-use crate::cluster::{spawn_logged, tail, Cluster, WAIT};
+use crate::cluster::{tail, Cluster, Proc, WAIT};
 
 pub const WHOAMI: &str = "shoal/whoami:latest";
 
@@ -39,12 +37,11 @@ pub struct Agent {
     pub labels: Vec<String>,
     pub data_dir: PathBuf,
     pub log: PathBuf,
-    child: Option<Child>,
+    proc: Proc,
 }
 
 impl Agent {
     pub fn spawn(&mut self, join: &str, token: &str, extra: &[&str]) {
-        assert!(self.child.is_none(), "{} is already running", self.name);
         let data_dir = self.data_dir.display().to_string();
         let mut args = vec![
             "agent",
@@ -63,39 +60,21 @@ impl Agent {
             args.extend(["--label", label]);
         }
         args.extend_from_slice(extra);
-        let child = spawn_logged(&args, &self.log);
-        self.child = Some(child);
+        self.proc.start(&self.name, &args, &self.log);
     }
 
     pub fn is_running(&mut self) -> bool {
-        match self.child.as_mut() {
-            Some(child) => child.try_wait().unwrap().is_none(),
-            None => false,
-        }
+        self.proc.is_running()
     }
 
     /// kill -9 of the agent alone: its containers keep running.
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = killpg(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
-            let _ = child.wait();
-        }
+        self.proc.kill();
     }
 
     /// Waits for the process to exit by itself; None if it still runs after `within`.
     pub async fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
-        let deadline = Instant::now() + within;
-        loop {
-            let child = self.child.as_mut().expect("not running");
-            if let Some(status) = child.try_wait().unwrap() {
-                self.child = None;
-                return Some(status);
-            }
-            if Instant::now() > deadline {
-                return None;
-            }
-            sleep(Duration::from_millis(50)).await;
-        }
+        self.proc.wait_exit(within).await
     }
 
     /// Container ids labelled with this node (`running_only`: those running).
@@ -220,7 +199,7 @@ impl Fleet {
             labels,
             data_dir: root.join(name),
             log: root.join(format!("{name}.log")),
-            child: None,
+            proc: Proc::default(),
         };
         agent.spawn(&self.cluster.hosts(), &self.cluster.token.clone(), &[]);
         self.agents.push(agent);
