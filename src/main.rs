@@ -75,7 +75,7 @@ struct ManagerArgs {
     /// HTTP address (Consul-style KV, status, metrics, health).
     #[arg(long)]
     http: Option<SocketAddr>,
-    /// Docker Engine API address.
+    /// Docker Engine API address [default: 127.0.0.1:2375, if free].
     #[arg(long)]
     docker_api: Option<SocketAddr>,
     /// Managers of the cluster to join, comma-separated (without it: bootstrap, or restart).
@@ -112,6 +112,10 @@ struct AgentArgs {
     /// Docker engine URL (default: the local socket).
     #[arg(long, value_name = "URL")]
     docker: Option<String>,
+    /// Where to serve this host's Docker engine to the managers (join token required), IP:PORT
+    /// (default: the advertised IP, a free port).
+    #[arg(long, value_name = "ADDR")]
+    engine_listen: Option<std::net::SocketAddr>,
     /// Heartbeat period; the node is DOWN after 3 missed periods.
     #[arg(long, default_value = "500ms", value_parser = shoal::cli::duration::parse)]
     heartbeat: std::time::Duration,
@@ -251,6 +255,9 @@ fn agent_config(args: AgentArgs) -> shoal::agent::AgentConfig {
     config.labels = args.labels.into_iter().collect();
     config.advertise_addr = args.advertise_addr;
     config.docker = args.docker;
+    config.engine_listen = args
+        .engine_listen
+        .unwrap_or(std::net::SocketAddr::new(args.advertise_addr, 0));
     config.heartbeat = args.heartbeat;
     config
 }

@@ -130,7 +130,13 @@ pub(crate) fn write_token(dir: &Path, token: &JoinToken) -> Result<(), StoreErro
 }
 
 /// Compares secrets without leaking where they differ through timing.
-pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+/// Whether a presented join token is the cluster's, compared in constant time (the comparison
+/// managers use; agents check the managers' requests to their engine endpoint with it too).
+pub fn token_matches(given: &str, token: &str) -> bool {
+    constant_time_eq(given.as_bytes(), token.as_bytes())
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 

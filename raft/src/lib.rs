@@ -43,6 +43,7 @@ pub use command::MAX_KEY_BYTES;
 pub use command::MAX_LEASE_TTL_MS;
 pub use command::MAX_VALUE_BYTES;
 pub use error::StoreError;
+pub use identity::token_matches;
 pub use identity::JoinToken;
 pub use network::connect;
 pub use network::TOKEN_HEADER;

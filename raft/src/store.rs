@@ -339,7 +339,7 @@ impl Store {
 
     /// Whether `given` is this cluster's join token (compared in constant time).
     pub fn token_matches(&self, given: &str) -> bool {
-        crate::identity::constant_time_eq(given.as_bytes(), self.token().as_bytes())
+        crate::identity::token_matches(given, self.token())
     }
 
     /// Proposes a command through the leader and returns what applying it produced.

@@ -46,6 +46,11 @@ pub(crate) fn spec(
     let limit = |v: u64| (v != 0).then(|| i64::try_from(v).unwrap_or(i64::MAX));
     spec.memory_bytes = limit(service.reservations.memory_bytes);
     spec.nano_cpus = limit(service.reservations.nano_cpus);
+    if let Some(container) = &service.container {
+        spec.base = Some(container.config.clone());
+        spec.alias = Some(service.name.clone());
+        spec.host_ip = Some(host_ip);
+    }
     spec
 }
 

@@ -24,6 +24,15 @@ pub enum AgentError {
     #[error("node id file {path} holds {found:?}, not a node id (20 lowercase hex characters)")]
     BadNodeId { path: PathBuf, found: String },
 
+    #[error("invalid --docker URL {url:?}: {reason}")]
+    BadDockerUrl { url: String, reason: String },
+
+    #[error("cannot listen on {addr} for the engine endpoint (--engine-listen): {source}")]
+    EngineListen {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+
     /// PERMISSION_DENIED / UNAUTHENTICATED: the token is wrong or belongs to another cluster.
     #[error("manager {addr} refused this agent ({message}): check --token")]
     Refused { addr: String, message: String },

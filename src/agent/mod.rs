@@ -1,10 +1,12 @@
 //! `shoal agent`: registers its Docker host as a node with the leader, keeps a session with it, runs
-//! the tasks assigned to the node on the local engine and reports their states. It never decides what
+//! the tasks assigned to the node on the local engine and reports their states, and serves that engine
+//! to the managers (`engine_proxy`) for the requests they forward to the node. It never decides what
 //! should run (the leader's control loops do) and never stops its containers when it stops itself: a
 //! restarted agent adopts them.
 
 mod container;
 mod engine;
+mod engine_proxy;
 mod error;
 mod follow;
 mod node_id;
@@ -16,7 +18,7 @@ mod throttle;
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -47,12 +49,16 @@ pub struct AgentConfig {
     pub advertise_addr: IpAddr,
     /// Docker engine URL (`unix:///var/run/docker.sock`, `tcp://host:port`); None: the local socket.
     pub docker: Option<String>,
+    /// Where the engine endpoint listens: the node's Docker engine served to the managers (join
+    /// token required), registered with the node. The CLI's default: the advertised IP, port 0.
+    pub engine_listen: SocketAddr,
     /// Heartbeat period; the leader declares the node DOWN after 3 missed periods.
     pub heartbeat: Duration,
 }
 
 impl AgentConfig {
-    /// A config with the CLI's defaults: host name, no labels, 127.0.0.1, the local engine, 500 ms.
+    /// A config with the CLI's defaults: host name, no labels, 127.0.0.1, the local engine, its
+    /// endpoint on 127.0.0.1 port 0, 500 ms.
     pub fn new(data_dir: impl Into<PathBuf>, join: Vec<String>, token: impl Into<String>) -> Self {
         AgentConfig {
             data_dir: data_dir.into(),
@@ -62,6 +68,7 @@ impl AgentConfig {
             labels: BTreeMap::new(),
             advertise_addr: IpAddr::V4(Ipv4Addr::LOCALHOST),
             docker: None,
+            engine_listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0),
             heartbeat: Duration::from_millis(crate::model::DEFAULT_HEARTBEAT_MS),
         }
     }
@@ -78,6 +85,20 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> any
     let node_id = node_id::load_or_create(&config.data_dir)?;
     let name = config.name.clone().unwrap_or_else(crate::host::host_name);
     tracing::info!(node = %node_id, %name, addr = %config.advertise_addr, "starting agent");
+    let endpoint = engine_proxy::bind(
+        config.engine_listen,
+        config.docker.as_deref(),
+        &config.token,
+    )
+    .await?;
+    let bound = endpoint
+        .local_addr()
+        .map_err(|source| AgentError::EngineListen {
+            addr: config.engine_listen,
+            source,
+        })?;
+    let engine_addr = advertised(bound, config.advertise_addr);
+    tracing::info!(addr = %engine_addr, "engine endpoint listening");
 
     let (docker, engine) = tokio::select! {
         ready = engine::wait_for_engine(config.docker.as_deref()) => ready,
@@ -98,6 +119,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> any
     let wake = Arc::new(Notify::new());
 
     let mut background = JoinSet::new();
+    background.spawn(endpoint.run());
     background.spawn(engine::poll_images(docker.clone(), engine_tx));
     background.spawn(engine::watch_events(
         docker.clone(),
@@ -119,6 +141,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> any
             node_id,
             name,
             addr: config.advertise_addr.to_string(),
+            engine_addr: engine_addr.to_string(),
             labels: config.labels,
             heartbeat: config.heartbeat,
         },
@@ -137,4 +160,12 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> any
     };
     background.shutdown().await;
     result
+}
+
+/// The engine endpoint's address as managers reach it: a wildcard bind is reached on the advertised IP.
+fn advertised(bound: SocketAddr, advertise: IpAddr) -> SocketAddr {
+    match bound.ip().is_unspecified() {
+        true => SocketAddr::new(advertise, bound.port()),
+        false => bound,
+    }
 }

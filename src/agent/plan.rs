@@ -39,11 +39,13 @@ pub(crate) enum Action {
     Report(TaskStatus),
     /// Remove at once a container that never started, so that its task can start afresh.
     Remove { container: String },
-    /// Stop (gracefully) and remove a container, then report `then` if any.
+    /// Stop (gracefully) and, if `remove`, remove a container, then report `then` if any. A
+    /// plain container's is kept while its task is listed (`docker ps -a`, logs, exit code).
     Stop {
         container: String,
         name: String,
         then: Option<TaskStatus>,
+        remove: bool,
     },
     /// Create and start a task's container: report ACCEPTED first (if `accept`), then RUNNING with
     /// the container's id and ports, or REJECTED with the engine's reason.
@@ -84,7 +86,9 @@ pub(crate) fn plan(
         }
     }
     for (task_id, mut containers) in by_task {
-        let wanted = tasks.get(task_id).filter(|a| !a.task.state.is_terminal());
+        let wanted = tasks
+            .get(task_id)
+            .filter(|a| !a.task.state.is_terminal() || a.is_container());
         if wanted.is_some() {
             // Keep one: a running one if any, else the first by name; the others are extra.
             containers.sort_by_key(|c| (!c.state.is_running(), c.name.clone()));
@@ -96,13 +100,24 @@ pub(crate) fn plan(
     let mut starts = Vec::new();
     for a in tasks.values() {
         let task = &a.task;
-        if task.state.is_terminal() || task.state < TaskState::Assigned {
+        let container = kept.get(task.id.as_str()).copied();
+        if task.state.is_terminal() {
+            // A plain container's finished task keeps its container, stopped.
+            if let Some(c) = container.filter(|c| c.state.is_running()) {
+                actions.push(halt(c, None));
+            }
             continue;
         }
-        let container = kept.get(task.id.as_str()).copied();
+        if task.state < TaskState::Assigned {
+            continue;
+        }
         if task.desired_state != TaskState::Running {
-            let done = status(task, TaskState::Shutdown, "stopped: no longer wanted");
+            let mut done = status(task, TaskState::Shutdown, "stopped: no longer wanted");
             match container {
+                Some(c) if a.is_container() => {
+                    done.exit_code = exit_code(c);
+                    actions.push(halt(c, Some(done)));
+                }
                 Some(c) => actions.push(stop(c, Some(done))),
                 None => actions.push(Action::Report(done)),
             }
@@ -149,11 +164,37 @@ fn start(task: &Task, service: &Service, node: Node<'_>) -> Action {
     }
 }
 
+impl Assignment {
+    /// Whether the task is a plain container's (whose container outlives the task's end).
+    fn is_container(&self) -> bool {
+        self.service.as_ref().is_some_and(Service::is_container)
+    }
+}
+
+/// Stop and remove.
 fn stop(c: &ContainerInfo, then: Option<TaskStatus>) -> Action {
     Action::Stop {
         container: c.id.clone(),
         name: c.name.clone(),
         then,
+        remove: true,
+    }
+}
+
+/// Stop, and keep the container.
+fn halt(c: &ContainerInfo, then: Option<TaskStatus>) -> Action {
+    Action::Stop {
+        container: c.id.clone(),
+        name: c.name.clone(),
+        then,
+        remove: false,
+    }
+}
+
+fn exit_code(c: &ContainerInfo) -> Option<i64> {
+    match c.state {
+        ContainerState::Exited { exit_code, .. } => Some(exit_code),
+        _ => None,
     }
 }
 
@@ -164,6 +205,7 @@ fn status(task: &Task, state: TaskState, message: impl Into<String>) -> TaskStat
         message: message.into(),
         container_id: task.container_id.clone(),
         ports: Vec::new(),
+        exit_code: None,
     }
 }
 
@@ -175,6 +217,7 @@ pub(crate) fn running(task: &Task, c: &ContainerInfo) -> TaskStatus {
         message: String::new(),
         container_id: Some(c.id.clone()),
         ports: c.ports.clone(),
+        exit_code: None,
     }
 }
 
@@ -202,6 +245,7 @@ fn ended(task: &Task, c: &ContainerInfo) -> TaskStatus {
         message,
         container_id: Some(c.id.clone()),
         ports: Vec::new(),
+        exit_code: exit_code(c),
     }
 }
 

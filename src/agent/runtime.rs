@@ -20,7 +20,9 @@ use futures::{Stream, StreamExt};
 
 use error::engine_status;
 pub use error::RuntimeError;
-pub use spec::{ContainerSpec, Owner, PortSpec, Protocol, NODE_LABEL, SERVICE_LABEL, TASK_LABEL};
+pub use spec::{
+    ContainerSpec, Owner, PortSpec, Protocol, NETWORK_LABEL, NODE_LABEL, SERVICE_LABEL, TASK_LABEL,
+};
 pub use status::{ContainerInfo, ContainerState, EngineInfo};
 
 /// bollard's default for every request.
@@ -142,6 +144,9 @@ impl DockerRuntime {
     /// removed again, so a failed attempt leaves nothing for `adopt` to find.
     pub async fn create_and_start(&self, spec: &ContainerSpec) -> Result<String, RuntimeError> {
         let body = spec.to_create_body()?;
+        for network in ContainerSpec::user_networks(&body) {
+            self.ensure_network(&network).await?;
+        }
         let options = CreateContainerOptionsBuilder::new()
             .name(&spec.name)
             .build();
@@ -184,6 +189,39 @@ impl DockerRuntime {
             });
         }
         Ok(created.id)
+    }
+
+    /// Creates the bridge network `name` unless the engine has it: the cluster's networks (a
+    /// compose project's `<project>_default`) exist on a node once a container there needs them.
+    async fn ensure_network(&self, name: &str) -> Result<(), RuntimeError> {
+        match self
+            .docker
+            .inspect_network(
+                name,
+                None::<bollard::query_parameters::InspectNetworkOptions>,
+            )
+            .await
+        {
+            Ok(_) => return Ok(()),
+            Err(e) if engine_status(&e).is_some_and(|(code, _)| code == 404) => {}
+            Err(e) => return Err(RuntimeError::on("inspect network", name)(e)),
+        }
+        let request = bollard::models::NetworkCreateRequest {
+            name: name.to_string(),
+            driver: Some("bridge".into()),
+            labels: Some(HashMap::from([(
+                NETWORK_LABEL.to_string(),
+                name.to_string(),
+            )])),
+            ..Default::default()
+        };
+        match self.docker.create_network(request).await {
+            // Another agent on the same engine created it first.
+            Err(e) if engine_status(&e).is_some_and(|(code, _)| code == 409) => Ok(()),
+            result => result
+                .map(|_| ())
+                .map_err(RuntimeError::on("create network", name)),
+        }
     }
 
     pub async fn inspect(&self, container: &str) -> Result<ContainerInfo, RuntimeError> {

@@ -45,6 +45,8 @@ pub(crate) struct Identity {
     pub node_id: String,
     pub name: String,
     pub addr: String,
+    /// Where the node's engine endpoint listens (`host:port`), for the managers to forward to.
+    pub engine_addr: String,
     pub labels: BTreeMap<String, String>,
     pub heartbeat: Duration,
 }
@@ -163,6 +165,7 @@ impl Session {
             node_id: self.me.node_id.clone(),
             name: self.me.name.clone(),
             addr: self.me.addr.clone(),
+            engine_addr: self.me.engine_addr.clone(),
             labels: self.me.labels.clone().into_iter().collect(),
             cpus: engine.cpus,
             memory_bytes: engine.memory_bytes,

@@ -46,6 +46,7 @@ fn report(task: &str, state: TaskState) -> TaskStatus {
         message: String::new(),
         container_id: None,
         ports: Vec::new(),
+        exit_code: None,
     }
 }
 
@@ -252,6 +253,7 @@ mod against_fake_managers {
             node_id: "0123456789abcdef0123".into(),
             name: "node-1".into(),
             addr: "127.0.0.2".into(),
+            engine_addr: "127.0.0.2:2376".into(),
             labels: BTreeMap::new(),
             heartbeat: Duration::from_millis(50),
         };

@@ -134,7 +134,8 @@ impl TaskRunner {
                     container,
                     name,
                     then,
-                } => self.stop(container, name, then),
+                    remove,
+                } => self.stop(container, name, then, remove),
                 Action::Start { task, spec, accept } => {
                     if accept {
                         self.report(accepted(&task));
@@ -166,15 +167,18 @@ impl TaskRunner {
         let _ = self.reports.send(status);
     }
 
-    fn stop(&mut self, container: String, name: String, then: Option<TaskStatus>) {
+    fn stop(&mut self, container: String, name: String, then: Option<TaskStatus>, remove: bool) {
         if !self.stopping.insert(container.clone()) {
             return;
         }
-        tracing::info!(%container, %name, "stopping and removing container");
+        tracing::info!(%container, %name, remove, "stopping container");
         let docker = self.docker.clone();
         self.stops.spawn(async move {
             let result = match docker.stop(&container, STOP_TIMEOUT).await {
-                Ok(()) | Err(RuntimeError::NotFound { .. }) => docker.remove(&container).await,
+                Ok(()) | Err(RuntimeError::NotFound { .. }) if remove => {
+                    docker.remove(&container).await
+                }
+                Ok(()) | Err(RuntimeError::NotFound { .. }) => Ok(()),
                 Err(e) => Err(e),
             };
             (container, name, then, result)
@@ -201,6 +205,7 @@ fn accepted(task: &str) -> TaskStatus {
         message: "accepted".into(),
         container_id: None,
         ports: Vec::new(),
+        exit_code: None,
     }
 }
 
@@ -214,6 +219,7 @@ async fn start(docker: &DockerRuntime, task: &str, spec: &ContainerSpec) -> Opti
         message: e.to_string(),
         container_id: None,
         ports: Vec::new(),
+        exit_code: None,
     };
     let id = match docker.create_and_start(spec).await {
         Ok(id) => id,
@@ -230,6 +236,7 @@ async fn start(docker: &DockerRuntime, task: &str, spec: &ContainerSpec) -> Opti
             message: String::new(),
             container_id: Some(id),
             ports: info.ports,
+            exit_code: None,
         }),
         // RUNNING needs the ports; the next reconcile finds the container and reports it whole.
         Err(e) => {

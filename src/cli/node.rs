@@ -226,6 +226,7 @@ mod tests {
             id: id.into(),
             name: name.into(),
             addr: "127.0.0.2".into(),
+            engine_addr: String::new(),
             labels: BTreeMap::from([("storage".into(), "ssd".into())]),
             operator_labels: BTreeMap::from([("zone".into(), "a".into())]),
             cpus: 2,

@@ -432,6 +432,7 @@ mod tests {
             id: id.into(),
             name: name.into(),
             addr: addr.into(),
+            engine_addr: String::new(),
             labels: BTreeMap::new(),
             operator_labels: BTreeMap::new(),
             cpus: 2,

@@ -125,6 +125,7 @@ pub(super) fn service(args: &CreateArgs, id: String) -> Result<Service, CliError
         links: Vec::new(),
         volumes_from: Vec::new(),
         network_mode: None,
+        container: None,
     };
     scheduler::validate(&service)?;
     crate::proxy::labels::host_of(&service.labels).map_err(CliError::ProxyLabel)?;

@@ -150,6 +150,7 @@ impl Dispatcher for DispatcherService {
                 id: r.node_id.clone(),
                 name: r.name.clone(),
                 addr: r.addr.clone(),
+                engine_addr: r.engine_addr.clone(),
                 labels: r.labels.clone().into_iter().collect(),
                 operator_labels,
                 cpus: r.cpus,
@@ -328,6 +329,9 @@ impl DispatcherService {
             }
             if !status.ports.is_empty() {
                 task.ports.clone_from(&status.ports);
+            }
+            if status.exit_code.is_some() {
+                task.exit_code = status.exit_code;
             }
             if task == before {
                 return Ok(true);

@@ -48,6 +48,27 @@ pub struct ManagerConfig {
     pub force_new_cluster: bool,
 }
 
+/// Where the Docker API listens without `--docker-api`.
+pub const DEFAULT_DOCKER_API: &str = "127.0.0.1:2375";
+
+/// Binds `--docker-api`. Without the flag the default address is tried, and a default already
+/// taken (another manager on this host) is a warning, not an error.
+async fn bind_docker_api(flag: Option<SocketAddr>) -> anyhow::Result<Option<TcpListener>> {
+    if let Some(addr) = flag {
+        let l = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr} (--docker-api)"))?;
+        return Ok(Some(l));
+    }
+    match TcpListener::bind(DEFAULT_DOCKER_API).await {
+        Ok(l) => Ok(Some(l)),
+        Err(e) => {
+            tracing::warn!("Docker API not served: cannot listen on {DEFAULT_DOCKER_API} ({e}); give --docker-api ADDR");
+            Ok(None)
+        }
+    }
+}
+
 /// Runs a manager until `shutdown` resolves or a fatal error occurs.
 pub async fn run(config: ManagerConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     // Bind first: a taken port is reported before anything touches the data dir.
@@ -63,6 +84,7 @@ pub async fn run(config: ManagerConfig, shutdown: impl Future<Output = ()>) -> a
         ),
         None => None,
     };
+    let docker_api = bind_docker_api(config.docker_api).await?;
     let advertise = match &config.advertise {
         Some(a) => a.clone(),
         None if local.ip().is_unspecified() => {
@@ -76,7 +98,10 @@ pub async fn run(config: ManagerConfig, shutdown: impl Future<Output = ()>) -> a
             Some(l) => l.local_addr()?.to_string(),
             None => String::new(),
         },
-        docker_api: config.docker_api.map(|a| a.to_string()).unwrap_or_default(),
+        docker_api: match &docker_api {
+            Some(l) => l.local_addr()?.to_string(),
+            None => String::new(),
+        },
     };
     let (store, opened) = Store::open(StoreConfig {
         data_dir: config.data_dir.clone(),
@@ -123,6 +148,18 @@ pub async fn run(config: ManagerConfig, shutdown: impl Future<Output = ()>) -> a
         })
     });
 
+    let (docker_stop, docker_stopped) = tokio::sync::oneshot::channel::<()>();
+    let docker_api = docker_api.map(|l| {
+        let serve = crate::api::docker::serve(l, store.clone(), async move {
+            let _ = docker_stopped.await;
+        });
+        tokio::spawn(async move {
+            if let Err(e) = serve.await {
+                tracing::error!(error = %e, "Docker API server failed");
+            }
+        })
+    });
+
     if opened == Opened::Joining || (!config.join.is_empty() && !store.is_member()) {
         let joined = tokio::select! {
             r = store.finish_join(&config.join) => r,
@@ -161,6 +198,11 @@ pub async fn run(config: ManagerConfig, shutdown: impl Future<Output = ()>) -> a
     let _ = http_stop.send(());
     if let Some(h) = http {
         let _ = h.await;
+    }
+    let _ = docker_stop.send(());
+    if let Some(d) = docker_api {
+        // Streams (`logs -f`, `events`) would hold a graceful shutdown forever.
+        d.abort();
     }
     store.shutdown().await;
     result

@@ -15,6 +15,19 @@ pub const PROXY_STATUS: &str = "/shoal/proxy/status/";
 /// a deposed leader's loops can no longer write once its successor has written its own term.
 pub const LEADER_TERM: &str = "/shoal/leader/term";
 
+/// Networks created through the Docker API (`/shoal/networks/<id>`), unique by name through
+/// `/shoal/network-names/<name>` as services are.
+pub const NETWORKS: &str = "/shoal/networks/";
+pub const NETWORK_NAMES: &str = "/shoal/network-names/";
+
+pub fn network(id: &str) -> String {
+    format!("{NETWORKS}{id}")
+}
+
+pub fn network_name(name: &str) -> String {
+    format!("{NETWORK_NAMES}{name}")
+}
+
 pub fn node(id: &str) -> String {
     format!("{NODES}{id}")
 }

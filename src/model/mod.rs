@@ -1,6 +1,7 @@
 //! Cluster objects as the store holds them under `/shoal/`: nodes, services, tasks and the task
 //! lifecycle. Plain serde data (JSON, snake_case fields); nothing here does I/O or reads a clock.
 
+mod container;
 mod error;
 pub mod keys;
 mod node;
@@ -11,6 +12,7 @@ mod service;
 mod task;
 mod task_state;
 
+pub use self::container::Container;
 pub use self::error::ModelError;
 pub use self::node::{Availability, Node, NodeStatus, DEFAULT_HEARTBEAT_MS};
 pub use self::placement::Placement;

@@ -29,6 +29,10 @@ pub struct Node {
     pub name: String,
     /// The address the agent advertises (its own loopback IP when several share one machine).
     pub addr: String,
+    /// `host:port` of the agent's engine endpoint (`shoal agent --engine-listen`): the node's Docker
+    /// engine, served to managers that send the join token; empty for agents that predate it.
+    #[serde(default)]
+    pub engine_addr: String,
     /// The agent's labels (`shoal agent --label storage=ssd`), replaced at each registration.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
@@ -98,6 +102,7 @@ mod tests {
             id: "n1".into(),
             name: "node-1".into(),
             addr: "127.0.0.2:7000".into(),
+            engine_addr: "127.0.0.2:40001".into(),
             labels: BTreeMap::from([("storage".into(), "ssd".into())]),
             operator_labels: BTreeMap::from([("storage".into(), "hdd".into())]),
             cpus: 2,

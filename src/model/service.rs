@@ -6,6 +6,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+use super::container::Container;
 use super::error::ModelError;
 use super::port::{PortSpec, Protocol};
 
@@ -85,9 +86,28 @@ pub struct Service {
     /// `--net`; `container:NAME` makes NAME a dependency.
     #[serde(default)]
     pub network_mode: Option<String>,
+    /// Set for a plain container created through the Docker API (`docker run`, compose).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<Container>,
 }
 
 impl Service {
+    /// Whether this is a plain container rather than a replicated service.
+    pub fn is_container(&self) -> bool {
+        self.container.is_some()
+    }
+
+    /// Whether the orchestrator replaces its tasks when their node goes DOWN: services always,
+    /// plain containers only with classic Swarm's `reschedule:on-node-failure`.
+    pub fn reschedules(&self) -> bool {
+        !self.is_container() || self.reschedule_on_node_failure
+    }
+
+    /// The `start_seq` new tasks get (0 for services).
+    pub fn start_seq(&self) -> u64 {
+        self.container.as_ref().map_or(0, |c| c.start_seq)
+    }
+
     /// Names of the containers each task of this service must be co-located with.
     pub fn dependencies(&self) -> Vec<&str> {
         let links = self.links.iter().map(|l| l.split(':').next().unwrap_or(l));
@@ -140,6 +160,7 @@ mod tests {
             links: vec!["db:database".into()],
             volumes_from: vec!["data:ro".into()],
             network_mode: Some("container:vpn".into()),
+            container: None,
         }
     }
 

@@ -41,6 +41,12 @@ pub struct Task {
     /// orchestrator's restart backoff and `on-failure:MAX` count it.
     #[serde(default)]
     pub failures: u32,
+    /// The container's `start_seq` when the task was created (0 for services).
+    #[serde(default)]
+    pub start_seq: u64,
+    /// The container's exit code once it has exited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i64>,
     /// Milliseconds since the epoch, from the leader's clock when it proposed the task.
     pub created_ms: u64,
     /// Milliseconds since the epoch, from the clock of the writer of the last change.
@@ -59,6 +65,9 @@ pub struct TaskStatus {
     pub container_id: Option<String>,
     #[serde(default)]
     pub ports: Vec<PublishedPort>,
+    /// The exit code, for a container that exited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i64>,
 }
 
 impl Task {
@@ -75,6 +84,8 @@ impl Task {
             container_id: None,
             ports: Vec::new(),
             failures: 0,
+            start_seq: 0,
+            exit_code: None,
             created_ms: now_ms,
             updated_ms: now_ms,
         }

@@ -43,6 +43,8 @@ pub fn free_port() -> u16 {
 pub struct Manager {
     pub name: String,
     pub grpc: String,
+    /// Its Docker Engine API (`--docker-api`).
+    pub docker_api: String,
     pub data_dir: PathBuf,
     pub log: PathBuf,
     /// Raft id, learned from cluster status once it is a member.
@@ -55,6 +57,7 @@ impl Manager {
         Manager {
             name: name.to_string(),
             grpc: format!("127.0.0.1:{}", free_port()),
+            docker_api: format!("127.0.0.1:{}", free_port()),
             data_dir: root.join(name),
             log: root.join(format!("{name}.log")),
             id: 0,
@@ -70,6 +73,8 @@ impl Manager {
             self.data_dir.to_str().unwrap(),
             "--listen",
             &self.grpc,
+            "--docker-api",
+            &self.docker_api,
         ];
         args.extend_from_slice(extra);
         self.proc.start(&self.name, &args, &self.log);
@@ -416,6 +421,25 @@ impl Cluster {
         self.wait_voters(voters).await;
         self.learn_ids().await;
         self.managers.len() - 1
+    }
+
+    /// The index of the running manager that says it leads (waits for one).
+    pub async fn leader(&mut self) -> usize {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            for (i, m) in self.managers.iter_mut().enumerate() {
+                if !m.is_running() {
+                    continue;
+                }
+                if let Ok(s) = m.status().await {
+                    if s.leader_id != 0 && s.leader_id == s.member_id {
+                        return i;
+                    }
+                }
+            }
+            assert!(Instant::now() < deadline, "no leader");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 
     /// Every manager's address, comma-separated (for `--host`).

@@ -13,6 +13,8 @@ use crate::model::RestartPolicy;
 pub const TASK_LABEL: &str = "shoal.task";
 pub const SERVICE_LABEL: &str = "shoal.service";
 pub const NODE_LABEL: &str = "shoal.node";
+/// On the networks an agent creates for cluster containers (`<project>_default`...).
+pub const NETWORK_LABEL: &str = "shoal.network";
 
 /// The task a container runs for. Written on the container as labels (so an agent can reconcile after a
 /// restart) and into its environment as `SHOAL_TASK`, `SHOAL_SERVICE`, `SHOAL_NODE`.
@@ -32,6 +34,22 @@ impl Owner {
             node: labels.get(NODE_LABEL)?.clone(),
         })
     }
+}
+
+impl Owner {
+    /// (label, environment variable, value) for each of the owner's three ids.
+    fn pairs(&self) -> [(&'static str, &'static str, &str); 3] {
+        [
+            (TASK_LABEL, "SHOAL_TASK", &self.task),
+            (SERVICE_LABEL, "SHOAL_SERVICE", &self.service),
+            (NODE_LABEL, "SHOAL_NODE", &self.node),
+        ]
+    }
+}
+
+/// Whether `name` is a network the client defined (not Docker's built-in modes).
+fn is_user_network(name: &str) -> bool {
+    !matches!(name, "" | "default" | "bridge" | "host" | "none") && !name.starts_with("container:")
 }
 
 /// The runtime publishes ports with the model's protocol type.
@@ -82,6 +100,16 @@ pub struct ContainerSpec {
     pub restart: RestartPolicy,
     pub memory_bytes: Option<i64>,
     pub nano_cpus: Option<i64>,
+    /// A plain container's Docker create body, as its client sent it: the container is created
+    /// from it (command, volumes, networks, restart policy...) with shoal's labels and
+    /// environment added and its published ports bound to the node's address; `cmd`, `ports`,
+    /// `restart` and the limits above are then ignored.
+    pub base: Option<serde_json::Value>,
+    /// A network alias on every user-defined network (the container's cluster name, so that
+    /// other containers resolve it as with Docker).
+    pub alias: Option<String>,
+    /// Where unbound published ports of `base` are bound (the node's address).
+    pub host_ip: Option<IpAddr>,
 }
 
 impl ContainerSpec {
@@ -97,6 +125,9 @@ impl ContainerSpec {
             restart: RestartPolicy::No,
             memory_bytes: None,
             nano_cpus: None,
+            base: None,
+            alias: None,
+            host_ip: None,
         }
     }
 
@@ -104,15 +135,14 @@ impl ContainerSpec {
     /// environment names, empty names.
     pub(crate) fn to_create_body(&self) -> Result<ContainerCreateBody, RuntimeError> {
         self.validate()?;
-        let owner = [
-            (TASK_LABEL, "SHOAL_TASK", &self.owner.task),
-            (SERVICE_LABEL, "SHOAL_SERVICE", &self.owner.service),
-            (NODE_LABEL, "SHOAL_NODE", &self.owner.node),
-        ];
+        if let Some(base) = &self.base {
+            return self.from_base(base);
+        }
+        let owner = self.owner.pairs();
         let mut labels: HashMap<String, String> = self.labels.clone().into_iter().collect();
         let mut env: Vec<String> = self.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
         for (label, var, value) in owner {
-            labels.insert(label.to_string(), value.clone());
+            labels.insert(label.to_string(), value.to_string());
             env.push(format!("{var}={value}"));
         }
         let mut bindings: HashMap<String, Option<Vec<PortBinding>>> = HashMap::new();
@@ -143,6 +173,68 @@ impl ContainerSpec {
             }),
             ..Default::default()
         })
+    }
+
+    /// The client's create body with shoal's labels and environment, ports bound to the node's
+    /// address where the client left the address open, and the alias on user networks.
+    fn from_base(&self, base: &serde_json::Value) -> Result<ContainerCreateBody, RuntimeError> {
+        let mut body: ContainerCreateBody = serde_json::from_value(base.clone()).map_err(|e| {
+            RuntimeError::InvalidSpec(format!("container {}: create body: {e}", self.name))
+        })?;
+        body.image = Some(self.image.clone());
+        let labels = body.labels.get_or_insert_default();
+        let env = body.env.get_or_insert_default();
+        for (key, value) in &self.labels {
+            labels.insert(key.clone(), value.clone());
+        }
+        for (label, var, value) in self.owner.pairs() {
+            labels.insert(label.to_string(), value.to_string());
+            env.push(format!("{var}={value}"));
+        }
+        let host = body.host_config.get_or_insert_default();
+        if let (Some(ip), Some(bindings)) = (self.host_ip, host.port_bindings.as_mut()) {
+            for binding in bindings.values_mut().flatten().flatten() {
+                if binding.host_ip.as_deref().is_none_or(str::is_empty) {
+                    binding.host_ip = Some(ip.to_string());
+                }
+            }
+        }
+        if let (Some(alias), Some(networks)) = (
+            &self.alias,
+            body.networking_config
+                .as_mut()
+                .and_then(|n| n.endpoints_config.as_mut()),
+        ) {
+            for (name, endpoint) in networks.iter_mut() {
+                let aliases = endpoint.aliases.get_or_insert_default();
+                if is_user_network(name) && !aliases.contains(alias) {
+                    aliases.push(alias.clone());
+                }
+            }
+        }
+        Ok(body)
+    }
+
+    /// User-defined networks the container joins: they must exist on the engine first.
+    pub(crate) fn user_networks(body: &ContainerCreateBody) -> Vec<String> {
+        let mode = body
+            .host_config
+            .as_ref()
+            .and_then(|h| h.network_mode.clone());
+        let endpoints = body
+            .networking_config
+            .as_ref()
+            .and_then(|n| n.endpoints_config.as_ref())
+            .map(|e| e.keys().cloned().collect::<Vec<_>>())
+            .unwrap_or_default();
+        let mut names: Vec<String> = mode
+            .into_iter()
+            .chain(endpoints)
+            .filter(|n| is_user_network(n))
+            .collect();
+        names.sort();
+        names.dedup();
+        names
     }
 
     fn validate(&self) -> Result<(), RuntimeError> {

@@ -111,6 +111,7 @@ mod tests {
                 id: id.into(),
                 name: id.into(),
                 addr: "127.0.0.2".into(),
+                engine_addr: String::new(),
                 labels: BTreeMap::new(),
                 operator_labels: BTreeMap::new(),
                 cpus: 1,

@@ -52,10 +52,28 @@ pub enum Expect {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Write {
-    Task { task: Task, expect: Expect },
-    Node { node: Node, expect: Expect },
-    DeleteTask { id: String, mod_revision: u64 },
-    Proxy { config: ProxyConfig, expect: Expect },
+    Task {
+        task: Task,
+        expect: Expect,
+    },
+    Node {
+        node: Node,
+        expect: Expect,
+    },
+    DeleteTask {
+        id: String,
+        mod_revision: u64,
+    },
+    /// A plain container's removal (`--rm`), with its name key.
+    DeleteService {
+        id: String,
+        name: String,
+        mod_revision: u64,
+    },
+    Proxy {
+        config: ProxyConfig,
+        expect: Expect,
+    },
 }
 
 impl Write {
@@ -64,6 +82,7 @@ impl Write {
             Write::Task { task, .. } => keys::task(&task.id),
             Write::Node { node, .. } => keys::node(&node.id),
             Write::DeleteTask { id, .. } => keys::task(id),
+            Write::DeleteService { id, .. } => keys::service(id),
             Write::Proxy { .. } => keys::PROXY_CONFIG.to_string(),
         }
     }
@@ -158,7 +177,8 @@ impl ObjectStore for Store {
                         Expect::Absent => CompareTarget::Exists(false),
                         Expect::ModRevision(r) => CompareTarget::ModRevision(*r),
                     },
-                    Write::DeleteTask { mod_revision, .. } => {
+                    Write::DeleteTask { mod_revision, .. }
+                    | Write::DeleteService { mod_revision, .. } => {
                         CompareTarget::ModRevision(*mod_revision)
                     }
                 };
@@ -167,15 +187,17 @@ impl ObjectStore for Store {
                     target,
                     op: CompareOp::Equal,
                 });
-                txn.success.push(match write {
-                    Write::Task { task, .. } => put(key, task),
-                    Write::Node { node, .. } => put(key, node),
-                    Write::Proxy { config, .. } => put(key, config),
-                    Write::DeleteTask { .. } => Op::Delete(Delete {
-                        key,
-                        ..Default::default()
-                    }),
-                });
+                match write {
+                    Write::Task { task, .. } => txn.success.push(put(key, task)),
+                    Write::Node { node, .. } => txn.success.push(put(key, node)),
+                    Write::Proxy { config, .. } => txn.success.push(put(key, config)),
+                    Write::DeleteTask { .. } => txn.success.push(delete(key)),
+                    Write::DeleteService { name, .. } => {
+                        txn.success.push(delete(key));
+                        txn.success
+                            .push(delete(keys::service_name(name).into_bytes()));
+                    }
+                }
             }
             match self.write(Command::Txn(txn)).await? {
                 Response::Txn {
@@ -191,6 +213,13 @@ impl ObjectStore for Store {
         }
         Ok(Commit::Applied)
     }
+}
+
+fn delete(key: Vec<u8>) -> Op {
+    Op::Delete(Delete {
+        key,
+        ..Default::default()
+    })
 }
 
 fn put<T: Serialize>(key: Vec<u8>, value: &T) -> Op {

@@ -49,6 +49,7 @@ pub fn plan(state: &ClusterState, now_ms: u64, new_id: &mut dyn FnMut() -> Strin
             .remove(service.value.id.as_str())
             .unwrap_or_default();
         round.service(&service.value, &tasks, new_id);
+        round.auto_remove(service, &tasks);
     }
     // Tasks whose service was removed: stop what runs, forget what finished.
     for tasks in by_service.values() {
@@ -133,7 +134,8 @@ impl<'a> Round<'a> {
             if task.state.is_terminal() {
                 continue;
             }
-            if task.state >= TaskState::Assigned {
+            // A plain container without `reschedule:on-node-failure` stays with its node.
+            if task.state >= TaskState::Assigned && service.reschedules() {
                 if let Some(lost) = self.node_lost(&task) {
                     let mut task = task;
                     task.desired_state = TaskState::Shutdown;
@@ -172,14 +174,39 @@ impl<'a> Round<'a> {
             let in_slot = slots.get(&slot).map(Vec::as_slice).unwrap_or(&[]);
             self.slot(service, slot, in_slot, new_id);
         }
-        // Forget finished tasks: beyond the replica count all of them, else the oldest.
+        // Forget finished tasks: beyond the replica count all of them, else the oldest. A
+        // plain container keeps its newest (a stopped container is still listed, with its exit
+        // code and its logs).
         for (slot, in_slot) in &slots {
-            let keep = if *slot > service.replicas {
-                0
-            } else {
-                RETAINED_PER_SLOT
+            let keep = match (service.is_container(), *slot > service.replicas) {
+                (true, _) => 1,
+                (false, true) => 0,
+                (false, false) => RETAINED_PER_SLOT,
             };
             self.forget_finished(in_slot, keep);
+        }
+    }
+
+    /// `docker run --rm`: once its task has ended (and no start is pending), the container goes.
+    fn auto_remove(&mut self, versioned: &Versioned<Service>, tasks: &[&'a Versioned<Task>]) {
+        let service = &versioned.value;
+        let Some(container) = service.container.as_ref().filter(|c| c.auto_remove) else {
+            return;
+        };
+        let current: Vec<Task> = tasks.iter().map(|t| self.current(t)).collect();
+        let ended = !current.is_empty()
+            && current.iter().all(|t| t.state.is_terminal())
+            && current.iter().any(|t| t.start_seq >= container.start_seq);
+        let starting = self
+            .writes
+            .iter()
+            .any(|w| matches!(w, Write::Task { task, .. } if task.service_id == service.id));
+        if ended && !starting {
+            self.writes.push(Write::DeleteService {
+                id: service.id.clone(),
+                name: service.name.clone(),
+                mod_revision: versioned.mod_revision,
+            });
         }
     }
 
@@ -216,6 +243,8 @@ impl<'a> Round<'a> {
             .max_by_key(|task| (task.updated_ms, task.created_ms, task.id.clone()));
         let failures = match &latest {
             None => 0,
+            // `docker start` since this task was created: run again, at once.
+            Some(task) if task.start_seq < service.start_seq() => 0,
             Some(task) => {
                 let failed = matches!(task.state, TaskState::Failed | TaskState::Rejected);
                 let restart = match (task.state, service.restart) {
@@ -242,6 +271,7 @@ impl<'a> Round<'a> {
         };
         let mut task = Task::new(new_id(), service.id.clone(), slot, self.now_ms);
         task.failures = failures;
+        task.start_seq = service.start_seq();
         let _ = task.transition(TaskState::Pending, Actor::Orchestrator, "", self.now_ms);
         self.writes.push(Write::Task {
             task,

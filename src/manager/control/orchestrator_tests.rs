@@ -11,6 +11,7 @@ fn node(id: &str, status: NodeStatus, availability: Availability) -> Versioned<N
             id: id.into(),
             name: format!("node-{id}"),
             addr: "127.0.0.2".into(),
+            engine_addr: String::new(),
             labels: BTreeMap::new(),
             operator_labels: BTreeMap::new(),
             cpus: 2,
@@ -85,6 +86,7 @@ fn summary(plan: &Plan) -> (Vec<Put>, Vec<String>) {
                 puts.push((task.id.clone(), task.slot, task.state, task.desired_state))
             }
             Write::DeleteTask { id, .. } => deletes.push(id.clone()),
+            Write::DeleteService { id, .. } => deletes.push(format!("service {id}")),
             other => panic!("unexpected {other:?}"),
         }
     }
@@ -302,4 +304,114 @@ fn finished_tasks_beyond_the_retention_limit_are_forgotten() {
     assert!(puts.is_empty());
     deletes.sort();
     assert_eq!(deletes, vec!["f0", "f1", "gone"]);
+}
+
+/// A plain container (`docker create`): one slot, running when `replicas` is 1.
+fn container(replicas: u64, start_seq: u64, restart: RestartPolicy) -> Versioned<Service> {
+    let mut s = service(replicas, restart);
+    s.value.container = Some(crate::model::Container {
+        config: serde_json::json!({"Image": "img"}),
+        start_seq,
+        auto_remove: false,
+        created_ms: 1,
+    });
+    s
+}
+
+fn started(mut t: Versioned<Task>, start_seq: u64) -> Versioned<Task> {
+    t.value.start_seq = start_seq;
+    t
+}
+
+#[test]
+fn a_created_container_runs_nothing_until_started() {
+    let p = run(
+        &state(vec![container(0, 0, RestartPolicy::No)], vec![]),
+        1000,
+    );
+    assert_eq!(summary(&p), (vec![], vec![]));
+    let p = run(
+        &state(vec![container(1, 1, RestartPolicy::No)], vec![]),
+        1000,
+    );
+    let Write::Task { task, .. } = &p.writes[0] else {
+        panic!("{:?}", p.writes)
+    };
+    assert_eq!((task.slot, task.start_seq, task.state), (1, 1, Pending));
+}
+
+#[test]
+fn a_stopped_container_keeps_its_last_task_and_start_runs_it_again() {
+    let exited = started(task("t1", 1, Complete, Some("n1")), 1);
+    let older = started(task("t0", 1, Failed, Some("n1")), 1);
+    // Stopped (replicas 0): the newest finished task stays, for `ps -a`, logs and exit code.
+    let mut newest = exited.clone();
+    newest.value.updated_ms = 200;
+    let p = run(
+        &state(
+            vec![container(0, 1, RestartPolicy::No)],
+            vec![newest.clone(), older],
+        ),
+        1000,
+    );
+    assert_eq!(summary(&p), (vec![], vec!["t0".to_string()]));
+    // Restart policy "no" leaves it finished...
+    let p = run(
+        &state(
+            vec![container(1, 1, RestartPolicy::No)],
+            vec![newest.clone()],
+        ),
+        1000,
+    );
+    assert_eq!(summary(&p), (vec![], vec![]));
+    // ...but `docker start` (start_seq 2) runs it again at once, with no backoff.
+    let mut failing = newest;
+    failing.value.state = Failed;
+    failing.value.failures = 6;
+    failing.value.updated_ms = 999;
+    let p = run(
+        &state(vec![container(1, 2, RestartPolicy::No)], vec![failing]),
+        1000,
+    );
+    let (puts, _) = summary(&p);
+    assert_eq!(puts, vec![("new1".into(), 1, Pending, Running)]);
+}
+
+#[test]
+fn a_container_stays_on_its_down_node_unless_it_reschedules() {
+    let running = started(task("t1", 1, Running, Some("n2")), 1);
+    let mut s = state(
+        vec![container(1, 1, RestartPolicy::Always)],
+        vec![running.clone()],
+    );
+    s.nodes[1].value.status = NodeStatus::Down;
+    assert_eq!(summary(&run(&s, 1000)), (vec![], vec![]));
+
+    s.services[0].value.reschedule_on_node_failure = true;
+    let (puts, _) = summary(&run(&s, 1000));
+    assert_eq!(
+        puts,
+        vec![
+            ("t1".into(), 1, Orphaned, Shutdown),
+            ("new1".into(), 1, Pending, Running)
+        ]
+    );
+}
+
+#[test]
+fn an_auto_remove_container_goes_once_its_task_ended() {
+    let mut rm = container(1, 1, RestartPolicy::No);
+    rm.value.container.as_mut().unwrap().auto_remove = true;
+    let done = started(task("t1", 1, Complete, Some("n1")), 1);
+    let p = run(&state(vec![rm.clone()], vec![done.clone()]), 1000);
+    assert_eq!(summary(&p), (vec![], vec!["service s".to_string()]));
+    // Still running, or started again since: it stays.
+    let live = started(task("t1", 1, Running, Some("n1")), 1);
+    assert_eq!(
+        summary(&run(&state(vec![rm.clone()], vec![live]), 1000)),
+        (vec![], vec![])
+    );
+    rm.value.container.as_mut().unwrap().start_seq = 2;
+    let (puts, deletes) = summary(&run(&state(vec![rm], vec![done]), 1000));
+    assert_eq!((puts.len(), deletes), (1, vec![]));
 }

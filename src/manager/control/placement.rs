@@ -83,6 +83,7 @@ mod tests {
                 id: id.into(),
                 name: id.into(),
                 addr: "127.0.0.2".into(),
+                engine_addr: String::new(),
                 labels: labels
                     .iter()
                     .map(|(k, v)| (k.to_string(), v.to_string()))

@@ -20,6 +20,7 @@ use rand::Rng;
 use crate::model::{Node, Service, Task, TaskState};
 
 pub use self::error::{ExprError, UnknownStrategy};
+pub(crate) use self::filter::normalize_image;
 pub use self::strategy::Strategy;
 
 /// One consistent read of the store: every node, service and task.

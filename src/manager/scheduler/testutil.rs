@@ -13,6 +13,7 @@ pub(crate) fn node(n: u32, labels: &[(&str, &str)]) -> Node {
         id: format!("n{n}"),
         name: format!("node-{n}"),
         addr: format!("127.0.0.{}:7000", n + 1),
+        engine_addr: String::new(),
         labels: labels
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -53,6 +54,7 @@ pub(crate) fn service(name: &str) -> Service {
         links: vec![],
         volumes_from: vec![],
         network_mode: None,
+        container: None,
     }
 }
 

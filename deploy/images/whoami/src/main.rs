@@ -1,6 +1,7 @@
 //! whoami: the test image's HTTP server. Every request gets a plain-text body naming the task, service,
-//! node and container it reached; `GET /health` answers "ok". Std only, one thread per connection, built
-//! statically so that the image can be `FROM scratch`.
+//! node and container it reached; `GET /health` answers "ok". Invoked as `cat`, it is one. Std only, one
+//! thread per connection, built statically so that the image can be `FROM scratch`. `whoami echo
+//! WORDS` prints them and `whoami exit N` exits with N, for attached runs in tests.
 
 mod http;
 mod signal;
@@ -58,7 +59,35 @@ fn port() -> u16 {
     }
 }
 
+/// Run as `cat` (the image holds this binary at /bin/cat too): copies stdin to stdout, so that tests
+/// can run `echo hi | docker exec -i C cat` in a FROM scratch image.
+fn cat() -> ! {
+    let copied = std::io::copy(&mut std::io::stdin().lock(), &mut std::io::stdout().lock());
+    match copied {
+        Ok(_) => std::process::exit(0),
+        Err(e) => {
+            eprintln!("cat: {e}");
+            std::process::exit(1)
+        }
+    }
+}
+
 fn main() {
+    let argv0 = std::env::args_os().next().unwrap_or_default();
+    if std::path::Path::new(&argv0).file_name() == Some("cat".as_ref()) {
+        cat();
+    }
+    // `whoami echo WORDS...` prints its words; `whoami exit N` exits with N: attached runs and
+    // exit codes in tests, with no shell in the image.
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("echo") => {
+            println!("{}", args[1..].join(" "));
+            std::process::exit(0)
+        }
+        Some("exit") => std::process::exit(args.get(1).and_then(|c| c.parse().ok()).unwrap_or(1)),
+        _ => {}
+    }
     signal::exit_on_term();
     let addr = SocketAddr::from(([0, 0, 0, 0], port()));
     let listener = TcpListener::bind(addr).unwrap_or_else(|e| {

@@ -7,6 +7,7 @@ mod constraint;
 mod dependency;
 mod health;
 mod image;
+pub(crate) use image::normalize as normalize_image;
 mod port;
 mod resources;
 mod slots;

@@ -1,0 +1,160 @@
+//! The forwarder against a fake node endpoint on loopback: token and headers sent, errors named,
+//! and a hijacked stream spliced through a manager-like front with its half-close.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+use super::*;
+
+const TOKEN: &str = "SHOAL1-0123456789abcdef-0123456789abcdef0123456789abcdef";
+
+/// Serves `handler` on a loopback port until the test ends.
+async fn serve<F, Fut>(handler: F) -> SocketAddr
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = Response<axum::body::Body>> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let handler = handler.clone();
+            let service = service_fn(move |req| {
+                let handler = handler.clone();
+                async move { Ok::<_, Infallible>(handler(req).await) }
+            });
+            tokio::spawn(
+                http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .with_upgrades(),
+            );
+        }
+    });
+    addr
+}
+
+/// A node endpoint: checks the token, answers `/_ping`, echoes a hijacked `/echo` until EOF.
+async fn fake_node(mut req: Request<Incoming>) -> Response<axum::body::Body> {
+    let text = |status: StatusCode, body: &str| {
+        let mut resp = Response::new(axum::body::Body::from(body.to_string()));
+        *resp.status_mut() = status;
+        resp
+    };
+    let h = req.headers();
+    if h.get(shoal_raft::TOKEN_HEADER)
+        .and_then(|v| v.to_str().ok())
+        != Some(TOKEN)
+    {
+        return text(StatusCode::UNAUTHORIZED, r#"{"message":"no token"}"#);
+    }
+    let path = req.uri().path().to_string();
+    match path.as_str() {
+        "/_ping" => {
+            let seen = format!("{:?} {:?}", h.get(header::HOST), h.get(header::CONNECTION));
+            text(StatusCode::OK, &format!("OK {seen}"))
+        }
+        "/echo" => {
+            let upgrade = hyper::upgrade::on(&mut req);
+            tokio::spawn(async move {
+                let mut io = TokioIo::new(upgrade.await.unwrap());
+                let mut buf = Vec::new();
+                io.read_to_end(&mut buf).await.unwrap();
+                io.write_all(&buf).await.unwrap();
+                io.shutdown().await.unwrap();
+            });
+            let mut resp = text(StatusCode::SWITCHING_PROTOCOLS, "");
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+            resp.headers_mut()
+                .insert(header::UPGRADE, HeaderValue::from_static("tcp"));
+            resp
+        }
+        _ => text(StatusCode::NOT_FOUND, "{}"),
+    }
+}
+
+#[tokio::test]
+async fn requests_carry_the_token_and_a_host_and_close_their_connection() {
+    let node = serve(fake_node).await.to_string();
+    let (status, body) = NodeEngine::new(&node, TOKEN)
+        .request(Method::GET, "/_ping", None)
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::OK);
+    let body = String::from_utf8_lossy(&body).to_string();
+    assert_eq!(body, format!("OK Some({node:?}) Some(\"close\")"));
+
+    let (status, _) = NodeEngine::new(&node, "SHOAL1-other")
+        .request(Method::GET, "/_ping", None)
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn an_unreachable_node_is_one_line_naming_its_address() {
+    let free = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = free.local_addr().unwrap().to_string();
+    drop(free);
+    let err = NodeEngine::new(&addr, TOKEN)
+        .request(Method::GET, "/_ping", None)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ForwardError::Unreachable { .. }), "{err:?}");
+    let line = err.to_string();
+    assert!(line.contains(&addr) && !line.contains('\n'), "{line}");
+}
+
+#[tokio::test]
+async fn a_hijacked_stream_is_spliced_both_ways_with_half_close() {
+    let node = serve(fake_node).await.to_string();
+    // The manager's side: forward the upgrade, answer the client's, splice the two.
+    let front = serve(move |mut req: Request<Incoming>| {
+        let node = node.clone();
+        async move {
+            let client = hyper::upgrade::on(&mut req);
+            let forwarded = Request::builder()
+                .method(Method::POST)
+                .uri("/echo")
+                .header(header::UPGRADE, "tcp")
+                .body(axum::body::Body::empty())
+                .unwrap();
+            let mut resp = NodeEngine::new(node, TOKEN).send(forwarded).await.unwrap();
+            assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
+            let upgraded = hyper::upgrade::on(&mut resp);
+            tokio::spawn(splice(client, upgraded));
+            let (parts, _) = resp.into_parts();
+            Response::from_parts(parts, axum::body::Body::empty())
+        }
+    })
+    .await;
+
+    let mut stream = TcpStream::connect(front).await.unwrap();
+    stream
+        .write_all(b"POST /echo HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: tcp\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        assert_eq!(
+            stream.read(&mut byte).await.unwrap(),
+            1,
+            "closed in the head"
+        );
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_string();
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    stream.write_all(b"hello through the node").await.unwrap();
+    stream.shutdown().await.unwrap();
+    let mut echoed = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut echoed));
+    read.await.expect("EOF after the echo").unwrap();
+    assert_eq!(echoed, b"hello through the node");
+}

@@ -1,0 +1,232 @@
+//! The Docker API's reads and writes of cluster objects: linearizable reads (a follower answers
+//! as the leader would), conditioned txns for every change, and waiting for the cluster to reach
+//! a state (a container RUNNING, a task ended) by re-reading at each change of `/shoal/`.
+
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use shoal_raft::{
+    Command, Compare, CompareOp, CompareTarget, Delete, Op, Put, Range, Response, Store,
+    StoreError, Txn,
+};
+use tokio_stream::StreamExt;
+
+use super::error::DockerError;
+use super::view::View;
+use crate::manager::control::objects::ObjectStore;
+use crate::model::{keys, Service};
+
+/// `wait_for` looks again at least this often.
+const RECHECK: Duration = Duration::from_secs(1);
+/// Read-modify-write attempts before giving up on a contended object.
+const ATTEMPTS: u32 = 5;
+
+#[derive(Clone)]
+pub(crate) struct Objects {
+    pub store: Store,
+}
+
+impl Objects {
+    /// Every node, service and task, as of now.
+    pub(crate) async fn view(&self) -> Result<View, DockerError> {
+        Ok(View::new(self.store.read(true).await?))
+    }
+
+    /// This replica's objects as they are (no round trip to the leader).
+    async fn local_view(&self) -> Result<View, DockerError> {
+        Ok(View::new(self.store.read(false).await?))
+    }
+
+    /// Writes `service` with its name key, only if the name is free; false if it is taken.
+    pub(crate) async fn create_named(
+        &self,
+        key: String,
+        name_key: String,
+        id: &str,
+        value: &impl Serialize,
+    ) -> Result<bool, DockerError> {
+        let txn = Txn {
+            compare: vec![exists(&name_key, false), exists(&key, false)],
+            success: vec![
+                put_raw(&name_key, id.as_bytes().to_vec()),
+                put_json(&key, value),
+            ],
+            failure: Vec::new(),
+        };
+        self.commit(txn).await
+    }
+
+    /// Applies `change` to the service `id` by a read-modify-write conditioned on the revision
+    /// read; `change` returning false writes nothing. Returns the service as written (or read).
+    pub(crate) async fn update_service(
+        &self,
+        id: &str,
+        mut change: impl FnMut(&mut Service) -> Result<bool, DockerError>,
+    ) -> Result<Service, DockerError> {
+        let key = keys::service(id);
+        for _ in 0..ATTEMPTS {
+            let Some((mut service, rev)) = self.get::<Service>(&key).await? else {
+                return Err(DockerError::no_such_container(id));
+            };
+            if !change(&mut service)? {
+                return Ok(service);
+            }
+            let txn = Txn {
+                compare: vec![unchanged(&key, rev)],
+                success: vec![put_json(&key, &service)],
+                failure: Vec::new(),
+            };
+            if self.commit(txn).await? {
+                return Ok(service);
+            }
+        }
+        Err(DockerError::Conflict(format!(
+            "container {id} changed {ATTEMPTS} times while being updated; try again"
+        )))
+    }
+
+    /// Removes an object and its name key (if the name key still designates it).
+    pub(crate) async fn delete_named(
+        &self,
+        key: String,
+        name_key: String,
+        id: &str,
+    ) -> Result<bool, DockerError> {
+        let txn = Txn {
+            compare: vec![exists(&key, true), value_is(&name_key, id)],
+            success: vec![delete(&key), delete(&name_key)],
+            failure: Vec::new(),
+        };
+        if self.commit(txn).await? {
+            return Ok(true);
+        }
+        // The name key is not (or no longer) the object's: remove the object alone.
+        let txn = Txn {
+            compare: vec![exists(&key, true)],
+            success: vec![delete(&key)],
+            failure: Vec::new(),
+        };
+        self.commit(txn).await
+    }
+
+    /// One key's value and mod revision.
+    pub(crate) async fn get<T: DeserializeOwned>(
+        &self,
+        key: &str,
+    ) -> Result<Option<(T, u64)>, DockerError> {
+        let range = Range {
+            key: key.as_bytes().to_vec(),
+            ..Default::default()
+        };
+        let (result, _) = self.store.range(&range, false).await?;
+        let Some(kv) = result.kvs.into_iter().next() else {
+            return Ok(None);
+        };
+        let value = serde_json::from_slice(&kv.value)
+            .map_err(|e| DockerError::Internal(format!("{key} holds an invalid object: {e}")))?;
+        Ok(Some((value, kv.mod_revision)))
+    }
+
+    /// Every object under `prefix` (one level).
+    pub(crate) async fn list<T: DeserializeOwned>(
+        &self,
+        prefix: &str,
+    ) -> Result<Vec<T>, DockerError> {
+        let range = Range {
+            key: prefix.as_bytes().to_vec(),
+            prefix: true,
+            ..Default::default()
+        };
+        let (result, _) = self.store.range(&range, false).await?;
+        Ok(result
+            .kvs
+            .iter()
+            .filter(|kv| {
+                std::str::from_utf8(&kv.key).is_ok_and(|k| keys::id_of(prefix, k).is_some())
+            })
+            .filter_map(|kv| serde_json::from_slice(&kv.value).ok())
+            .collect())
+    }
+
+    /// Re-reads the objects at every change until `done` returns Some, or `timeout` passes
+    /// (None then). The first read is linearizable, later ones follow this replica's changes.
+    pub(crate) async fn wait_for<T>(
+        &self,
+        timeout: Duration,
+        mut done: impl FnMut(&View) -> Option<T>,
+    ) -> Result<Option<T>, DockerError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut view = self.view().await?;
+        loop {
+            if let Some(found) = done(&view) {
+                return Ok(Some(found));
+            }
+            let from = view.state.revision + 1;
+            let mut changes = self.store.watch(b"/shoal/".to_vec(), true, from)?;
+            tokio::select! {
+                next = changes.next() => match next {
+                    Some(Ok(_)) | Some(Err(StoreError::Compacted { .. })) => {}
+                    Some(Err(e)) => return Err(e.into()),
+                    None => return Err(DockerError::Internal("the manager is stopping".into())),
+                },
+                _ = tokio::time::sleep_until(deadline) => return Ok(None),
+                // Conditions may also depend on time (how long a task stays unplaced).
+                _ = tokio::time::sleep(RECHECK) => {}
+            }
+            view = self.local_view().await?;
+        }
+    }
+
+    async fn commit(&self, txn: Txn) -> Result<bool, DockerError> {
+        match self.store.write(Command::Txn(txn)).await? {
+            Response::Txn { succeeded, .. } => Ok(succeeded),
+            other => Err(DockerError::Internal(format!(
+                "unexpected answer to a txn: {other:?}"
+            ))),
+        }
+    }
+}
+
+fn exists(key: &str, yes: bool) -> Compare {
+    Compare {
+        key: key.as_bytes().to_vec(),
+        target: CompareTarget::Exists(yes),
+        op: CompareOp::Equal,
+    }
+}
+
+fn unchanged(key: &str, rev: u64) -> Compare {
+    Compare {
+        key: key.as_bytes().to_vec(),
+        target: CompareTarget::ModRevision(rev),
+        op: CompareOp::Equal,
+    }
+}
+
+fn value_is(key: &str, value: &str) -> Compare {
+    Compare {
+        key: key.as_bytes().to_vec(),
+        target: CompareTarget::Value(value.as_bytes().to_vec()),
+        op: CompareOp::Equal,
+    }
+}
+
+fn put_raw(key: &str, value: Vec<u8>) -> Op {
+    Op::Put(Put {
+        key: key.as_bytes().to_vec(),
+        value,
+        ..Default::default()
+    })
+}
+
+fn put_json(key: &str, value: &impl Serialize) -> Op {
+    put_raw(key, serde_json::to_vec(value).expect("objects serialize"))
+}
+
+fn delete(key: &str) -> Op {
+    Op::Delete(Delete {
+        key: key.as_bytes().to_vec(),
+        ..Default::default()
+    })
+}
