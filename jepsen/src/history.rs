@@ -127,10 +127,6 @@ impl Recorder {
         u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX)
     }
 
-    pub fn start(&self) -> Instant {
-        self.start
-    }
-
     /// Appends `op`, stamping its index and (when 0) its time, under one lock so that the order
     /// of the history is the order of the clock.
     pub fn record(&self, mut op: Op) -> Op {

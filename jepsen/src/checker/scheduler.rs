@@ -19,6 +19,9 @@ fn text(v: &Value, field: &str) -> String {
     }
 }
 
+/// Per node, `(time, running)` switches of one replica slot.
+type Switches = BTreeMap<String, Vec<(u64, bool)>>;
+
 /// Spans of time, from `(time, on)` switches.
 fn spans(mut switches: Vec<(u64, bool)>, end: u64) -> Vec<(u64, u64)> {
     switches.sort_by_key(|s| s.0);
@@ -58,8 +61,7 @@ pub fn check(history: &[Op], bound: Duration) -> Verdict {
     let mut problems = Vec::new();
     let mut witness = Vec::new();
     // (service, slot) -> node -> running switches; node -> connected switches.
-    let mut running: BTreeMap<(String, String), BTreeMap<String, Vec<(u64, bool)>>> =
-        BTreeMap::new();
+    let mut running: BTreeMap<(String, String), Switches> = BTreeMap::new();
     let mut connected: BTreeMap<String, Vec<(u64, bool)>> = BTreeMap::new();
     let mut scales = 0;
     for op in history {

@@ -6,7 +6,9 @@
 use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use serde_json::json;
+#[cfg(test)]
+use serde_json::Value;
 
 use super::{Validity, Verdict};
 use crate::history::{pairs, Kind, Op, Pair};
@@ -131,7 +133,7 @@ fn search(ops: &[RegOp], deadline: Instant) -> Search {
             return Search::Linearizable;
         }
         steps += 1;
-        if steps % 4096 == 0 && Instant::now() > deadline {
+        if steps.is_multiple_of(4096) && Instant::now() > deadline {
             return Search::TimedOut;
         }
         if entry != NONE && mate[entry] != NONE {
