@@ -17,6 +17,9 @@ pub enum HarnessError {
         source: std::io::Error,
     },
 
+    #[error("interrupted: network namespaces, rules and managers removed")]
+    Interrupted,
+
     #[error("cluster: {0}")]
     Cluster(String),
 

@@ -74,6 +74,7 @@ struct Cli {
 }
 
 fn options(cli: Cli) -> Result<run::Options, HarnessError> {
+    netns::preflight()?;
     let workloads = workload::parse_list(&cli.workload)?;
     let faults = nemesis::parse_list(&cli.nemesis)?;
     if !(3..=9).contains(&cli.nodes) {

@@ -52,7 +52,7 @@ pub async fn run(
     netns::sweep_stale();
     tokio::select! {
         r = run_inner(&opts) => r,
-        () = shutdown => Err(HarnessError::Preflight("interrupted; network and managers removed".into())),
+        () = shutdown => Err(HarnessError::Interrupted),
     }
 }
 
