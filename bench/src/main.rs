@@ -3,7 +3,10 @@
 #![forbid(unsafe_code)]
 
 mod cluster;
+mod compare;
+mod etcd;
 mod failover;
+mod fanout;
 mod kv;
 mod load;
 mod proxy;
@@ -28,6 +31,8 @@ struct Cli {
 enum Command {
     /// Start a cluster on loopback and measure puts, linearizable gets and stale gets.
     Kv(kv::KvArgs),
+    /// Shoal and a 3-member etcd 3.4 side by side: puts, gets, stale gets, watch fan-out.
+    Compare(compare::CompareArgs),
     /// With real agents on the local Docker engine: node loss and leader loss repair times.
     Failover(failover::FailoverArgs),
     /// With real agents, nginx and `shoal proxy`: RUNNING → first request, failed requests.
@@ -40,6 +45,7 @@ async fn main() -> ExitCode {
     let run = async {
         match cli.command {
             Command::Kv(args) => kv::run(args).await,
+            Command::Compare(args) => compare::run(args).await,
             Command::Failover(args) => failover::run(args).await,
             Command::Proxy(args) => proxy::run(args).await,
         }
