@@ -11,11 +11,14 @@ mod kv;
 mod load;
 mod proxy;
 mod report;
+mod scale;
 mod shoal;
+mod simagent;
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use tokio::signal::unix::{signal, SignalKind};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -35,6 +38,8 @@ enum Command {
     Compare(compare::CompareArgs),
     /// With real agents on the local Docker engine: node loss and leader loss repair times.
     Failover(failover::FailoverArgs),
+    /// Simulated nodes (a test double) and 100,000 tasks: placements/s, time to RUNNING, footprint.
+    Scale(scale::ScaleArgs),
     /// With real agents, nginx and `shoal proxy`: RUNNING → first request, failed requests.
     Proxy(proxy::ProxyArgs),
 }
@@ -48,18 +53,34 @@ async fn main() -> ExitCode {
             Command::Compare(args) => compare::run(args).await,
             Command::Failover(args) => failover::run(args).await,
             Command::Proxy(args) => proxy::run(args).await,
+            Command::Scale(args) => scale::run(args).await,
         }
     };
-    // Ctrl-C drops `run`, and with it the cluster guard that kills the managers.
+    // Ctrl-C, SIGTERM or SIGHUP drops `run`, and with it the guards that kill what it started.
     let result = tokio::select! {
         r = run => r,
         _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+        () = signalled(SignalKind::terminate()) => Err(anyhow::anyhow!("terminated")),
+        () = signalled(SignalKind::hangup()) => Err(anyhow::anyhow!("hung up")),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// Waits for `kind`; if it cannot be listened for, says so and waits forever.
+async fn signalled(kind: SignalKind) {
+    match signal(kind) {
+        Ok(mut s) => {
+            s.recv().await;
+        }
+        Err(e) => {
+            eprintln!("warning: cannot listen for a signal: {e}");
+            std::future::pending().await
         }
     }
 }
