@@ -94,6 +94,11 @@ impl Cluster {
         self.managers.iter().map(|m| m.grpc).collect()
     }
 
+    /// The process id of manager `i` (the leader of its process group).
+    pub(crate) fn pid(&self, i: usize) -> u32 {
+        self.managers[i].child.id()
+    }
+
     pub(crate) fn token(&self) -> &str {
         &self.token
     }

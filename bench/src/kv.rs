@@ -154,7 +154,7 @@ async fn measure(args: &KvArgs, exe: PathBuf, dir: PathBuf) -> Result<()> {
     ] {
         eprintln!("{}: {ops} requests ...", phase.name());
         let (back, mut outcome): (_, Outcome) =
-            load::run(drivers, phase, ops, keys.clone()).await?;
+            load::run(drivers, phase, ops, None, keys.clone()).await?;
         drivers = back;
         if phase == Phase::Put {
             keys = Arc::new(Keyspace {

@@ -6,6 +6,7 @@
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Result;
 use tokio::time::Instant;
@@ -70,7 +71,7 @@ impl Outcome {
         }
     }
 
-    fn error(&mut self, msg: String) {
+    pub(crate) fn error(&mut self, msg: String) {
         self.errors += 1;
         if self.samples.len() < SAMPLES && !self.samples.contains(&msg) {
             self.samples.push(msg);
@@ -105,11 +106,13 @@ pub(crate) fn value(i: u64, size: usize) -> Vec<u8> {
     out
 }
 
-/// Runs `ops` requests of `phase` over all `drivers` concurrently; gives the drivers back.
+/// Runs `ops` requests of `phase` over all `drivers` concurrently, or fewer if `limit` is
+/// given and runs out first (no request starts after it); gives the drivers back.
 pub(crate) async fn run<D: KvDriver>(
     drivers: Vec<D>,
     phase: Phase,
     ops: u64,
+    limit: Option<Duration>,
     keys: Arc<Keyspace>,
 ) -> Result<(Vec<D>, Outcome)> {
     if phase != Phase::Put && keys.existing.is_empty() && ops > 0 {
@@ -117,9 +120,19 @@ pub(crate) async fn run<D: KvDriver>(
     }
     let next = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
+    let deadline = limit.map(|l| start + l);
     let tasks: Vec<_> = drivers
         .into_iter()
-        .map(|driver| tokio::spawn(client(driver, phase, ops, next.clone(), keys.clone())))
+        .map(|driver| {
+            tokio::spawn(client(
+                driver,
+                phase,
+                ops,
+                deadline,
+                next.clone(),
+                keys.clone(),
+            ))
+        })
         .collect();
     let mut drivers = Vec::with_capacity(tasks.len());
     let mut total = Outcome::default();
@@ -137,11 +150,15 @@ async fn client<D: KvDriver>(
     mut driver: D,
     phase: Phase,
     ops: u64,
+    deadline: Option<Instant>,
     next: Arc<AtomicU64>,
     keys: Arc<Keyspace>,
 ) -> (D, Outcome) {
     let mut out = Outcome::default();
     loop {
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            break;
+        }
         let n = next.fetch_add(1, Ordering::Relaxed);
         if n >= ops {
             break;

@@ -3,16 +3,22 @@
 #![forbid(unsafe_code)]
 
 mod cluster;
+mod compare;
+mod etcd;
 mod failover;
+mod fanout;
 mod kv;
 mod load;
 mod proxy;
 mod report;
+mod scale;
 mod shoal;
+mod simagent;
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use tokio::signal::unix::{signal, SignalKind};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -28,8 +34,12 @@ struct Cli {
 enum Command {
     /// Start a cluster on loopback and measure puts, linearizable gets and stale gets.
     Kv(kv::KvArgs),
+    /// Shoal and a 3-member etcd 3.4 side by side: puts, gets, stale gets, watch fan-out.
+    Compare(compare::CompareArgs),
     /// With real agents on the local Docker engine: node loss and leader loss repair times.
     Failover(failover::FailoverArgs),
+    /// Simulated nodes (a test double) and 100,000 tasks: placements/s, time to RUNNING, footprint.
+    Scale(scale::ScaleArgs),
     /// With real agents, nginx and `shoal proxy`: RUNNING → first request, failed requests.
     Proxy(proxy::ProxyArgs),
 }
@@ -40,20 +50,37 @@ async fn main() -> ExitCode {
     let run = async {
         match cli.command {
             Command::Kv(args) => kv::run(args).await,
+            Command::Compare(args) => compare::run(args).await,
             Command::Failover(args) => failover::run(args).await,
             Command::Proxy(args) => proxy::run(args).await,
+            Command::Scale(args) => scale::run(args).await,
         }
     };
-    // Ctrl-C drops `run`, and with it the cluster guard that kills the managers.
+    // Ctrl-C, SIGTERM or SIGHUP drops `run`, and with it the guards that kill what it started.
     let result = tokio::select! {
         r = run => r,
         _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+        () = signalled(SignalKind::terminate()) => Err(anyhow::anyhow!("terminated")),
+        () = signalled(SignalKind::hangup()) => Err(anyhow::anyhow!("hung up")),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// Waits for `kind`; if it cannot be listened for, says so and waits forever.
+async fn signalled(kind: SignalKind) {
+    match signal(kind) {
+        Ok(mut s) => {
+            s.recv().await;
+        }
+        Err(e) => {
+            eprintln!("warning: cannot listen for a signal: {e}");
+            std::future::pending().await
         }
     }
 }

@@ -1,6 +1,7 @@
 //! The `shoal manager` process: one replica of the store plus the gRPC surfaces every manager
 //! serves (peer Raft transport, client KV API, cluster admin).
 
+mod assignments;
 mod cluster_service;
 pub mod control;
 mod convert;
