@@ -171,6 +171,8 @@ impl Node {
             engine_version: "simulated".into(),
             images: self.config.images.clone(),
             heartbeat_ms: self.config.heartbeat_ms,
+            // A simulated node has no engine to serve.
+            engine_addr: String::new(),
         });
         match tokio::time::timeout(CALL_TIMEOUT, self.client.register(req)).await {
             Ok(Ok(_)) => Ok(()),

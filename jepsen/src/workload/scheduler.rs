@@ -461,5 +461,6 @@ fn status(id: &str, state: TaskState, message: &str) -> TaskStatus {
         message: message.to_string(),
         container_id: Some(format!("sim-{id}")),
         ports: Vec::new(),
+        exit_code: None,
     }
 }

@@ -136,7 +136,7 @@ impl ContainerSpec {
     pub(crate) fn to_create_body(&self) -> Result<ContainerCreateBody, RuntimeError> {
         self.validate()?;
         if let Some(base) = &self.base {
-            return self.from_base(base);
+            return self.body_from_base(base);
         }
         let owner = self.owner.pairs();
         let mut labels: HashMap<String, String> = self.labels.clone().into_iter().collect();
@@ -177,7 +177,10 @@ impl ContainerSpec {
 
     /// The client's create body with shoal's labels and environment, ports bound to the node's
     /// address where the client left the address open, and the alias on user networks.
-    fn from_base(&self, base: &serde_json::Value) -> Result<ContainerCreateBody, RuntimeError> {
+    fn body_from_base(
+        &self,
+        base: &serde_json::Value,
+    ) -> Result<ContainerCreateBody, RuntimeError> {
         let mut body: ContainerCreateBody = serde_json::from_value(base.clone()).map_err(|e| {
             RuntimeError::InvalidSpec(format!("container {}: create body: {e}", self.name))
         })?;

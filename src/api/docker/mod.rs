@@ -290,6 +290,18 @@ async fn route(api: &Api, req: Request) -> Result<Response, DockerError> {
             networks::connect(api, &id, &b, connect).await
         }
 
+        // No volumes or plugins are managed: empty lists and "no such" answers are the truth
+        // (`docker inspect NAME` asks every object type in turn).
+        (&M::GET, ["volumes"]) => Ok(error::json_response(
+            axum::http::StatusCode::OK,
+            &serde_json::json!({"Volumes": [], "Warnings": null}),
+        )),
+        (&M::GET, ["volumes", name]) => {
+            Err(DockerError::NotFound(format!("get {name}: no such volume")))
+        }
+        (&M::GET, ["plugins", name @ .., "json"]) if !name.is_empty() => Err(
+            DockerError::NotFound(format!("plugin \"{}\" not found", name.join("/"))),
+        ),
         (_, [first, ..]) if UNSERVED.contains(first) => Err(DockerError::NotImplemented(format!(
             "{method} {path} is not implemented by shoal"
         ))),

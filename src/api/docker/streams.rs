@@ -16,6 +16,9 @@ use super::error::DockerError;
 use super::forward::{splice, NodeEngine};
 use super::Api;
 
+/// How long an attach stream may outlive its container's exit (output still in flight).
+const EXIT_GRACE: Duration = Duration::from_secs(2);
+
 /// Which node each exec instance was created on (exec ids are the engine's).
 #[derive(Clone, Default)]
 pub(crate) struct Execs(Arc<Mutex<HashMap<String, String>>>);
@@ -149,10 +152,15 @@ pub(crate) async fn attach(
                     .value
                     .engine_addr
                     .clone();
-                Some((addr, task.container_id.clone()?))
+                Some((
+                    addr,
+                    task.container_id.clone()?,
+                    task.id.clone(),
+                    task.state.is_terminal(),
+                ))
             })
             .await;
-        let Ok(Some((addr, engine_id))) = found else {
+        let Ok(Some((addr, engine_id, task_id, ended))) = found else {
             return;
         };
         let engine = NodeEngine::new(addr, api.token.clone());
@@ -163,16 +171,34 @@ pub(crate) async fn attach(
             .header(header::UPGRADE, "tcp")
             .body(Body::empty());
         let Ok(upstream) = upstream else { return };
+        // Already exited (`docker run IMAGE echo hi`): an engine's attach to a stopped
+        // container would wait for its next start, so the output is replayed from its logs.
+        if ended {
+            return replay_logs(client, &engine, &engine_id, &query).await;
+        }
         match engine.send(upstream).await {
             Ok(mut resp) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
                 let node = hyper::upgrade::on(&mut resp);
-                if let Err(e) = splice(client, node).await {
-                    tracing::debug!("attach stream ended: {e}");
+                // The same holds if it exits just before the engine attached: the stream
+                // ends a moment after the task does.
+                let ended = async {
+                    let _ = api
+                        .objects
+                        .wait_for(Duration::from_secs(24 * 3600), |v| {
+                            let t = v.state.tasks.iter().find(|t| t.value.id == task_id);
+                            t.is_none_or(|t| t.value.state.is_terminal()).then_some(())
+                        })
+                        .await;
+                    tokio::time::sleep(EXIT_GRACE).await;
+                };
+                tokio::select! {
+                    r = splice(client, node) => if let Err(e) = r {
+                        tracing::debug!("attach stream ended: {e}");
+                    },
+                    _ = ended => {}
                 }
             }
-            // Already exited (`docker run IMAGE echo hi`): Docker refuses to attach to a
-            // stopped container, so its output is replayed from the logs instead.
-            Ok(_) => replay_logs(client, &engine, &engine_id, &query).await,
+            Ok(resp) => tracing::warn!(status = %resp.status(), "the node refused to attach"),
             Err(e) => tracing::warn!("attaching on the node: {e}"),
         }
     });
