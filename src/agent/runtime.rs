@@ -193,35 +193,47 @@ impl DockerRuntime {
 
     /// Creates the bridge network `name` unless the engine has it: the cluster's networks (a
     /// compose project's `<project>_default`) exist on a node once a container there needs them.
+    /// Agents sharing one engine may create it at the same moment, and Docker allows two
+    /// networks of one name: every agent then keeps the oldest and removes the others.
     async fn ensure_network(&self, name: &str) -> Result<(), RuntimeError> {
-        match self
+        if self.networks_named(name).await?.is_empty() {
+            let request = bollard::models::NetworkCreateRequest {
+                name: name.to_string(),
+                driver: Some("bridge".into()),
+                labels: Some(HashMap::from([(
+                    NETWORK_LABEL.to_string(),
+                    name.to_string(),
+                )])),
+                ..Default::default()
+            };
+            self.docker
+                .create_network(request)
+                .await
+                .map_err(RuntimeError::on("create network", name))?;
+        }
+        let mut same = self.networks_named(name).await?;
+        same.sort();
+        for (_, id) in same.iter().skip(1) {
+            let _ = self.docker.remove_network(id).await;
+        }
+        Ok(())
+    }
+
+    /// (created, id) of every network called exactly `name`.
+    async fn networks_named(&self, name: &str) -> Result<Vec<(String, String)>, RuntimeError> {
+        let options = bollard::query_parameters::ListNetworksOptionsBuilder::new()
+            .filters(&HashMap::from([("name", vec![name])]))
+            .build();
+        let listed = self
             .docker
-            .inspect_network(
-                name,
-                None::<bollard::query_parameters::InspectNetworkOptions>,
-            )
+            .list_networks(Some(options))
             .await
-        {
-            Ok(_) => return Ok(()),
-            Err(e) if engine_status(&e).is_some_and(|(code, _)| code == 404) => {}
-            Err(e) => return Err(RuntimeError::on("inspect network", name)(e)),
-        }
-        let request = bollard::models::NetworkCreateRequest {
-            name: name.to_string(),
-            driver: Some("bridge".into()),
-            labels: Some(HashMap::from([(
-                NETWORK_LABEL.to_string(),
-                name.to_string(),
-            )])),
-            ..Default::default()
-        };
-        match self.docker.create_network(request).await {
-            // Another agent on the same engine created it first.
-            Err(e) if engine_status(&e).is_some_and(|(code, _)| code == 409) => Ok(()),
-            result => result
-                .map(|_| ())
-                .map_err(RuntimeError::on("create network", name)),
-        }
+            .map_err(RuntimeError::on("list networks", name))?;
+        Ok(listed
+            .into_iter()
+            .filter(|n| n.name.as_deref() == Some(name))
+            .map(|n| (n.created.unwrap_or_default(), n.id.unwrap_or_default()))
+            .collect())
     }
 
     pub async fn inspect(&self, container: &str) -> Result<ContainerInfo, RuntimeError> {

@@ -156,9 +156,10 @@ impl Entry<'_> {
 
     /// Docker's `State` word: created, running, exited.
     pub(crate) fn state(&self) -> &'static str {
-        match self.task.map(|t| t.state) {
-            Some(TaskState::Running) => "running",
-            Some(s) if s.is_terminal() => "exited",
+        match self.task {
+            Some(t) if t.state == TaskState::Running => "running",
+            // A task that never got a container (it could not be placed) left it created.
+            Some(t) if t.state.is_terminal() && t.container_id.is_some() => "exited",
             _ => "created",
         }
     }
