@@ -171,7 +171,6 @@ impl Known {
                     action,
                     &node.id,
                     node_attributes(Some(&node)),
-                    &node_attributes(Some(&node)),
                 ));
             }
         }
@@ -207,7 +206,7 @@ impl Known {
         for (k, v) in extra {
             attributes.insert((*k).to_string(), json!(v));
         }
-        let mut e = event("container", action, &id, attributes, &Default::default());
+        let mut e = event("container", action, &id, attributes);
         e["status"] = json!(action);
         e["id"] = json!(id);
         e["from"] = json!(s.image);
@@ -227,13 +226,7 @@ fn node_attributes(node: Option<&Node>) -> serde_json::Map<String, Value> {
     m
 }
 
-fn event(
-    kind: &str,
-    action: &str,
-    id: &str,
-    attributes: serde_json::Map<String, Value>,
-    _node: &serde_json::Map<String, Value>,
-) -> Value {
+fn event(kind: &str, action: &str, id: &str, attributes: serde_json::Map<String, Value>) -> Value {
     let ms = now_ms();
     json!({
         "Type": kind,

@@ -195,34 +195,12 @@ fn stream_of(mut out: Vec<Value>, errors: Vec<Value>) -> Response {
 
 /// `POST /images/load`: the archive goes to every READY node.
 pub(crate) async fn load(api: &Api, body: Bytes) -> Result<Response, DockerError> {
-    let mut out = Vec::new();
-    let mut errors = Vec::new();
-    for node in nodes(api, &[]).await? {
-        let req = Request::builder()
-            .method(Method::POST)
-            .uri("/images/load")
+    fan_out(api, |b| {
+        b.uri("/images/load")
             .header(axum::http::header::CONTENT_TYPE, "application/x-tar")
             .body(Body::from(body.clone()))
-            .map_err(|e| DockerError::Internal(e.to_string()))?;
-        match engine(api, &node).send(req).await {
-            Ok(resp) => {
-                let status = resp.status();
-                let bytes = resp
-                    .into_body()
-                    .collect()
-                    .await
-                    .map(|c| c.to_bytes())
-                    .unwrap_or_default();
-                if status.is_success() {
-                    prefixed(&node.name, &bytes, &mut out, &mut errors);
-                } else {
-                    errors.push(error(&node.name, &message(&bytes)));
-                }
-            }
-            Err(e) => errors.push(error(&node.name, &e.to_string())),
-        }
-    }
-    Ok(stream_of(out, errors))
+    })
+    .await
 }
 
 /// `POST /images/create?fromImage=..&tag=..`: each READY node pulls.
@@ -240,15 +218,27 @@ pub(crate) async fn pull(
     if let Some(tag) = q.get("tag").filter(|t| !t.is_empty()) {
         path.push_str(&format!("&tag={}", encode(tag)));
     }
+    fan_out(api, |b| {
+        let b = b.uri(&path);
+        match auth {
+            Some(auth) => b.header("X-Registry-Auth", auth),
+            None => b,
+        }
+        .body(Body::empty())
+    })
+    .await
+}
+
+/// POSTs the request `build` makes to every READY node and merges their progress streams, each
+/// message prefixed with its node, errors last.
+async fn fan_out(
+    api: &Api,
+    build: impl Fn(axum::http::request::Builder) -> Result<Request<Body>, axum::http::Error>,
+) -> Result<Response, DockerError> {
     let mut out = Vec::new();
     let mut errors = Vec::new();
     for node in nodes(api, &[]).await? {
-        let mut req = Request::builder().method(Method::POST).uri(&path);
-        if let Some(auth) = auth {
-            req = req.header("X-Registry-Auth", auth);
-        }
-        let req = req
-            .body(Body::empty())
+        let req = build(Request::builder().method(Method::POST))
             .map_err(|e| DockerError::Internal(e.to_string()))?;
         match engine(api, &node).send(req).await {
             Ok(resp) => {
