@@ -1,0 +1,161 @@
+//! Handshakes between real sockets: who gets in, who is refused, and that renewal and root
+//! changes apply to the next connection.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use shoal_tls::creds::revocation_name;
+use shoal_tls::net::{incoming, Connector};
+use shoal_tls::pki::{signing_request, Issue, RootCa};
+use shoal_tls::{Credentials, Role};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_stream::StreamExt;
+
+const CLUSTER: &str = "00000000000000aa";
+
+fn creds(ca: &RootCa, cluster: &str, role: Role, name: &str) -> Credentials {
+    let (key, csr) = signing_request().unwrap();
+    let cert = ca
+        .issue(
+            &csr,
+            &Issue {
+                cluster_id: cluster.into(),
+                role,
+                name: name.into(),
+                sans: vec!["127.0.0.1".into()],
+                lifetime: Duration::from_secs(3600),
+            },
+        )
+        .unwrap();
+    Credentials::with_cert(&ca.cert_pem, &cert, &key).unwrap()
+}
+
+/// A server that echoes one line and reports who connected.
+async fn server(
+    server: &Credentials,
+    require: Option<&'static [Role]>,
+) -> (String, tokio::sync::mpsc::Receiver<Option<String>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let mut conns = incoming(listener, server.server_config(require, &[]), "test");
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    tokio::spawn(async move {
+        while let Some(Ok(mut conn)) = conns.next().await {
+            let who = conn
+                .info()
+                .identity
+                .as_ref()
+                .map(|i| format!("{}/{}", i.role, i.name));
+            let _ = tx.send(who).await;
+            tokio::spawn(async move {
+                let mut buf = [0u8; 5];
+                if conn.read_exact(&mut buf).await.is_ok() {
+                    let _ = conn.write_all(&buf).await;
+                    let _ = conn.flush().await;
+                }
+            });
+        }
+    });
+    (addr, rx)
+}
+
+async fn echo(client: &Credentials, expect: &[Role], addr: &str) -> Result<(), String> {
+    let mut s = Connector::new(client.client_config(expect, &[]))
+        .connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    s.write_all(b"hello").await.map_err(|e| e.to_string())?;
+    let mut buf = [0u8; 5];
+    // TLS 1.3 reports a refused client certificate on the first read.
+    s.read_exact(&mut buf).await.map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn only_certificates_of_the_cluster_and_role_get_in() {
+    let ca = RootCa::generate(CLUSTER, 1).unwrap();
+    let manager = creds(&ca, CLUSTER, Role::Manager, "m1");
+    let worker = creds(&ca, CLUSTER, Role::Worker, "n1");
+    let (addr, mut who) = server(&manager, Some(&[Role::Manager, Role::Client])).await;
+
+    echo(
+        &creds(&ca, CLUSTER, Role::Client, "ops"),
+        &[Role::Manager],
+        &addr,
+    )
+    .await
+    .unwrap();
+    assert_eq!(who.recv().await.unwrap().as_deref(), Some("client/ops"));
+
+    // Wrong role, another CA, another cluster of the same CA, no certificate at all.
+    assert!(echo(&worker, &[Role::Manager], &addr).await.is_err());
+    let other = RootCa::generate(CLUSTER, 2).unwrap();
+    let stranger = creds(&other, CLUSTER, Role::Client, "ops");
+    stranger.set_roots(&ca.cert_pem).unwrap();
+    assert!(echo(&stranger, &[Role::Manager], &addr).await.is_err());
+    assert!(echo(
+        &creds(&ca, "00000000000000bb", Role::Client, "x"),
+        &[Role::Manager],
+        &addr
+    )
+    .await
+    .is_err());
+    let anonymous = Credentials::new(CLUSTER, &ca.cert_pem).unwrap();
+    assert!(echo(&anonymous, &[Role::Manager], &addr).await.is_err());
+
+    // The client refuses a server of the wrong role too.
+    let (worker_addr, _) = server(&worker, None).await;
+    let err = echo(&manager, &[Role::Manager], &worker_addr)
+        .await
+        .unwrap_err();
+    assert!(err.contains("TLS handshake"), "{err}");
+
+    // A plaintext HTTP client is told why, and nothing reaches the service.
+    let mut plain = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    plain
+        .write_all(b"GET /_ping HTTP/1.1\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    plain.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("requires TLS"), "{answer}");
+    assert!(tokio::time::timeout(Duration::from_millis(200), who.recv())
+        .await
+        .is_err());
+}
+
+#[tokio::test]
+async fn revocation_renewal_and_new_roots_apply_to_the_next_connection() {
+    let ca = RootCa::generate(CLUSTER, 1).unwrap();
+    let manager = creds(&ca, CLUSTER, Role::Manager, "m1");
+    let (addr, _who) = server(&manager, None).await;
+    let worker = creds(&ca, CLUSTER, Role::Worker, "n1");
+    echo(&worker, &[Role::Manager], &addr).await.unwrap();
+
+    manager.set_revoked(HashSet::from([revocation_name(Role::Worker, "n1")]));
+    let err = echo(&worker, &[Role::Manager], &addr).await.unwrap_err();
+    assert!(err.to_lowercase().contains("revoked"), "{err}");
+    manager.set_revoked(HashSet::new());
+
+    // Rotation: both roots trusted, then a certificate from the new one, then only the new root.
+    let next = RootCa::generate(CLUSTER, 2).unwrap();
+    let bundle = format!("{}{}", ca.cert_pem, next.cert_pem);
+    manager.set_roots(&bundle).unwrap();
+    worker.set_roots(&bundle).unwrap();
+    let renewed = creds(&next, CLUSTER, Role::Worker, "n1");
+    worker
+        .set_cert(&renewed.cert_pem().unwrap(), &renewed.key_pem().unwrap())
+        .unwrap();
+    echo(&worker, &[Role::Manager], &addr).await.unwrap();
+    manager.set_roots(&next.cert_pem).unwrap();
+    // The manager still presents a certificate of the old root: the worker, trusting only the
+    // new one now, refuses it; once the manager renews, they talk again.
+    worker.set_roots(&next.cert_pem).unwrap();
+    assert!(echo(&worker, &[Role::Manager], &addr).await.is_err());
+    let m2 = creds(&next, CLUSTER, Role::Manager, "m1");
+    manager
+        .set_cert(&m2.cert_pem().unwrap(), &m2.key_pem().unwrap())
+        .unwrap();
+    echo(&worker, &[Role::Manager], &addr).await.unwrap();
+}
