@@ -11,6 +11,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 "proto/raft.proto",
                 "proto/kv.proto",
                 "proto/dispatcher.proto",
+                "proto/ca.proto",
             ],
             &["proto"],
         )?;

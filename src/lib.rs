@@ -11,3 +11,4 @@ pub mod host;
 pub mod manager;
 pub mod model;
 pub mod proxy;
+pub mod security;

@@ -81,12 +81,22 @@ struct ManagerArgs {
     /// Managers of the cluster to join, comma-separated (without it: bootstrap, or restart).
     #[arg(long, value_delimiter = ',', requires = "token")]
     join: Vec<String>,
-    /// The cluster's join token (printed at bootstrap; `shoal cluster token`).
+    /// The manager join token (printed at bootstrap; `shoal cluster token manager`).
     #[arg(long, requires = "join")]
     token: Option<String>,
     /// Restart this surviving manager as a one-member cluster with all its data.
     #[arg(long, conflicts_with = "join")]
     force_new_cluster: bool,
+    /// Lifetime of node certificates, set for the cluster at bootstrap (renewed at 50-80%).
+    #[arg(long, default_value = "90d", value_parser = shoal::cli::duration::parse)]
+    cert_lifetime: std::time::Duration,
+    /// Serve the Docker API over mutual TLS on a loopback address too (always beyond loopback).
+    #[arg(long)]
+    docker_tls: bool,
+    /// Allow a plaintext Docker API on an address beyond loopback: anyone reaching it is root on
+    /// every node. Warned at every start.
+    #[arg(long)]
+    insecure_docker_api: bool,
 }
 
 #[derive(Debug, Args)]
@@ -97,7 +107,8 @@ struct AgentArgs {
     /// Managers to join, comma-separated; the agent finds the leader through any of them.
     #[arg(long, value_delimiter = ',', required = true)]
     join: Vec<String>,
-    /// The cluster's join token (printed at bootstrap; `shoal cluster token`).
+    /// The worker join token (printed at bootstrap; `shoal cluster token worker`); used once:
+    /// the node's certificate is kept in DATA_DIR/tls.
     #[arg(long)]
     token: String,
     /// The node's name (default: the host name).
@@ -112,7 +123,7 @@ struct AgentArgs {
     /// Docker engine URL (default: the local socket).
     #[arg(long, value_name = "URL")]
     docker: Option<String>,
-    /// Where to serve this host's Docker engine to the managers (join token required), IP:PORT
+    /// Where to serve this host's Docker engine to the managers (mutual TLS), IP:PORT
     /// (default: the advertised IP, a free port).
     #[arg(long, value_name = "ADDR")]
     engine_listen: Option<std::net::SocketAddr>,
@@ -130,7 +141,7 @@ struct ProxyArgs {
     /// Managers to follow, comma-separated; the watch fails over between them.
     #[arg(long, value_delimiter = ',', required = true)]
     join: Vec<String>,
-    /// The cluster's join token (accepted and kept; the managers do not check it yet).
+    /// A join token (worker or manager) for this proxy's certificate.
     #[arg(long, required = true)]
     token: Option<String>,
     /// Which proxy runs next to this one.
@@ -242,6 +253,9 @@ fn manager_config(args: ManagerArgs) -> anyhow::Result<ManagerConfig> {
         join: shoal::client::parse_hosts(&args.join),
         token: args.token,
         force_new_cluster: args.force_new_cluster,
+        cert_lifetime: args.cert_lifetime,
+        docker_tls: args.docker_tls,
+        insecure_docker_api: args.insecure_docker_api,
     })
 }
 

@@ -1,5 +1,5 @@
 //! Who this manager is: its cluster id and member id (kept durably in the database), and the
-//! cluster's join token (kept in `DATA_DIR/token`, readable by the owner only).
+//! managers' shared secret for peer calls (kept in `DATA_DIR/peer-secret`, owner-only).
 
 use std::io::Write;
 use std::path::Path;
@@ -52,7 +52,8 @@ pub struct JoinToken {
 }
 
 impl JoinToken {
-    pub(crate) fn generate() -> Self {
+    /// A new secret for a new cluster (with a new cluster id).
+    pub fn generate() -> Self {
         let mut rng = rand::rng();
         let cluster_id = format!("{:016x}", rng.random::<u64>());
         let secret = format!("{:032x}", rng.random::<u128>());
@@ -88,7 +89,7 @@ impl JoinToken {
 }
 
 pub(crate) fn token_path(dir: &Path) -> PathBuf {
-    dir.join("token")
+    dir.join("peer-secret")
 }
 
 pub(crate) fn read_token(dir: &Path) -> Result<Option<JoinToken>, StoreError> {

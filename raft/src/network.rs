@@ -1,5 +1,6 @@
 //! Outbound Raft transport: openraft's network traits over the peer gRPC service. Every request
-//! carries the cluster token; all channels come from [`connect`], the one place TLS will slot in.
+//! carries the managers' shared secret; all channels come from [`connect`], which speaks mutual
+//! TLS (the server must hold a manager certificate of this cluster) when given credentials.
 
 use std::future::Future;
 use std::io::Read;
@@ -24,6 +25,9 @@ use shoal_proto::raft::raft_service_client::RaftServiceClient;
 use shoal_proto::raft::Blob;
 use shoal_proto::raft::SnapshotChunk;
 use tonic::transport::Channel;
+use shoal_tls::net::Connector;
+use shoal_tls::Credentials;
+use shoal_tls::Role;
 use tonic::transport::Endpoint;
 
 use crate::codec;
@@ -37,20 +41,26 @@ use crate::types::Vote;
 pub const TOKEN_HEADER: &str = "x-shoal-token";
 const SNAPSHOT_CHUNK: usize = 1024 * 1024;
 
-/// Builds a lazily connecting channel to a manager's gRPC address.
-pub fn connect(addr: &str) -> Result<Channel, String> {
-    let uri = if addr.starts_with("http://") || addr.starts_with("https://") {
-        addr.to_string()
-    } else {
-        format!("http://{addr}")
+/// Builds a lazily connecting channel to a manager's gRPC address: mutual TLS with `tls` (the
+/// server must prove it is a manager of the cluster), plaintext without (tests of this crate).
+pub fn connect(addr: &str, tls: Option<&Credentials>) -> Result<Channel, String> {
+    let uri = match tls {
+        Some(_) => shoal_tls::net::endpoint_uri(addr),
+        None if addr.starts_with("http://") || addr.starts_with("https://") => addr.to_string(),
+        None => format!("http://{addr}"),
     };
-    let ep = Endpoint::from_shared(uri).map_err(|e| format!("bad address {addr}: {e}"))?;
-    Ok(ep
+    let ep = Endpoint::from_shared(uri)
+        .map_err(|e| format!("bad address {addr}: {e}"))?
         .connect_timeout(Duration::from_millis(500))
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(5))
-        .keep_alive_timeout(Duration::from_secs(5))
-        .connect_lazy())
+        .keep_alive_timeout(Duration::from_secs(5));
+    Ok(match tls {
+        Some(creds) => ep.connect_with_connector_lazy(Connector::new(
+            creds.client_config(&[Role::Manager], &[b"h2"]),
+        )),
+        None => ep.connect_lazy(),
+    })
 }
 
 /// Wraps `msg` in a request carrying the token and a deadline.
@@ -65,6 +75,7 @@ pub(crate) fn request<T>(msg: T, token: &str, timeout: Duration) -> tonic::Reque
 
 pub(crate) struct Network {
     pub token: String,
+    pub tls: Option<Credentials>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -75,7 +86,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             target,
             addr: node.grpc.clone(),
             token: self.token.clone(),
-            client: connect(&node.grpc).ok().map(RaftServiceClient::new),
+            client: connect(&node.grpc, self.tls.as_ref()).ok().map(RaftServiceClient::new),
         }
     }
 }

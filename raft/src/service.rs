@@ -1,5 +1,6 @@
 //! Inbound peer service: Raft RPCs handed to openraft, forwarded leader requests, joins.
-//! Every call must carry the cluster token.
+//! Every call must carry the managers' shared secret and, when the store speaks TLS, come from a
+//! manager certificate of this cluster.
 
 use std::io::Write;
 
@@ -38,6 +39,9 @@ impl PeerService {
     }
 
     fn authorize<T>(&self, req: &Request<T>) -> Result<(), Status> {
+        if let Some(creds) = self.store.tls() {
+            shoal_tls::net::authorize(creds, req.extensions(), &[shoal_tls::Role::Manager])?;
+        }
         let given = req
             .metadata()
             .get(TOKEN_HEADER)

@@ -17,6 +17,7 @@ use openraft::ChangeMembers;
 use openraft::ReadPolicy;
 use openraft::ServerState;
 use rocksdb::DB;
+use shoal_tls::Credentials;
 use shoal_proto::raft::raft_service_client::RaftServiceClient;
 use shoal_proto::raft::raft_service_server::RaftServiceServer;
 use shoal_proto::raft::Blob;
@@ -96,7 +97,12 @@ pub struct StoreConfig {
     pub node: ManagerNode,
     /// Managers to join; empty bootstraps a new cluster (or restarts from the data dir).
     pub join: Vec<String>,
+    /// The managers' shared secret (`SHOAL1-...`): required to join; at bootstrap, the one to
+    /// use instead of a new one (its cluster id becomes the cluster's).
     pub token: Option<String>,
+    /// Mutual TLS for every peer connection, both ways: only manager certificates of this
+    /// cluster are served and trusted. None (plaintext) is for this crate's own tests.
+    pub tls: Option<Credentials>,
     pub force_new_cluster: bool,
     pub tuning: RaftTuning,
 }
@@ -121,6 +127,7 @@ struct Inner {
     id: NodeId,
     cluster_id: String,
     token: JoinToken,
+    tls: Option<Credentials>,
     node: ManagerNode,
     raft: Raft,
     db: Arc<DB>,
@@ -176,7 +183,7 @@ impl Store {
                 })
             }
             None if config.join.is_empty() => {
-                let token = JoinToken::generate();
+                let token = given.clone().unwrap_or_else(JoinToken::generate);
                 let ident = Identity {
                     cluster_id: token.cluster_id.clone(),
                     id: 1,
@@ -189,7 +196,7 @@ impl Store {
                 let token = given.clone().ok_or_else(|| {
                     StoreError::Unauthenticated("--join needs --token (print it with `shoal cluster token`)".into())
                 })?;
-                let (id, cluster_id) = request_join(&config.join, &token, 0, &config.node, LEADER_WAIT * 2).await?;
+                let (id, cluster_id) = request_join(&config.join, &token, config.tls.as_ref(), 0, &config.node, LEADER_WAIT * 2).await?;
                 if cluster_id != token.cluster_id {
                     return Err(StoreError::Unauthenticated(format!(
                         "the managers at --join belong to cluster {cluster_id}, the token to {}",
@@ -226,6 +233,7 @@ impl Store {
 
         let network = Network {
             token: token.as_str().to_string(),
+            tls: config.tls.clone(),
         };
         let raft = Raft::new(ident.id, Arc::new(raft_config), network, log, sm)
             .await
@@ -241,6 +249,7 @@ impl Store {
                 id: ident.id,
                 cluster_id: ident.cluster_id,
                 token,
+                tls: config.tls.clone(),
                 node: config.node.clone(),
                 raft,
                 db,
@@ -266,6 +275,7 @@ impl Store {
         request_join(
             join,
             &self.inner.token,
+            self.inner.tls.as_ref(),
             self.inner.id,
             &self.inner.node,
             JOIN_TIMEOUT,
@@ -296,6 +306,11 @@ impl Store {
 
     pub fn token(&self) -> &str {
         self.inner.token.as_str()
+    }
+
+    /// This manager's credentials, when its peers speak mutual TLS.
+    pub fn tls(&self) -> Option<&Credentials> {
+        self.inner.tls.as_ref()
     }
 
     pub(crate) fn raft(&self) -> &Raft {
@@ -633,7 +648,7 @@ impl Store {
         if let Some(c) = peers.get(addr) {
             return Ok(c.clone());
         }
-        let ch = network::connect(addr).map_err(StoreError::Protocol)?;
+        let ch = network::connect(addr, self.inner.tls.as_ref()).map_err(StoreError::Protocol)?;
         let c = RaftServiceClient::new(ch)
             .max_decoding_message_size(64 * 1024 * 1024)
             .max_encoding_message_size(64 * 1024 * 1024);
@@ -880,6 +895,7 @@ fn never_sent(status: &tonic::Status) -> bool {
 async fn request_join(
     join: &[String],
     token: &JoinToken,
+    tls: Option<&Credentials>,
     id: NodeId,
     node: &ManagerNode,
     timeout: Duration,
@@ -888,7 +904,7 @@ async fn request_join(
     let mut last = String::from("no address given");
     loop {
         for addr in join {
-            let ch = match network::connect(addr) {
+            let ch = match network::connect(addr, tls) {
                 Ok(c) => c,
                 Err(e) => return Err(StoreError::Protocol(e)),
             };

@@ -1,7 +1,7 @@
 //! The agent's engine endpoint: serves this node's Docker engine to the managers, so that a manager
 //! can forward a request about one of the node's containers (logs, attach, exec, kill, images, ...)
-//! to the node that has it. Every request must carry the cluster's join token; it is then forwarded
-//! unchanged, the engine's answer streams back as it comes, and hijacked streams (attach, exec start)
+//! to the node that has it. Only managers of the cluster get in (mutual TLS, a manager
+//! certificate required at the handshake); a request is then forwarded unchanged, the engine's answer streams back as it comes, and hijacked streams (attach, exec start)
 //! are spliced both ways. It never interprets a request: the managers decide what to send.
 
 use std::convert::Infallible;
@@ -23,6 +23,9 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream, UnixStream};
 use tokio::task::JoinSet;
+use tokio_stream::StreamExt;
+use shoal_tls::Credentials;
+use shoal_tls::Role;
 
 use super::error::AgentError;
 use super::throttle::Throttle;
@@ -109,14 +112,16 @@ impl std::fmt::Display for Upstream {
 pub(crate) struct EngineEndpoint {
     listener: TcpListener,
     upstream: Arc<Upstream>,
-    token: Arc<str>,
+    /// None only for tests' plaintext doubles of a manager.
+    tls: Option<Credentials>,
 }
 
-/// Binds `listen` for the engine at `docker` (None: the local socket); requests must carry `token`.
+/// Binds `listen` for the engine at `docker` (None: the local socket); with `tls`, only managers
+/// of the cluster may connect.
 pub(crate) async fn bind(
     listen: SocketAddr,
     docker: Option<&str>,
-    token: &str,
+    tls: Option<Credentials>,
 ) -> Result<EngineEndpoint, AgentError> {
     let upstream = Upstream::parse(docker)?;
     let listener = TcpListener::bind(listen)
@@ -128,7 +133,7 @@ pub(crate) async fn bind(
     Ok(EngineEndpoint {
         listener,
         upstream: Arc::new(upstream),
-        token: token.into(),
+        tls,
     })
 }
 
@@ -141,13 +146,31 @@ impl EngineEndpoint {
     /// Serves connections until dropped (aborting it closes every connection but spliced streams,
     /// which end with either side).
     pub(crate) async fn run(self) {
+        if let Some(creds) = &self.tls {
+            let config = creds.server_config(Some(&[Role::Manager]), &[b"http/1.1"]);
+            let mut incoming =
+                shoal_tls::net::incoming(self.listener, config, "engine endpoint");
+            let mut conns = JoinSet::new();
+            loop {
+                tokio::select! {
+                    conn = incoming.next() => match conn {
+                        Some(Ok(conn)) => {
+                            conns.spawn(serve(conn, self.upstream.clone()));
+                        }
+                        Some(Err(e)) => tracing::warn!("engine endpoint: {e}"),
+                        None => return,
+                    },
+                    Some(_) = conns.join_next(), if !conns.is_empty() => {}
+                }
+            }
+        }
         let mut conns = JoinSet::new();
         let mut throttle = Throttle::default();
         loop {
             tokio::select! {
                 accepted = self.listener.accept() => match accepted {
                     Ok((stream, _)) => {
-                        conns.spawn(serve(stream, self.upstream.clone(), self.token.clone()));
+                        conns.spawn(serve(stream, self.upstream.clone()));
                     }
                     // Out of descriptors, or a connection reset before accept: back off, keep serving.
                     Err(e) => {
@@ -164,8 +187,11 @@ impl EngineEndpoint {
     }
 }
 
-async fn serve(stream: TcpStream, upstream: Arc<Upstream>, token: Arc<str>) {
-    let service = service_fn(move |req| handle(req, upstream.clone(), token.clone()));
+async fn serve<S>(stream: S, upstream: Arc<Upstream>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |req| handle(req, upstream.clone()));
     let served = http1::Builder::new()
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades()
@@ -178,26 +204,10 @@ async fn serve(stream: TcpStream, upstream: Arc<Upstream>, token: Arc<str>) {
 async fn handle(
     mut req: Request<Incoming>,
     upstream: Arc<Upstream>,
-    token: Arc<str>,
 ) -> Result<Response<Body>, Infallible> {
-    let given = req
-        .headers()
-        .get(shoal_raft::TOKEN_HEADER)
-        .and_then(|v| v.to_str().ok());
-    if !given.is_some_and(|given| shoal_raft::token_matches(given, &token)) {
-        let message = match given {
-            None => format!(
-                "{} header missing: send the cluster's join token",
-                shoal_raft::TOKEN_HEADER
-            ),
-            Some(_) => "join token refused: it is not this cluster's token".to_string(),
-        };
-        return Ok(docker_error(StatusCode::UNAUTHORIZED, &message));
-    }
     let upgrade = wants_upgrade(req.headers());
     let client = upgrade.then(|| hyper::upgrade::on(&mut req));
     let headers = req.headers_mut();
-    headers.remove(shoal_raft::TOKEN_HEADER);
     strip_hop_by_hop(headers);
     if let Ok(host) = HeaderValue::from_str(upstream.host()) {
         headers.insert(header::HOST, host);

@@ -12,9 +12,6 @@ pub enum AgentError {
     #[error("invalid manager address {addr:?}: {reason}")]
     BadAddress { addr: String, reason: String },
 
-    #[error("the join token cannot be sent in gRPC metadata (it must be printable ASCII)")]
-    BadToken,
-
     #[error("node id file {path}: {source}")]
     NodeIdFile {
         path: PathBuf,
@@ -33,7 +30,11 @@ pub enum AgentError {
         source: std::io::Error,
     },
 
-    /// PERMISSION_DENIED / UNAUTHENTICATED: the token is wrong or belongs to another cluster.
-    #[error("manager {addr} refused this agent ({message}): check --token")]
+    /// PERMISSION_DENIED / UNAUTHENTICATED: the node's certificate is refused (removed node).
+    #[error("manager {addr} refused this agent: {message}")]
     Refused { addr: String, message: String },
+
+    /// Joining the cluster (getting this node's certificate) failed for good.
+    #[error("{0}")]
+    Join(crate::security::SecurityError),
 }

@@ -1,7 +1,7 @@
 //! The agent's session with the leader's Dispatcher: register the node, heartbeat, receive the full
 //! assignment set after every change, send the task states the task runner observed. It follows
 //! leadership by itself (see `follow`), keeps unsent reports for the next leader, and gives up only
-//! when a manager refuses the token. It never touches Docker.
+//! when a manager refuses its certificate. It never touches Docker.
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -14,7 +14,7 @@ use shoal_proto::v1::{
 };
 use tokio::sync::{mpsc, watch};
 use tokio::time::{sleep, sleep_until, Instant};
-use tonic::metadata::{Ascii, MetadataValue};
+use shoal_tls::Credentials;
 use tonic::transport::Channel;
 use tonic::{Code, Status, Streaming};
 
@@ -25,8 +25,6 @@ use super::runtime::EngineInfo;
 use super::throttle::Throttle;
 use crate::model::{Service, Task, TaskStatus};
 
-/// Metadata key carrying the cluster's join token (as on the managers' peer service).
-const TOKEN_HEADER: &str = "x-shoal-token";
 /// Metadata key in a non-leader's UNAVAILABLE answer: the leader's gRPC address, or empty.
 pub(crate) const LEADER_HEADER: &str = "x-shoal-leader";
 /// Bound on every unary call (and on opening the assignment stream): a dead leader is left fast.
@@ -66,7 +64,7 @@ enum End {
 
 pub(crate) struct Session {
     me: Identity,
-    token: MetadataValue<Ascii>,
+    tls: Option<Credentials>,
     follow: Follow,
     channels: HashMap<String, Channel>,
     engine: watch::Receiver<EngineInfo>,
@@ -80,15 +78,14 @@ impl Session {
     pub(crate) fn new(
         me: Identity,
         join: &[String],
-        token: &str,
+        tls: Option<Credentials>,
         engine: watch::Receiver<EngineInfo>,
         assignments: watch::Sender<Assignments>,
         reports: mpsc::UnboundedReceiver<TaskStatus>,
     ) -> Result<Session, AgentError> {
-        let token = MetadataValue::try_from(token).map_err(|_| AgentError::BadToken)?;
         let mut channels = HashMap::new();
         for addr in join {
-            let channel = shoal_raft::connect(addr).map_err(|reason| AgentError::BadAddress {
+            let channel = shoal_raft::connect(addr, tls.as_ref()).map_err(|reason| AgentError::BadAddress {
                 addr: addr.clone(),
                 reason,
             })?;
@@ -96,7 +93,7 @@ impl Session {
         }
         Ok(Session {
             me,
-            token,
+            tls,
             follow: Follow::new(join.to_vec()),
             channels,
             engine,
@@ -145,7 +142,7 @@ impl Session {
         if let Some(channel) = self.channels.get(addr) {
             return Ok(channel.clone());
         }
-        let channel = shoal_raft::connect(addr)?;
+        let channel = shoal_raft::connect(addr, self.tls.as_ref())?;
         self.channels.insert(addr.to_string(), channel.clone());
         Ok(channel)
     }
@@ -157,7 +154,6 @@ impl Session {
             .max_decoding_message_size(MAX_MESSAGE)
             .max_encoding_message_size(MAX_MESSAGE);
         let caller = Caller {
-            token: self.token.clone(),
             node_id: self.me.node_id.clone(),
         };
         let engine = self.engine.borrow().clone();
@@ -204,10 +200,9 @@ impl Session {
     }
 }
 
-/// Puts the token (and a deadline the server sees) on every request.
+/// Puts a deadline the server sees on every request.
 #[derive(Clone)]
 struct Caller {
-    token: MetadataValue<Ascii>,
     node_id: String,
 }
 
@@ -220,11 +215,7 @@ impl Caller {
 
     /// For a stream that stays open: no deadline (a server may apply one to the whole call).
     fn stream_request<T>(&self, message: T) -> tonic::Request<T> {
-        let mut request = tonic::Request::new(message);
-        request
-            .metadata_mut()
-            .insert(TOKEN_HEADER, self.token.clone());
-        request
+        tonic::Request::new(message)
     }
 }
 

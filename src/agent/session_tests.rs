@@ -107,7 +107,6 @@ mod against_fake_managers {
 
     use super::*;
 
-    const TOKEN: &str = "secret";
 
     #[derive(Default)]
     struct Seen {
@@ -126,9 +125,9 @@ mod against_fake_managers {
 
     impl Fake {
         fn check<T>(&self, request: &tonic::Request<T>) -> Result<(), Status> {
-            let token = request.metadata().get(TOKEN_HEADER);
-            if self.refuse || token.and_then(|t| t.to_str().ok()) != Some(TOKEN) {
-                return Err(Status::permission_denied("wrong join token"));
+            let _ = request;
+            if self.refuse {
+                return Err(Status::permission_denied("certificate refused"));
             }
             match &self.not_leader {
                 Some(leader) => Err(not_leader(leader)),
@@ -237,7 +236,7 @@ mod against_fake_managers {
         session: tokio::task::JoinHandle<AgentError>,
     }
 
-    fn start_agent(join: Vec<String>, token: &str) -> Agent {
+    fn start_agent(join: Vec<String>) -> Agent {
         let engine = EngineInfo {
             name: "host".into(),
             version: "27.0.0".into(),
@@ -258,7 +257,7 @@ mod against_fake_managers {
             heartbeat: Duration::from_millis(50),
         };
         let session =
-            Session::new(me, &join, token, engine_rx, assignments_tx, reports_rx).unwrap();
+            Session::new(me, &join, None, engine_rx, assignments_tx, reports_rx).unwrap();
         Agent {
             assignments,
             reports,
@@ -281,7 +280,7 @@ mod against_fake_managers {
         follower.not_leader = Some(leader_addr);
         let (follower_addr, follower_seen) = serve(follower).await;
 
-        let mut agent = start_agent(vec![follower_addr], TOKEN);
+        let mut agent = start_agent(vec![follower_addr]);
         agent.assignments.changed().await.unwrap();
         let set = agent.assignments.borrow().clone().unwrap();
         assert_eq!(set[0].task.id, "t1");
@@ -304,7 +303,7 @@ mod against_fake_managers {
         deposed.deposed_for = Some(next_addr);
         let (deposed_addr, deposed_seen) = serve(deposed).await;
 
-        let agent = start_agent(vec![deposed_addr], TOKEN);
+        let agent = start_agent(vec![deposed_addr]);
         agent.reports.send(report("t1", TaskState::Failed)).unwrap();
         eventually("the report at the next leader", || {
             !next_seen.lock().unwrap().reports.is_empty()
@@ -316,16 +315,20 @@ mod against_fake_managers {
     }
 
     #[tokio::test]
-    async fn a_refused_token_ends_the_agent_with_one_clear_error() {
-        let (addr, _) = serve(leader()).await;
-        let agent = start_agent(vec![addr.clone()], "not-the-token");
+    async fn a_refused_certificate_ends_the_agent_with_one_clear_error() {
+        let (addr, _) = serve(Fake {
+            refuse: true,
+            ..leader()
+        })
+        .await;
+        let agent = start_agent(vec![addr.clone()]);
         let err = tokio::time::timeout(Duration::from_secs(5), agent.session)
             .await
-            .expect("a refused token is fatal, not retried")
+            .expect("a refusal is fatal, not retried")
             .unwrap();
         assert_eq!(
             err.to_string(),
-            format!("manager {addr} refused this agent (wrong join token): check --token")
+            format!("manager {addr} refused this agent: certificate refused")
         );
     }
 
@@ -335,7 +338,7 @@ mod against_fake_managers {
         let dead_addr = dead.local_addr().unwrap().to_string();
         drop(dead);
         let (addr, seen) = serve(leader()).await;
-        let mut agent = start_agent(vec![dead_addr, addr], TOKEN);
+        let mut agent = start_agent(vec![dead_addr, addr]);
         tokio::time::timeout(Duration::from_secs(3), agent.assignments.changed())
             .await
             .expect("registered through the second address")

@@ -51,8 +51,60 @@ pub(super) async fn run(mut client: Client, command: ClusterCommand) -> Result<(
                 proxy_errors(&proxies).try_for_each(out)
             }
         }
-        ClusterCommand::Token => out(client.token().await?),
+        ClusterCommand::Token { role, rotate } => out(client.token(&role, rotate).await?),
+        ClusterCommand::ClientCert { dir, name } => client_cert(&mut client, &dir, &name).await,
+        ClusterCommand::Ca { rotate, json } => {
+            if rotate {
+                let r = client.rotate_ca().await?;
+                out(format_args!(
+                    "root CA rotation started (generation {}): nodes trust the new root, then renew their certificates, then the old root is dropped",
+                    r.generation
+                ))?;
+            }
+            let info = client.ca_info().await?;
+            let digests: Vec<String> = shoal_tls::pki::certs_from_pem(&info.roots_pem)
+                .map(|certs| {
+                    certs
+                        .iter()
+                        .map(|c| shoal_tls::pki::digest_der(c))
+                        .collect()
+                })
+                .unwrap_or_default();
+            if json {
+                let doc = serde_json::json!({
+                    "cluster_id": info.cluster_id,
+                    "generation": info.generation,
+                    "phase": info.phase,
+                    "roots_sha256": digests,
+                    "cert_lifetime_secs": info.cert_lifetime_secs,
+                });
+                out(serde_json::to_string_pretty(&doc).expect("plain data"))
+            } else {
+                out(format_args!(
+                    "cluster {} CA generation {} phase {} certificate lifetime {}s roots (sha256) {}",
+                    info.cluster_id,
+                    info.generation,
+                    info.phase,
+                    info.cert_lifetime_secs,
+                    digests.join(",")
+                ))
+            }
+        }
     }
+}
+
+/// `cluster client-cert DIR`: the key never leaves this machine; the CA signs a request for it.
+async fn client_cert(client: &mut Client, dir: &std::path::Path, name: &str) -> Result<(), CliError> {
+    let tls = |e: shoal_tls::TlsError| CliError::Tls(e.to_string());
+    let (key_pem, csr_pem) = shoal_tls::pki::signing_request().map_err(tls)?;
+    let issued = client.issue_client(name, &csr_pem).await?;
+    let creds = shoal_tls::Credentials::with_cert(&issued.roots_pem, &issued.cert_pem, &key_pem)
+        .map_err(tls)?;
+    creds.save_dir(dir).map_err(tls)?;
+    out(format_args!(
+        "wrote {}/{{ca,cert,key}}.pem: use `shoal --tls-dir {0}`, or `docker --tlsverify` with DOCKER_CERT_PATH={0}",
+        dir.display()
+    ))
 }
 
 pub(super) async fn remove(mut client: Client, id: u64) -> Result<(), CliError> {

@@ -30,10 +30,11 @@ pub fn parse(input: &str) -> Result<Duration, String> {
             "s" => 1.0,
             "m" => 60.0,
             "h" => 3600.0,
-            "" => return Err(format!("duration {input:?} needs a unit: ms, s, m or h")),
+            "d" => 86400.0,
+            "" => return Err(format!("duration {input:?} needs a unit: ms, s, m, h or d")),
             other => {
                 return Err(format!(
-                    "unknown unit {other:?} in duration {input:?} (use ms, s, m or h)"
+                    "unknown unit {other:?} in duration {input:?} (use ms, s, m, h or d)"
                 ))
             }
         };

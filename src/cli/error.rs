@@ -10,6 +10,10 @@ pub enum CliError {
     #[error(transparent)]
     Client(#[from] ClientError),
 
+    /// Credentials that cannot be read or made.
+    #[error("{0}")]
+    Tls(String),
+
     #[error("key not found: {0}")]
     KeyNotFound(String),
 

@@ -36,17 +36,27 @@ pub struct GlobalArgs {
     /// Bound on each request to a manager (e.g. 15s, 500ms).
     #[arg(long, global = true, env = "SHOAL_TIMEOUT", value_parser = duration::parse, default_value = "15s")]
     pub timeout: Duration,
+
+    /// The certificate to present: a directory with ca.pem, cert.pem and key.pem (from
+    /// `shoal cluster client-cert DIR`, or a manager's DATA_DIR/tls on its host).
+    #[arg(long, global = true, env = "SHOAL_TLS_DIR", value_name = "DIR")]
+    pub tls_dir: Option<std::path::PathBuf>,
 }
 
 impl GlobalArgs {
-    fn client_config(&self) -> ClientConfig {
+    fn client_config(&self) -> Result<ClientConfig, CliError> {
         let mut config = ClientConfig::new(parse_hosts(&self.host));
         config.request_timeout = self.timeout;
-        config
+        if let Some(dir) = &self.tls_dir {
+            let creds = shoal_tls::Credentials::load_dir(dir)
+                .map_err(|e| CliError::Tls(format!("--tls-dir: {e}")))?;
+            config = config.with_tls(creds);
+        }
+        Ok(config)
     }
 
     async fn connect(&self) -> Result<Client, CliError> {
-        Ok(Client::connect(self.client_config()).await?)
+        Ok(Client::connect(self.client_config()?).await?)
     }
 }
 
@@ -111,8 +121,31 @@ pub enum ClusterCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Print the join token managers need to join this cluster.
-    Token,
+    /// Print the join token of a role: `worker` (agents, proxies) or `manager`.
+    Token {
+        #[arg(default_value = "worker", value_parser = ["worker", "manager"])]
+        role: String,
+        /// Replace the token first: the old one joins nothing from now on (nodes that joined
+        /// with it keep working).
+        #[arg(long)]
+        rotate: bool,
+    },
+    /// Issue a client certificate (role client) into DIR: ca.pem, cert.pem, key.pem, for
+    /// `shoal --tls-dir DIR` and `docker --tlsverify` (DOCKER_CERT_PATH=DIR).
+    ClientCert {
+        dir: std::path::PathBuf,
+        /// The name the certificate carries.
+        #[arg(long, default_value = "admin")]
+        name: String,
+    },
+    /// Show the root CA (generation, rotation phase, roots' digests); --rotate starts a root
+    /// rotation that every node follows without a restart.
+    Ca {
+        #[arg(long)]
+        rotate: bool,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 pub async fn run_kv(global: &GlobalArgs, command: KvCommand) -> Result<(), CliError> {

@@ -1,4 +1,4 @@
-//! `shoal node ls|inspect|update`: the Docker hosts as registered by their agents. An operator
+//! `shoal node ls|inspect|update|rm`: the Docker hosts as registered by their agents. An operator
 //! writes only `availability` and `operator_labels`; status, agent labels and images belong to
 //! the leader's dispatcher and are never written here.
 
@@ -45,6 +45,14 @@ pub enum NodeCommand {
         /// Node name, id or unique id prefix.
         node: String,
     },
+    /// Remove a node: its certificate is refused from then on (its agent stops), its tasks are
+    /// replaced elsewhere. A READY node needs --force.
+    Rm {
+        /// Node name, id or unique id prefix.
+        node: String,
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 /// What `node update` changes, validated before anything is read or written.
@@ -67,6 +75,13 @@ pub(super) async fn run(global: &GlobalArgs, command: NodeCommand) -> Result<(),
             let tasks: Vec<Versioned<Task>> = objects::list(client, keys::TASKS).await?;
             let tasks: Vec<Task> = tasks.into_iter().map(|t| t.value).collect();
             out(ls_table(&nodes, &tasks))
+        }
+        NodeCommand::Rm { node, force } => {
+            let client = &mut global.connect().await?;
+            let nodes: Vec<Versioned<Node>> = objects::list(client, keys::NODES).await?;
+            let id = objects::resolve(&nodes, &node)?.value.id.clone();
+            client.remove_node(&id, force).await?;
+            out(&id)
         }
         NodeCommand::Inspect { nodes: queries, .. } => {
             let client = &mut global.connect().await?;

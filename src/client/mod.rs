@@ -10,6 +10,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use shoal_proto::v1 as pb;
+use shoal_proto::v1::ca_client::CaClient;
 use shoal_proto::v1::cluster_client::ClusterClient;
 use shoal_proto::v1::kv_client::KvClient;
 use tonic::transport::{Channel, Endpoint};
@@ -32,6 +33,9 @@ pub struct ClientConfig {
     /// Bound on one call; longer than the managers' own bounded wait for a leader, so that their
     /// clear error arrives before this one.
     pub request_timeout: Duration,
+    /// The certificate to present (managers speak only mutual TLS). None: plaintext, which
+    /// managers refuse; for the error message and tests' doubles.
+    pub tls: Option<shoal_tls::Credentials>,
 }
 
 impl ClientConfig {
@@ -40,7 +44,14 @@ impl ClientConfig {
             hosts,
             connect_timeout: Duration::from_secs(2),
             request_timeout: Duration::from_secs(15),
+            tls: None,
         }
+    }
+
+    /// The same, presenting `creds`.
+    pub fn with_tls(mut self, creds: shoal_tls::Credentials) -> Self {
+        self.tls = Some(creds);
+        self
     }
 }
 
@@ -59,6 +70,10 @@ impl Conn {
 
     fn cluster(&self) -> ClusterClient<Channel> {
         ClusterClient::new(self.channel.clone()).max_decoding_message_size(MAX_MESSAGE)
+    }
+
+    fn ca(&self) -> CaClient<Channel> {
+        CaClient::new(self.channel.clone())
     }
 }
 
@@ -141,11 +156,62 @@ impl Client {
             .await
     }
 
-    pub async fn token(&mut self) -> Result<String, ClientError> {
-        let resp = self
-            .read(|c| async move { c.cluster().token(pb::TokenRequest::default()).await })
-            .await?;
+    /// The join token of `role` (worker or manager), rotated first if `rotate`.
+    pub async fn token(&mut self, role: &str, rotate: bool) -> Result<String, ClientError> {
+        let req = pb::CaTokenRequest {
+            role: role.to_string(),
+            rotate,
+        };
+        let resp = if rotate {
+            self.write(|c| async move { c.ca().token(req).await }).await?
+        } else {
+            self.read(|c| {
+                let req = req.clone();
+                async move { c.ca().token(req).await }
+            })
+            .await?
+        };
         Ok(resp.token)
+    }
+
+    /// A client certificate for `name`, signed for the public key of `csr_pem`.
+    pub async fn issue_client(
+        &mut self,
+        name: &str,
+        csr_pem: &str,
+    ) -> Result<pb::Issued, ClientError> {
+        let req = pb::IssueClientRequest {
+            name: name.to_string(),
+            csr_pem: csr_pem.to_string(),
+        };
+        self.read(|c| {
+            let req = req.clone();
+            async move { c.ca().issue_client(req).await }
+        })
+        .await
+    }
+
+    /// Starts a root CA rotation.
+    pub async fn rotate_ca(&mut self) -> Result<pb::RotateResponse, ClientError> {
+        self.write(|c| async move { c.ca().rotate(pb::RotateRequest {}).await })
+            .await
+    }
+
+    /// The CA's public state.
+    pub async fn ca_info(&mut self) -> Result<pb::CaInfo, ClientError> {
+        self.read(|c| async move { c.ca().info(pb::CaInfoRequest {}).await })
+            .await
+    }
+
+    /// Removes node `id` (`force`: even while READY); its certificate is revoked.
+    pub async fn remove_node(&mut self, id: &str, force: bool) -> Result<(), ClientError> {
+        let req = pb::RemoveNodeRequest {
+            id: id.to_string(),
+            force,
+        };
+        self.write(|c| async move { c.cluster().remove_node(req).await })
+            .await?;
+        Ok(())
     }
 
     pub async fn remove_manager(
@@ -263,13 +329,26 @@ async fn connect_one(config: &ClientConfig, index: usize) -> Result<Conn, Client
     let addr = config.hosts[index].trim().to_string();
     let endpoint = endpoint(&addr, config)?;
     // connect_timeout bounds the TCP connect; the outer timeout bounds the HTTP/2 handshake too.
-    let channel = match tokio::time::timeout(config.connect_timeout * 2, endpoint.connect()).await {
+    let connect = async {
+        match &config.tls {
+            Some(creds) => {
+                endpoint
+                    .connect_with_connector(shoal_tls::net::Connector::new(
+                        creds.client_config(&[shoal_tls::Role::Manager], &[b"h2"]),
+                    ))
+                    .await
+            }
+            None => endpoint.connect().await,
+        }
+    };
+    let channel = match tokio::time::timeout(config.connect_timeout * 2, connect).await {
         Ok(Ok(channel)) => channel,
         Ok(Err(e)) => {
-            return Err(ClientError::Connect {
-                addr,
-                reason: error_chain(&e),
-            });
+            let mut reason = error_chain(&e);
+            if config.tls.is_none() {
+                reason.push_str(" (managers speak mutual TLS only: give --tls-dir DIR or SHOAL_TLS_DIR, a directory with ca.pem, cert.pem and key.pem from `shoal cluster client-cert`)");
+            }
+            return Err(ClientError::Connect { addr, reason });
         }
         Err(_) => {
             let reason = format!("timed out after {:?}", config.connect_timeout * 2);
@@ -284,7 +363,9 @@ async fn connect_one(config: &ClientConfig, index: usize) -> Result<Conn, Client
 }
 
 fn endpoint(addr: &str, config: &ClientConfig) -> Result<Endpoint, ClientError> {
-    let url = if addr.contains("://") {
+    let url = if config.tls.is_some() {
+        shoal_tls::net::endpoint_uri(addr)
+    } else if addr.contains("://") {
         addr.to_string()
     } else {
         format!("http://{addr}")

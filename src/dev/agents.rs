@@ -18,6 +18,7 @@ pub(crate) async fn start(
     slots: &[AgentSlot],
     managers: &[String],
     token: &str,
+    tls_dir: &std::path::Path,
     group: &mut Group,
 ) -> Result<Vec<AgentEntry>, DevError> {
     let mut started = Vec::with_capacity(slots.len());
@@ -26,7 +27,7 @@ pub(crate) async fn start(
         let index = group.spawn("agent", &slot.name, exe, &args, &slot.log)?;
         started.push((slot, index));
     }
-    wait_ready(&started, managers, group).await?;
+    wait_ready(&started, managers, tls_dir, group).await?;
     Ok(started
         .iter()
         .map(|(slot, index)| AgentEntry {
@@ -43,11 +44,10 @@ pub(crate) async fn start(
 async fn wait_ready(
     started: &[(&AgentSlot, usize)],
     managers: &[String],
+    tls_dir: &std::path::Path,
     group: &mut Group,
 ) -> Result<(), DevError> {
-    let mut config = ClientConfig::new(managers.to_vec());
-    config.connect_timeout = Duration::from_secs(1);
-    config.request_timeout = Duration::from_secs(5);
+    let config = super::client_config(managers.to_vec(), tls_dir);
     let deadline = tokio::time::Instant::now() + START_TIMEOUT;
     loop {
         for (slot, index) in started {

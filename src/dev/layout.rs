@@ -13,7 +13,11 @@ use super::DevError;
 /// `DIR/cluster.json`: every process with its pid and addresses, plus the join token.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ClusterFile {
+    /// The manager join token (it joins any role).
     pub token: String,
+    /// The credentials the CLI can use (the first manager's `DATA_DIR/tls`).
+    #[serde(default)]
+    pub tls_dir: PathBuf,
     pub managers: Vec<ManagerEntry>,
     #[serde(default)]
     pub agents: Vec<AgentEntry>,
@@ -247,6 +251,7 @@ mod tests {
         let slots = fresh_slots(dir.path(), 2).unwrap();
         let file = ClusterFile {
             token: "t".into(),
+            tls_dir: PathBuf::from("/tmp/x/m1/tls"),
             managers: slots
                 .iter()
                 .enumerate()

@@ -187,7 +187,7 @@ async fn start(
                 &first.log,
             )?;
             let token = wait_for_token(first, index, group).await?;
-            wait_for_voters(first, index, group, &slots[..1], 1).await?;
+            wait_for_voters(first, index, group, &slots[..1], 1, slots).await?;
             for (i, slot) in slots.iter().enumerate().skip(1) {
                 let mut args = slot.manager_args();
                 args.extend([
@@ -197,12 +197,13 @@ async fn start(
                     token.clone(),
                 ]);
                 let index = group.spawn("manager", &slot.name, exe, &args, &slot.log)?;
-                wait_for_voters(slot, index, group, slots, i + 1).await?;
+                wait_for_voters(slot, index, group, slots, i + 1, slots).await?;
             }
             token
         }
     };
-    let status = wait_for_voters(&slots[0], 0, group, slots, slots.len()).await?;
+    let status = wait_for_voters(&slots[0], 0, group, slots, slots.len(), slots).await?;
+    let tls_dir = tls_dir(slots);
     let managers = slots
         .iter()
         .enumerate()
@@ -220,25 +221,43 @@ async fn start(
         })
         .collect();
     let grpc: Vec<String> = slots.iter().map(|s| s.grpc.to_string()).collect();
-    let agents = agents::start(exe, agent_slots, &grpc, &token, group).await?;
+    let agents = agents::start(exe, agent_slots, &grpc, &token, &tls_dir, group).await?;
     let proxy = match proxy {
         Some((nginx, slot)) => {
-            let entry = proxy::start(exe, nginx, slot, &grpc, &token, group).await?;
+            let entry = proxy::start(exe, nginx, slot, &grpc, &token, &tls_dir, group).await?;
             Some(serde_json::to_value(entry).expect("plain data"))
         }
         None => None,
     };
     Ok(ClusterFile {
         token,
+        tls_dir,
         managers,
         agents,
         proxy,
     })
 }
 
-/// Waits for the bootstrapping manager to write `DATA_DIR/token`.
+/// The first manager's credentials (`DATA_DIR/tls`): the CLI and `shoal dev` itself use them.
+fn tls_dir(slots: &[Slot]) -> PathBuf {
+    crate::security::local::tls_dir(&slots[0].data_dir)
+}
+
+/// A client of `managers` presenting the credentials in `tls_dir` (none yet: connecting fails,
+/// and the caller's loop tries again).
+pub(crate) fn client_config(managers: Vec<String>, tls_dir: &Path) -> ClientConfig {
+    let mut config = ClientConfig::new(managers);
+    if let Ok(creds) = shoal_tls::Credentials::load_dir(tls_dir) {
+        config = config.with_tls(creds);
+    }
+    config.connect_timeout = Duration::from_secs(1);
+    config.request_timeout = Duration::from_secs(5);
+    config
+}
+
+/// Waits for the bootstrapping manager to write its manager join token (it joins any role).
 async fn wait_for_token(slot: &Slot, index: usize, group: &mut Group) -> Result<String, DevError> {
-    let path = slot.data_dir.join("token");
+    let path = crate::security::local::token_file(&slot.data_dir, shoal_tls::Role::Manager);
     let deadline = tokio::time::Instant::now() + START_TIMEOUT;
     loop {
         if let Ok(token) = std::fs::read_to_string(&path) {
@@ -263,14 +282,15 @@ async fn wait_for_voters(
     group: &mut Group,
     ask: &[Slot],
     voters: usize,
+    all: &[Slot],
 ) -> Result<shoal_proto::v1::StatusResponse, DevError> {
-    let mut config = ClientConfig::new(ask.iter().map(|s| s.grpc.to_string()).collect());
-    config.connect_timeout = Duration::from_secs(1);
-    config.request_timeout = Duration::from_secs(5);
+    let addrs = ask.iter().map(|s| s.grpc.to_string()).collect();
     let deadline = tokio::time::Instant::now() + START_TIMEOUT;
     loop {
         check_alive(slot, index, group)?;
-        if let Ok(mut client) = Client::connect(config.clone()).await {
+        // Read again each round: the first manager writes its credentials as it starts.
+        let config = client_config(addrs, &tls_dir(all));
+        if let Ok(mut client) = Client::connect(config).await {
             if let Ok(status) = client.status().await {
                 let count = status.members.iter().filter(|m| m.voter).count();
                 if status.leader_id != 0 && count >= voters {
@@ -349,9 +369,11 @@ fn print_summary(file: &ClusterFile, slots: &[Slot], path: &Path) {
         );
         println!("  {}  pid {}  log {}", p.name, p.pid, p.log.display());
     }
-    println!("join token: {}", file.token);
+    println!("join token (manager; joins any role): {}", file.token);
+    println!("credentials: {}", file.tls_dir.display());
     println!("cluster file: {}", path.display());
     println!();
     let hosts: Vec<&str> = file.managers.iter().map(|m| m.grpc.as_str()).collect();
     println!("export SHOAL_HOST={}", hosts.join(","));
+    println!("export SHOAL_TLS_DIR={}", file.tls_dir.display());
 }

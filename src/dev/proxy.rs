@@ -148,6 +148,7 @@ pub(crate) async fn start(
     slot: &ProxySlot,
     managers: &[String],
     token: &str,
+    tls_dir: &Path,
     group: &mut Group,
 ) -> Result<ProxyEntry, DevError> {
     slot.prepare()?;
@@ -175,9 +176,7 @@ pub(crate) async fn start(
 
     let args = slot.proxy_args(managers, token);
     let proxy_index = group.spawn("proxy", NAME, exe, &args, &slot.log)?;
-    let mut config = ClientConfig::new(managers.to_vec());
-    config.connect_timeout = Duration::from_secs(1);
-    config.request_timeout = Duration::from_secs(5);
+    let config = super::client_config(managers.to_vec(), tls_dir);
     loop {
         alive(group, proxy_index, NAME, &slot.log)?;
         if reported(&config).await {

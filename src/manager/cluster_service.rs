@@ -1,11 +1,15 @@
-//! Cluster admin (`shoal.v1.Cluster`): status, removing a manager, showing the join token.
+//! Cluster admin (`shoal.v1.Cluster`): status, removing a manager or a node (revoking its
+//! certificate).
 
 use shoal_proto::v1 as pb;
 use shoal_proto::v1::cluster_server::Cluster;
 use shoal_raft::Store;
+use shoal_tls::Role;
 use tonic::Request;
 use tonic::Response;
 use tonic::Status;
+
+use crate::security;
 
 pub(crate) struct ClusterService {
     store: Store,
@@ -62,16 +66,47 @@ impl Cluster for ClusterService {
                 "manager id 0 does not exist; ids start at 1",
             ));
         }
+        let name = security::state::manager_name(&self.store, id).await?;
         let voters = self.store.remove_member(id).await?;
+        // Out of the membership first (its own certificate may be the one answering): then its
+        // certificate is refused by every manager from their next second on.
+        if let Some(name) = name {
+            security::state::revoke(&self.store, Role::Manager, &name).await?;
+        }
         Ok(Response::new(pb::RemoveManagerResponse { voters }))
     }
 
-    async fn token(
+    async fn remove_node(
         &self,
-        _req: Request<pb::TokenRequest>,
-    ) -> Result<Response<pb::TokenResponse>, Status> {
-        Ok(Response::new(pb::TokenResponse {
-            token: self.store.token().to_string(),
-        }))
+        req: Request<pb::RemoveNodeRequest>,
+    ) -> Result<Response<pb::RemoveNodeResponse>, Status> {
+        let r = req.into_inner();
+        let key = crate::model::keys::node(&r.id);
+        let range = shoal_raft::Range {
+            key: key.clone().into_bytes(),
+            ..Default::default()
+        };
+        let (found, _) = self.store.range(&range, false).await?;
+        let Some(kv) = found.kvs.into_iter().next() else {
+            return Err(Status::not_found(format!("no node {}", r.id)));
+        };
+        let node: crate::model::Node = serde_json::from_slice(&kv.value)
+            .map_err(|e| Status::internal(format!("node {}: {e}", r.id)))?;
+        if node.status == crate::model::NodeStatus::Ready && !r.force {
+            return Err(Status::failed_precondition(format!(
+                "node {} ({}) is READY: stop its agent first, or remove it with --force",
+                r.id, node.name
+            )));
+        }
+        // Revoked before the record goes: the agent cannot register it again.
+        security::state::revoke(&self.store, Role::Worker, &r.id).await?;
+        self.store
+            .write(shoal_raft::Command::Delete(shoal_raft::Delete {
+                key: key.into_bytes(),
+                ..Default::default()
+            }))
+            .await?;
+        tracing::info!(node = %r.id, name = %node.name, "node removed; its certificate is revoked");
+        Ok(Response::new(pb::RemoveNodeResponse {}))
     }
 }

@@ -8,7 +8,7 @@ use std::pin::Pin;
 
 use shoal_proto::v1 as pb;
 use shoal_proto::v1::dispatcher_server::Dispatcher;
-use shoal_raft::{Range, Store, StoreError, TOKEN_HEADER};
+use shoal_raft::{Range, Store, StoreError};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
@@ -45,20 +45,11 @@ impl DispatcherService {
         }
     }
 
-    /// Checks the join token and that this manager's loops lead; returns the running term.
+    /// Checks the caller's worker certificate (not revoked: a removed node's session ends at
+    /// its next call) and that this manager's loops lead; returns the running term.
     fn admit<T>(&self, req: &Request<T>) -> Result<Leading, Status> {
-        let token = req
-            .metadata()
-            .get(TOKEN_HEADER)
-            .and_then(|v| v.to_str().ok());
-        match token {
-            Some(t) if self.store.token_matches(t) => {}
-            Some(_) => {
-                return Err(Status::unauthenticated(
-                    "join token refused: it is not this cluster's token",
-                ))
-            }
-            None => return Err(Status::unauthenticated("join token missing")),
+        if let Some(creds) = self.store.tls() {
+            shoal_tls::net::authorize(creds, req.extensions(), crate::security::WORKER_ROLES)?;
         }
         match self.leading.borrow().clone() {
             Some(leading) => Ok(leading),
@@ -144,8 +135,34 @@ impl Dispatcher for DispatcherService {
         req: Request<pb::RegisterRequest>,
     ) -> Result<Response<pb::RegisterResponse>, Status> {
         let leading = self.admit(&req)?;
+        let caller = req
+            .extensions()
+            .get::<shoal_tls::PeerInfo>()
+            .and_then(|p| p.identity.clone());
         let r = req.into_inner();
         validate_register(&r)?;
+        if let Some(caller) = caller {
+            // A worker certificate speaks for one node only.
+            if caller.name != r.node_id {
+                return Err(Status::permission_denied(format!(
+                    "the certificate of node {} cannot register node {}",
+                    caller.name, r.node_id
+                )));
+            }
+        }
+        // The store, not this manager's revocation cache, which lags by up to a second.
+        let revoked = crate::security::state::revoked(&self.store)
+            .await
+            .map_err(Status::from)?;
+        if revoked.contains(&shoal_tls::creds::revocation_name(
+            shoal_tls::Role::Worker,
+            &r.node_id,
+        )) {
+            return Err(Status::permission_denied(format!(
+                "node {} was removed from the cluster",
+                r.node_id
+            )));
+        }
         let id = r.node_id.clone();
         self.update_node(leading.term, &id, |current, all| {
             if let Some((other, _)) = all

@@ -12,6 +12,7 @@ pub mod scheduler;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context;
 use shoal_proto::v1::cluster_server::ClusterServer;
@@ -23,9 +24,11 @@ use shoal_raft::RaftTuning;
 use shoal_raft::Store;
 use shoal_raft::StoreConfig;
 use tokio::net::TcpListener;
-use tonic::transport::server::TcpIncoming;
+use shoal_proto::v1::ca_server::CaServer;
+use shoal_tls::Role;
 
 use self::cluster_service::ClusterService;
+use crate::security;
 use self::control::ControlConfig;
 use self::dispatcher::DispatcherService;
 use self::kv_service::KvService;
@@ -44,13 +47,39 @@ pub struct ManagerConfig {
     pub docker_api: Option<SocketAddr>,
     /// Managers to join; empty bootstraps a new cluster (or restarts from the data dir).
     pub join: Vec<String>,
+    /// The manager join token (`shoal cluster token manager`), to join.
     pub token: Option<String>,
     /// Restart a surviving manager as a one-member cluster keeping all its data.
     pub force_new_cluster: bool,
+    /// Node certificate lifetime, set for the whole cluster at bootstrap.
+    pub cert_lifetime: Duration,
+    /// Serve the Docker API over mutual TLS even on a loopback address.
+    pub docker_tls: bool,
+    /// Allow a plaintext Docker API on an address beyond loopback (warned at every start).
+    pub insecure_docker_api: bool,
 }
 
 /// Where the Docker API listens without `--docker-api`.
 pub const DEFAULT_DOCKER_API: &str = "127.0.0.1:2375";
+
+/// Prints the join tokens of a new cluster once its CA is in the store (the keeper writes them
+/// to `DATA_DIR/tokens/` within a second or two of the first election).
+async fn print_tokens(data_dir: &std::path::Path) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let read = |role| std::fs::read_to_string(security::local::token_file(data_dir, role));
+        if let (Ok(worker), Ok(manager)) = (read(Role::Worker), read(Role::Manager)) {
+            println!("join token (worker): {}", worker.trim());
+            println!("join token (manager): {}", manager.trim());
+            return;
+        }
+        if tokio::time::Instant::now() > deadline {
+            tracing::warn!("no join token yet: print them with `shoal cluster token worker|manager`");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
 
 /// Binds `--docker-api`. Without the flag the default address is tried, and a default already
 /// taken (another manager on this host) is a warning, not an error.
@@ -68,6 +97,37 @@ async fn bind_docker_api(flag: Option<SocketAddr>) -> anyhow::Result<Option<TcpL
             Ok(None)
         }
     }
+}
+
+/// Whether the Docker API at `addr` speaks TLS: always beyond loopback (refused plaintext unless
+/// `--insecure-docker-api`), on loopback only with `--docker-tls`.
+fn docker_api_tls(addr: SocketAddr, config: &ManagerConfig) -> anyhow::Result<bool> {
+    if config.docker_tls || (!addr.ip().is_loopback() && !config.insecure_docker_api) {
+        return Ok(true);
+    }
+    if !addr.ip().is_loopback() {
+        tracing::warn!("the Docker API on {addr} accepts anyone who can reach it, without TLS (--insecure-docker-api): that is root on every node");
+        eprintln!("WARNING: the Docker API on {addr} accepts anyone who can reach it, without TLS (--insecure-docker-api): that is root on every node");
+    }
+    Ok(false)
+}
+
+/// Names and addresses a manager's certificate carries: Docker clients check them.
+fn certificate_names(advertise: &str, local: SocketAddr, docker_api: Option<SocketAddr>) -> Vec<String> {
+    let mut sans = vec!["localhost".to_string(), "127.0.0.1".to_string()];
+    let host = match advertise.rsplit_once(':') {
+        Some((h, _)) => h.trim_start_matches('[').trim_end_matches(']').to_string(),
+        None => advertise.to_string(),
+    };
+    sans.push(host);
+    for addr in [Some(local), docker_api].into_iter().flatten() {
+        if !addr.ip().is_unspecified() {
+            sans.push(addr.ip().to_string());
+        }
+    }
+    sans.sort();
+    sans.dedup();
+    sans
 }
 
 /// Runs a manager until `shutdown` resolves or a fatal error occurs.
@@ -104,15 +164,44 @@ pub async fn run(config: ManagerConfig, shutdown: impl Future<Output = ()>) -> a
             None => String::new(),
         },
     };
+    let docker_addr = docker_api.as_ref().map(|l| l.local_addr()).transpose()?;
+    let docker_tls = match docker_addr {
+        Some(addr) => docker_api_tls(addr, &config)?,
+        None => false,
+    };
+    let sans = certificate_names(&advertise, local, docker_addr);
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create {}", config.data_dir.display()))?;
+    let material = security::local::open_manager(security::local::Start {
+        data_dir: &config.data_dir,
+        join: &config.join,
+        token: config.token.as_deref(),
+        sans: sans.clone(),
+        lifetime: config.cert_lifetime,
+    })
+    .await
+    .context("setting up this manager's certificate")?;
+    let creds = material.creds.clone();
     let (store, opened) = Store::open(StoreConfig {
         data_dir: config.data_dir.clone(),
         node,
         join: config.join.clone(),
-        token: config.token.clone(),
+        token: material.raft_token.clone(),
+        tls: Some(creds.clone()),
         force_new_cluster: config.force_new_cluster,
         tuning: RaftTuning::default(),
     })
     .await?;
+    let keeper = tokio::spawn(
+        security::keeper::ManagerKeeper {
+            store: store.clone(),
+            creds: creds.clone(),
+            kek: material.kek.clone(),
+            data_dir: config.data_dir.clone(),
+            sans,
+        }
+        .run(),
+    );
 
     // The leader's control loops, and the dispatcher that answers agents while they run.
     let (leading_tx, leading) = tokio::sync::watch::channel(None);
@@ -123,15 +212,32 @@ pub async fn run(config: ManagerConfig, shutdown: impl Future<Output = ()>) -> a
     ));
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    // Small request/response RPCs: without TCP_NODELAY, Nagle and delayed ACKs add ~40 ms.
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    // Every connection is mutual TLS; who may call what is each service's check. (The accept
+    // loop sets TCP_NODELAY: small RPCs would wait ~40 ms on Nagle and delayed ACKs.)
+    let incoming = shoal_tls::net::incoming(
+        listener,
+        creds.server_config(None, security::H2),
+        "gRPC",
+    );
+    let clients = || security::interceptor(creds.clone(), security::CLIENT_ROLES);
     let server = tonic::transport::Server::builder()
         .add_service(store.peer_service())
-        .add_service(KvServer::new(KvService::new(store.clone())))
-        .add_service(ClusterServer::new(ClusterService::new(store.clone())))
+        .add_service(KvServer::with_interceptor(
+            KvService::new(store.clone()),
+            clients(),
+        ))
+        .add_service(ClusterServer::with_interceptor(
+            ClusterService::new(store.clone()),
+            clients(),
+        ))
         .add_service(DispatcherServer::new(DispatcherService::new(
             store.clone(),
             leading,
+        )))
+        .add_service(CaServer::new(security::service::CaService::new(
+            store.clone(),
+            creds.clone(),
+            material.kek.clone(),
         )))
         .serve_with_incoming_shutdown(incoming, async {
             let _ = stop_rx.await;
@@ -151,7 +257,8 @@ pub async fn run(config: ManagerConfig, shutdown: impl Future<Output = ()>) -> a
 
     let (docker_stop, docker_stopped) = tokio::sync::oneshot::channel::<()>();
     let docker_api = docker_api.map(|l| {
-        let serve = crate::api::docker::serve(l, store.clone(), async move {
+        let tls = docker_tls.then(|| creds.clone());
+        let serve = crate::api::docker::serve(l, store.clone(), tls, async move {
             let _ = docker_stopped.await;
         });
         tokio::spawn(async move {
@@ -172,11 +279,14 @@ pub async fn run(config: ManagerConfig, shutdown: impl Future<Output = ()>) -> a
     }
 
     match opened {
-        Opened::Bootstrapped => println!("join token: {}", store.token()),
+        Opened::Bootstrapped => print_tokens(&config.data_dir).await,
         Opened::ForcedNewCluster => {
             tracing::warn!("running as a new one-member cluster; add managers with --join")
         }
         _ => {}
+    }
+    if let Err(e) = security::state::record_manager(&store, &material.name).await {
+        tracing::warn!("recording this manager's certificate name: {e}");
     }
     println!(
         "shoal manager {} of cluster {} serving on {advertise} ({:?})",
@@ -195,6 +305,7 @@ pub async fn run(config: ManagerConfig, shutdown: impl Future<Output = ()>) -> a
         },
     };
     control.abort();
+    keeper.abort();
     let _ = stop_tx.send(());
     let _ = http_stop.send(());
     if let Some(h) = http {

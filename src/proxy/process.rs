@@ -3,7 +3,8 @@
 //! and makes each new record live through `apply`, reporting what runs through `report`. It never
 //! exits on a bad config, a proxy that is down or managers that are unreachable: the previous
 //! config keeps serving, the error is reported, and a failed attempt is retried with backoff.
-//! `--token` is accepted and kept, but not checked yet: the KV API has no token check so far.
+//! It joins with `--token` (worker or manager token) for a proxy certificate, kept in memory and
+//! renewed while it runs.
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -30,7 +31,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 pub struct ProxyProcessConfig {
     /// Managers' gRPC addresses.
     pub join: Vec<String>,
-    /// The cluster's join token: kept for when the managers check it (they do not yet).
+    /// The join token (worker or manager) the proxy joins with for its certificate.
     pub token: String,
     pub kind: ProxyKind,
     /// The live config file the proxy runs from.
@@ -69,6 +70,47 @@ impl ProxyProcessConfig {
     }
 }
 
+/// Ends a background task with its owner.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// A proxy certificate through a join; unreachable managers are waited for, a refused token is
+/// an error.
+async fn proxy_credentials(
+    config: &ProxyProcessConfig,
+    name: &str,
+) -> anyhow::Result<shoal_tls::Credentials> {
+    use crate::security::SecurityError;
+    let mut logged = String::new();
+    loop {
+        match crate::security::join::join(
+            &config.join,
+            &config.token,
+            shoal_tls::Role::Proxy,
+            name,
+            &[],
+        )
+        .await
+        {
+            Ok(joined) => return Ok(joined.creds),
+            Err(e @ SecurityError::Unreachable(_)) => {
+                let line = e.to_string();
+                if line != logged {
+                    tracing::warn!("joining: {line}; retrying");
+                    logged = line;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => return Err(anyhow::anyhow!("joining the cluster: {e}")),
+        }
+    }
+}
+
 /// Runs the proxy's apply loop until `shutdown` resolves (an attempt under way is finished
 /// first, so the live file and the running proxy never disagree), then removes its status.
 pub async fn run(
@@ -85,6 +127,14 @@ pub async fn run(
         keys::PROXY_CONFIG,
         checked.config.join.join(",")
     );
+    let creds = proxy_credentials(&checked.config, &checked.name).await?;
+    let keeper = tokio::spawn(crate::security::keeper::run_node(
+        checked.config.join.clone(),
+        creds.clone(),
+        None,
+        Vec::new(),
+    ));
+    let _keeper = AbortOnDrop(keeper);
     let ProxyProcessConfig {
         join,
         kind,
@@ -104,7 +154,7 @@ pub async fn run(
     let control = Local::new(kind, run_dir, reload);
     let applier = Applier::new(kind, path, template, options, control);
 
-    let client_config = ClientConfig::new(join);
+    let client_config = ClientConfig::new(join).with_tls(creds);
     let (status_tx, status_rx) =
         watch::channel(applier.status(&checked.name, crate::host::now_ms()));
     let reporter = tokio::spawn(super::report::run(client_config.clone(), key, status_rx));

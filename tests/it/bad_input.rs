@@ -81,7 +81,7 @@ async fn bad_keys_and_values_are_refused() {
     let out = run_cli(
         &["--host", &hosts, "kv", "put", "big"],
         Some(vec![b'x'; MAX_VALUE + 1]),
-        &[],
+        &[("SHOAL_TLS_DIR", c.admin_tls.to_str().unwrap())],
     )
     .await;
     assert_eq!(out.code, Some(1), "oversized value: {out:?}");

@@ -63,7 +63,7 @@ async fn kv_commands_and_their_output() {
     let out = crate::cluster::run_cli(
         &["--host", &hosts, "kv", "put", "app/c"],
         Some(b"from\xffstdin".to_vec()),
-        &[],
+        &[("SHOAL_TLS_DIR", c.admin_tls.to_str().unwrap())],
     )
     .await;
     assert!(out.ok(), "{out:?}");
@@ -174,10 +174,13 @@ async fn cluster_status_and_token() {
         );
     }
 
-    let out = c.cli(&["cluster", "token"]).await;
+    let out = c.cli(&["cluster", "token", "manager"]).await;
     assert_eq!(out.stdout.trim(), c.token, "{out:?}");
-    // The bootstrap printed it too.
-    assert!(c.managers[0]
-        .log_text()
-        .contains(&format!("join token: {}", c.token)));
+    // The bootstrap printed it too, and the worker token beside it.
+    let worker = c.cli(&["cluster", "token"]).await;
+    assert!(worker.ok(), "{worker:?}");
+    assert_ne!(worker.stdout.trim(), c.token);
+    let log = c.managers[0].log_text();
+    assert!(log.contains(&format!("join token (manager): {}", c.token)), "{log}");
+    assert!(log.contains(&format!("join token (worker): {}", worker.stdout.trim())), "{log}");
 }

@@ -103,8 +103,15 @@ impl Manager {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// The manager join token the manager keeps in `DATA_DIR/tokens/manager` (it joins any
+    /// role: managers, agents, proxies).
     pub async fn wait_token(&self) -> String {
-        let path = self.data_dir.join("token");
+        self.wait_token_of("manager").await
+    }
+
+    /// The join token of `role` (worker or manager).
+    pub async fn wait_token_of(&self, role: &str) -> String {
+        let path = self.data_dir.join("tokens").join(role);
         let deadline = Instant::now() + WAIT;
         loop {
             if let Ok(token) = std::fs::read_to_string(&path) {
@@ -122,12 +129,17 @@ impl Manager {
         }
     }
 
+    /// This manager's own credentials (`DATA_DIR/tls`: ca.pem, cert.pem, key.pem).
+    pub fn tls_dir(&self) -> PathBuf {
+        self.data_dir.join("tls")
+    }
+
     pub fn kv(&self) -> KvClient<Channel> {
-        KvClient::new(channel(&self.grpc)).max_decoding_message_size(256 << 20)
+        KvClient::new(channel(&self.grpc, &self.tls_dir())).max_decoding_message_size(256 << 20)
     }
 
     pub fn cluster(&self) -> ClusterClient<Channel> {
-        ClusterClient::new(channel(&self.grpc))
+        ClusterClient::new(channel(&self.grpc, &self.tls_dir()))
     }
 
     pub async fn status(&self) -> Result<pb::StatusResponse, tonic::Status> {
@@ -224,13 +236,19 @@ pub fn spawn_logged(args: &[&str], log: &Path) -> Child {
         .unwrap_or_else(|e| panic!("spawning shoal {args:?}: {e}"))
 }
 
-/// A lazily connected channel: creating it never fails, calls to a dead manager do.
-pub fn channel(addr: &str) -> Channel {
-    Endpoint::from_shared(format!("http://{addr}"))
+/// A lazily connected mutual-TLS channel presenting the credentials in `tls_dir`: creating it
+/// never fails; calls to a dead manager (or without credentials yet: plaintext) do.
+pub fn channel(addr: &str, tls_dir: &Path) -> Channel {
+    let endpoint = Endpoint::from_shared(format!("http://{addr}"))
         .unwrap()
         .connect_timeout(Duration::from_secs(2))
-        .tcp_nodelay(true)
-        .connect_lazy()
+        .tcp_nodelay(true);
+    match shoal_tls::Credentials::load_dir(tls_dir) {
+        Ok(creds) => endpoint.connect_with_connector_lazy(shoal_tls::net::Connector::new(
+            creds.client_config(&[shoal_tls::Role::Manager], &[b"h2"]),
+        )),
+        Err(_) => endpoint.connect_lazy(),
+    }
 }
 
 /// A test-side call that can never hang.
@@ -338,6 +356,7 @@ pub async fn run_cli(args: &[&str], stdin: Option<Vec<u8>>, envs: &[(&str, &str)
     let mut cmd = tokio::process::Command::new(SHOAL);
     cmd.args(args)
         .env_remove("SHOAL_HOST")
+        .env_remove("SHOAL_TLS_DIR")
         .env_remove("RUST_LOG")
         .stdin(if stdin.is_some() {
             Stdio::piped()
@@ -378,25 +397,56 @@ pub fn tail(text: &str) -> String {
 pub struct Cluster {
     root: Option<tempfile::TempDir>,
     pub managers: Vec<Manager>,
+    /// The manager join token (it joins any role).
     pub token: String,
+    /// The worker join token (agents and proxies).
+    pub worker_token: String,
+    /// An operator's client certificate (`shoal cluster client-cert`), for the CLI: unlike a
+    /// manager's own, it outlives the removal of any manager.
+    pub admin_tls: PathBuf,
 }
 
 impl Cluster {
     /// Bootstraps m1, then joins the others one at a time until all `n` are voters.
     pub async fn start(n: usize) -> Cluster {
+        Cluster::start_with(n, &[]).await
+    }
+
+    /// As `start`, m1 bootstrapping with `extra` flags (e.g. `--cert-lifetime`).
+    pub async fn start_with(n: usize, extra: &[&str]) -> Cluster {
         let root = tempfile::Builder::new()
             .prefix("shoal-it-")
             .tempdir()
             .unwrap();
         let mut first = Manager::new(root.path(), "m1");
-        first.spawn(&[]);
+        first.spawn(extra);
         let token = first.wait_token().await;
+        let worker_token = first.wait_token_of("worker").await;
+        let admin_tls = root.path().join("admin-tls");
         let mut cluster = Cluster {
             root: Some(root),
             managers: vec![first],
             token,
+            worker_token,
+            admin_tls,
         };
         cluster.wait_voters(1).await;
+        let (first, admin) = (&cluster.managers[0], &cluster.admin_tls);
+        let out = run_cli(
+            &[
+                "--host",
+                &first.grpc,
+                "--tls-dir",
+                first.tls_dir().to_str().unwrap(),
+                "cluster",
+                "client-cert",
+                admin.to_str().unwrap(),
+            ],
+            None,
+            &[],
+        )
+        .await;
+        assert!(out.ok(), "issuing the harness's client certificate: {out:?}");
         for _ in 1..n {
             cluster.add_manager().await;
         }
@@ -561,12 +611,12 @@ impl Cluster {
             .commit_index
     }
 
-    /// Runs the CLI with `--host` listing every manager.
+    /// Runs the CLI with `--host` listing every manager and the harness's client certificate.
     pub async fn cli(&self, args: &[&str]) -> CliOutput {
         let hosts = self.hosts();
         let mut all = vec!["--host", hosts.as_str()];
         all.extend_from_slice(args);
-        run_cli(&all, None, &[]).await
+        run_cli(&all, None, &[("SHOAL_TLS_DIR", self.admin_tls.to_str().unwrap())]).await
     }
 
     /// The tail of every manager's log, for failure messages.

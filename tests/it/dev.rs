@@ -104,18 +104,20 @@ async fn dev_runs_a_local_cluster_and_stops_it() {
         .map(|m| m["grpc"].as_str().unwrap())
         .collect();
     let hosts = hosts.join(",");
+    let tls = doc["tls_dir"].as_str().unwrap().to_string();
+    assert!(std::path::Path::new(&tls).join("cert.pem").exists(), "{doc}");
 
     let out = run_cli(
         &["kv", "put", "dev/k", "v"],
         None,
-        &[("SHOAL_HOST", &hosts)],
+        &[("SHOAL_HOST", &hosts), ("SHOAL_TLS_DIR", &tls)],
     )
     .await;
     assert!(out.ok(), "{out:?}");
     let out = run_cli(
         &["cluster", "status", "--json"],
         None,
-        &[("SHOAL_HOST", &hosts)],
+        &[("SHOAL_HOST", &hosts), ("SHOAL_TLS_DIR", &tls)],
     )
     .await;
     let status: Value = serde_json::from_str(&out.stdout).unwrap();
@@ -123,7 +125,8 @@ async fn dev_runs_a_local_cluster_and_stops_it() {
 
     let stdout = stop_dev(child).await;
     assert!(
-        stdout.contains(&format!("export SHOAL_HOST={hosts}")),
+        stdout.contains(&format!("export SHOAL_HOST={hosts}"))
+            && stdout.contains(&format!("export SHOAL_TLS_DIR={tls}")),
         "{stdout}"
     );
     for m in &managers {
@@ -142,7 +145,7 @@ async fn dev_runs_a_local_cluster_and_stops_it() {
         .map(|m| m["grpc"].as_str().unwrap())
         .collect();
     assert_eq!(grpc.join(","), hosts);
-    let out = run_cli(&["kv", "get", "dev/k"], None, &[("SHOAL_HOST", &hosts)]).await;
+    let out = run_cli(&["kv", "get", "dev/k"], None, &[("SHOAL_HOST", &hosts), ("SHOAL_TLS_DIR", &tls)]).await;
     assert_eq!(out.stdout, "v\n", "{out:?}");
     stop_dev(child).await;
 }
@@ -169,8 +172,9 @@ async fn dev_with_agents_and_proxy_starts_the_seeds_two_nodes_and_nginx() {
     assert_eq!(names, ["node-1", "node-2"]);
     assert_eq!(agents[0]["addr"], "127.0.0.2");
     let host = doc["managers"][0]["grpc"].as_str().unwrap().to_string();
+    let tls = doc["tls_dir"].as_str().unwrap().to_string();
 
-    let out = run_cli(&["node", "ls", "--json"], None, &[("SHOAL_HOST", &host)]).await;
+    let out = run_cli(&["node", "ls", "--json"], None, &[("SHOAL_HOST", &host), ("SHOAL_TLS_DIR", &tls)]).await;
     assert!(out.ok(), "{out:?}");
     let nodes: Value = serde_json::from_str(&out.stdout).unwrap();
     let nodes = nodes.as_array().unwrap();

@@ -1,6 +1,7 @@
-//! The agent's engine endpoint end to end: a real `shoal agent` registers it with its node, refuses
-//! requests without the join token, forwards the others to the real Docker engine, and splices a
-//! hijacked `docker exec -i` stream both ways, stdin EOF included.
+//! The agent's engine endpoint end to end: a real `shoal agent` registers it with its node,
+//! refuses plaintext clients and certificates that are not a manager's, forwards a manager's
+//! requests to the real Docker engine, and splices a hijacked `docker exec -i` stream both ways,
+//! stdin EOF included.
 
 use std::time::Duration;
 
@@ -28,10 +29,28 @@ impl Drop for TestContainers {
     }
 }
 
-/// One request on a fresh connection; the response's upgrade stays reachable.
-async fn send(addr: &str, req: Request<Full<Bytes>>) -> Response<Incoming> {
+/// Dials the endpoint over mutual TLS presenting the credentials in `tls_dir`.
+async fn dial(
+    addr: &str,
+    tls_dir: &std::path::Path,
+) -> std::io::Result<impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static> {
+    let creds = shoal_tls::Credentials::load_dir(tls_dir).expect("credentials");
+    shoal_tls::net::Connector::new(
+        creds.client_config(&[shoal_tls::Role::Worker], &[b"http/1.1"]),
+    )
+    .connect(addr)
+    .await
+}
+
+/// One request on a fresh connection as `tls_dir`'s holder; the response's upgrade stays
+/// reachable.
+async fn send(
+    addr: &str,
+    tls_dir: &std::path::Path,
+    req: Request<Full<Bytes>>,
+) -> Response<Incoming> {
     let exchange = async {
-        let stream = TcpStream::connect(addr)
+        let stream = dial(addr, tls_dir)
             .await
             .expect("connect to the engine endpoint");
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
@@ -45,19 +64,11 @@ async fn send(addr: &str, req: Request<Full<Bytes>>) -> Response<Incoming> {
         .expect("endpoint answers")
 }
 
-fn request(
-    method: Method,
-    path: &str,
-    token: Option<&str>,
-    body: Option<Value>,
-) -> Request<Full<Bytes>> {
+fn request(method: Method, path: &str, body: Option<Value>) -> Request<Full<Bytes>> {
     let mut req = Request::builder()
         .method(method)
         .uri(path)
         .header(header::HOST, "engine");
-    if let Some(token) = token {
-        req = req.header(shoal_raft::TOKEN_HEADER, token);
-    }
     let body = match body {
         Some(json) => {
             req = req.header(header::CONTENT_TYPE, "application/json");
@@ -69,8 +80,12 @@ fn request(
 }
 
 /// Status and whole body.
-async fn call(addr: &str, req: Request<Full<Bytes>>) -> (StatusCode, Bytes) {
-    let resp = send(addr, req).await;
+async fn call(
+    addr: &str,
+    tls_dir: &std::path::Path,
+    req: Request<Full<Bytes>>,
+) -> (StatusCode, Bytes) {
+    let resp = send(addr, tls_dir, req).await;
     let status = resp.status();
     let body = tokio::time::timeout(TIMEOUT, resp.into_body().collect())
         .await
@@ -93,10 +108,11 @@ fn demux(mut raw: &[u8]) -> Vec<u8> {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn the_engine_endpoint_needs_the_token_and_splices_exec_streams() {
+async fn the_engine_endpoint_admits_only_managers_and_splices_exec_streams() {
     let _serial = serial().await;
     let fleet = Fleet::start(1, 1).await;
-    let token = fleet.cluster.token.clone();
+    let manager = fleet.cluster.managers[0].tls_dir();
+    let manager = manager.as_path();
     let nodes = fleet.nodes().await;
     let addr = nodes[0]["engine_addr"]
         .as_str()
@@ -107,23 +123,38 @@ async fn the_engine_endpoint_needs_the_token_and_splices_exec_streams() {
         "engine_addr {addr:?} is on the advertised IP\n{nodes:?}"
     );
 
-    // No token, a wrong token: 401 with a Docker-style JSON message.
-    for given in [
-        None,
-        Some("SHOAL1-0000000000000000-00000000000000000000000000000000"),
-    ] {
-        let (status, body) = call(&addr, request(Method::GET, "/_ping", given, None)).await;
-        assert_eq!(status, StatusCode::UNAUTHORIZED, "token {given:?}");
-        let body: Value = serde_json::from_slice(&body).expect("a JSON error body");
-        assert!(
-            body["message"].as_str().is_some_and(|m| !m.is_empty()),
-            "{body}"
-        );
-    }
+    // Plaintext: a 400 telling the client to use TLS, nothing forwarded.
+    let mut plain = TcpStream::connect(&addr).await.unwrap();
+    plain
+        .write_all(b"GET /_ping HTTP/1.1\r\nHost: engine\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    let _ = tokio::time::timeout(TIMEOUT, plain.read_to_string(&mut answer)).await;
+    assert!(
+        answer.starts_with("HTTP/1.1 400") && answer.contains("TLS"),
+        "{answer:?}"
+    );
+    // An operator's client certificate is the cluster's, but not a manager's: refused at the
+    // handshake.
+    let refused = dial(&addr, &fleet.cluster.admin_tls).await;
+    let refused = match refused {
+        Err(e) => e.to_string(),
+        Ok(mut stream) => {
+            // TLS 1.3: the server's refusal arrives with the first read.
+            let _ = stream.write_all(b"GET /_ping HTTP/1.1\r\nHost: e\r\n\r\n").await;
+            let mut buf = Vec::new();
+            match tokio::time::timeout(TIMEOUT, stream.read_to_end(&mut buf)).await {
+                Ok(Err(e)) => e.to_string(),
+                other => panic!("a client certificate got through: {other:?} {buf:?}"),
+            }
+        }
+    };
+    assert!(!refused.is_empty());
 
-    let (status, body) = call(&addr, request(Method::GET, "/_ping", Some(&token), None)).await;
+    let (status, body) = call(&addr, manager, request(Method::GET, "/_ping", None)).await;
     assert_eq!((status, &body[..]), (StatusCode::OK, &b"OK"[..]));
-    let (status, body) = call(&addr, request(Method::GET, "/version", Some(&token), None)).await;
+    let (status, body) = call(&addr, manager, request(Method::GET, "/version", None)).await;
     assert_eq!(status, StatusCode::OK);
     let version: Value = serde_json::from_slice(&body).unwrap();
     assert!(version["ApiVersion"].is_string(), "{version}");
@@ -150,11 +181,7 @@ async fn the_engine_endpoint_needs_the_token_and_splices_exec_streams() {
     let exec =
         json!({"AttachStdin": true, "AttachStdout": true, "AttachStderr": true, "Cmd": ["cat"]});
     let path = format!("/containers/{container}/exec");
-    let (status, body) = call(
-        &addr,
-        request(Method::POST, &path, Some(&token), Some(exec)),
-    )
-    .await;
+    let (status, body) = call(&addr, manager, request(Method::POST, &path, Some(exec))).await;
     assert_eq!(
         status,
         StatusCode::CREATED,
@@ -166,12 +193,12 @@ async fn the_engine_endpoint_needs_the_token_and_splices_exec_streams() {
 
     let start = json!({"Detach": false, "Tty": false});
     let path = format!("/exec/{exec_id}/start");
-    let mut req = request(Method::POST, &path, Some(&token), Some(start));
+    let mut req = request(Method::POST, &path, Some(start));
     req.headers_mut()
         .insert(header::CONNECTION, "Upgrade".parse().unwrap());
     req.headers_mut()
         .insert(header::UPGRADE, "tcp".parse().unwrap());
-    let mut resp = send(&addr, req).await;
+    let mut resp = send(&addr, manager, req).await;
     assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
     let upgraded = tokio::time::timeout(TIMEOUT, hyper::upgrade::on(&mut resp))
         .await
@@ -196,7 +223,7 @@ async fn the_engine_endpoint_needs_the_token_and_splices_exec_streams() {
     let path = format!("/exec/{exec_id}/json");
     let inspect = fleet
         .wait_for("the exec to end", || async {
-            let (status, body) = call(&addr, request(Method::GET, &path, Some(&token), None)).await;
+            let (status, body) = call(&addr, manager, request(Method::GET, &path, None)).await;
             let inspect: Value = serde_json::from_slice(&body).ok()?;
             (status == StatusCode::OK && inspect["Running"] == false).then_some(inspect)
         })

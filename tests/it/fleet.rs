@@ -172,8 +172,13 @@ impl Fleet {
     /// `managers` managers, then agents `node-1..`, node-1 labelled `storage=ssd` as in the
     /// seed; waits until every node is READY.
     pub async fn start(managers: usize, agents: usize) -> Fleet {
+        Fleet::start_with(managers, agents, &[]).await
+    }
+
+    /// As `start`, the first manager bootstrapping with `extra` flags.
+    pub async fn start_with(managers: usize, agents: usize, extra: &[&str]) -> Fleet {
         whoami_image();
-        let cluster = Cluster::start(managers).await;
+        let cluster = Cluster::start_with(managers, extra).await;
         let mut fleet = Fleet {
             cluster,
             agents: Vec::new(),
@@ -201,14 +206,14 @@ impl Fleet {
             log: root.join(format!("{name}.log")),
             proc: Proc::default(),
         };
-        agent.spawn(&self.cluster.hosts(), &self.cluster.token.clone(), &[]);
+        agent.spawn(&self.cluster.hosts(), &self.cluster.worker_token.clone(), &[]);
         self.agents.push(agent);
         i
     }
 
     pub fn restart_agent(&mut self, i: usize) {
         let hosts = self.cluster.hosts();
-        let token = self.cluster.token.clone();
+        let token = self.cluster.worker_token.clone();
         self.agents[i].spawn(&hosts, &token, &[]);
     }
 

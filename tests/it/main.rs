@@ -16,6 +16,7 @@ mod full_disk;
 mod membership;
 mod proxy;
 mod scheduling;
+mod security;
 mod snapshot;
 mod ttl;
 mod watch;

@@ -50,7 +50,12 @@ async fn grow_shrink_lose_quorum_and_force_a_new_cluster() {
     let hosts = c.hosts_of(&remaining);
     for i in 100..150 {
         let (key, value) = (format!("f/{i:03}"), format!("v{i}"));
-        let out = run_cli(&["--host", &hosts, "kv", "put", &key, &value], None, &[]).await;
+        let out = run_cli(
+            &["--host", &hosts, "kv", "put", &key, &value],
+            None,
+            &[("SHOAL_TLS_DIR", c.admin_tls.to_str().unwrap())],
+        )
+        .await;
         assert!(out.ok(), "put after the removal: {out:?}");
         acked.insert(key, value);
     }
@@ -73,7 +78,7 @@ async fn grow_shrink_lose_quorum_and_force_a_new_cluster() {
             "x",
         ],
         None,
-        &[],
+        &[("SHOAL_TLS_DIR", c.admin_tls.to_str().unwrap())],
     )
     .await;
     assert_eq!(

@@ -63,7 +63,7 @@ impl Proxy {
             "--join",
             &fleet.cluster.hosts(),
             "--token",
-            &fleet.cluster.token,
+            &fleet.cluster.worker_token,
             "--kind",
             "nginx",
             "--name",

@@ -348,8 +348,11 @@ async fn tasks_that_cannot_run_stay_pending_with_the_reason() {
     let i = fleet.add_agent("node-3", vec![]);
     let hosts = fleet.cluster.hosts();
     fleet.agents[i].kill();
-    let bad = "SHOAL1-0000000000000000-00000000000000000000000000000000";
-    fleet.agents[i].spawn(&hosts, bad, &[]);
+    // This cluster's token with another secret; and no certificate kept from the first start.
+    let real = fleet.cluster.worker_token.clone();
+    let bad = format!("{}{}", &real[..real.len() - 32], "0".repeat(32));
+    let _ = std::fs::remove_dir_all(fleet.agents[i].data_dir.join("tls"));
+    fleet.agents[i].spawn(&hosts, &bad, &[]);
     let status = fleet.agents[i].wait_exit(Duration::from_secs(30)).await;
     assert!(
         status.is_some_and(|s| !s.success()),

@@ -27,6 +27,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::Connected;
 
 use crate::pki::PeerIdentity;
+use crate::Credentials;
+use crate::Role;
 
 /// How long a peer has to finish its handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -38,6 +40,49 @@ pub struct PeerInfo {
     pub remote: SocketAddr,
     /// None: the peer presented no certificate (only anonymous calls are open to it).
     pub identity: Option<Arc<PeerIdentity>>,
+}
+
+/// Who sent a request on a connection accepted by [`incoming`], if they hold one of `roles` and
+/// are not revoked now (a revocation also closes the door to connections made before it).
+/// Errors are the gRPC status to answer with.
+pub fn authorize(
+    creds: &Credentials,
+    extensions: &tonic::Extensions,
+    roles: &[Role],
+) -> Result<Arc<PeerIdentity>, tonic::Status> {
+    let wanted = || {
+        roles
+            .iter()
+            .map(|r| r.as_str())
+            .collect::<Vec<_>>()
+            .join(" or ")
+    };
+    let Some(info) = extensions.get::<PeerInfo>() else {
+        return Err(tonic::Status::unauthenticated(
+            "not a TLS connection: shoal requires mutual TLS",
+        ));
+    };
+    let Some(id) = &info.identity else {
+        return Err(tonic::Status::unauthenticated(format!(
+            "no client certificate: this call needs a {} certificate of the cluster",
+            wanted()
+        )));
+    };
+    if !roles.contains(&id.role) {
+        return Err(tonic::Status::permission_denied(format!(
+            "a {} certificate ({}) cannot make this call: it needs {}",
+            id.role,
+            id.name,
+            wanted()
+        )));
+    }
+    if creds.is_revoked(id) {
+        return Err(tonic::Status::permission_denied(format!(
+            "certificate of {} {} is revoked (removed from the cluster)",
+            id.role, id.name
+        )));
+    }
+    Ok(id.clone())
 }
 
 /// A server-side connection whose handshake is done.

@@ -89,7 +89,7 @@ async fn check_image(api: &Api, view: &View, image: &str) -> Result<(), DockerEr
     }
     // Nodes re-list their images every few seconds: ask the engines about one just loaded.
     for node in nodes {
-        let engine = NodeEngine::new(node.engine_addr.clone(), api.token.clone());
+        let engine = NodeEngine::new(node.engine_addr.clone(), api.engine_tls.clone());
         let path = format!("/images/{}/json", encode(&want));
         if let Ok((status, _)) = engine.request(Method::GET, &path, None).await {
             if status.is_success() {
@@ -519,7 +519,7 @@ pub(crate) fn engine_of(api: &Api, e: &Entry<'_>) -> Result<(NodeEngine, String)
         )));
     }
     Ok((
-        NodeEngine::new(node.engine_addr.clone(), api.token.clone()),
+        NodeEngine::new(node.engine_addr.clone(), api.engine_tls.clone()),
         engine_id.to_string(),
     ))
 }

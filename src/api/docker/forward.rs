@@ -1,6 +1,6 @@
 //! The managers' client to one node's engine endpoint (served by `shoal agent`, see
-//! `agent::engine_proxy`): sends a Docker API request about that node's containers with the
-//! cluster's join token, and hands back the engine's answer as it streams, or its hijacked stream.
+//! `agent::engine_proxy`): sends a Docker API request about that node's containers over mutual
+//! TLS (this manager's certificate; the node must show a worker certificate), and hands back the engine's answer as it streams, or its hijacked stream.
 //! It never rewrites paths or bodies: its callers do.
 
 use std::time::Duration;
@@ -12,6 +12,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
+use shoal_tls::net::Connector;
 use tokio::net::TcpStream;
 
 /// Bound on opening the connection to a node.
@@ -43,21 +44,25 @@ pub(crate) enum ForwardError {
     BadRequest { addr: String, reason: String },
 }
 
+/// A connection to a node: TLS in the product, plain TCP to tests' doubles.
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
 /// One node's engine endpoint: every request opens its own connection.
 #[derive(Debug, Clone)]
 pub(crate) struct NodeEngine {
     /// `host:port`, as the node registered it (`Node::engine_addr`).
     addr: String,
-    /// The cluster's join token.
-    token: String,
+    /// Mutual TLS to the node; None only for tests' plaintext engine doubles.
+    tls: Option<Connector>,
 }
 
 impl NodeEngine {
-    /// The endpoint at `addr` (`host:port`), authorized by the cluster's join `token`.
-    pub(crate) fn new(addr: impl Into<String>, token: impl Into<String>) -> Self {
+    /// The endpoint at `addr` (`host:port`), dialled through `tls`.
+    pub(crate) fn new(addr: impl Into<String>, tls: Option<Connector>) -> Self {
         NodeEngine {
             addr: addr.into(),
-            token: token.into(),
+            tls,
         }
     }
 
@@ -88,22 +93,26 @@ impl NodeEngine {
         }
         let host = HeaderValue::from_str(&self.addr).map_err(|e| self.bad_request(e))?;
         headers.insert(header::HOST, host);
-        let token = HeaderValue::from_str(&self.token).map_err(|_| {
-            self.bad_request("the join token is not a valid header value (printable ASCII)")
-        })?;
-        headers.insert(shoal_raft::TOKEN_HEADER, token);
 
-        let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&self.addr))
-            .await
-        {
+        let connect = async {
+            let stream: Box<dyn Io> = match &self.tls {
+                Some(tls) => Box::new(tls.connect(&self.addr).await?),
+                None => {
+                    let tcp = TcpStream::connect(&self.addr).await?;
+                    // Interactive streams (exec -it) send single keystrokes.
+                    let _ = tcp.set_nodelay(true);
+                    Box::new(tcp)
+                }
+            };
+            Ok::<_, std::io::Error>(stream)
+        };
+        let stream = match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
             Ok(Ok(stream)) => stream,
             Ok(Err(e)) => return Err(self.unreachable(e)),
             Err(_) => {
                 return Err(self.unreachable(format!("no connection within {CONNECT_TIMEOUT:?}")))
             }
         };
-        // Interactive streams (exec -it) send single keystrokes.
-        let _ = stream.set_nodelay(true);
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| self.protocol(e))?;

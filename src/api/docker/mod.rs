@@ -41,6 +41,8 @@ mod view;
 
 use std::future::Future;
 
+use shoal_tls::Credentials;
+use shoal_tls::Role;
 use axum::body::Bytes;
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderValue, Method};
@@ -61,29 +63,81 @@ pub const API_VERSION: &str = "1.44";
 #[derive(Clone)]
 pub(crate) struct Api {
     objects: Objects,
-    /// The join token, which the agents' engine endpoints require.
-    token: String,
+    /// How to reach the agents' engine endpoints (this manager's credentials).
+    engine_tls: Option<shoal_tls::net::Connector>,
     execs: Execs,
 }
 
-/// Serves the Docker API on `listener` until `shutdown` resolves.
+/// Serves the Docker API on `listener` until `shutdown` resolves: over mutual TLS with `tls`
+/// (clients need a client or manager certificate of the cluster, as `docker --tlsverify`
+/// presents it), plaintext without. Node engines are always reached with the store's
+/// credentials.
 pub async fn serve(
     listener: TcpListener,
     store: Store,
+    tls: Option<Credentials>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let engine_tls = store.tls().map(|creds| {
+        shoal_tls::net::Connector::new(creds.client_config(&[Role::Worker], &[b"http/1.1"]))
+    });
     let api = Api {
-        token: store.token().to_string(),
+        engine_tls,
         objects: Objects { store },
         execs: Execs::default(),
     };
     let app = Router::new().fallback(dispatch).with_state(api);
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+    match tls {
+        Some(creds) => {
+            let addr = listener.local_addr()?;
+            let config = creds.server_config(
+                Some(&[Role::Client, Role::Manager]),
+                &[b"http/1.1"],
+            );
+            let incoming = shoal_tls::net::incoming(listener, config, "Docker API");
+            axum::serve(TlsListener { incoming, addr }, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+        None => {
+            let listener = listener.tap_io(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+    }
+}
+
+/// Connections whose TLS handshake is done, for axum.
+struct TlsListener {
+    incoming: tokio_stream::wrappers::ReceiverStream<std::io::Result<shoal_tls::net::TlsConn>>,
+    addr: std::net::SocketAddr,
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = shoal_tls::net::TlsConn;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        use tokio_stream::StreamExt;
+        loop {
+            match self.incoming.next().await {
+                Some(Ok(conn)) => {
+                    let remote = conn.info().remote;
+                    return (conn, remote);
+                }
+                Some(Err(_)) => continue,
+                // The accept loop is gone: serve what is open, accept nothing more.
+                None => std::future::pending::<()>().await,
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(self.addr)
+    }
 }
 
 /// A request's decoded query parameters.

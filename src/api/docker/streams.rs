@@ -163,7 +163,7 @@ pub(crate) async fn attach(
         let Ok(Some((addr, engine_id, task_id, ended))) = found else {
             return;
         };
-        let engine = NodeEngine::new(addr, api.token.clone());
+        let engine = NodeEngine::new(addr, api.engine_tls.clone());
         let upstream = Request::builder()
             .method(Method::POST)
             .uri(format!("/containers/{engine_id}/attach?{query}"))
@@ -310,14 +310,14 @@ pub(crate) async fn exec(
         Some(addr) => addr,
         None => find_exec(api, exec_id).await?,
     };
-    let engine = NodeEngine::new(addr, api.token.clone());
+    let engine = NodeEngine::new(addr, api.engine_tls.clone());
     relay(&engine, &format!("/exec/{exec_id}/{suffix}"), req).await
 }
 
 async fn find_exec(api: &Api, exec_id: &str) -> Result<String, DockerError> {
     let view = api.objects.view().await?;
     for node in view.ready_nodes() {
-        let engine = NodeEngine::new(node.engine_addr.clone(), api.token.clone());
+        let engine = NodeEngine::new(node.engine_addr.clone(), api.engine_tls.clone());
         if let Ok((status, _)) = engine
             .request(Method::GET, &format!("/exec/{exec_id}/json"), None)
             .await

@@ -1,0 +1,184 @@
+//! `shoal.v1.Ca` on every manager: joins by token, renewals, tokens, client certificates and
+//! root rotations, all from the CA state in the store opened with this manager's KEK.
+
+use shoal_proto::v1 as pb;
+use shoal_proto::v1::ca_server::Ca;
+use shoal_raft::Store;
+use shoal_tls::seal::Kek;
+use shoal_tls::Credentials;
+use shoal_tls::Role;
+use tonic::Request;
+use tonic::Response;
+use tonic::Status;
+
+use super::state;
+use super::state::CaState;
+use super::SecurityError;
+use super::OPERATOR_ROLES;
+
+pub struct CaService {
+    store: Store,
+    creds: Credentials,
+    kek: Kek,
+}
+
+impl CaService {
+    pub fn new(store: Store, creds: Credentials, kek: Kek) -> CaService {
+        CaService { store, creds, kek }
+    }
+
+    async fn state(&self) -> Result<CaState, SecurityError> {
+        state::read(&self.store)
+            .await?
+            .map(|(s, _)| s)
+            .ok_or_else(|| SecurityError::Unreachable("the cluster's CA is not written yet".into()))
+    }
+
+    fn authorize<T>(
+        &self,
+        req: &Request<T>,
+        roles: &[Role],
+    ) -> Result<std::sync::Arc<shoal_tls::PeerIdentity>, Status> {
+        shoal_tls::net::authorize(&self.creds, req.extensions(), roles)
+    }
+}
+
+fn peer(req_remote: Option<std::net::SocketAddr>) -> String {
+    req_remote.map_or_else(|| "?".into(), |a| a.to_string())
+}
+
+#[tonic::async_trait]
+impl Ca for CaService {
+    async fn info(&self, _req: Request<pb::CaInfoRequest>) -> Result<Response<pb::CaInfo>, Status> {
+        // This replica's view: a joining node needs roots, not the latest revision.
+        let (s, _) = state::read_local(&self.store)
+            .await?
+            .ok_or_else(|| Status::unavailable("the cluster's CA is not written yet"))?;
+        Ok(Response::new(pb::CaInfo {
+            cluster_id: s.cluster_id.clone(),
+            roots_pem: s.roots_pem.clone(),
+            signer_pem: s.signer_pem.clone(),
+            generation: s.generation,
+            phase: s.phase.as_str().to_string(),
+            cert_lifetime_secs: s.cert_lifetime_secs,
+        }))
+    }
+
+    async fn join(&self, req: Request<pb::CaJoinRequest>) -> Result<Response<pb::Issued>, Status> {
+        let remote = peer(req.extensions().get::<shoal_tls::PeerInfo>().map(|p| p.remote));
+        let r = req.into_inner();
+        let role: Role = r
+            .role
+            .parse()
+            .map_err(|e: shoal_tls::TlsError| Status::invalid_argument(e.to_string()))?;
+        let s = self.state().await?;
+        let allowed = s.roles_for_secret(&self.kek, &r.secret)?;
+        if allowed.is_empty() {
+            tracing::warn!(peer = %remote, "join refused: not a current join token");
+            return Err(Status::permission_denied(
+                "join token refused: it is not a current token of this cluster (rotated, or mistyped)",
+            ));
+        }
+        if !allowed.contains(&role) {
+            return Err(Status::permission_denied(format!(
+                "this token cannot join as {role}: the worker token joins workers and proxies, the manager token any node"
+            )));
+        }
+        let revoked = state::revoked(&self.store).await?;
+        if revoked.contains(&shoal_tls::creds::revocation_name(role, &r.name)) {
+            return Err(Status::permission_denied(format!(
+                "{role} {} was removed from the cluster; join with a new data dir",
+                r.name
+            )));
+        }
+        let cert_pem = s.issue(&self.kek, &r.csr_pem, role, &r.name, &r.sans)?;
+        let (kek, raft_token) = match role {
+            Role::Manager => (self.kek.as_bytes().to_vec(), s.raft_token(&self.kek)?),
+            _ => (Vec::new(), String::new()),
+        };
+        tracing::info!(peer = %remote, %role, name = %r.name, "issued a certificate to a joining node");
+        Ok(Response::new(pb::Issued {
+            cert_pem,
+            roots_pem: s.roots_pem.clone(),
+            kek,
+            raft_token,
+        }))
+    }
+
+    async fn renew(
+        &self,
+        req: Request<pb::CaRenewRequest>,
+    ) -> Result<Response<pb::Issued>, Status> {
+        let id = self.authorize(
+            &req,
+            &[Role::Manager, Role::Worker, Role::Proxy, Role::Client],
+        )?;
+        let r = req.into_inner();
+        let s = self.state().await?;
+        let cert_pem = s.issue(&self.kek, &r.csr_pem, id.role, &id.name, &r.sans)?;
+        Ok(Response::new(pb::Issued {
+            cert_pem,
+            roots_pem: s.roots_pem.clone(),
+            kek: Vec::new(),
+            raft_token: String::new(),
+        }))
+    }
+
+    async fn token(
+        &self,
+        req: Request<pb::CaTokenRequest>,
+    ) -> Result<Response<pb::CaTokenResponse>, Status> {
+        self.authorize(&req, OPERATOR_ROLES)?;
+        let r = req.into_inner();
+        let role: Role = r
+            .role
+            .parse()
+            .map_err(|e: shoal_tls::TlsError| Status::invalid_argument(e.to_string()))?;
+        let s = if r.rotate {
+            let kek = &self.kek;
+            state::update(&self.store, |s| s.rotate_token(kek, role))
+                .await?
+                .0
+        } else {
+            self.state().await?
+        };
+        Ok(Response::new(pb::CaTokenResponse {
+            token: s.token(&self.kek, role)?.to_string(),
+        }))
+    }
+
+    async fn issue_client(
+        &self,
+        req: Request<pb::IssueClientRequest>,
+    ) -> Result<Response<pb::Issued>, Status> {
+        let by = self.authorize(&req, OPERATOR_ROLES)?;
+        let r = req.into_inner();
+        let s = self.state().await?;
+        let name = if r.name.is_empty() {
+            "admin".to_string()
+        } else {
+            r.name
+        };
+        let cert_pem = s.issue(&self.kek, &r.csr_pem, Role::Client, &name, &[])?;
+        tracing::info!(by = %by.name, %name, "issued a client certificate");
+        Ok(Response::new(pb::Issued {
+            cert_pem,
+            roots_pem: s.roots_pem.clone(),
+            kek: Vec::new(),
+            raft_token: String::new(),
+        }))
+    }
+
+    async fn rotate(
+        &self,
+        req: Request<pb::RotateRequest>,
+    ) -> Result<Response<pb::RotateResponse>, Status> {
+        self.authorize(&req, OPERATOR_ROLES)?;
+        let kek = &self.kek;
+        let (s, ()) = state::update(&self.store, |s| s.start_rotation(kek, state::now_ms())).await?;
+        tracing::info!(generation = s.generation, "root CA rotation started");
+        Ok(Response::new(pb::RotateResponse {
+            generation: s.generation,
+        }))
+    }
+}
