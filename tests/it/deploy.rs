@@ -668,7 +668,7 @@ async fn a_config_file_configures_a_manager_and_shoal_variables_override_it() {
                 continue;
             };
             let key = flag.split([' ', '=', '<']).next().unwrap();
-            if ["help", "host", "timeout", "force-new-cluster"].contains(&key) {
+            if ["help", "host", "timeout", "tls-dir", "force-new-cluster"].contains(&key) {
                 continue;
             }
             let listed = text.lines().any(|l| {
