@@ -153,8 +153,9 @@ impl SimAgents {
         let (registered_tx, mut registered_rx) = mpsc::channel::<Result<(), String>>(64);
         let count = nodes.len();
         for (i, creds) in nodes.into_iter().enumerate() {
+            // The TLS handshake is part of the connect: thousands at once take a while.
             let endpoint = cluster::endpoint(leader)?
-                .connect_timeout(Duration::from_secs(2))
+                .connect_timeout(CALL_TIMEOUT)
                 .tcp_nodelay(true);
             // Connects on the first call (Register), so that nodes connect concurrently.
             let channel = cluster::connect_lazy(endpoint, &creds);
