@@ -177,9 +177,8 @@ async fn measure(args: &CompareArgs, mut report: Report) -> Result<()> {
     for &clients in &args.clients {
         let mut drivers = Vec::with_capacity(clients);
         for i in 0..clients {
-            drivers.push(
-                ShoalDriver::connect(shoal_addrs[i % shoal_addrs.len()], shoal.tls()).await?,
-            );
+            drivers
+                .push(ShoalDriver::connect(shoal_addrs[i % shoal_addrs.len()], shoal.tls()).await?);
         }
         let rows = phases(drivers, args, limit, "shoal", clients).await?;
         report.results.extend(rows);

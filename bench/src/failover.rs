@@ -304,9 +304,11 @@ pub(crate) async fn run(args: FailoverArgs) -> Result<()> {
         node_loss.push(ms);
         agents[victim].spawn(&exe)?;
         wait("the node to come back", Duration::from_secs(60), || async {
-            read(&addrs, &tls, "/shoal/nodes/").await.is_ok_and(|nodes| {
-                nodes.iter().filter(|(n, _)| n["status"] == "ready").count() == agents.len()
-            })
+            read(&addrs, &tls, "/shoal/nodes/")
+                .await
+                .is_ok_and(|nodes| {
+                    nodes.iter().filter(|(n, _)| n["status"] == "ready").count() == agents.len()
+                })
         })
         .await?;
     }
@@ -355,13 +357,15 @@ pub(crate) async fn run(args: FailoverArgs) -> Result<()> {
             "the new task to be assigned",
             Duration::from_secs(60),
             || async {
-                read(&survivors, &tls, "/shoal/tasks/").await.is_ok_and(|tasks| {
-                    tasks.iter().any(|(t, _)| {
-                        !before.iter().any(|b| t["id"] == b.as_str())
-                            && t["state"] != "pending"
-                            && t["state"] != "new"
+                read(&survivors, &tls, "/shoal/tasks/")
+                    .await
+                    .is_ok_and(|tasks| {
+                        tasks.iter().any(|(t, _)| {
+                            !before.iter().any(|b| t["id"] == b.as_str())
+                                && t["state"] != "pending"
+                                && t["state"] != "new"
+                        })
                     })
-                })
             },
         )
         .await?;
@@ -408,12 +412,7 @@ pub(crate) async fn run(args: FailoverArgs) -> Result<()> {
     Ok(())
 }
 
-async fn put(
-    addr: std::net::SocketAddr,
-    tls: &Credentials,
-    key: &str,
-    value: &[u8],
-) -> Result<()> {
+async fn put(addr: std::net::SocketAddr, tls: &Credentials, key: &str, value: &[u8]) -> Result<()> {
     let endpoint = cluster::endpoint(addr)?
         .connect_timeout(Duration::from_millis(300))
         .timeout(Duration::from_secs(3));
