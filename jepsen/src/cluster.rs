@@ -3,7 +3,7 @@
 //! harness; dropping the `Cluster` SIGKILLs them all. Logs go to `<results>/nodes/`.
 //!
 //! Every connection to a manager is mutual TLS. The harness joins n1 with the manager token for
-//! a client certificate of its own (`<results>/client-tls`), presented by every client, status
+//! a client certificate of its own (`<results>/data/client-tls`), presented by every client, status
 //! poll and CLI call: unlike a manager's own certificate, it outlives the removal of any
 //! manager by the membership nemesis (a removed manager's certificate is revoked).
 
@@ -256,7 +256,7 @@ impl Cluster {
             .filter(|(j, n)| *j != i && n.child.is_some() && !n.paused)
             .map(|(_, n)| n.grpc.to_string())
             .collect();
-        let mut config = ClientConfig::new(others).with_tls(self.tls().clone());
+        let mut config = self.auth().config(others);
         config.request_timeout = Duration::from_secs(10);
         let result = match Client::connect(config).await {
             Ok(mut c) => c.remove_manager(id).await.map(|_| ()),
@@ -350,7 +350,7 @@ impl Cluster {
     }
 
     /// Joins n1 with the manager token for the harness's client certificate, and writes it to
-    /// `<results>/client-tls` for the CLI.
+    /// `<results>/data/client-tls` for the CLI.
     async fn client_auth(&mut self) -> Result<Auth, HarnessError> {
         let managers = vec![self.nodes[0].grpc.to_string()];
         let deadline = Instant::now() + STEP_TIMEOUT;
@@ -369,7 +369,8 @@ impl Cluster {
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         };
-        let tls_dir = self.dir.join("client-tls");
+        // With the managers' data dirs: removed after the run unless --keep-data.
+        let tls_dir = self.dir.join("data").join("client-tls");
         creds
             .save_dir(&tls_dir)
             .map_err(|e| HarnessError::Cluster(format!("writing the client certificate: {e}")))?;
