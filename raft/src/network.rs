@@ -24,10 +24,10 @@ use openraft::AnyError;
 use shoal_proto::raft::raft_service_client::RaftServiceClient;
 use shoal_proto::raft::Blob;
 use shoal_proto::raft::SnapshotChunk;
-use tonic::transport::Channel;
 use shoal_tls::net::Connector;
 use shoal_tls::Credentials;
 use shoal_tls::Role;
+use tonic::transport::Channel;
 use tonic::transport::Endpoint;
 
 use crate::codec;
@@ -86,7 +86,9 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             target,
             addr: node.grpc.clone(),
             token: self.token.clone(),
-            client: connect(&node.grpc, self.tls.as_ref()).ok().map(RaftServiceClient::new),
+            client: connect(&node.grpc, self.tls.as_ref())
+                .ok()
+                .map(RaftServiceClient::new),
         }
     }
 }

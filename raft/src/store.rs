@@ -17,11 +17,11 @@ use openraft::ChangeMembers;
 use openraft::ReadPolicy;
 use openraft::ServerState;
 use rocksdb::DB;
-use shoal_tls::Credentials;
 use shoal_proto::raft::raft_service_client::RaftServiceClient;
 use shoal_proto::raft::raft_service_server::RaftServiceServer;
 use shoal_proto::raft::Blob;
 use shoal_proto::raft::JoinRequest;
+use shoal_tls::Credentials;
 use tokio::time::Instant;
 use tonic::transport::Channel;
 

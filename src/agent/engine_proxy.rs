@@ -20,12 +20,12 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
+use shoal_tls::Credentials;
+use shoal_tls::Role;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream, UnixStream};
 use tokio::task::JoinSet;
 use tokio_stream::StreamExt;
-use shoal_tls::Credentials;
-use shoal_tls::Role;
 
 use super::error::AgentError;
 use super::throttle::Throttle;
@@ -148,8 +148,7 @@ impl EngineEndpoint {
     pub(crate) async fn run(self) {
         if let Some(creds) = &self.tls {
             let config = creds.server_config(Some(&[Role::Manager]), &[b"http/1.1"]);
-            let mut incoming =
-                shoal_tls::net::incoming(self.listener, config, "engine endpoint");
+            let mut incoming = shoal_tls::net::incoming(self.listener, config, "engine endpoint");
             let mut conns = JoinSet::new();
             loop {
                 tokio::select! {

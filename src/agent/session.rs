@@ -12,9 +12,9 @@ use shoal_proto::v1::dispatcher_client::DispatcherClient;
 use shoal_proto::v1::{
     AssignmentSet, AssignmentsRequest, HeartbeatRequest, RegisterRequest, UpdateTaskStatusRequest,
 };
+use shoal_tls::Credentials;
 use tokio::sync::{mpsc, watch};
 use tokio::time::{sleep, sleep_until, Instant};
-use shoal_tls::Credentials;
 use tonic::transport::Channel;
 use tonic::{Code, Status, Streaming};
 
@@ -85,9 +85,11 @@ impl Session {
     ) -> Result<Session, AgentError> {
         let mut channels = HashMap::new();
         for addr in join {
-            let channel = shoal_raft::connect(addr, tls.as_ref()).map_err(|reason| AgentError::BadAddress {
-                addr: addr.clone(),
-                reason,
+            let channel = shoal_raft::connect(addr, tls.as_ref()).map_err(|reason| {
+                AgentError::BadAddress {
+                    addr: addr.clone(),
+                    reason,
+                }
             })?;
             channels.insert(addr.clone(), channel);
         }
@@ -231,6 +233,12 @@ async fn call<T>(
 }
 
 fn classify(status: &Status) -> End {
+    if revoked(status) {
+        return End::Refused(
+            "this node's certificate is revoked: the node was removed from the cluster (shoal node rm)"
+                .into(),
+        );
+    }
     match status.code() {
         Code::PermissionDenied | Code::Unauthenticated => End::Refused(status.message().into()),
         Code::NotFound => End::NotRegistered,
@@ -240,6 +248,19 @@ fn classify(status: &Status) -> End {
         },
         _ => End::Failed(describe(status)),
     }
+}
+
+/// Whether the connection failed because a manager refused this node's certificate as revoked
+/// (a TLS alert, so a transport error rather than a status the manager chose).
+fn revoked(status: &Status) -> bool {
+    let mut source: Option<&dyn std::error::Error> = std::error::Error::source(status);
+    while let Some(e) = source {
+        if e.to_string().contains("CertificateRevoked") {
+            return true;
+        }
+        source = e.source();
+    }
+    false
 }
 
 fn describe(status: &Status) -> String {

@@ -107,7 +107,6 @@ mod against_fake_managers {
 
     use super::*;
 
-
     #[derive(Default)]
     struct Seen {
         registers: usize,
@@ -256,8 +255,7 @@ mod against_fake_managers {
             labels: BTreeMap::new(),
             heartbeat: Duration::from_millis(50),
         };
-        let session =
-            Session::new(me, &join, None, engine_rx, assignments_tx, reports_rx).unwrap();
+        let session = Session::new(me, &join, None, engine_rx, assignments_tx, reports_rx).unwrap();
         Agent {
             assignments,
             reports,

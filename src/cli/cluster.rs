@@ -94,7 +94,11 @@ pub(super) async fn run(mut client: Client, command: ClusterCommand) -> Result<(
 }
 
 /// `cluster client-cert DIR`: the key never leaves this machine; the CA signs a request for it.
-async fn client_cert(client: &mut Client, dir: &std::path::Path, name: &str) -> Result<(), CliError> {
+async fn client_cert(
+    client: &mut Client,
+    dir: &std::path::Path,
+    name: &str,
+) -> Result<(), CliError> {
     let tls = |e: shoal_tls::TlsError| CliError::Tls(e.to_string());
     let (key_pem, csr_pem) = shoal_tls::pki::signing_request().map_err(tls)?;
     let issued = client.issue_client(name, &csr_pem).await?;

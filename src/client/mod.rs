@@ -24,6 +24,9 @@ pub const DEFAULT_GRPC: &str = "127.0.0.1:7946";
 /// Responses can hold a whole key space (`kv ls`); the gRPC default of 4 MiB is too small.
 const MAX_MESSAGE: usize = 512 * 1024 * 1024;
 
+/// What a client without credentials is told when a manager drops its connection.
+const NO_TLS_HINT: &str = " (managers speak mutual TLS only: give --tls-dir DIR or SHOAL_TLS_DIR, a directory with ca.pem, cert.pem and key.pem from `shoal cluster client-cert`)";
+
 /// Where to find the managers and how long to wait for them.
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
@@ -163,7 +166,8 @@ impl Client {
             rotate,
         };
         let resp = if rotate {
-            self.write(|c| async move { c.ca().token(req).await }).await?
+            self.write(|c| async move { c.ca().token(req).await })
+                .await?
         } else {
             self.read(|c| {
                 let req = req.clone();
@@ -292,7 +296,21 @@ where
 {
     match tokio::time::timeout(config.request_timeout, f(conn.clone())).await {
         Ok(Ok(resp)) => Ok(resp.into_inner()),
-        Ok(Err(status)) => Err(ClientError::from_status(&conn.addr, status, write)),
+        Ok(Err(status)) => {
+            let mut e = ClientError::from_status(&conn.addr, status, write);
+            if let (
+                None,
+                ClientError::Status {
+                    message,
+                    transport: true,
+                    ..
+                },
+            ) = (&config.tls, &mut e)
+            {
+                message.push_str(NO_TLS_HINT);
+            }
+            Err(e)
+        }
         Err(_) => Err(ClientError::Timeout {
             addr: conn.addr.clone(),
             after: config.request_timeout,
@@ -346,7 +364,7 @@ async fn connect_one(config: &ClientConfig, index: usize) -> Result<Conn, Client
         Ok(Err(e)) => {
             let mut reason = error_chain(&e);
             if config.tls.is_none() {
-                reason.push_str(" (managers speak mutual TLS only: give --tls-dir DIR or SHOAL_TLS_DIR, a directory with ca.pem, cert.pem and key.pem from `shoal cluster client-cert`)");
+                reason.push_str(NO_TLS_HINT);
             }
             return Err(ClientError::Connect { addr, reason });
         }

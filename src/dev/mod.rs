@@ -284,12 +284,12 @@ async fn wait_for_voters(
     voters: usize,
     all: &[Slot],
 ) -> Result<shoal_proto::v1::StatusResponse, DevError> {
-    let addrs = ask.iter().map(|s| s.grpc.to_string()).collect();
+    let addrs: Vec<String> = ask.iter().map(|s| s.grpc.to_string()).collect();
     let deadline = tokio::time::Instant::now() + START_TIMEOUT;
     loop {
         check_alive(slot, index, group)?;
         // Read again each round: the first manager writes its credentials as it starts.
-        let config = client_config(addrs, &tls_dir(all));
+        let config = client_config(addrs.clone(), &tls_dir(all));
         if let Ok(mut client) = Client::connect(config).await {
             if let Ok(status) = client.status().await {
                 let count = status.members.iter().filter(|m| m.voter).count();

@@ -15,6 +15,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
+use shoal_proto::v1::ca_server::CaServer;
 use shoal_proto::v1::cluster_server::ClusterServer;
 use shoal_proto::v1::dispatcher_server::DispatcherServer;
 use shoal_proto::v1::kv_server::KvServer;
@@ -23,15 +24,14 @@ use shoal_raft::Opened;
 use shoal_raft::RaftTuning;
 use shoal_raft::Store;
 use shoal_raft::StoreConfig;
-use tokio::net::TcpListener;
-use shoal_proto::v1::ca_server::CaServer;
 use shoal_tls::Role;
+use tokio::net::TcpListener;
 
 use self::cluster_service::ClusterService;
-use crate::security;
 use self::control::ControlConfig;
 use self::dispatcher::DispatcherService;
 use self::kv_service::KvService;
+use crate::security;
 
 /// Everything `shoal manager` is started with (the CLI contract's flags).
 #[derive(Debug, Clone)]
@@ -74,7 +74,9 @@ async fn print_tokens(data_dir: &std::path::Path) {
             return;
         }
         if tokio::time::Instant::now() > deadline {
-            tracing::warn!("no join token yet: print them with `shoal cluster token worker|manager`");
+            tracing::warn!(
+                "no join token yet: print them with `shoal cluster token worker|manager`"
+            );
             return;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -113,7 +115,11 @@ fn docker_api_tls(addr: SocketAddr, config: &ManagerConfig) -> anyhow::Result<bo
 }
 
 /// Names and addresses a manager's certificate carries: Docker clients check them.
-fn certificate_names(advertise: &str, local: SocketAddr, docker_api: Option<SocketAddr>) -> Vec<String> {
+fn certificate_names(
+    advertise: &str,
+    local: SocketAddr,
+    docker_api: Option<SocketAddr>,
+) -> Vec<String> {
     let mut sans = vec!["localhost".to_string(), "127.0.0.1".to_string()];
     let host = match advertise.rsplit_once(':') {
         Some((h, _)) => h.trim_start_matches('[').trim_end_matches(']').to_string(),
@@ -214,11 +220,8 @@ pub async fn run(config: ManagerConfig, shutdown: impl Future<Output = ()>) -> a
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     // Every connection is mutual TLS; who may call what is each service's check. (The accept
     // loop sets TCP_NODELAY: small RPCs would wait ~40 ms on Nagle and delayed ACKs.)
-    let incoming = shoal_tls::net::incoming(
-        listener,
-        creds.server_config(None, security::H2),
-        "gRPC",
-    );
+    let incoming =
+        shoal_tls::net::incoming(listener, creds.server_config(None, security::H2), "gRPC");
     let clients = || security::interceptor(creds.clone(), security::CLIENT_ROLES);
     let server = tonic::transport::Server::builder()
         .add_service(store.peer_service())

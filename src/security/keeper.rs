@@ -90,11 +90,17 @@ impl ManagerKeeper {
         };
         if self.store.leader() == Some(self.store.id()) && ca.phase != Phase::Stable {
             let kek = &self.kek;
-            match state::update(&self.store, |s| s.advance(kek, state::now_ms(), ROTATION_WINDOW))
-                .await
+            match state::update(&self.store, |s| {
+                s.advance(kek, state::now_ms(), ROTATION_WINDOW)
+            })
+            .await
             {
                 Ok((s, true)) => {
-                    tracing::info!(generation = s.generation, phase = s.phase.as_str(), "root CA rotation moved on");
+                    tracing::info!(
+                        generation = s.generation,
+                        phase = s.phase.as_str(),
+                        "root CA rotation moved on"
+                    );
                     ca = s;
                 }
                 Ok((_, false)) => {}
@@ -131,8 +137,9 @@ impl ManagerKeeper {
             let path = local::token_file(&self.data_dir, role);
             if std::fs::read_to_string(&path).ok().as_deref() != Some(token.as_str()) {
                 if let Some(parent) = path.parent() {
-                    std::fs::create_dir_all(parent)
-                        .map_err(|e| SecurityError::BadInput(format!("{}: {e}", parent.display())))?;
+                    std::fs::create_dir_all(parent).map_err(|e| {
+                        SecurityError::BadInput(format!("{}: {e}", parent.display()))
+                    })?;
                 }
                 shoal_tls::creds::write_private(&path, token.as_bytes())?;
             }

@@ -113,7 +113,12 @@ pub async fn open_manager(start: Start<'_>) -> Result<Material, SecurityError> {
 fn bootstrap(dir: &Path, name: String, start: &Start<'_>) -> Result<Material, SecurityError> {
     let kek = Kek::generate();
     let raft_token = shoal_raft::JoinToken::generate();
-    let ca = CaState::bootstrap(&raft_token.cluster_id, raft_token.as_str(), start.lifetime, &kek)?;
+    let ca = CaState::bootstrap(
+        &raft_token.cluster_id,
+        raft_token.as_str(),
+        start.lifetime,
+        &kek,
+    )?;
     let (key_pem, csr_pem) = shoal_tls::pki::signing_request()?;
     let cert_pem = ca.issue(&kek, &csr_pem, Role::Manager, &name, &start.sans)?;
     let creds = Credentials::with_cert(&ca.roots_pem, &cert_pem, &key_pem)?;

@@ -65,7 +65,11 @@ impl Ca for CaService {
     }
 
     async fn join(&self, req: Request<pb::CaJoinRequest>) -> Result<Response<pb::Issued>, Status> {
-        let remote = peer(req.extensions().get::<shoal_tls::PeerInfo>().map(|p| p.remote));
+        let remote = peer(
+            req.extensions()
+                .get::<shoal_tls::PeerInfo>()
+                .map(|p| p.remote),
+        );
         let r = req.into_inner();
         let role: Role = r
             .role
@@ -175,7 +179,8 @@ impl Ca for CaService {
     ) -> Result<Response<pb::RotateResponse>, Status> {
         self.authorize(&req, OPERATOR_ROLES)?;
         let kek = &self.kek;
-        let (s, ()) = state::update(&self.store, |s| s.start_rotation(kek, state::now_ms())).await?;
+        let (s, ()) =
+            state::update(&self.store, |s| s.start_rotation(kek, state::now_ms())).await?;
         tracing::info!(generation = s.generation, "root CA rotation started");
         Ok(Response::new(pb::RotateResponse {
             generation: s.generation,

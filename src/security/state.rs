@@ -207,7 +207,11 @@ impl CaState {
 
     /// The roles a token with `secret` may join as: the manager token any node role, the worker
     /// token a worker or a proxy. Empty: no token has this secret.
-    pub fn roles_for_secret(&self, kek: &Kek, secret: &str) -> Result<&'static [Role], SecurityError> {
+    pub fn roles_for_secret(
+        &self,
+        kek: &Kek,
+        secret: &str,
+    ) -> Result<&'static [Role], SecurityError> {
         let s = self.secrets(kek)?;
         let eq = |a: &str| shoal_tls::token::constant_time_eq(a.as_bytes(), secret.as_bytes());
         Ok(if eq(&s.manager_secret) {
@@ -260,9 +264,7 @@ impl CaState {
         now_ms: u64,
         window: Duration,
     ) -> Result<bool, SecurityError> {
-        if self.phase == Phase::Stable
-            || now_ms < self.phase_since_ms + window.as_millis() as u64
-        {
+        if self.phase == Phase::Stable || now_ms < self.phase_since_ms + window.as_millis() as u64 {
             return Ok(false);
         }
         let mut s = self.secrets(kek)?;
@@ -458,7 +460,10 @@ mod tests {
         s.rotate_token(&kek, Role::Worker).unwrap();
         assert!(s.roles_for_secret(&kek, &worker.secret).unwrap().is_empty());
         let manager_after = s.token(&kek, Role::Manager).unwrap();
-        assert_eq!(manager_after, manager, "rotating one token leaves the other");
+        assert_eq!(
+            manager_after, manager,
+            "rotating one token leaves the other"
+        );
     }
 
     #[test]
@@ -470,7 +475,10 @@ mod tests {
         assert!(s.start_rotation(&kek, 1_000).is_err(), "one at a time");
         assert_eq!(s.phase, Phase::Trusting);
         assert_eq!(s.signer_pem, old);
-        assert_eq!(shoal_tls::pki::certs_from_pem(&s.roots_pem).unwrap().len(), 2);
+        assert_eq!(
+            shoal_tls::pki::certs_from_pem(&s.roots_pem).unwrap().len(),
+            2
+        );
         assert!(!s.advance(&kek, 2_000, window).unwrap(), "window not over");
         assert!(s.advance(&kek, 6_000, window).unwrap());
         assert_eq!(s.phase, Phase::Reissuing);

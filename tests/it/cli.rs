@@ -181,6 +181,12 @@ async fn cluster_status_and_token() {
     assert!(worker.ok(), "{worker:?}");
     assert_ne!(worker.stdout.trim(), c.token);
     let log = c.managers[0].log_text();
-    assert!(log.contains(&format!("join token (manager): {}", c.token)), "{log}");
-    assert!(log.contains(&format!("join token (worker): {}", worker.stdout.trim())), "{log}");
+    assert!(
+        log.contains(&format!("join token (manager): {}", c.token)),
+        "{log}"
+    );
+    assert!(
+        log.contains(&format!("join token (worker): {}", worker.stdout.trim())),
+        "{log}"
+    );
 }

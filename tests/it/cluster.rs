@@ -446,7 +446,10 @@ impl Cluster {
             &[],
         )
         .await;
-        assert!(out.ok(), "issuing the harness's client certificate: {out:?}");
+        assert!(
+            out.ok(),
+            "issuing the harness's client certificate: {out:?}"
+        );
         for _ in 1..n {
             cluster.add_manager().await;
         }
@@ -616,7 +619,12 @@ impl Cluster {
         let hosts = self.hosts();
         let mut all = vec!["--host", hosts.as_str()];
         all.extend_from_slice(args);
-        run_cli(&all, None, &[("SHOAL_TLS_DIR", self.admin_tls.to_str().unwrap())]).await
+        run_cli(
+            &all,
+            None,
+            &[("SHOAL_TLS_DIR", self.admin_tls.to_str().unwrap())],
+        )
+        .await
     }
 
     /// The tail of every manager's log, for failure messages.

@@ -105,7 +105,10 @@ async fn dev_runs_a_local_cluster_and_stops_it() {
         .collect();
     let hosts = hosts.join(",");
     let tls = doc["tls_dir"].as_str().unwrap().to_string();
-    assert!(std::path::Path::new(&tls).join("cert.pem").exists(), "{doc}");
+    assert!(
+        std::path::Path::new(&tls).join("cert.pem").exists(),
+        "{doc}"
+    );
 
     let out = run_cli(
         &["kv", "put", "dev/k", "v"],
@@ -145,7 +148,12 @@ async fn dev_runs_a_local_cluster_and_stops_it() {
         .map(|m| m["grpc"].as_str().unwrap())
         .collect();
     assert_eq!(grpc.join(","), hosts);
-    let out = run_cli(&["kv", "get", "dev/k"], None, &[("SHOAL_HOST", &hosts), ("SHOAL_TLS_DIR", &tls)]).await;
+    let out = run_cli(
+        &["kv", "get", "dev/k"],
+        None,
+        &[("SHOAL_HOST", &hosts), ("SHOAL_TLS_DIR", &tls)],
+    )
+    .await;
     assert_eq!(out.stdout, "v\n", "{out:?}");
     stop_dev(child).await;
 }
@@ -174,7 +182,12 @@ async fn dev_with_agents_and_proxy_starts_the_seeds_two_nodes_and_nginx() {
     let host = doc["managers"][0]["grpc"].as_str().unwrap().to_string();
     let tls = doc["tls_dir"].as_str().unwrap().to_string();
 
-    let out = run_cli(&["node", "ls", "--json"], None, &[("SHOAL_HOST", &host), ("SHOAL_TLS_DIR", &tls)]).await;
+    let out = run_cli(
+        &["node", "ls", "--json"],
+        None,
+        &[("SHOAL_HOST", &host), ("SHOAL_TLS_DIR", &tls)],
+    )
+    .await;
     assert!(out.ok(), "{out:?}");
     let nodes: Value = serde_json::from_str(&out.stdout).unwrap();
     let nodes = nodes.as_array().unwrap();

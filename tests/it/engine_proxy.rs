@@ -35,11 +35,9 @@ async fn dial(
     tls_dir: &std::path::Path,
 ) -> std::io::Result<impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static> {
     let creds = shoal_tls::Credentials::load_dir(tls_dir).expect("credentials");
-    shoal_tls::net::Connector::new(
-        creds.client_config(&[shoal_tls::Role::Worker], &[b"http/1.1"]),
-    )
-    .connect(addr)
-    .await
+    shoal_tls::net::Connector::new(creds.client_config(&[shoal_tls::Role::Worker], &[b"http/1.1"]))
+        .connect(addr)
+        .await
 }
 
 /// One request on a fresh connection as `tls_dir`'s holder; the response's upgrade stays
@@ -142,7 +140,9 @@ async fn the_engine_endpoint_admits_only_managers_and_splices_exec_streams() {
         Err(e) => e.to_string(),
         Ok(mut stream) => {
             // TLS 1.3: the server's refusal arrives with the first read.
-            let _ = stream.write_all(b"GET /_ping HTTP/1.1\r\nHost: e\r\n\r\n").await;
+            let _ = stream
+                .write_all(b"GET /_ping HTTP/1.1\r\nHost: e\r\n\r\n")
+                .await;
             let mut buf = Vec::new();
             match tokio::time::timeout(TIMEOUT, stream.read_to_end(&mut buf)).await {
                 Ok(Err(e)) => e.to_string(),

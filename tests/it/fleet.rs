@@ -206,7 +206,11 @@ impl Fleet {
             log: root.join(format!("{name}.log")),
             proc: Proc::default(),
         };
-        agent.spawn(&self.cluster.hosts(), &self.cluster.worker_token.clone(), &[]);
+        agent.spawn(
+            &self.cluster.hosts(),
+            &self.cluster.worker_token.clone(),
+            &[],
+        );
         self.agents.push(agent);
         i
     }

@@ -54,14 +54,21 @@ async fn every_role_joins_with_its_token_and_gets_a_certificate() {
     let agent = identity(&fleet.agents[0].data_dir.join("tls"));
     assert_eq!(agent.role, shoal_tls::Role::Worker);
     let node_id = std::fs::read_to_string(fleet.agents[0].data_dir.join("node_id")).unwrap();
-    assert_eq!(agent.name, node_id.trim(), "a worker certificate names its node");
+    assert_eq!(
+        agent.name,
+        node_id.trim(),
+        "a worker certificate names its node"
+    );
     assert_eq!(identity(&c.admin_tls).role, shoal_tls::Role::Client);
 
     // The tokens pin the root: SHOAL2-<cluster>-<sha256 of the root>-<secret>.
     let info = ca_info(c, &c.admin_tls).await;
     let digest = info["roots_sha256"][0].as_str().unwrap();
     for token in [&c.token, &c.worker_token] {
-        assert!(token.starts_with(&format!("SHOAL2-{cluster_id}-{digest}-")), "{token}");
+        assert!(
+            token.starts_with(&format!("SHOAL2-{cluster_id}-{digest}-")),
+            "{token}"
+        );
     }
     assert_ne!(c.token, c.worker_token);
 
@@ -110,9 +117,15 @@ async fn plaintext_clients_and_another_clusters_certificates_are_refused() {
     // The manager logged each refusal (once per peer and reason) and still serves.
     let log = a.managers[0].log_text();
     assert!(log.contains("plaintext (non-TLS)"), "{}", tail(&log));
-    assert!(log.contains("connection refused: TLS handshake failed"), "{}", tail(&log));
+    assert!(
+        log.contains("connection refused: TLS handshake failed"),
+        "{}",
+        tail(&log)
+    );
     let mut kv = a.managers[0].kv();
-    put(&mut kv, "still", "serving").await.expect("A still serves its own");
+    put(&mut kv, "still", "serving")
+        .await
+        .expect("A still serves its own");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -120,7 +133,10 @@ async fn a_rotated_token_joins_nothing_and_nodes_that_used_it_keep_working() {
     let _serial = serial().await;
     let mut fleet = Fleet::start(1, 1).await;
     let old = fleet.cluster.worker_token.clone();
-    let out = fleet.cluster.cli(&["cluster", "token", "worker", "--rotate"]).await;
+    let out = fleet
+        .cluster
+        .cli(&["cluster", "token", "worker", "--rotate"])
+        .await;
     assert!(out.ok(), "{out:?}");
     let new = out.stdout.trim().to_string();
     assert_ne!(new, old);
@@ -158,7 +174,9 @@ async fn a_rotated_token_joins_nothing_and_nodes_that_used_it_keep_working() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_root_rotation_under_writes_fails_no_write_and_every_node_follows() {
     let _serial = serial().await;
-    let fleet = Fleet::start(3, 1).await;
+    let mut fleet = Fleet::start(3, 1).await;
+    // Operators' client certificates do not outlive the old root; managers' own do (renewed).
+    fleet.cluster.admin_tls = fleet.cluster.managers[0].tls_dir();
     let c = &fleet.cluster;
     let m1 = c.managers[0].tls_dir();
     let before = ca_info(c, &m1).await;
@@ -174,9 +192,8 @@ async fn a_root_rotation_under_writes_fails_no_write_and_every_node_follows() {
             let mut failed = Vec::new();
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 // A new channel every 10 writes: new handshakes with the roots of the moment.
-                let mut kv = shoal_proto::v1::kv_client::KvClient::new(crate::cluster::channel(
-                    &addr, &dir,
-                ));
+                let mut kv =
+                    shoal_proto::v1::kv_client::KvClient::new(crate::cluster::channel(&addr, &dir));
                 for _ in 0..10 {
                     let key = format!("rot/{w}/{done}");
                     if let Err(e) = put(&mut kv, &key, "v").await {
@@ -223,7 +240,10 @@ async fn a_root_rotation_under_writes_fails_no_write_and_every_node_follows() {
     let mut total = 0;
     for w in writers {
         let (done, failed) = w.await.unwrap();
-        assert!(failed.is_empty(), "writes failed during the rotation: {failed:?}");
+        assert!(
+            failed.is_empty(),
+            "writes failed during the rotation: {failed:?}"
+        );
         total += done;
     }
     assert!(total > 30, "only {total} writes");
@@ -242,7 +262,10 @@ async fn a_root_rotation_under_writes_fails_no_write_and_every_node_follows() {
 #[tokio::test(flavor = "multi_thread")]
 async fn short_lived_certificates_renew_by_themselves() {
     let _serial = serial().await;
-    let fleet = Fleet::start_with(1, 1, &["--cert-lifetime", "20s"]).await;
+    let mut fleet = Fleet::start_with(1, 1, &["--cert-lifetime", "20s"]).await;
+    // An operator's client certificate is a file that lives 20 s too; the manager's own
+    // credentials on disk are renewed.
+    fleet.cluster.admin_tls = fleet.cluster.managers[0].tls_dir();
     let c = &fleet.cluster;
     let m1 = c.managers[0].tls_dir();
     let agent_dir = fleet.agents[0].data_dir.join("tls");
@@ -261,7 +284,9 @@ async fn short_lived_certificates_renew_by_themselves() {
     assert_ne!(identity(&agent_dir).serial, agent_first.serial);
     fleet.wait_nodes_ready(1).await;
     let mut kv = c.managers[0].kv();
-    put(&mut kv, "after-expiry", "ok").await.expect("a write after the first expiry");
+    put(&mut kv, "after-expiry", "ok")
+        .await
+        .expect("a write after the first expiry");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -279,7 +304,11 @@ async fn a_removed_agent_can_no_longer_connect() {
     let status = fleet.agents[0].wait_exit(Duration::from_secs(30)).await;
     assert!(status.is_some_and(|s| !s.success()), "{status:?}");
     let log = fleet.agents[0].log_text();
-    assert!(log.contains("revoked") || log.contains("removed"), "{}", tail(&log));
+    assert!(
+        log.contains("revoked") || log.contains("removed"),
+        "{}",
+        tail(&log)
+    );
     // Started again with its certificate: refused again; the node stays gone.
     fleet.restart_agent(0);
     let status = fleet.agents[0].wait_exit(Duration::from_secs(30)).await;
@@ -349,7 +378,10 @@ async fn the_docker_cli_gets_in_with_tlsverify_and_not_without() {
     assert!(!out.status.success(), "plaintext docker got in");
     // TLS, but no client certificate: refused.
     let out = docker(&["--tls", "--tlscacert", &ca, "-H", &host, "ps"]);
-    assert!(!out.status.success(), "docker without a client certificate got in");
+    assert!(
+        !out.status.success(),
+        "docker without a client certificate got in"
+    );
 
     // Beyond loopback the API is TLS without being asked; --insecure-docker-api warns.
     let port = free_port();

@@ -268,6 +268,12 @@ pub struct Connector {
     config: Arc<rustls::ClientConfig>,
 }
 
+impl std::fmt::Debug for Connector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connector").finish_non_exhaustive()
+    }
+}
+
 impl Connector {
     pub fn new(config: Arc<rustls::ClientConfig>) -> Connector {
         Connector { config }

@@ -41,8 +41,6 @@ mod view;
 
 use std::future::Future;
 
-use shoal_tls::Credentials;
-use shoal_tls::Role;
 use axum::body::Bytes;
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderValue, Method};
@@ -51,6 +49,8 @@ use axum::serve::ListenerExt;
 use axum::Router;
 use http_body_util::BodyExt;
 use shoal_raft::Store;
+use shoal_tls::Credentials;
+use shoal_tls::Role;
 use tokio::net::TcpListener;
 
 use self::error::DockerError;
@@ -90,10 +90,7 @@ pub async fn serve(
     match tls {
         Some(creds) => {
             let addr = listener.local_addr()?;
-            let config = creds.server_config(
-                Some(&[Role::Client, Role::Manager]),
-                &[b"http/1.1"],
-            );
+            let config = creds.server_config(Some(&[Role::Client, Role::Manager]), &[b"http/1.1"]);
             let incoming = shoal_tls::net::incoming(listener, config, "Docker API");
             axum::serve(TlsListener { incoming, addr }, app)
                 .with_graceful_shutdown(shutdown)
