@@ -6,7 +6,7 @@
 #     objects; they are not started, so the engine is not loaded with 1,000 processes).
 # Starts its own `shoal dev --managers 3 --agents 2` in a temp dir and stops it at the end.
 # Usage: bench/docker-api.sh [RUNS] [CONTAINERS]; needs the shoal binary built
-# (${CARGO_TARGET_DIR:-target}/debug/shoal) and the shoal/whoami image (deploy/images/build).
+# (${CARGO_TARGET_DIR:-target}/debug/shoal) and the shoal/whoami image (deploy/images/build whoami).
 set -euo pipefail
 runs="${1:-20}"
 containers="${2:-1000}"

@@ -6,6 +6,7 @@ pub mod agent;
 pub mod api;
 pub mod cli;
 pub mod client;
+pub mod config;
 pub mod dev;
 pub mod host;
 pub mod manager;

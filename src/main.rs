@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{ArgGroup, Args, Parser, Subcommand};
+use clap::{ArgGroup, Args, CommandFactory, Parser, Subcommand};
 use shoal::cli::{
     ClusterCommand, GlobalArgs, KvCommand, NodeCommand, ProxyCommand, ServiceCommand,
 };
@@ -22,6 +22,11 @@ use shoal::manager::ManagerConfig;
 struct Cli {
     #[command(flatten)]
     global: GlobalArgs,
+    /// A TOML file of flags for `manager`, `agent` and `proxy`, one section each (see
+    /// deploy/shoal.toml); the command line and SHOAL_* variables win over it.
+    #[arg(long = "config", env = shoal::config::CONFIG_ENV, value_name = "FILE")]
+    #[allow(dead_code)] // applied to argv before clap parses (shoal::config::apply_file)
+    config_file: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -60,119 +65,139 @@ enum Command {
 
 #[derive(Debug, Args)]
 #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+#[command(group(ArgGroup::new("token_source").args(["token", "token_file"])))]
 struct ManagerArgs {
     #[command(subcommand)]
     action: Option<ManagerAction>,
     /// Where this manager keeps its replica (created if missing).
-    #[arg(long, required = true)]
+    #[arg(long, required = true, env = "SHOAL_DATA_DIR")]
     data_dir: Option<PathBuf>,
     /// gRPC address to listen on (raft, client API, admin).
-    #[arg(long, default_value = shoal::client::DEFAULT_GRPC)]
+    #[arg(long, default_value = shoal::client::DEFAULT_GRPC, env = "SHOAL_LISTEN")]
     listen: SocketAddr,
     /// Address the other managers and clients use to reach this one (default: --listen).
-    #[arg(long)]
+    #[arg(long, env = "SHOAL_ADVERTISE")]
     advertise: Option<String>,
     /// HTTP address (Consul-style KV, status, metrics, health).
-    #[arg(long)]
+    #[arg(long, env = "SHOAL_HTTP")]
     http: Option<SocketAddr>,
     /// Docker Engine API address [default: 127.0.0.1:2375, if free].
-    #[arg(long)]
+    #[arg(long, env = "SHOAL_DOCKER_API")]
     docker_api: Option<SocketAddr>,
     /// Managers of the cluster to join, comma-separated (without it: bootstrap, or restart).
-    #[arg(long, value_delimiter = ',', requires = "token")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        requires = "token_source",
+        env = "SHOAL_JOIN"
+    )]
     join: Vec<String>,
     /// The manager join token (printed at bootstrap; `shoal cluster token manager`).
-    #[arg(long, requires = "join")]
+    #[arg(long, requires = "join", env = "SHOAL_TOKEN")]
     token: Option<String>,
+    /// Read the join token from this file, waiting up to 60s for it (a first manager's
+    /// DATA_DIR/tokens/manager).
+    #[arg(long, value_name = "PATH", requires = "join", env = "SHOAL_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
     /// Restart this surviving manager as a one-member cluster with all its data.
-    #[arg(long, conflicts_with = "join")]
+    #[arg(long, conflicts_with_all = ["join", "token", "token_file"])]
     force_new_cluster: bool,
     /// Lifetime of node certificates, set for the cluster at bootstrap (renewed at 50-80%).
-    #[arg(long, default_value = "90d", value_parser = shoal::cli::duration::parse)]
+    #[arg(long, default_value = "90d", value_parser = shoal::cli::duration::parse, env = "SHOAL_CERT_LIFETIME")]
     cert_lifetime: std::time::Duration,
     /// Serve the Docker API over mutual TLS on a loopback address too (always beyond loopback).
-    #[arg(long)]
+    #[arg(long, env = "SHOAL_DOCKER_TLS")]
     docker_tls: bool,
     /// Allow a plaintext Docker API on an address beyond loopback: anyone reaching it is root on
     /// every node. Warned at every start.
-    #[arg(long)]
+    #[arg(long, env = "SHOAL_INSECURE_DOCKER_API")]
     insecure_docker_api: bool,
 }
 
 #[derive(Debug, Args)]
+#[command(group(ArgGroup::new("token_source").required(true).args(["token", "token_file"])))]
 struct AgentArgs {
     /// Where this agent keeps its node id (created if missing).
-    #[arg(long)]
+    #[arg(long, env = "SHOAL_DATA_DIR")]
     data_dir: PathBuf,
     /// Managers to join, comma-separated; the agent finds the leader through any of them.
-    #[arg(long, value_delimiter = ',', required = true)]
+    #[arg(long, value_delimiter = ',', required = true, env = "SHOAL_JOIN")]
     join: Vec<String>,
-    /// The worker join token (printed at bootstrap; `shoal cluster token worker`); used once:
-    /// the node's certificate is kept in DATA_DIR/tls.
-    #[arg(long)]
-    token: String,
+    /// A join token (worker or manager; `shoal cluster token worker`); used once: the node's
+    /// certificate is kept in DATA_DIR/tls.
+    #[arg(long, env = "SHOAL_TOKEN")]
+    token: Option<String>,
+    /// Read the join token from this file, waiting up to 60s for it (a manager's
+    /// DATA_DIR/tokens/worker).
+    #[arg(long, value_name = "PATH", env = "SHOAL_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
     /// The node's name (default: the host name).
-    #[arg(long)]
+    #[arg(long, env = "SHOAL_NAME")]
     name: Option<String>,
-    /// A node label for placement constraints, `K=V`; repeatable.
-    #[arg(long = "label", value_name = "K=V", value_parser = parse_label)]
+    /// A node label for placement constraints, `K=V`; repeatable (SHOAL_LABEL holds one).
+    #[arg(long = "label", value_name = "K=V", value_parser = parse_label, env = "SHOAL_LABEL")]
     labels: Vec<(String, String)>,
     /// The IP the node's published ports are bound to and reached on.
-    #[arg(long, default_value = "127.0.0.1")]
+    #[arg(long, default_value = "127.0.0.1", env = "SHOAL_ADVERTISE_ADDR")]
     advertise_addr: std::net::IpAddr,
     /// Docker engine URL (default: the local socket).
-    #[arg(long, value_name = "URL")]
+    #[arg(long, value_name = "URL", env = "SHOAL_DOCKER")]
     docker: Option<String>,
     /// Where to serve this host's Docker engine to the managers (mutual TLS), IP:PORT
     /// (default: the advertised IP, a free port).
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, value_name = "ADDR", env = "SHOAL_ENGINE_LISTEN")]
     engine_listen: Option<std::net::SocketAddr>,
     /// Heartbeat period; the node is DOWN after 3 missed periods.
-    #[arg(long, default_value = "500ms", value_parser = shoal::cli::duration::parse)]
+    #[arg(long, default_value = "500ms", value_parser = shoal::cli::duration::parse, env = "SHOAL_HEARTBEAT")]
     heartbeat: std::time::Duration,
 }
 
 #[derive(Debug, Args)]
 #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 #[command(group(ArgGroup::new("reload").required(true).args(["pid_file", "container", "reload_cmd"])))]
+#[command(group(ArgGroup::new("token_source").required(true).args(["token", "token_file"])))]
 struct ProxyArgs {
     #[command(subcommand)]
     action: Option<ProxyCommand>,
     /// Managers to follow, comma-separated; the watch fails over between them.
-    #[arg(long, value_delimiter = ',', required = true)]
+    #[arg(long, value_delimiter = ',', required = true, env = "SHOAL_JOIN")]
     join: Vec<String>,
     /// A join token (worker or manager) for this proxy's certificate.
-    #[arg(long, required = true)]
+    #[arg(long, env = "SHOAL_TOKEN")]
     token: Option<String>,
+    /// Read the join token from this file, waiting up to 60s for it (a manager's
+    /// DATA_DIR/tokens/worker).
+    #[arg(long, value_name = "PATH", env = "SHOAL_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
     /// Which proxy runs next to this one.
-    #[arg(long, required = true, value_parser = ["nginx", "haproxy"])]
+    #[arg(long, required = true, value_parser = ["nginx", "haproxy"], env = "SHOAL_KIND")]
     kind: Option<String>,
     /// The config file the proxy runs from; rewritten atomically (a temp file beside it).
-    #[arg(long, required = true, value_name = "PATH")]
+    #[arg(long, required = true, value_name = "PATH", env = "SHOAL_PROXY_CONFIG")]
     config: Option<PathBuf>,
     /// Reload by a signal to the pid in this file (nginx: SIGHUP; haproxy: SIGUSR2).
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", env = "SHOAL_PID_FILE")]
     pid_file: Option<PathBuf>,
     /// Reload by the same signal to this container through the local Docker engine.
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "NAME", env = "SHOAL_CONTAINER")]
     container: Option<String>,
     /// Reload by running this command with `sh -c`.
-    #[arg(long, value_name = "CMD")]
+    #[arg(long, value_name = "CMD", env = "SHOAL_RELOAD_CMD")]
     reload_cmd: Option<String>,
     /// The name this proxy reports its status under (default: the host name).
-    #[arg(long)]
+    #[arg(long, env = "SHOAL_NAME")]
     name: Option<String>,
     /// Render with this template (minijinja) instead of the built-in one; read at every apply.
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", env = "SHOAL_TEMPLATE")]
     template: Option<PathBuf>,
     /// The port the proxy listens on for HTTP.
-    #[arg(long, default_value_t = 80)]
+    #[arg(long, default_value_t = 80, env = "SHOAL_LISTEN_PORT")]
     listen_port: u16,
     /// The port the proxy listens on for HTTPS (hosts with `interlock.ssl`).
-    #[arg(long, default_value_t = 443)]
+    #[arg(long, default_value_t = 443, env = "SHOAL_HTTPS_PORT")]
     https_port: u16,
     /// Where an unprivileged nginx keeps its pid, logs and temp files (absolute in the config).
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", env = "SHOAL_RUN_DIR")]
     run_dir: Option<PathBuf>,
 }
 
@@ -191,7 +216,15 @@ enum ManagerAction {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let args = std::env::args_os().collect();
+    let args = match shoal::config::apply_file(&Cli::command(), args, &shoal::config::process_env) {
+        Ok(args) => args,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let cli = Cli::parse_from(args);
     init_tracing();
 
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -220,16 +253,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             action: Some(ManagerAction::Remove { id }),
             ..
         }) => shoal::cli::remove_manager(&global, id).await?,
-        Command::Manager(args) => {
-            shoal::manager::run(manager_config(args)?, shutdown_signal()).await?
+        Command::Manager(mut args) => {
+            let token = join_token(&mut args.token, &args.token_file).await?;
+            shoal::manager::run(manager_config(args, token)?, shutdown_signal()).await?
         }
-        Command::Agent(args) => shoal::agent::run(agent_config(args), shutdown_signal()).await?,
+        Command::Agent(mut args) => {
+            let token = join_token(&mut args.token, &args.token_file).await?;
+            let token = token.ok_or_else(|| anyhow::anyhow!("--token is required"))?;
+            shoal::agent::run(agent_config(args, token), shutdown_signal()).await?
+        }
         Command::Proxy(args) => match args {
             ProxyArgs {
                 action: Some(command),
                 ..
             } => shoal::cli::run_proxy(&global, command).await?,
-            args => shoal::proxy::run(proxy_config(args)?, shutdown_signal()).await?,
+            mut args => {
+                let token = join_token(&mut args.token, &args.token_file).await?;
+                shoal::proxy::run(proxy_config(args, token)?, shutdown_signal()).await?
+            }
         },
         Command::Dev(args) => shoal::dev::run(args, shutdown_signal()).await?,
         Command::Kv { command } => shoal::cli::run_kv(&global, command).await?,
@@ -240,7 +281,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn manager_config(args: ManagerArgs) -> anyhow::Result<ManagerConfig> {
+/// `--token` or the content of `--token-file`.
+async fn join_token(
+    token: &mut Option<String>,
+    token_file: &Option<PathBuf>,
+) -> anyhow::Result<Option<String>> {
+    Ok(shoal::config::join_token(token.take(), token_file.as_deref()).await?)
+}
+
+fn manager_config(args: ManagerArgs, token: Option<String>) -> anyhow::Result<ManagerConfig> {
     let data_dir = args
         .data_dir
         .ok_or_else(|| anyhow::anyhow!("--data-dir is required"))?;
@@ -251,7 +300,7 @@ fn manager_config(args: ManagerArgs) -> anyhow::Result<ManagerConfig> {
         http: args.http,
         docker_api: args.docker_api,
         join: shoal::client::parse_hosts(&args.join),
-        token: args.token,
+        token,
         force_new_cluster: args.force_new_cluster,
         cert_lifetime: args.cert_lifetime,
         docker_tls: args.docker_tls,
@@ -259,11 +308,11 @@ fn manager_config(args: ManagerArgs) -> anyhow::Result<ManagerConfig> {
     })
 }
 
-fn agent_config(args: AgentArgs) -> shoal::agent::AgentConfig {
+fn agent_config(args: AgentArgs, token: String) -> shoal::agent::AgentConfig {
     let mut config = shoal::agent::AgentConfig::new(
         args.data_dir,
         shoal::client::parse_hosts(&args.join),
-        args.token,
+        token,
     );
     config.name = args.name;
     config.labels = args.labels.into_iter().collect();
@@ -276,7 +325,10 @@ fn agent_config(args: AgentArgs) -> shoal::agent::AgentConfig {
     config
 }
 
-fn proxy_config(args: ProxyArgs) -> anyhow::Result<shoal::proxy::ProxyProcessConfig> {
+fn proxy_config(
+    args: ProxyArgs,
+    token: Option<String>,
+) -> anyhow::Result<shoal::proxy::ProxyProcessConfig> {
     use shoal::proxy::ReloadMethod;
     let missing = |flag: &str| anyhow::anyhow!("{flag} is required");
     let reload = match (args.pid_file, args.container, args.reload_cmd) {
@@ -288,7 +340,7 @@ fn proxy_config(args: ProxyArgs) -> anyhow::Result<shoal::proxy::ProxyProcessCon
     let kind = args.kind.ok_or_else(|| missing("--kind"))?;
     let mut config = shoal::proxy::ProxyProcessConfig::new(
         shoal::client::parse_hosts(&args.join),
-        args.token.ok_or_else(|| missing("--token"))?,
+        token.ok_or_else(|| missing("--token"))?,
         kind.parse()?,
         args.config.ok_or_else(|| missing("--config"))?,
         reload,

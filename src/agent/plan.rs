@@ -125,7 +125,13 @@ pub(crate) fn plan(
         }
         match (container, &a.service) {
             (Some(c), _) if c.state.is_running() => {
-                if task.state != TaskState::Running {
+                // Docker restarting a container in place (`restart: always` after a crash) binds
+                // its ephemeral host ports anew: the task's must follow, or the proxies keep
+                // sending its traffic to the old ones.
+                let rebound = c.state == ContainerState::Running
+                    && !c.ports.is_empty()
+                    && c.ports != task.ports;
+                if task.state != TaskState::Running || rebound {
                     actions.push(Action::Report(running(task, c)));
                 }
             }

@@ -34,8 +34,11 @@ fn assigned(id: &str, state: TaskState, desired: TaskState) -> Assignment {
     }
 }
 
+/// RUNNING, with the ports its container (as `container` makes it) published.
 fn running_task(id: &str) -> Assignment {
-    assigned(id, TaskState::Running, TaskState::Running)
+    let mut a = assigned(id, TaskState::Running, TaskState::Running);
+    a.task.ports = container(id, Some(id), ContainerState::Running).ports;
+    a
 }
 
 fn container(id: &str, task: Option<&str>, state: ContainerState) -> ContainerInfo {
@@ -141,6 +144,22 @@ fn adopted_running_containers_are_kept_not_restarted() {
         container("t2", Some("t2"), ContainerState::Restarting),
     ];
     assert_eq!(run(&set, &containers), vec![]);
+}
+
+#[test]
+fn a_container_docker_restarted_on_new_host_ports_is_reported_with_them() {
+    let set = [running_task("t1")];
+    let mut moved = container("t1", Some("t1"), ContainerState::Running);
+    moved.ports[0].host_port = 32771;
+    let actions = run(&set, &[moved]);
+    let [Action::Report(s)] = actions.as_slice() else {
+        panic!("{actions:?}");
+    };
+    assert_eq!((s.state, s.ports[0].host_port), (TaskState::Running, 32771));
+    // While Docker restarts it there is nothing bound to report.
+    let mut restarting = container("t1", Some("t1"), ContainerState::Restarting);
+    restarting.ports.clear();
+    assert_eq!(run(&set, &[restarting]), vec![]);
 }
 
 #[test]

@@ -17,7 +17,7 @@ use super::plan::{self, Action, Node, Observed};
 use super::runtime::{ContainerSpec, DockerRuntime, RuntimeError};
 use super::session::Assignments;
 use super::throttle::Throttle;
-use crate::model::{TaskState, TaskStatus};
+use crate::model::{PublishedPort, TaskState, TaskStatus};
 
 /// Fallback for missed engine events: Docker is looked at again after this long without a change.
 const RESYNC: Duration = Duration::from_secs(2);
@@ -42,8 +42,8 @@ pub(crate) struct TaskRunner {
     /// Containers being stopped in the background (a stop may take STOP_TIMEOUT).
     stopping: HashSet<String>,
     stops: JoinSet<Stopped>,
-    /// The last state queued per task, and when.
-    reported: HashMap<String, (TaskState, Instant)>,
+    /// The last state (and published ports) queued per task, and when.
+    reported: HashMap<String, (TaskState, Vec<PublishedPort>, Instant)>,
     throttle: Throttle,
 }
 
@@ -155,14 +155,15 @@ impl TaskRunner {
     /// Queues `status` for the session, unless the same was queued a moment ago.
     fn report(&mut self, status: TaskStatus) {
         let now = Instant::now();
-        if let Some((state, at)) = self.reported.get(&status.task_id) {
-            if *state == status.state && now.duration_since(*at) < REPORT_AGAIN {
+        if let Some((state, ports, at)) = self.reported.get(&status.task_id) {
+            let same = *state == status.state && *ports == status.ports;
+            if same && now.duration_since(*at) < REPORT_AGAIN {
                 return;
             }
         }
         tracing::info!(task = %status.task_id, state = %status.state, message = %status.message, "task state");
-        self.reported
-            .insert(status.task_id.clone(), (status.state, now));
+        let queued = (status.state, status.ports.clone(), now);
+        self.reported.insert(status.task_id.clone(), queued);
         // The session outlives the runner; a closed channel only happens while the agent stops.
         let _ = self.reports.send(status);
     }

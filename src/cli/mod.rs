@@ -121,9 +121,10 @@ pub enum ClusterCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Print the join token of a role: `worker` (agents, proxies) or `manager`.
+    /// Print the join token of a role: `manager` (joins any role: managers, agents, proxies) or
+    /// `worker` (agents and proxies only).
     Token {
-        #[arg(default_value = "worker", value_parser = ["worker", "manager"])]
+        #[arg(default_value = "manager", value_parser = ["worker", "manager"])]
         role: String,
         /// Replace the token first: the old one joins nothing from now on (nodes that joined
         /// with it keep working).

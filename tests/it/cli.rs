@@ -174,10 +174,11 @@ async fn cluster_status_and_token() {
         );
     }
 
-    let out = c.cli(&["cluster", "token", "manager"]).await;
+    // Without a role: the manager token, which joins any role (as the one token did before).
+    let out = c.cli(&["cluster", "token"]).await;
     assert_eq!(out.stdout.trim(), c.token, "{out:?}");
     // The bootstrap printed it too, and the worker token beside it.
-    let worker = c.cli(&["cluster", "token"]).await;
+    let worker = c.cli(&["cluster", "token", "worker"]).await;
     assert!(worker.ok(), "{worker:?}");
     assert_ne!(worker.stdout.trim(), c.token);
     let log = c.managers[0].log_text();

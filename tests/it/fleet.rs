@@ -15,12 +15,14 @@ use crate::cluster::{tail, Cluster, Proc, WAIT};
 
 pub const WHOAMI: &str = "shoal/whoami:latest";
 
-/// Builds the test image into the local engine once per test binary.
+/// Builds the test image (only it: `deploy/images/build whoami`) into the local engine once per
+/// test binary.
 pub fn whoami_image() -> &'static str {
     static BUILT: OnceLock<String> = OnceLock::new();
     BUILT.get_or_init(|| {
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/images/build");
         let out = Command::new(script)
+            .arg("whoami")
             .output()
             .expect("running deploy/images/build");
         let stderr = String::from_utf8_lossy(&out.stderr);

@@ -6,6 +6,7 @@ mod cli;
 mod cluster;
 mod consul;
 mod crash;
+mod deploy;
 mod dev;
 mod docker_api;
 mod docker_runtime;

@@ -51,6 +51,7 @@ async fn a_watch_sees_every_change_once_in_order_across_a_leader_kill() {
             "--rev",
             &start.to_string(),
         ])
+        .env("SHOAL_TLS_DIR", &c.admin_tls)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .kill_on_drop(true)
