@@ -2,10 +2,11 @@
 //! its own process group and carries PR_SET_PDEATHSIG (through `setpriv`), so none outlives the
 //! harness; dropping the `Cluster` SIGKILLs them all. Logs go to `<results>/nodes/`.
 //!
-//! Every connection to a manager is mutual TLS. The harness joins n1 with the manager token for
-//! a client certificate of its own (`<results>/data/client-tls`), presented by every client, status
-//! poll and CLI call: unlike a manager's own certificate, it outlives the removal of any
-//! manager by the membership nemesis (a removed manager's certificate is revoked).
+//! Every connection to a manager is mutual TLS. Once n1 is up, the harness has it issue a client
+//! certificate of its own (`<results>/data/client-tls`; asked for with n1's own credentials),
+//! presented by every client, status poll and CLI call: unlike a manager's certificate, it
+//! outlives the removal of any manager by the membership nemesis (which revokes the removed
+//! manager's certificate).
 
 use std::fs::File;
 use std::net::SocketAddr;
@@ -17,9 +18,8 @@ use std::time::Duration;
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use shoal::client::{Client, ClientConfig};
-use shoal::security::join;
 use shoal_proto::v1 as pb;
-use shoal_tls::{Credentials, Role};
+use shoal_tls::Credentials;
 use tokio::time::Instant;
 
 use crate::error::HarnessError;
@@ -349,19 +349,32 @@ impl Cluster {
         }
     }
 
-    /// Joins n1 with the manager token for the harness's client certificate, and writes it to
-    /// `<results>/data/client-tls` for the CLI.
+    /// Has n1 issue the harness's client certificate (`Ca/IssueClient`, which a manager's
+    /// certificate may call: join tokens do not join clients), presenting n1's own credentials
+    /// (`DATA_DIR/tls`), and writes it to `<results>/data/client-tls` for the CLI.
     async fn client_auth(&mut self) -> Result<Auth, HarnessError> {
-        let managers = vec![self.nodes[0].grpc.to_string()];
+        let n1_tls = self.nodes[0].data_dir.join("tls");
+        let manager = Credentials::load_dir(&n1_tls).map_err(|e| {
+            HarnessError::Cluster(format!("n1's credentials in {}: {e}", n1_tls.display()))
+        })?;
+        let mut config = ClientConfig::new(vec![self.nodes[0].grpc.to_string()]).with_tls(manager);
+        config.connect_timeout = Duration::from_millis(500);
+        config.request_timeout = Duration::from_secs(5);
+        let (key_pem, csr_pem) = shoal_tls::pki::signing_request()
+            .map_err(|e| HarnessError::Cluster(format!("a key for the harness: {e}")))?;
         let deadline = Instant::now() + STEP_TIMEOUT;
-        let creds = loop {
-            match join::join(&managers, &self.token, Role::Client, CLIENT_NAME, &[]).await {
-                Ok(joined) => break joined.creds,
+        let issued = loop {
+            let result = match Client::connect(config.clone()).await {
+                Ok(mut c) => c.issue_client(CLIENT_NAME, &csr_pem).await,
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(issued) => break issued,
                 Err(e) => {
                     self.check_alive()?;
                     if Instant::now() >= deadline {
                         return Err(HarnessError::Cluster(format!(
-                            "no client certificate from n1 within {STEP_TIMEOUT:?}: {e}; see {}",
+                            "n1 issued no client certificate within {STEP_TIMEOUT:?}: {e}; see {}",
                             self.nodes[0].log.display()
                         )));
                     }
@@ -369,6 +382,8 @@ impl Cluster {
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         };
+        let creds = Credentials::with_cert(&issued.roots_pem, &issued.cert_pem, &key_pem)
+            .map_err(|e| HarnessError::Cluster(format!("the client certificate n1 issued: {e}")))?;
         // With the managers' data dirs: removed after the run unless --keep-data.
         let tls_dir = self.dir.join("data").join("client-tls");
         creds
