@@ -1,6 +1,11 @@
 //! A throwaway cluster of `shoal manager` processes on loopback. Each child runs in its own
 //! process group; dropping the `Cluster` (normal exit, error, panic or Ctrl-C) SIGKILLs every
 //! group, so no manager outlives the bench.
+//!
+//! Managers speak mutual TLS only: the bench presents m1's own certificate (`DATA_DIR/tls`,
+//! which managers accept on every client API) on each of its gRPC connections, and gives the
+//! CLI the same directory (`--tls-dir`). The bench never removes a manager, so that certificate
+//! stays valid for the whole run.
 
 use std::fs::File;
 use std::net::{SocketAddr, TcpListener};
@@ -13,8 +18,10 @@ use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use shoal_proto::v1::cluster_client::ClusterClient;
 use shoal_proto::v1::{StatusRequest, StatusResponse};
+use shoal_tls::net::Connector;
+use shoal_tls::{Credentials, Role};
 use tokio::time::Instant;
-use tonic::transport::Endpoint;
+use tonic::transport::{Channel, Endpoint};
 
 /// How long one step of the start (token written, a manager becoming a voter) may take.
 const STEP_TIMEOUT: Duration = Duration::from_secs(60);
@@ -31,7 +38,10 @@ struct Manager {
 
 pub(crate) struct Cluster {
     managers: Vec<Manager>,
+    /// The manager join token (it joins any role: managers, agents, proxies).
     token: String,
+    /// m1's credentials, loaded once it has bootstrapped.
+    tls: Option<Credentials>,
 }
 
 impl Cluster {
@@ -54,6 +64,7 @@ impl Cluster {
         let mut cluster = Cluster {
             managers: Vec::with_capacity(n),
             token: String::new(),
+            tls: None,
         };
         let mut token = String::new();
         for i in 0..n {
@@ -84,6 +95,10 @@ impl Cluster {
             if i == 0 {
                 token = cluster.wait_for_token().await?;
                 cluster.token.clone_from(&token);
+                let dir = cluster.tls_dir();
+                let creds = Credentials::load_dir(&dir)
+                    .with_context(|| format!("m1's credentials in {}", dir.display()))?;
+                cluster.tls = Some(creds);
             }
             cluster.wait_for_voters(i + 1).await?;
         }
@@ -101,6 +116,19 @@ impl Cluster {
 
     pub(crate) fn token(&self) -> &str {
         &self.token
+    }
+
+    /// The credentials the bench presents to managers (m1's own).
+    pub(crate) fn tls(&self) -> &Credentials {
+        self.tls
+            .as_ref()
+            .expect("loaded by Cluster::start as soon as m1 is up")
+    }
+
+    /// Where those credentials are on disk (`ca.pem`, `cert.pem`, `key.pem`), for the CLI's
+    /// `--tls-dir`.
+    pub(crate) fn tls_dir(&self) -> PathBuf {
+        self.managers[0].data_dir.join("tls")
     }
 
     /// kill -9 of manager `i`'s process group.
@@ -130,7 +158,10 @@ impl Cluster {
         let addr = m.grpc;
         let deadline = Instant::now() + STEP_TIMEOUT;
         loop {
-            if status(addr).await.is_ok_and(|s| s.leader_id != 0) {
+            if status(addr, self.tls())
+                .await
+                .is_ok_and(|s| s.leader_id != 0)
+            {
                 return Ok(());
             }
             if Instant::now() >= deadline {
@@ -174,9 +205,10 @@ impl Cluster {
         Ok(())
     }
 
-    /// The bootstrapping manager writes its join token to `DATA_DIR/token`.
+    /// The bootstrapping manager keeps the manager join token in `DATA_DIR/tokens/manager`
+    /// once the cluster's CA is in the store.
     async fn wait_for_token(&mut self) -> Result<String> {
-        let path = self.managers[0].data_dir.join("token");
+        let path = self.managers[0].data_dir.join("tokens").join("manager");
         let deadline = Instant::now() + STEP_TIMEOUT;
         loop {
             if let Ok(token) = std::fs::read_to_string(&path) {
@@ -203,7 +235,7 @@ impl Cluster {
         loop {
             self.check_alive()?;
             for addr in self.addrs() {
-                match status(addr).await {
+                match status(addr, self.tls()).await {
                     Ok(s)
                         if s.leader_id != 0
                             && s.members.iter().filter(|m| m.voter).count() >= voters =>
@@ -274,13 +306,36 @@ pub(crate) fn shoal_exe(given: Option<&Path>) -> Result<PathBuf> {
     Ok(exe)
 }
 
+/// An endpoint for the manager at `addr`, to configure and then open with [`connect`] or
+/// [`connect_lazy`] (which do the TLS).
+pub(crate) fn endpoint(addr: SocketAddr) -> Result<Endpoint> {
+    Ok(Endpoint::from_shared(shoal_tls::net::endpoint_uri(
+        &addr.to_string(),
+    ))?)
+}
+
+/// Dials managers over mutual TLS presenting `tls`; the server must hold a manager certificate
+/// of the cluster.
+fn connector(tls: &Credentials) -> Connector {
+    Connector::new(tls.client_config(&[Role::Manager], &[b"h2"]))
+}
+
+/// Connects `endpoint` (from [`endpoint`]) over mutual TLS with `tls`.
+pub(crate) async fn connect(endpoint: Endpoint, tls: &Credentials) -> Result<Channel> {
+    Ok(endpoint.connect_with_connector(connector(tls)).await?)
+}
+
+/// The same, connecting on first use.
+pub(crate) fn connect_lazy(endpoint: Endpoint, tls: &Credentials) -> Channel {
+    endpoint.connect_with_connector_lazy(connector(tls))
+}
+
 /// One `Cluster/Status` call, bounded in time.
-pub(crate) async fn status(addr: SocketAddr) -> Result<StatusResponse> {
-    let channel = Endpoint::from_shared(format!("http://{addr}"))?
+pub(crate) async fn status(addr: SocketAddr, tls: &Credentials) -> Result<StatusResponse> {
+    let endpoint = endpoint(addr)?
         .connect_timeout(Duration::from_secs(1))
-        .timeout(Duration::from_secs(3))
-        .connect()
-        .await?;
+        .timeout(Duration::from_secs(3));
+    let channel = connect(endpoint, tls).await?;
     Ok(ClusterClient::new(channel)
         .status(StatusRequest {})
         .await?

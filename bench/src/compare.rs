@@ -177,7 +177,8 @@ async fn measure(args: &CompareArgs, mut report: Report) -> Result<()> {
     for &clients in &args.clients {
         let mut drivers = Vec::with_capacity(clients);
         for i in 0..clients {
-            drivers.push(ShoalDriver::connect(shoal_addrs[i % shoal_addrs.len()]).await?);
+            drivers
+                .push(ShoalDriver::connect(shoal_addrs[i % shoal_addrs.len()], shoal.tls()).await?);
         }
         let rows = phases(drivers, args, limit, "shoal", clients).await?;
         report.results.extend(rows);
@@ -191,9 +192,15 @@ async fn measure(args: &CompareArgs, mut report: Report) -> Result<()> {
 
     let key = b"/bench/watch/fanout".to_vec();
     eprintln!("shoal {FANOUT}: {} watchers ...", args.watchers);
-    let watchers =
-        fanout::shoal_watchers(&shoal_addrs, args.watch_connections, args.watchers, &key).await?;
-    let mut driver = ShoalDriver::connect(shoal_addrs[0]).await?;
+    let watchers = fanout::shoal_watchers(
+        &shoal_addrs,
+        shoal.tls(),
+        args.watch_connections,
+        args.watchers,
+        &key,
+    )
+    .await?;
+    let mut driver = ShoalDriver::connect(shoal_addrs[0], shoal.tls()).await?;
     let mut outcome = fanout::run(watchers, &mut driver, &key, args.watch_rounds).await?;
     report.results.push(measured(
         "shoal",

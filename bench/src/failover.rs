@@ -22,8 +22,8 @@ use serde::Serialize;
 use serde_json::Value;
 use shoal_proto::v1::kv_client::KvClient;
 use shoal_proto::v1::{PutRequest, RangeRequest};
+use shoal_tls::Credentials;
 use tokio::time::Instant;
-use tonic::transport::Endpoint;
 
 use crate::cluster::{self, Cluster};
 use crate::report::{self, Machine};
@@ -178,15 +178,18 @@ pub(crate) fn start_agents(
 }
 
 /// Every record under a prefix, as JSON, read from the first manager that answers.
-async fn read(addrs: &[std::net::SocketAddr], prefix: &str) -> Result<Vec<(Value, u64)>> {
+async fn read(
+    addrs: &[std::net::SocketAddr],
+    tls: &Credentials,
+    prefix: &str,
+) -> Result<Vec<(Value, u64)>> {
     let mut last = None;
     for addr in addrs {
         let attempt = async {
-            let channel = Endpoint::from_shared(format!("http://{addr}"))?
+            let endpoint = cluster::endpoint(*addr)?
                 .connect_timeout(Duration::from_millis(300))
-                .timeout(Duration::from_secs(2))
-                .connect()
-                .await?;
+                .timeout(Duration::from_secs(2));
+            let channel = cluster::connect(endpoint, tls).await?;
             let resp = KvClient::new(channel)
                 .range(RangeRequest {
                     key: prefix.as_bytes().to_vec(),
@@ -213,9 +216,12 @@ async fn read(addrs: &[std::net::SocketAddr], prefix: &str) -> Result<Vec<(Value
 }
 
 /// Tasks meant to run and RUNNING, by node id.
-async fn running_by_node(addrs: &[std::net::SocketAddr]) -> Result<BTreeMap<String, usize>> {
+async fn running_by_node(
+    addrs: &[std::net::SocketAddr],
+    tls: &Credentials,
+) -> Result<BTreeMap<String, usize>> {
     let mut by_node = BTreeMap::new();
-    for (t, _) in read(addrs, "/shoal/tasks/").await? {
+    for (t, _) in read(addrs, tls, "/shoal/tasks/").await? {
         if t["state"] == "running" && t["desired_state"] == "running" {
             *by_node
                 .entry(t["node_id"].as_str().unwrap_or("").to_string())
@@ -247,6 +253,7 @@ pub(crate) async fn run(args: FailoverArgs) -> Result<()> {
         .tempdir_in(&args.dir)?;
     let mut cluster = Cluster::start(&exe, dir.path(), 3).await?;
     let addrs = cluster.addrs();
+    let tls = cluster.tls().clone();
     let join = addrs
         .iter()
         .map(|a| a.to_string())
@@ -255,7 +262,10 @@ pub(crate) async fn run(args: FailoverArgs) -> Result<()> {
     let mut agents = start_agents(&exe, dir.path(), &join, cluster.token(), 2)?;
     let replicas = args.replicas.to_string();
     let created = Command::new(&exe)
-        .args(["--host", &join, "service", "create", "--name", "web"])
+        .args(["--host", &join])
+        .arg("--tls-dir")
+        .arg(cluster.tls_dir())
+        .args(["service", "create", "--name", "web"])
         .args(["--replicas", &replicas, "-p", "80", &args.image])
         .output()?;
     if !created.status.success() {
@@ -266,7 +276,7 @@ pub(crate) async fn run(args: FailoverArgs) -> Result<()> {
     }
     let n = args.replicas as usize;
     wait("the service to run", Duration::from_secs(60), || async {
-        running_by_node(&addrs)
+        running_by_node(&addrs, &tls)
             .await
             .is_ok_and(|m| m.values().sum::<usize>() == n)
     })
@@ -274,7 +284,7 @@ pub(crate) async fn run(args: FailoverArgs) -> Result<()> {
 
     let mut node_loss = Vec::new();
     for trial in 0..args.trials {
-        let by_node = running_by_node(&addrs).await?;
+        let by_node = running_by_node(&addrs, &tls).await?;
         // The victim is the agent whose node runs the most tasks.
         let victim = (0..agents.len())
             .max_by_key(|&i| by_node.get(&agents[i].node_id()).copied().unwrap_or(0))
@@ -284,7 +294,7 @@ pub(crate) async fn run(args: FailoverArgs) -> Result<()> {
         agents[victim].kill();
         agents[victim].remove_containers();
         wait("replacements", Duration::from_secs(60), || async {
-            running_by_node(&addrs)
+            running_by_node(&addrs, &tls)
                 .await
                 .is_ok_and(|m| m.values().sum::<usize>() == n && !m.contains_key(&victim_id))
         })
@@ -294,9 +304,11 @@ pub(crate) async fn run(args: FailoverArgs) -> Result<()> {
         node_loss.push(ms);
         agents[victim].spawn(&exe)?;
         wait("the node to come back", Duration::from_secs(60), || async {
-            read(&addrs, "/shoal/nodes/").await.is_ok_and(|nodes| {
-                nodes.iter().filter(|(n, _)| n["status"] == "ready").count() == agents.len()
-            })
+            read(&addrs, &tls, "/shoal/nodes/")
+                .await
+                .is_ok_and(|nodes| {
+                    nodes.iter().filter(|(n, _)| n["status"] == "ready").count() == agents.len()
+                })
         })
         .await?;
     }
@@ -304,19 +316,19 @@ pub(crate) async fn run(args: FailoverArgs) -> Result<()> {
     let mut leader_loss = Vec::new();
     let mut first_write = Vec::new();
     for trial in 0..args.trials {
-        let leader = leader_index(&addrs).await?;
+        let leader = leader_index(&addrs, &tls).await?;
         let survivors: Vec<std::net::SocketAddr> = addrs
             .iter()
             .enumerate()
             .filter(|(i, _)| *i != leader)
             .map(|(_, a)| *a)
             .collect();
-        let (service, _) = read(&survivors, "/shoal/services/")
+        let (service, _) = read(&survivors, &tls, "/shoal/services/")
             .await?
             .into_iter()
             .next()
             .context("the service is gone")?;
-        let before: Vec<String> = read(&survivors, "/shoal/tasks/")
+        let before: Vec<String> = read(&survivors, &tls, "/shoal/tasks/")
             .await?
             .into_iter()
             .filter_map(|(t, _)| Some(t["id"].as_str()?.to_string()))
@@ -330,7 +342,7 @@ pub(crate) async fn run(args: FailoverArgs) -> Result<()> {
         let value = serde_json::to_vec(&scaled)?;
         'write: loop {
             for addr in &survivors {
-                if put(*addr, &key, &value).await.is_ok() {
+                if put(*addr, &tls, &key, &value).await.is_ok() {
                     break 'write;
                 }
             }
@@ -345,13 +357,15 @@ pub(crate) async fn run(args: FailoverArgs) -> Result<()> {
             "the new task to be assigned",
             Duration::from_secs(60),
             || async {
-                read(&survivors, "/shoal/tasks/").await.is_ok_and(|tasks| {
-                    tasks.iter().any(|(t, _)| {
-                        !before.iter().any(|b| t["id"] == b.as_str())
-                            && t["state"] != "pending"
-                            && t["state"] != "new"
+                read(&survivors, &tls, "/shoal/tasks/")
+                    .await
+                    .is_ok_and(|tasks| {
+                        tasks.iter().any(|(t, _)| {
+                            !before.iter().any(|b| t["id"] == b.as_str())
+                                && t["state"] != "pending"
+                                && t["state"] != "new"
+                        })
                     })
-                })
             },
         )
         .await?;
@@ -359,10 +373,10 @@ pub(crate) async fn run(args: FailoverArgs) -> Result<()> {
         eprintln!("leader loss trial {}: {ms:.0} ms", trial + 1);
         leader_loss.push(ms);
         // Back to n replicas, and the killed manager back in the cluster.
-        put(survivors[0], &key, &serde_json::to_vec(&service)?).await?;
+        put(survivors[0], &tls, &key, &serde_json::to_vec(&service)?).await?;
         cluster.restart(&exe, leader).await?;
         wait("the service to settle", Duration::from_secs(60), || async {
-            running_by_node(&addrs)
+            running_by_node(&addrs, &tls)
                 .await
                 .is_ok_and(|m| m.values().sum::<usize>() == n)
         })
@@ -398,12 +412,11 @@ pub(crate) async fn run(args: FailoverArgs) -> Result<()> {
     Ok(())
 }
 
-async fn put(addr: std::net::SocketAddr, key: &str, value: &[u8]) -> Result<()> {
-    let channel = Endpoint::from_shared(format!("http://{addr}"))?
+async fn put(addr: std::net::SocketAddr, tls: &Credentials, key: &str, value: &[u8]) -> Result<()> {
+    let endpoint = cluster::endpoint(addr)?
         .connect_timeout(Duration::from_millis(300))
-        .timeout(Duration::from_secs(3))
-        .connect()
-        .await?;
+        .timeout(Duration::from_secs(3));
+    let channel = cluster::connect(endpoint, tls).await?;
     KvClient::new(channel)
         .put(PutRequest {
             key: key.as_bytes().to_vec(),
@@ -414,10 +427,13 @@ async fn put(addr: std::net::SocketAddr, key: &str, value: &[u8]) -> Result<()> 
     Ok(())
 }
 
-pub(crate) async fn leader_index(addrs: &[std::net::SocketAddr]) -> Result<usize> {
+pub(crate) async fn leader_index(
+    addrs: &[std::net::SocketAddr],
+    tls: &Credentials,
+) -> Result<usize> {
     for _ in 0..100 {
         for (i, addr) in addrs.iter().enumerate() {
-            if let Ok(s) = cluster::status(*addr).await {
+            if let Ok(s) = cluster::status(*addr, tls).await {
                 if s.leader_id != 0 && s.leader_id == s.member_id {
                     return Ok(i);
                 }

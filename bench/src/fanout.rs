@@ -8,10 +8,12 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use shoal_proto::v1::kv_client::KvClient;
 use shoal_proto::v1::WatchRequest;
+use shoal_tls::Credentials;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
+use crate::cluster;
 use crate::load::{KvDriver, Outcome};
 
 /// How long one round may wait for its last watcher: past it the round is an error.
@@ -43,9 +45,11 @@ impl Watcher {
     }
 }
 
-/// Opens `n` watches of `key` on shoal over `conns` connections spread round-robin over `addrs`.
+/// Opens `n` watches of `key` on shoal over `conns` connections spread round-robin over `addrs`
+/// (mutual TLS presenting `tls`).
 pub(crate) async fn shoal_watchers(
     addrs: &[SocketAddr],
+    tls: &Credentials,
     conns: usize,
     n: usize,
     key: &[u8],
@@ -53,11 +57,11 @@ pub(crate) async fn shoal_watchers(
     let mut channels: Vec<Channel> = Vec::new();
     for i in 0..conns.max(1) {
         let addr = addrs[i % addrs.len()];
+        let endpoint = cluster::endpoint(addr)?
+            .connect_timeout(Duration::from_secs(2))
+            .tcp_nodelay(true);
         channels.push(
-            Endpoint::from_shared(format!("http://{addr}"))?
-                .connect_timeout(Duration::from_secs(2))
-                .tcp_nodelay(true)
-                .connect()
+            cluster::connect(endpoint, tls)
                 .await
                 .with_context(|| format!("connecting to {addr}"))?,
         );

@@ -116,7 +116,7 @@ async fn measure(args: &KvArgs, exe: PathBuf, dir: PathBuf) -> Result<()> {
     let started = tokio::time::Instant::now();
     let cluster = Cluster::start(&exe, &dir, args.managers).await?;
     let addrs = cluster.addrs();
-    let status = cluster::status(addrs[0]).await?;
+    let status = cluster::status(addrs[0], cluster.tls()).await?;
     let leader = status
         .members
         .iter()
@@ -140,7 +140,7 @@ async fn measure(args: &KvArgs, exe: PathBuf, dir: PathBuf) -> Result<()> {
 
     let mut drivers = Vec::with_capacity(args.clients);
     for i in 0..args.clients {
-        drivers.push(ShoalDriver::connect(addrs[i % addrs.len()]).await?);
+        drivers.push(ShoalDriver::connect(addrs[i % addrs.len()], cluster.tls()).await?);
     }
     let mut keys = Arc::new(Keyspace {
         value_size: args.value_size,

@@ -25,10 +25,11 @@ use serde::Serialize;
 use serde_json::Value;
 use shoal_proto::v1::kv_client::KvClient;
 use shoal_proto::v1::RangeRequest;
+use shoal_tls::Credentials;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::task::JoinHandle;
 use tokio::time::{sleep, Instant};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::cluster::{self, Cluster};
 use crate::failover::{self, start_agents};
@@ -388,7 +389,7 @@ struct Poller {
 }
 
 impl Poller {
-    fn start(addrs: Vec<SocketAddr>) -> Poller {
+    fn start(addrs: Vec<SocketAddr>, tls: Credentials) -> Poller {
         let shared = Arc::new(PollShared {
             stop: AtomicBool::new(false),
             latest: Mutex::new(Vec::new()),
@@ -406,7 +407,7 @@ impl Poller {
                 if client.is_none() {
                     let addr = addrs[next % addrs.len()];
                     next += 1;
-                    client = connect(addr).await.ok();
+                    client = connect(addr, &tls).await.ok();
                 }
                 let Some(kv) = client.as_mut() else { continue };
                 let resp = kv
@@ -528,13 +529,12 @@ impl Drop for Poller {
     }
 }
 
-async fn connect(addr: SocketAddr) -> Result<KvClient<Channel>> {
-    let channel = Endpoint::from_shared(format!("http://{addr}"))?
+async fn connect(addr: SocketAddr, tls: &Credentials) -> Result<KvClient<Channel>> {
+    let endpoint = cluster::endpoint(addr)?
         .connect_timeout(Duration::from_millis(300))
         .timeout(Duration::from_secs(2))
-        .tcp_nodelay(true)
-        .connect()
-        .await?;
+        .tcp_nodelay(true);
+    let channel = cluster::connect(endpoint, tls).await?;
     Ok(KvClient::new(channel))
 }
 
@@ -668,10 +668,13 @@ http {{
     )
 }
 
-/// `shoal --host HOSTS ARGS...`, its stdout; an error with its stderr if it fails.
-async fn cli(exe: &Path, hosts: &str, args: &[&str]) -> Result<String> {
+/// `shoal --host HOSTS --tls-dir TLS_DIR ARGS...`, its stdout; an error with its stderr if it
+/// fails.
+async fn cli(exe: &Path, hosts: &str, tls_dir: &Path, args: &[&str]) -> Result<String> {
     let out = tokio::process::Command::new(exe)
         .args(["--host", hosts])
+        .arg("--tls-dir")
+        .arg(tls_dir)
         .args(args)
         .stdin(Stdio::null())
         .output()
@@ -686,10 +689,11 @@ async fn cli(exe: &Path, hosts: &str, args: &[&str]) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-async fn scale(exe: &Path, hosts: &str, replicas: u64) -> Result<()> {
+async fn scale(exe: &Path, hosts: &str, tls_dir: &Path, replicas: u64) -> Result<()> {
     cli(
         exe,
         hosts,
+        tls_dir,
         &["service", "scale", &format!("web={replicas}")],
     )
     .await?;
@@ -819,11 +823,13 @@ async fn measure(args: &ProxyArgs, exe: &Path, dir: &Path) -> Result<()> {
     let loadavg_start = loadavg();
     let mut cluster = Cluster::start(exe, dir, 3).await?;
     let addrs = cluster.addrs();
+    let (tls, tls_dir) = (cluster.tls().clone(), cluster.tls_dir());
     let join = hosts(&addrs);
     let agents = start_agents(exe, dir, &join, cluster.token(), 2)?;
     cli(
         exe,
         &join,
+        &tls_dir,
         &[
             "service",
             "create",
@@ -841,7 +847,7 @@ async fn measure(args: &ProxyArgs, exe: &Path, dir: &Path) -> Result<()> {
         ],
     )
     .await?;
-    let poll = Poller::start(addrs.clone());
+    let poll = Poller::start(addrs.clone(), tls.clone());
     until("the first task to run", STEP_TIMEOUT, || {
         poll.running().len() == 1
     })
@@ -873,7 +879,7 @@ async fn measure(args: &ProxyArgs, exe: &Path, dir: &Path) -> Result<()> {
     while new_tasks().len() < args.tasks {
         replicas += args.step;
         let step_start = Instant::now();
-        scale(exe, &join, replicas).await?;
+        scale(exe, &join, &tls_dir, replicas).await?;
         let converged = all_answering(&poll, &load, replicas as usize, None).await;
         for id in poll.seen_running_ids() {
             if !baseline.contains(&id) {
@@ -947,7 +953,7 @@ async fn measure(args: &ProxyArgs, exe: &Path, dir: &Path) -> Result<()> {
 
     // 2a. Back to 1, then a scale 1 → 8 → 1 under the load.
     let t = Instant::now();
-    scale(exe, &join, 1).await?;
+    scale(exe, &join, &tls_dir, 1).await?;
     only_one_answering(&poll, &load).await?;
     eprintln!(
         "back to 1 replica answering after {:.0} ms",
@@ -963,11 +969,11 @@ async fn measure(args: &ProxyArgs, exe: &Path, dir: &Path) -> Result<()> {
         ms(t.elapsed())
     );
     let (start, before) = (Instant::now(), load.counters());
-    scale(exe, &join, 8).await?;
+    scale(exe, &join, &tls_dir, 8).await?;
     all_answering(&poll, &load, 8, Some(start)).await?;
     eprintln!("8 answering after {:.0} ms", ms(start.elapsed()));
     let t = Instant::now();
-    scale(exe, &join, 1).await?;
+    scale(exe, &join, &tls_dir, 1).await?;
     only_one_answering(&poll, &load).await?;
     eprintln!(
         "1 left (and alone answering for 1 s) after {:.0} ms",
@@ -979,7 +985,7 @@ async fn measure(args: &ProxyArgs, exe: &Path, dir: &Path) -> Result<()> {
     // restart the killed manager.
     eprintln!("kill -9 of the leader ...");
     let (start, before) = (Instant::now(), load.counters());
-    let leader = failover::leader_index(&addrs).await?;
+    let leader = failover::leader_index(&addrs, &tls).await?;
     let survivors: Vec<SocketAddr> = addrs
         .iter()
         .enumerate()
@@ -987,12 +993,12 @@ async fn measure(args: &ProxyArgs, exe: &Path, dir: &Path) -> Result<()> {
         .map(|(_, a)| *a)
         .collect();
     cluster.kill(leader);
-    failover::leader_index(&survivors).await?;
+    failover::leader_index(&survivors, &tls).await?;
     eprintln!(
         "new leader after {:.0} ms",
         start.elapsed().as_secs_f64() * 1000.0
     );
-    scale(exe, &hosts(&survivors), 2).await?;
+    scale(exe, &hosts(&survivors), &tls_dir, 2).await?;
     all_answering(&poll, &load, 2, Some(start)).await?;
     cluster.restart(exe, leader).await?;
     sleep(Duration::from_secs(1)).await;

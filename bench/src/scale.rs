@@ -17,14 +17,14 @@ use clap::Args;
 use serde::{Deserialize, Serialize};
 use shoal_proto::v1::kv_client::KvClient;
 use shoal_proto::v1::WatchRequest;
+use shoal_tls::Credentials;
 use tokio::sync::watch;
 use tokio::time::Instant;
-use tonic::transport::Endpoint;
 
 use crate::cluster::{self, Cluster};
 use crate::failover::leader_index;
 use crate::report::{self, Machine};
-use crate::simagent::{SimAgents, SimConfig};
+use crate::simagent::{self, SimAgents, SimConfig};
 
 #[derive(Debug, Args)]
 pub(crate) struct ScaleArgs {
@@ -40,9 +40,6 @@ pub(crate) struct ScaleArgs {
     /// Heartbeat period the simulated nodes ask for.
     #[arg(long, default_value_t = 500)]
     heartbeat_ms: u64,
-    /// Simulated node sessions per gRPC connection.
-    #[arg(long, default_value_t = 100)]
-    nodes_per_connection: usize,
     /// Give up on a node count after this many seconds from the first service create.
     #[arg(long, default_value_t = 600)]
     timeout: u64,
@@ -151,20 +148,24 @@ async fn one(args: &ScaleArgs, exe: &Path, dir: &Path, nodes: usize) -> Result<R
     let managers_idle_rss_mb = (0..addrs.len())
         .map(|i| proc_status(cluster.pid(i)).rss_mb)
         .collect();
-    let leader = leader_index(&addrs).await?;
+    let leader = leader_index(&addrs, cluster.tls()).await?;
     let pid = cluster.pid(leader);
     let follower = addrs[(leader + 1) % addrs.len()];
     eprintln!(
-        "{nodes} nodes: registering with the leader {} ...",
+        "{nodes} nodes: joining for worker certificates through the leader {} ...",
         addrs[leader]
+    );
+    let started = Instant::now();
+    let certs = simagent::join_all(addrs[leader], cluster.tls(), cluster.token(), nodes).await?;
+    eprintln!(
+        "{nodes} nodes joined in {:.1} s; registering with the leader ...",
+        started.elapsed().as_secs_f64()
     );
     let started = Instant::now();
     let sims = SimAgents::start(
         addrs[leader],
-        cluster.token(),
+        certs,
         SimConfig {
-            nodes,
-            nodes_per_connection: args.nodes_per_connection,
             heartbeat_ms: args.heartbeat_ms,
             images: vec![args.image.clone()],
         },
@@ -179,7 +180,12 @@ async fn one(args: &ScaleArgs, exe: &Path, dir: &Path, nodes: usize) -> Result<R
 
     let total = args.services as u64 * args.replicas;
     let (progress_tx, progress) = watch::channel(Progress::default());
-    let watcher = tokio::spawn(watch_tasks(follower, total, progress_tx));
+    let watcher = tokio::spawn(watch_tasks(
+        follower,
+        cluster.tls().clone(),
+        total,
+        progress_tx,
+    ));
     // Let the watch open before the first task exists.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let cpu_before = cpu_seconds(pid);
@@ -190,9 +196,13 @@ async fn one(args: &ScaleArgs, exe: &Path, dir: &Path, nodes: usize) -> Result<R
         .collect::<Vec<_>>()
         .join(",");
     let replicas = args.replicas.to_string();
+    let tls_dir = cluster.tls_dir();
     for s in 0..args.services {
         let out = Command::new(exe)
-            .args(["--host", &host, "service", "create", "--name"])
+            .args(["--host", &host])
+            .arg("--tls-dir")
+            .arg(&tls_dir)
+            .args(["service", "create", "--name"])
             .arg(format!("bench-{s:04}"))
             .args(["--replicas", &replicas, &args.image])
             .output()
@@ -289,13 +299,11 @@ struct TaskHead {
 /// first RUNNING, with the time they were seen.
 async fn watch_tasks(
     addr: SocketAddr,
+    tls: Credentials,
     total: u64,
     progress: watch::Sender<Progress>,
 ) -> Result<()> {
-    let channel = Endpoint::from_shared(format!("http://{addr}"))?
-        .tcp_nodelay(true)
-        .connect()
-        .await?;
+    let channel = cluster::connect(cluster::endpoint(addr)?.tcp_nodelay(true), &tls).await?;
     let mut kv = KvClient::new(channel).max_decoding_message_size(256 * 1024 * 1024);
     let mut stream = kv
         .watch(WatchRequest {

@@ -6,8 +6,10 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use shoal_proto::v1::kv_client::KvClient;
 use shoal_proto::v1::{PutRequest, RangeRequest};
-use tonic::transport::{Channel, Endpoint};
+use shoal_tls::Credentials;
+use tonic::transport::Channel;
 
+use crate::cluster;
 use crate::load::KvDriver;
 
 /// Bound on one request: a request that takes longer counts as an error, the bench goes on.
@@ -18,13 +20,14 @@ pub(crate) struct ShoalDriver {
 }
 
 impl ShoalDriver {
-    /// Opens a connection of its own (not shared with other clients) to `addr`.
-    pub(crate) async fn connect(addr: SocketAddr) -> Result<ShoalDriver> {
-        let channel = Endpoint::from_shared(format!("http://{addr}"))?
+    /// Opens a connection of its own (not shared with other clients) to `addr`, mutual TLS
+    /// presenting `tls`.
+    pub(crate) async fn connect(addr: SocketAddr, tls: &Credentials) -> Result<ShoalDriver> {
+        let endpoint = cluster::endpoint(addr)?
             .connect_timeout(Duration::from_secs(2))
             .timeout(REQUEST_TIMEOUT)
-            .tcp_nodelay(true)
-            .connect()
+            .tcp_nodelay(true);
+        let channel = cluster::connect(endpoint, tls)
             .await
             .with_context(|| format!("connecting to {addr}"))?;
         Ok(ShoalDriver {

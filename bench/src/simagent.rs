@@ -1,6 +1,10 @@
-//! Simulated agents, a test double for `shoal agent`: many nodes in one process, multiplexed over
-//! a few gRPC connections to the leader, speaking the real agent protocol (`shoal.v1.Dispatcher`:
-//! Register, Heartbeat, the Assignments stream, UpdateTaskStatus) and running nothing. A node
+//! Simulated agents, a test double for `shoal agent`: many nodes in one process, each with its
+//! own worker certificate and its own mutual-TLS connection to the leader (the dispatcher takes
+//! a node's identity from the certificate of the connection, so nodes cannot share one), speaking
+//! the real agent protocol (`shoal.v1.Dispatcher`: Register, Heartbeat, the Assignments stream,
+//! UpdateTaskStatus) and running nothing. Each node first joins with the token (`shoal.v1.Ca/Join`)
+//! for a certificate named by its node id, as `shoal agent` does; unlike `shoal agent` it trusts
+//! the roots of the bench's own (manager) credentials instead of fetching and pinning them. A node
 //! acknowledges each task it is assigned at once: it reports it RUNNING in the next batch, as the
 //! real agent's session does when its task runner has reported ACCEPTED, STARTING and RUNNING
 //! before the batch leaves (the session keeps only the furthest state per task).
@@ -14,17 +18,22 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use serde::Deserialize;
+use shoal_proto::v1::ca_client::CaClient;
 use shoal_proto::v1::dispatcher_client::DispatcherClient;
 use shoal_proto::v1::{
-    AssignmentSet, AssignmentsRequest, HeartbeatRequest, RegisterRequest, UpdateTaskStatusRequest,
+    AssignmentSet, AssignmentsRequest, CaJoinRequest, HeartbeatRequest, RegisterRequest,
+    UpdateTaskStatusRequest,
 };
-use tokio::sync::mpsc;
+use shoal_tls::token::JoinToken;
+use shoal_tls::{Credentials, Role};
+use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
-use tonic::metadata::{Ascii, MetadataValue};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
-/// Metadata key carrying the cluster's join token.
-const TOKEN_HEADER: &str = "x-shoal-token";
+use crate::cluster;
+
+/// Joins in flight at once (each costs the CA a signature).
+const JOINS_AT_ONCE: usize = 16;
 /// Assignment sets of nodes with many tasks are large.
 const MAX_MESSAGE: usize = 256 * 1024 * 1024;
 /// Bound on a unary call; a slow leader shows up as errors in the counters.
@@ -64,9 +73,6 @@ impl Counters {
 /// How the simulated nodes present themselves.
 #[derive(Debug, Clone)]
 pub(crate) struct SimConfig {
-    pub(crate) nodes: usize,
-    /// Node sessions per gRPC connection (HTTP/2 streams: one assignment stream per node).
-    pub(crate) nodes_per_connection: usize,
     pub(crate) heartbeat_ms: u64,
     /// Images every node claims to have (the scheduler places only where the image is).
     pub(crate) images: Vec<String>,
@@ -78,49 +84,94 @@ pub(crate) struct SimAgents {
     tasks: JoinSet<()>,
 }
 
+/// Worker certificates for nodes `sim-00001`... (one join each through the manager at `addr`
+/// with `token`), in node order.
+pub(crate) async fn join_all(
+    addr: SocketAddr,
+    trust: &Credentials,
+    token: &str,
+    nodes: usize,
+) -> Result<Vec<Credentials>> {
+    let token = JoinToken::parse(token).context("the join token")?;
+    // No certificate to present yet: only the cluster's roots, to check the manager's.
+    let anonymous = Credentials::new(trust.cluster_id(), &trust.roots_pem())?;
+    let endpoint = cluster::endpoint(addr)?
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(CALL_TIMEOUT)
+        .tcp_nodelay(true);
+    let ca = CaClient::new(
+        cluster::connect(endpoint, &anonymous)
+            .await
+            .with_context(|| format!("connecting to {addr} to join"))?,
+    );
+    let slots = Arc::new(Semaphore::new(JOINS_AT_ONCE));
+    let mut joins = JoinSet::new();
+    for i in 0..nodes {
+        let (mut ca, secret, slots) = (ca.clone(), token.secret.clone(), slots.clone());
+        joins.spawn(async move {
+            let _slot = slots.acquire_owned().await?;
+            let name = node_id(i);
+            let (key_pem, csr_pem) = shoal_tls::pki::signing_request()?;
+            let issued = ca
+                .join(CaJoinRequest {
+                    secret,
+                    role: Role::Worker.to_string(),
+                    name: name.clone(),
+                    csr_pem,
+                    sans: Vec::new(),
+                })
+                .await
+                .map_err(|s| anyhow::anyhow!("joining as {name}: {:?}: {}", s.code(), s.message()))?
+                .into_inner();
+            let creds = Credentials::with_cert(&issued.roots_pem, &issued.cert_pem, &key_pem)?;
+            anyhow::Ok((i, creds))
+        });
+    }
+    let mut all: Vec<Option<Credentials>> = vec![None; nodes];
+    while let Some(joined) = joins.join_next().await {
+        let (i, creds) = joined??;
+        all[i] = Some(creds);
+    }
+    Ok(all.into_iter().flatten().collect())
+}
+
+fn node_id(i: usize) -> String {
+    format!("sim-{:05}", i + 1)
+}
+
 impl SimAgents {
-    /// Registers `config.nodes` nodes (`sim-00001`...) with the leader at `leader`, then keeps
-    /// each one's heartbeats, assignment stream and reports going. Returns once every node is
-    /// registered.
+    /// Registers one node per credentials in `nodes` (`sim-00001`..., from [`join_all`]) with
+    /// the leader at `leader`, each over its own connection, then keeps each one's heartbeats,
+    /// assignment stream and reports going. Returns once every node is registered.
     pub(crate) async fn start(
         leader: SocketAddr,
-        token: &str,
+        nodes: Vec<Credentials>,
         config: SimConfig,
     ) -> Result<SimAgents> {
-        let token: MetadataValue<Ascii> = token.parse().context("the join token")?;
-        let conns = config
-            .nodes
-            .div_ceil(config.nodes_per_connection.max(1))
-            .max(1);
-        let mut channels = Vec::with_capacity(conns);
-        for _ in 0..conns {
-            channels.push(
-                Endpoint::from_shared(format!("http://{leader}"))?
-                    .connect_timeout(Duration::from_secs(2))
-                    .tcp_nodelay(true)
-                    .connect()
-                    .await
-                    .with_context(|| format!("connecting to the leader at {leader}"))?,
-            );
-        }
         let counters = Arc::new(Counters::default());
         let mut tasks = JoinSet::new();
         let (registered_tx, mut registered_rx) = mpsc::channel::<Result<(), String>>(64);
-        for i in 0..config.nodes {
-            let client = DispatcherClient::new(channels[i % conns].clone())
+        let count = nodes.len();
+        for (i, creds) in nodes.into_iter().enumerate() {
+            // The TLS handshake is part of the connect: thousands at once take a while.
+            let endpoint = cluster::endpoint(leader)?
+                .connect_timeout(CALL_TIMEOUT)
+                .tcp_nodelay(true);
+            // Connects on the first call (Register), so that nodes connect concurrently.
+            let channel = cluster::connect_lazy(endpoint, &creds);
+            let client = DispatcherClient::new(channel)
                 .max_decoding_message_size(MAX_MESSAGE)
                 .max_encoding_message_size(MAX_MESSAGE);
             let node = Node {
-                id: format!("sim-{:05}", i + 1),
+                id: node_id(i),
                 client,
-                token: token.clone(),
                 counters: counters.clone(),
                 config: config.clone(),
             };
             tasks.spawn(node.run(registered_tx.clone()));
         }
         drop(registered_tx);
-        for _ in 0..config.nodes {
+        for _ in 0..count {
             match registered_rx.recv().await {
                 Some(Ok(())) => {}
                 Some(Err(e)) => anyhow::bail!("a simulated node could not register: {e}"),
@@ -148,20 +199,13 @@ struct TaskHead {
 struct Node {
     id: String,
     client: DispatcherClient<Channel>,
-    token: MetadataValue<Ascii>,
     counters: Arc<Counters>,
     config: SimConfig,
 }
 
 impl Node {
-    fn request<T>(&self, message: T) -> tonic::Request<T> {
-        let mut r = tonic::Request::new(message);
-        r.metadata_mut().insert(TOKEN_HEADER, self.token.clone());
-        r
-    }
-
     async fn register(&mut self) -> Result<(), String> {
-        let req = self.request(RegisterRequest {
+        let req = tonic::Request::new(RegisterRequest {
             node_id: self.id.clone(),
             name: self.id.clone(),
             addr: "127.0.0.1".into(),
@@ -197,7 +241,7 @@ impl Node {
             return;
         }
         self.counters.registered.fetch_add(1, Ordering::Relaxed);
-        let stream = self.request(AssignmentsRequest {
+        let stream = tonic::Request::new(AssignmentsRequest {
             node_id: self.id.clone(),
         });
         let stream = match self.client.assignments(stream).await {
@@ -224,7 +268,7 @@ impl Node {
         tick.tick().await;
         loop {
             tick.tick().await;
-            let req = self.request(HeartbeatRequest {
+            let req = tonic::Request::new(HeartbeatRequest {
                 node_id: self.id.clone(),
                 ..Default::default()
             });
@@ -268,7 +312,7 @@ impl Node {
                     .unwrap_or_default()
                 })
                 .collect();
-            let req = self.request(UpdateTaskStatusRequest {
+            let req = tonic::Request::new(UpdateTaskStatusRequest {
                 node_id: self.id.clone(),
                 updates,
             });

@@ -1,6 +1,12 @@
 //! The managers under test, one per network namespace, started from the `shoal` binary. Each is
 //! its own process group and carries PR_SET_PDEATHSIG (through `setpriv`), so none outlives the
 //! harness; dropping the `Cluster` SIGKILLs them all. Logs go to `<results>/nodes/`.
+//!
+//! Every connection to a manager is mutual TLS. Once n1 is up, the harness has it issue a client
+//! certificate of its own (`<results>/data/client-tls`; asked for with n1's own credentials),
+//! presented by every client, status poll and CLI call: unlike a manager's certificate, it
+//! outlives the removal of any manager by the membership nemesis (which revokes the removed
+//! manager's certificate).
 
 use std::fs::File;
 use std::net::SocketAddr;
@@ -13,6 +19,7 @@ use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use shoal::client::{Client, ClientConfig};
 use shoal_proto::v1 as pb;
+use shoal_tls::Credentials;
 use tokio::time::Instant;
 
 use crate::error::HarnessError;
@@ -22,6 +29,8 @@ use crate::netns::Net;
 const GRPC_PORT: u16 = 7946;
 /// Bound on one start-up step (token written, a manager becoming a voter).
 const STEP_TIMEOUT: Duration = Duration::from_secs(60);
+/// The name in the harness's client certificate.
+const CLIENT_NAME: &str = "shoal-jepsen";
 
 pub struct Node {
     pub name: String,
@@ -37,17 +46,37 @@ pub struct Node {
     pub paused: bool,
 }
 
+/// What a client of the cluster needs besides the managers' addresses.
+#[derive(Clone)]
+pub struct Auth {
+    /// The manager join token (it joins any role).
+    pub token: String,
+    /// The harness's client certificate, presented on every connection to a manager.
+    pub tls: Credentials,
+    /// The same on disk (`ca.pem`, `cert.pem`, `key.pem`), for the `shoal` CLI's `--tls-dir`.
+    pub tls_dir: PathBuf,
+}
+
+impl Auth {
+    /// A client configuration for `hosts` presenting the harness's certificate.
+    pub fn config(&self, hosts: Vec<String>) -> ClientConfig {
+        ClientConfig::new(hosts).with_tls(self.tls.clone())
+    }
+}
+
 pub struct Cluster {
     exe: PathBuf,
     dir: PathBuf,
     pub nodes: Vec<Node>,
     token: String,
+    /// Set once n1 is up (`start`), before anything calls a manager.
+    auth: Option<Auth>,
     pub net: Net,
 }
 
 /// One `Cluster/Status` call to one manager, bounded.
-pub async fn status(addr: SocketAddr) -> Result<pb::StatusResponse, String> {
-    let mut config = ClientConfig::new(vec![addr.to_string()]);
+pub async fn status(addr: SocketAddr, tls: &Credentials) -> Result<pb::StatusResponse, String> {
+    let mut config = ClientConfig::new(vec![addr.to_string()]).with_tls(tls.clone());
     config.connect_timeout = Duration::from_millis(500);
     config.request_timeout = Duration::from_secs(2);
     let mut c = Client::connect(config).await.map_err(|e| e.to_string())?;
@@ -64,6 +93,7 @@ impl Cluster {
             dir: dir.to_path_buf(),
             nodes: Vec::new(),
             token: String::new(),
+            auth: None,
             net,
         };
         for (i, slot) in cluster.net.slots.clone().iter().enumerate() {
@@ -83,11 +113,13 @@ impl Cluster {
             cluster.spawn(i, &join)?;
             if i == 0 {
                 cluster.token = cluster.wait_for_token().await?;
+                let auth = cluster.client_auth().await?;
+                cluster.auth = Some(auth);
             }
             cluster.wait_for_voters(i + 1).await?;
         }
         for i in 0..cluster.nodes.len() {
-            cluster.nodes[i].id = status(cluster.nodes[i].grpc)
+            cluster.nodes[i].id = status(cluster.nodes[i].grpc, cluster.tls())
                 .await
                 .map(|s| s.member_id)
                 .unwrap_or(0);
@@ -205,7 +237,7 @@ impl Cluster {
             if n.child.is_none() || n.paused {
                 continue;
             }
-            if let Ok(s) = status(n.grpc).await {
+            if let Ok(s) = status(n.grpc, self.tls()).await {
                 if s.leader_id != 0 {
                     return self.nodes.iter().position(|m| m.id == s.leader_id);
                 }
@@ -224,7 +256,7 @@ impl Cluster {
             .filter(|(j, n)| *j != i && n.child.is_some() && !n.paused)
             .map(|(_, n)| n.grpc.to_string())
             .collect();
-        let mut config = ClientConfig::new(others);
+        let mut config = self.auth().config(others);
         config.request_timeout = Duration::from_secs(10);
         let result = match Client::connect(config).await {
             Ok(mut c) => c.remove_manager(id).await.map(|_| ()),
@@ -249,7 +281,7 @@ impl Cluster {
         self.spawn(i, &join)?;
         let deadline = Instant::now() + STEP_TIMEOUT;
         while Instant::now() < deadline {
-            if let Ok(s) = status(self.nodes[i].grpc).await {
+            if let Ok(s) = status(self.nodes[i].grpc, self.tls()).await {
                 if s.member_id != 0 {
                     self.nodes[i].id = s.member_id;
                     return Ok(());
@@ -269,7 +301,12 @@ impl Cluster {
         while Instant::now() < deadline {
             let mut leaders = Vec::new();
             for n in self.nodes.iter().filter(|n| n.child.is_some()) {
-                leaders.push(status(n.grpc).await.map(|s| s.leader_id).unwrap_or(0));
+                leaders.push(
+                    status(n.grpc, self.tls())
+                        .await
+                        .map(|s| s.leader_id)
+                        .unwrap_or(0),
+                );
             }
             if !leaders.is_empty() && leaders.iter().all(|&l| l != 0 && l == leaders[0]) {
                 return true;
@@ -279,12 +316,21 @@ impl Cluster {
         false
     }
 
-    pub fn token(&self) -> &str {
-        &self.token
+    /// The harness's credentials and the manager token.
+    pub fn auth(&self) -> &Auth {
+        self.auth
+            .as_ref()
+            .expect("set by Cluster::start as soon as n1 is up")
     }
 
+    fn tls(&self) -> &Credentials {
+        &self.auth().tls
+    }
+
+    /// The manager join token n1 keeps in `DATA_DIR/tokens/manager` once the cluster's CA is in
+    /// the store.
     async fn wait_for_token(&mut self) -> Result<String, HarnessError> {
-        let path = self.nodes[0].data_dir.join("token");
+        let path = self.nodes[0].data_dir.join("tokens").join("manager");
         let deadline = Instant::now() + STEP_TIMEOUT;
         loop {
             if let Ok(token) = std::fs::read_to_string(&path) {
@@ -303,13 +349,60 @@ impl Cluster {
         }
     }
 
+    /// Has n1 issue the harness's client certificate (`Ca/IssueClient`, which a manager's
+    /// certificate may call: join tokens do not join clients), presenting n1's own credentials
+    /// (`DATA_DIR/tls`), and writes it to `<results>/data/client-tls` for the CLI.
+    async fn client_auth(&mut self) -> Result<Auth, HarnessError> {
+        let n1_tls = self.nodes[0].data_dir.join("tls");
+        let manager = Credentials::load_dir(&n1_tls).map_err(|e| {
+            HarnessError::Cluster(format!("n1's credentials in {}: {e}", n1_tls.display()))
+        })?;
+        let mut config = ClientConfig::new(vec![self.nodes[0].grpc.to_string()]).with_tls(manager);
+        config.connect_timeout = Duration::from_millis(500);
+        config.request_timeout = Duration::from_secs(5);
+        let (key_pem, csr_pem) = shoal_tls::pki::signing_request()
+            .map_err(|e| HarnessError::Cluster(format!("a key for the harness: {e}")))?;
+        let deadline = Instant::now() + STEP_TIMEOUT;
+        let issued = loop {
+            let result = match Client::connect(config.clone()).await {
+                Ok(mut c) => c.issue_client(CLIENT_NAME, &csr_pem).await,
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(issued) => break issued,
+                Err(e) => {
+                    self.check_alive()?;
+                    if Instant::now() >= deadline {
+                        return Err(HarnessError::Cluster(format!(
+                            "n1 issued no client certificate within {STEP_TIMEOUT:?}: {e}; see {}",
+                            self.nodes[0].log.display()
+                        )));
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        let creds = Credentials::with_cert(&issued.roots_pem, &issued.cert_pem, &key_pem)
+            .map_err(|e| HarnessError::Cluster(format!("the client certificate n1 issued: {e}")))?;
+        // With the managers' data dirs: removed after the run unless --keep-data.
+        let tls_dir = self.dir.join("data").join("client-tls");
+        creds
+            .save_dir(&tls_dir)
+            .map_err(|e| HarnessError::Cluster(format!("writing the client certificate: {e}")))?;
+        Ok(Auth {
+            token: self.token.clone(),
+            tls: creds,
+            tls_dir,
+        })
+    }
+
     async fn wait_for_voters(&mut self, voters: usize) -> Result<(), HarnessError> {
         let deadline = Instant::now() + STEP_TIMEOUT;
         let mut last = String::from("no answer yet");
         loop {
             self.check_alive()?;
             for n in self.nodes.iter().filter(|n| n.child.is_some()) {
-                match status(n.grpc).await {
+                match status(n.grpc, self.tls()).await {
                     Ok(s)
                         if s.leader_id != 0
                             && s.members.iter().filter(|m| m.voter).count() >= voters =>

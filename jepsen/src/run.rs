@@ -71,7 +71,7 @@ async fn run_inner(opts: &Options) -> Result<Validity, HarnessError> {
     let ctx = Ctx::new(
         rec.clone(),
         cluster.addrs(),
-        cluster.token().to_string(),
+        cluster.auth().clone(),
         stop_rx.clone(),
         finals_rx,
         opts.concurrency,

@@ -18,6 +18,7 @@ use serde_json::Value;
 use shoal::client::{Client, ClientConfig, ClientError};
 use tokio::sync::watch as signal;
 
+use crate::cluster::Auth;
 use crate::error::HarnessError;
 use crate::history::{Kind, Op, Recorder};
 
@@ -88,7 +89,8 @@ pub fn parse_list(s: &str) -> Result<Vec<Workload>, HarnessError> {
 pub struct Ctx {
     pub rec: Recorder,
     pub hosts: Vec<String>,
-    pub token: String,
+    /// The manager token and the harness's client certificate (managers speak mutual TLS only).
+    pub auth: Auth,
     pub stop: signal::Receiver<bool>,
     pub finals: signal::Receiver<bool>,
     pub concurrency: usize,
@@ -102,7 +104,7 @@ impl Ctx {
     pub fn new(
         rec: Recorder,
         hosts: Vec<String>,
-        token: String,
+        auth: Auth,
         stop: signal::Receiver<bool>,
         finals: signal::Receiver<bool>,
         concurrency: usize,
@@ -111,7 +113,7 @@ impl Ctx {
         Ctx {
             rec,
             hosts,
-            token,
+            auth,
             stop,
             finals,
             concurrency,
@@ -180,7 +182,7 @@ impl Ctx {
         let n = self.hosts.len().max(1);
         let mut hosts = self.hosts.clone();
         hosts.rotate_left(offset % n);
-        let mut config = ClientConfig::new(hosts);
+        let mut config = self.auth.config(hosts);
         config.connect_timeout = Duration::from_millis(500);
         config.request_timeout = Duration::from_secs(5);
         config

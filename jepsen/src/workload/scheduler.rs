@@ -3,6 +3,8 @@
 //! real agent cut off from the leader does) or crashed (tasks gone). A simulated agent speaks
 //! the real dispatcher protocol (register, heartbeat, assignment stream, task status) but runs
 //! no container: a task "runs" from the moment it reports RUNNING until it stops it.
+//! Like a real agent, each simulated agent first joins with the token for a worker certificate
+//! named by its node id (the dispatcher accepts only that), and keeps it for the whole run.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -13,10 +15,11 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
 use shoal::model::{keys, Service, Task, TaskState, TaskStatus};
+use shoal::security::join;
 use shoal_proto::v1 as pb;
 use shoal_proto::v1::dispatcher_client::DispatcherClient;
+use shoal_tls::{Credentials, Role};
 use tokio::sync::{watch, Mutex};
-use tonic::transport::{Channel, Endpoint};
 
 use super::{Ctx, Proc};
 use crate::history::Kind;
@@ -72,6 +75,7 @@ pub async fn run(ctx: Ctx, shoal: &Path, agents: usize) {
             let out = cli(
                 shoal,
                 &ctx.hosts,
+                &ctx.auth.tls_dir,
                 &[
                     "service",
                     "create",
@@ -99,6 +103,7 @@ pub async fn run(ctx: Ctx, shoal: &Path, agents: usize) {
         match cli(
             shoal,
             &ctx.hosts,
+            &ctx.auth.tls_dir,
             &["service", "scale", &format!("{name}={n}")],
         )
         .await
@@ -139,13 +144,22 @@ pub async fn run(ctx: Ctx, shoal: &Path, agents: usize) {
     final_state(&ctx, &fleet).await;
 }
 
-/// Runs `shoal --host HOSTS ARGS`: Ok((succeeded, stderr)), Err if it could not be started.
-async fn cli(shoal: &Path, hosts: &[String], args: &[&str]) -> Result<(bool, String), String> {
+/// Runs `shoal --host HOSTS --tls-dir TLS_DIR ARGS`: Ok((succeeded, stderr)), Err if it could
+/// not be started.
+async fn cli(
+    shoal: &Path,
+    hosts: &[String],
+    tls_dir: &Path,
+    args: &[&str],
+) -> Result<(bool, String), String> {
     let out = tokio::time::timeout(
         Duration::from_secs(20),
         tokio::process::Command::new(shoal)
             .arg("--host")
             .arg(hosts.join(","))
+            .arg("--tls-dir")
+            .arg(tls_dir)
+            .env_remove("SHOAL_TLS_DIR")
             .args(args)
             .kill_on_drop(true)
             .output(),
@@ -239,6 +253,9 @@ async fn session(
     mut mode: watch::Receiver<Mode>,
 ) {
     let proc = ctx.process();
+    let Some(creds) = worker_credentials(&ctx, &proc, &name, &node_id, &mut mode).await else {
+        return;
+    };
     let mut hosts: Vec<String> = ctx.hosts.clone();
     let mut connected = false;
     let mut target = 0usize;
@@ -260,7 +277,7 @@ async fn session(
         }
         let addr = hosts[target % hosts.len()].clone();
         let result = serve(
-            &ctx,
+            &creds,
             &proc,
             &name,
             &node_id,
@@ -295,12 +312,45 @@ fn stopped(proc: &Proc, node: &str, service: &str, slot: u64) {
     );
 }
 
-fn request<T>(token: &str, msg: T) -> tonic::Request<T> {
+/// Joins with the manager token for a worker certificate named `node_id`, as `shoal agent`
+/// does before its first Register: retried (never while the agent is cut off) until it succeeds;
+/// None if the run stops first.
+async fn worker_credentials(
+    ctx: &Ctx,
+    proc: &Proc,
+    name: &str,
+    node_id: &str,
+    mode: &mut watch::Receiver<Mode>,
+) -> Option<Credentials> {
+    loop {
+        if ctx.stopped() {
+            return None;
+        }
+        if *mode.borrow() != Mode::Up {
+            let mut stop = ctx.stop.clone();
+            tokio::select! {
+                _ = mode.changed() => {}
+                _ = stop.wait_for(|s| *s) => {}
+            }
+            continue;
+        }
+        match join::join(&ctx.hosts, &ctx.auth.token, Role::Worker, node_id, &[]).await {
+            Ok(joined) => return Some(joined.creds),
+            Err(e) => {
+                proc.note(
+                    "agent-join-failed",
+                    "",
+                    json!({"node": name, "error": e.to_string()}),
+                );
+                ctx.pause(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+fn request<T>(msg: T) -> tonic::Request<T> {
     let mut req = tonic::Request::new(msg);
     req.set_timeout(CALL_TIMEOUT);
-    if let Ok(v) = token.parse() {
-        req.metadata_mut().insert("x-shoal-token", v);
-    }
     req
 }
 
@@ -316,7 +366,7 @@ fn leader_of(status: &tonic::Status) -> Option<String> {
 /// One session with one manager. Err(Some(leader)) when it named another leader.
 #[allow(clippy::too_many_arguments)]
 async fn serve(
-    ctx: &Ctx,
+    creds: &Credentials,
     proc: &Proc,
     name: &str,
     node_id: &str,
@@ -325,16 +375,8 @@ async fn serve(
     mode: &mut watch::Receiver<Mode>,
     connected: &mut bool,
 ) -> Result<(), Option<String>> {
-    let channel: Channel = tokio::time::timeout(
-        CALL_TIMEOUT,
-        Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|_| None)?
-            .connect_timeout(CALL_TIMEOUT)
-            .connect(),
-    )
-    .await
-    .map_err(|_| None)?
-    .map_err(|_| None)?;
+    // Mutual TLS with the worker certificate; connects lazily, on the Register below.
+    let channel = join::channel(addr, creds).map_err(|_| None)?;
     let mut client = DispatcherClient::new(channel);
     let reg = pb::RegisterRequest {
         node_id: node_id.to_string(),
@@ -349,16 +391,13 @@ async fn serve(
         ..Default::default()
     };
     client
-        .register(request(&ctx.token, reg))
+        .register(request(reg))
         .await
         .map_err(|s| leader_of(&s))?;
     let mut stream = client
-        .assignments(request(
-            &ctx.token,
-            pb::AssignmentsRequest {
-                node_id: node_id.to_string(),
-            },
-        ))
+        .assignments(request(pb::AssignmentsRequest {
+            node_id: node_id.to_string(),
+        }))
         .await
         .map_err(|s| leader_of(&s))?
         .into_inner();
@@ -374,7 +413,7 @@ async fn serve(
             }
             _ = beat.tick() => {
                 let hb = pb::HeartbeatRequest { node_id: node_id.to_string(), ..Default::default() };
-                if let Err(s) = client.heartbeat(request(&ctx.token, hb)).await {
+                if let Err(s) = client.heartbeat(request(hb)).await {
                     return Err(leader_of(&s));
                 }
             }
@@ -390,7 +429,7 @@ async fn serve(
                         node_id: node_id.to_string(),
                         updates: updates.iter().filter_map(|u| serde_json::to_vec(u).ok()).collect(),
                     };
-                    if let Err(s) = client.update_task_status(request(&ctx.token, req)).await {
+                    if let Err(s) = client.update_task_status(request(req)).await {
                         return Err(leader_of(&s));
                     }
                 }
