@@ -121,7 +121,7 @@ pub enum ClusterCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Print the join token of a role: `manager` (joins any role: managers, agents, proxies) or
+    /// Print the join token of a role: `manager` (joins any node role: managers, agents, proxies) or
     /// `worker` (agents and proxies only).
     Token {
         #[arg(default_value = "manager", value_parser = ["worker", "manager"])]

@@ -13,7 +13,7 @@ use super::DevError;
 /// `DIR/cluster.json`: every process with its pid and addresses, plus the join token.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ClusterFile {
-    /// The manager join token (it joins any role).
+    /// The manager join token (it joins any node role).
     pub token: String,
     /// The credentials the CLI can use (the first manager's `DATA_DIR/tls`).
     #[serde(default)]

@@ -255,7 +255,7 @@ pub(crate) fn client_config(managers: Vec<String>, tls_dir: &Path) -> ClientConf
     config
 }
 
-/// Waits for the bootstrapping manager to write its manager join token (it joins any role).
+/// Waits for the bootstrapping manager to write its manager join token (it joins any node role).
 async fn wait_for_token(slot: &Slot, index: usize, group: &mut Group) -> Result<String, DevError> {
     let path = crate::security::local::token_file(&slot.data_dir, shoal_tls::Role::Manager);
     let deadline = tokio::time::Instant::now() + START_TIMEOUT;
@@ -369,7 +369,7 @@ fn print_summary(file: &ClusterFile, slots: &[Slot], path: &Path) {
         );
         println!("  {}  pid {}  log {}", p.name, p.pid, p.log.display());
     }
-    println!("join token (manager; joins any role): {}", file.token);
+    println!("join token (manager; joins any node role): {}", file.token);
     println!("credentials: {}", file.tls_dir.display());
     println!("cluster file: {}", path.display());
     println!();
