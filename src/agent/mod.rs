@@ -87,8 +87,17 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> any
     tracing::info!(node = %node_id, %name, addr = %config.advertise_addr, "starting agent");
     let sans = vec![config.advertise_addr.to_string()];
     let tls_dir = config.data_dir.join("tls");
+    // Kept in DATA_DIR/tls from an earlier start, or a join as a worker named by the node id.
+    let joined = crate::security::keeper::node_credentials(
+        &config.join,
+        &config.token,
+        shoal_tls::Role::Worker,
+        &node_id,
+        &sans,
+        Some(&tls_dir),
+    );
     let creds = tokio::select! {
-        creds = join(&config, &node_id, &sans, &tls_dir) => creds?,
+        creds = joined => creds.map_err(AgentError::Join)?,
         () = &mut shutdown => return Ok(()),
     };
     let endpoint = engine_proxy::bind(
@@ -172,42 +181,6 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> any
     };
     background.shutdown().await;
     result
-}
-
-/// This node's credentials: kept in `DATA_DIR/tls` from an earlier start, or a join with the
-/// token (as a worker named by the node id). Managers that cannot be reached are waited for; a
-/// refused token is an error.
-async fn join(
-    config: &AgentConfig,
-    node_id: &str,
-    sans: &[String],
-    dir: &std::path::Path,
-) -> Result<shoal_tls::Credentials, AgentError> {
-    use crate::security::SecurityError;
-    let mut logged = String::new();
-    loop {
-        match crate::security::keeper::node_credentials(
-            &config.join,
-            &config.token,
-            shoal_tls::Role::Worker,
-            node_id,
-            sans,
-            Some(dir),
-        )
-        .await
-        {
-            Ok(creds) => return Ok(creds),
-            Err(e @ SecurityError::Unreachable(_)) | Err(e @ SecurityError::Store(_)) => {
-                let line = e.to_string();
-                if line != logged {
-                    tracing::warn!("joining: {line}; retrying");
-                    logged = line;
-                }
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-            Err(e) => return Err(AgentError::Join(e)),
-        }
-    }
 }
 
 /// The engine endpoint's address as managers reach it: a wildcard bind is reached on the advertised IP.

@@ -103,15 +103,14 @@ async fn bind_docker_api(flag: Option<SocketAddr>) -> anyhow::Result<Option<TcpL
 
 /// Whether the Docker API at `addr` speaks TLS: always beyond loopback (refused plaintext unless
 /// `--insecure-docker-api`), on loopback only with `--docker-tls`.
-fn docker_api_tls(addr: SocketAddr, config: &ManagerConfig) -> anyhow::Result<bool> {
+fn docker_api_tls(addr: SocketAddr, config: &ManagerConfig) -> bool {
     if config.docker_tls || (!addr.ip().is_loopback() && !config.insecure_docker_api) {
-        return Ok(true);
+        return true;
     }
     if !addr.ip().is_loopback() {
-        tracing::warn!("the Docker API on {addr} accepts anyone who can reach it, without TLS (--insecure-docker-api): that is root on every node");
-        eprintln!("WARNING: the Docker API on {addr} accepts anyone who can reach it, without TLS (--insecure-docker-api): that is root on every node");
+        tracing::warn!("WARNING: the Docker API on {addr} accepts anyone who can reach it, without TLS (--insecure-docker-api): that is root on every node");
     }
-    Ok(false)
+    false
 }
 
 /// Names and addresses a manager's certificate carries: Docker clients check them.
@@ -172,7 +171,7 @@ pub async fn run(config: ManagerConfig, shutdown: impl Future<Output = ()>) -> a
     };
     let docker_addr = docker_api.as_ref().map(|l| l.local_addr()).transpose()?;
     let docker_tls = match docker_addr {
-        Some(addr) => docker_api_tls(addr, &config)?,
+        Some(addr) => docker_api_tls(addr, &config),
         None => false,
     };
     let sans = certificate_names(&advertise, local, docker_addr);

@@ -79,38 +79,6 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// A proxy certificate through a join; unreachable managers are waited for, a refused token is
-/// an error.
-async fn proxy_credentials(
-    config: &ProxyProcessConfig,
-    name: &str,
-) -> anyhow::Result<shoal_tls::Credentials> {
-    use crate::security::SecurityError;
-    let mut logged = String::new();
-    loop {
-        match crate::security::join::join(
-            &config.join,
-            &config.token,
-            shoal_tls::Role::Proxy,
-            name,
-            &[],
-        )
-        .await
-        {
-            Ok(joined) => return Ok(joined.creds),
-            Err(e @ SecurityError::Unreachable(_)) => {
-                let line = e.to_string();
-                if line != logged {
-                    tracing::warn!("joining: {line}; retrying");
-                    logged = line;
-                }
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-            Err(e) => return Err(anyhow::anyhow!("joining the cluster: {e}")),
-        }
-    }
-}
-
 /// Runs the proxy's apply loop until `shutdown` resolves (an attempt under way is finished
 /// first, so the live file and the running proxy never disagree), then removes its status.
 pub async fn run(
@@ -127,7 +95,17 @@ pub async fn run(
         keys::PROXY_CONFIG,
         checked.config.join.join(",")
     );
-    let creds = proxy_credentials(&checked.config, &checked.name).await?;
+    // A proxy certificate, in memory: a join at every start.
+    let creds = crate::security::keeper::node_credentials(
+        &checked.config.join,
+        &checked.config.token,
+        shoal_tls::Role::Proxy,
+        &checked.name,
+        &[],
+        None,
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("joining the cluster: {e}"))?;
     let keeper = tokio::spawn(crate::security::keeper::run_node(
         checked.config.join.clone(),
         creds.clone(),

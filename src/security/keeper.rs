@@ -201,8 +201,9 @@ pub async fn run_node(
     }
 }
 
-/// A node's credentials: those kept in `dir` if there are any, else a join with `token` as
-/// `role`/`name` (saved to `dir` when given).
+/// A node's credentials: those kept in `dir` if there are any (unexpired), else a join with
+/// `token` as `role`/`name` (saved to `dir` when given). Managers that cannot be reached are
+/// waited for, logged once per reason; a refused token or bad input is an error.
 pub async fn node_credentials(
     managers: &[String],
     token: &str,
@@ -222,7 +223,21 @@ pub async fn node_credentials(
             }
         }
     }
-    let joined = join::join(managers, token, role, name, sans).await?;
+    let mut logged = String::new();
+    let joined = loop {
+        match join::join(managers, token, role, name, sans).await {
+            Ok(joined) => break joined,
+            Err(e @ SecurityError::Unreachable(_)) => {
+                let line = e.to_string();
+                if line != logged {
+                    tracing::warn!("joining: {line}; retrying");
+                    logged = line;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    };
     if let Some(dir) = dir {
         joined.creds.save_dir(dir)?;
     }

@@ -12,7 +12,7 @@ use serde_json::Value;
 use tokio::time::{sleep, Instant};
 
 use crate::cluster::{free_port, run_cli, serial, CliOutput, SHOAL, WAIT};
-use crate::fleet::{docker_inspect, docker_ps, remove_node_containers, whoami_image};
+use crate::fleet::{docker_inspect, docker_ps, http_request, remove_node_containers, whoami_image};
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 /// Not `latest`: an operator's own deployment on this machine keeps its image.
@@ -321,30 +321,12 @@ impl Drop for Deployment {
 
 /// GET /index.php with `Host: test.local`, as the seed's `curl http://test.local/index.php`.
 async fn get_test_local(addr: &str) -> Option<String> {
-    get(addr, "/index.php", "test.local").await
+    http_request(addr, "/index.php", "test.local").await
 }
 
 /// Whether a response's status line says 200 (HTTP/1.0 or 1.1).
 fn status_200(response: &str) -> bool {
     response.split(' ').nth(1) == Some("200")
-}
-
-/// One HTTP/1.0 GET; the whole response, status line first.
-async fn get(addr: &str, path: &str, host: &str) -> Option<String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let connect = tokio::net::TcpStream::connect(addr);
-    let mut stream = tokio::time::timeout(Duration::from_secs(2), connect)
-        .await
-        .ok()?
-        .ok()?;
-    let req = format!("GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n");
-    stream.write_all(req.as_bytes()).await.ok()?;
-    let mut text = String::new();
-    tokio::time::timeout(Duration::from_secs(3), stream.read_to_string(&mut text))
-        .await
-        .ok()?
-        .ok()?;
-    Some(text)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -557,7 +539,7 @@ fn spawn(args: &[&str], envs: &[(&str, &str)]) -> Running {
 async fn serves_health(http: &str) -> bool {
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
-        let health = get(http, "/health", http).await;
+        let health = http_request(http, "/health", http).await;
         if health.is_some_and(|r| status_200(&r)) {
             return true;
         }

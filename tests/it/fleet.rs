@@ -358,18 +358,23 @@ pub fn node_names(tasks: &[Value]) -> Vec<String> {
 
 /// One HTTP/1.0 GET to `addr` (host:port); the whole response, status line first.
 pub async fn http_get(addr: &str) -> Option<String> {
+    http_request(addr, "/", addr).await
+}
+
+/// One HTTP/1.0 GET of `path` with `Host: host`; the whole response, status line first.
+pub async fn http_request(addr: &str, path: &str, host: &str) -> Option<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream =
         tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr))
             .await
             .ok()?
             .ok()?;
-    let req = format!("GET / HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+    let req = format!("GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n");
     stream.write_all(req.as_bytes()).await.ok()?;
-    let mut body = String::new();
-    tokio::time::timeout(Duration::from_secs(2), stream.read_to_string(&mut body))
+    let mut text = String::new();
+    tokio::time::timeout(Duration::from_secs(3), stream.read_to_string(&mut text))
         .await
         .ok()?
         .ok()?;
-    Some(body)
+    Some(text)
 }
