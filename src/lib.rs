@@ -11,5 +11,6 @@ pub mod dev;
 pub mod host;
 pub mod manager;
 pub mod model;
+pub mod objects;
 pub mod proxy;
 pub mod security;

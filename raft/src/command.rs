@@ -12,6 +12,8 @@ pub const MAX_KEY_BYTES: usize = 4 * 1024;
 pub const MAX_VALUE_BYTES: usize = 1024 * 1024;
 /// Most operations (compares plus ops) in one transaction.
 pub const MAX_TXN_OPS: usize = 128;
+/// Most conditional writes in one batch (each a txn within [`MAX_TXN_OPS`]).
+pub const MAX_BATCH_WRITES: usize = 8192;
 /// Shortest and longest lease TTL accepted.
 pub const MIN_LEASE_TTL_MS: u64 = 100;
 pub const MAX_LEASE_TTL_MS: u64 = 30 * 24 * 3600 * 1000;
@@ -45,6 +47,7 @@ impl fmt::Display for Request {
             Command::LeaseGrant { ttl_ms } => write!(f, "lease_grant({ttl_ms}ms)"),
             Command::LeaseRevoke { ids } => write!(f, "lease_revoke({ids:?})"),
             Command::AllocateMemberId => write!(f, "allocate_member_id"),
+            Command::Batch(b) => write!(f, "batch({} writes)", b.writes.len()),
         }
     }
 }
@@ -63,6 +66,19 @@ pub enum Command {
     },
     /// Hands out a manager id that was never used before.
     AllocateMemberId,
+    /// Many independent conditional writes in one entry, behind one fence (appended last: the
+    /// variant index is part of the log's encoding).
+    Batch(Batch),
+}
+
+/// Conditional writes committed as one log entry at one revision: nothing applies unless every
+/// `fence` compare holds; then each write applies on its own when its compares hold (partial
+/// acceptance, as in Nomad's plan applier). Later writes see the effects of earlier ones.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Batch {
+    pub fence: Vec<Compare>,
+    /// Each a txn whose `success` ops run when its compares hold; `failure` must be empty.
+    pub writes: Vec<Txn>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -231,6 +247,13 @@ pub enum Response {
     MemberId {
         id: u64,
     },
+    /// A [`Batch`]: `fenced` when a fence compare failed (nothing applied); else whether each
+    /// write applied, in order.
+    Batch {
+        revision: u64,
+        fenced: bool,
+        applied: Vec<bool>,
+    },
     /// The command was well formed but the store's state refuses it; nothing was changed.
     Rejected {
         revision: u64,
@@ -247,6 +270,7 @@ impl Response {
             | Response::Txn { revision, .. }
             | Response::LeaseGranted { revision, .. }
             | Response::LeaseRevoked { revision, .. }
+            | Response::Batch { revision, .. }
             | Response::Rejected { revision, .. } => *revision,
             Response::MemberId { .. } => 0,
         }
@@ -277,6 +301,10 @@ pub enum InvalidRequest {
     TxnTooLarge(usize),
     #[error("lease ttl {0} ms is outside {MIN_LEASE_TTL_MS}..={MAX_LEASE_TTL_MS} ms")]
     LeaseTtl(u64),
+    #[error("batch has {0} writes; the limit is {MAX_BATCH_WRITES}")]
+    BatchTooLarge(usize),
+    #[error("a batched write has failure operations; batched writes only have success operations")]
+    BatchFailureOps,
 }
 
 fn check_key(key: &[u8], prefix: bool) -> Result<(), InvalidRequest> {
@@ -305,6 +333,27 @@ impl Op {
     }
 }
 
+impl Txn {
+    fn validate(&self) -> Result<(), InvalidRequest> {
+        let n = self.compare.len() + self.success.len() + self.failure.len();
+        if n > MAX_TXN_OPS {
+            return Err(InvalidRequest::TxnTooLarge(n));
+        }
+        for c in &self.compare {
+            check_key(&c.key, false)?;
+            if let CompareTarget::Value(v) = &c.target {
+                if v.len() > MAX_VALUE_BYTES {
+                    return Err(InvalidRequest::ValueTooLarge(v.len()));
+                }
+            }
+        }
+        self.success
+            .iter()
+            .chain(&self.failure)
+            .try_for_each(Op::validate)
+    }
+}
+
 impl Command {
     /// Checks limits before proposing, so that the log only holds entries apply accepts.
     pub fn validate(&self) -> Result<(), InvalidRequest> {
@@ -317,23 +366,23 @@ impl Command {
                 Ok(())
             }
             Command::Delete(d) => check_key(&d.key, d.prefix),
-            Command::Txn(t) => {
-                let n = t.compare.len() + t.success.len() + t.failure.len();
-                if n > MAX_TXN_OPS {
-                    return Err(InvalidRequest::TxnTooLarge(n));
+            Command::Txn(t) => t.validate(),
+            Command::Batch(b) => {
+                if b.writes.len() > MAX_BATCH_WRITES {
+                    return Err(InvalidRequest::BatchTooLarge(b.writes.len()));
                 }
-                for c in &t.compare {
-                    check_key(&c.key, false)?;
-                    if let CompareTarget::Value(v) = &c.target {
-                        if v.len() > MAX_VALUE_BYTES {
-                            return Err(InvalidRequest::ValueTooLarge(v.len()));
-                        }
+                Txn {
+                    compare: b.fence.clone(),
+                    ..Default::default()
+                }
+                .validate()?;
+                for w in &b.writes {
+                    if !w.failure.is_empty() {
+                        return Err(InvalidRequest::BatchFailureOps);
                     }
+                    w.validate()?;
                 }
-                t.success
-                    .iter()
-                    .chain(&t.failure)
-                    .try_for_each(Op::validate)
+                Ok(())
             }
             Command::LeaseGrant { ttl_ms } => {
                 if !(MIN_LEASE_TTL_MS..=MAX_LEASE_TTL_MS).contains(ttl_ms) {

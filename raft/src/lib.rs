@@ -13,6 +13,7 @@ mod identity;
 mod lease;
 mod log_store;
 mod network;
+mod observer;
 mod recovery;
 mod service;
 mod state_machine;
@@ -21,6 +22,7 @@ mod store;
 mod types;
 mod watch;
 
+pub use command::Batch;
 pub use command::Command;
 pub use command::Compare;
 pub use command::CompareOp;
@@ -39,6 +41,7 @@ pub use command::RangeResult;
 pub use command::Rejection;
 pub use command::Response;
 pub use command::Txn;
+pub use command::MAX_BATCH_WRITES;
 pub use command::MAX_KEY_BYTES;
 pub use command::MAX_LEASE_TTL_MS;
 pub use command::MAX_VALUE_BYTES;
@@ -47,6 +50,7 @@ pub use identity::token_matches;
 pub use identity::JoinToken;
 pub use network::connect;
 pub use network::TOKEN_HEADER;
+pub use observer::ApplyObserver;
 pub use status::MemberStatus;
 pub use status::Status;
 pub use store::Opened;
@@ -68,7 +72,7 @@ pub mod testing {
     /// Opens a fresh log store and state machine in `dir`.
     pub fn open_storage(dir: &std::path::Path) -> std::io::Result<(LogStore, StateMachine)> {
         let db = crate::db::open(dir).map_err(std::io::Error::other)?;
-        let (sm, _) = StateMachine::open(db.clone(), dir.join("snapshots"))?;
+        let (sm, _) = StateMachine::open(db.clone(), dir.join("snapshots"), None)?;
         Ok((LogStore::new(db), sm))
     }
 }

@@ -105,6 +105,8 @@ pub struct StoreConfig {
     pub tls: Option<Credentials>,
     pub force_new_cluster: bool,
     pub tuning: RaftTuning,
+    /// Follows every applied change (an in-memory index of the cluster's objects).
+    pub observer: Option<Arc<dyn crate::ApplyObserver>>,
 }
 
 /// What `open` did, for the caller to report.
@@ -214,7 +216,8 @@ impl Store {
         if opened == Opened::ForcedNewCluster {
             crate::recovery::force_new_cluster(&log, ident.id, &config.node)?;
         }
-        let (sm, shared) = StateMachine::open(db.clone(), dir.join("snapshots"))?;
+        let (sm, shared) =
+            StateMachine::open(db.clone(), dir.join("snapshots"), config.observer.clone())?;
         let snapshots = sm.snapshot_store();
 
         let t = &config.tuning;
@@ -407,6 +410,13 @@ impl Store {
         })
         .await
         .map_err(|e| StoreError::Storage(e.to_string()))?
+    }
+
+    /// Waits until this replica has applied everything committed before the call; returns
+    /// the revision applied then (a read of the local replica from now on is linearizable).
+    pub async fn barrier(&self) -> Result<u64, StoreError> {
+        self.wait_linearizable().await?;
+        Ok(self.revision())
     }
 
     /// Waits until this replica has applied everything committed when the call began.

@@ -1,20 +1,19 @@
-//! The assignment sets of every node, read once per store revision and shared by all the
-//! dispatcher's assignment streams of one leader term. Each stream used to read and decode the
-//! whole store on every revision: with 1,000 nodes that was 1,000 full reads per change, three
-//! quarters of the leader's CPU in the scheduling benchmark (`bench/README.md`). A node's set is
-//! serialized again only when one of its tasks or their services changed.
+//! The assignment sets of every node, built from the object index and shared by all the
+//! dispatcher's assignment streams of one leader term. At each new view only the nodes whose
+//! tasks (or those tasks' services) changed get a new set; the others keep theirs, so a change
+//! costs what it touched, not the size of the cluster.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 
+use imbl::OrdMap;
 use shoal_proto::v1 as pb;
-use shoal_raft::Store;
 use tokio::sync::watch;
 use tonic::{Code, Status};
 
-use super::control::objects::{ClusterState, ObjectStore};
 use super::control::Leading;
-use crate::model::{Service, TaskState};
+use crate::model::TaskState;
+use crate::objects::{ObjectStore, View};
 
 /// A node's set and the (task id, version) list that tells two sets apart.
 #[derive(Debug, Default)]
@@ -31,7 +30,7 @@ pub(crate) enum Published {
     /// Every node's set as of one read (a node absent here has no tasks).
     Sets {
         revision: u64,
-        nodes: Arc<HashMap<String, Arc<NodeSet>>>,
+        nodes: OrdMap<String, Arc<NodeSet>>,
     },
     /// The reader stopped: a failed read, a new term, or no stream left. Streams end with it.
     Stopped(Code, String),
@@ -75,9 +74,9 @@ pub(crate) struct Readers {
 
 impl Readers {
     /// A subscription to the reader of `leading`'s term, starting one if there is none running.
-    pub fn subscribe(
+    pub fn subscribe<S: ObjectStore>(
         &self,
-        store: &Store,
+        objects: &S,
         leading: &Leading,
         terms: watch::Receiver<Option<Leading>>,
     ) -> watch::Receiver<Published> {
@@ -90,39 +89,44 @@ impl Readers {
         let tx = Arc::new(watch::Sender::new(Published::Starting));
         let rx = tx.subscribe();
         *slot = Some((leading.term, tx.clone()));
-        tokio::spawn(read_loop(store.clone(), leading.clone(), terms, tx));
+        tokio::spawn(read_loop(objects.clone(), leading.clone(), terms, tx));
         rx
     }
 }
 
-/// Reads the store (linearizably: a new leader's first sets must not miss what its predecessor
-/// committed, as an agent removes containers whose tasks are not in its set) after every change,
-/// until the term ends, a read fails, or no stream listens.
-async fn read_loop(
-    store: Store,
+/// Builds the sets from the index after every change, until the term ends or no stream
+/// listens. The first view is taken behind a barrier: a new leader's first sets must not miss
+/// what its predecessor committed, as an agent removes containers whose tasks are not in its
+/// set; later views of this leader's index only move forward.
+async fn read_loop<S: ObjectStore>(
+    objects: S,
     leading: Leading,
     mut terms: watch::Receiver<Option<Leading>>,
     tx: Arc<watch::Sender<Published>>,
 ) {
-    let mut revisions = leading.revisions.clone();
-    let mut previous: HashMap<String, Arc<NodeSet>> = HashMap::new();
+    let mut views = objects.subscribe();
+    let mut view = match objects.barrier().await {
+        Ok(view) => view,
+        Err(e) => {
+            let status = Status::from(e);
+            tx.send_replace(Published::Stopped(
+                status.code(),
+                status.message().to_string(),
+            ));
+            return;
+        }
+    };
+    let mut sets = group(&view, None, &OrdMap::new());
     let end = loop {
-        let state = match store.read(true).await {
-            Ok(state) => state,
-            Err(e) => {
-                let status = Status::from(e);
-                break Published::Stopped(status.code(), status.message().to_string());
-            }
-        };
-        previous = group(&state, &previous);
         tx.send_replace(Published::Sets {
-            revision: state.revision,
-            nodes: Arc::new(previous.clone()),
+            revision: view.revision(),
+            nodes: sets.clone(),
         });
-        let seen = state.revision;
+        let seen = view.clone();
         tokio::select! {
-            r = revisions.wait_for(|r| *r > seen) => if r.is_err() {
-                break Published::Stopped(Code::Unavailable, "leadership changed; find the new leader".into());
+            r = views.wait_for(|v| v.revision() > seen.revision() && v.objects_differ(&seen)) => match r {
+                Ok(v) => view = v.clone(),
+                Err(_) => break Published::Stopped(Code::Unavailable, "leadership changed; find the new leader".into()),
             },
             _ = terms.wait_for(|l| l.as_ref().map(|l| l.term) != Some(leading.term)) => {
                 break Published::Stopped(Code::Unavailable, "leadership changed; find the new leader".into());
@@ -131,70 +135,94 @@ async fn read_loop(
                 break Published::Stopped(Code::Unavailable, "assignment reader stopped; connect again".into());
             }
         }
+        sets = group(&view, Some(&seen), &sets);
     };
     tx.send_replace(end);
 }
 
-/// Every node's set from `state`, reusing `previous` sets whose versions did not change.
+/// Every node's set in `view`: from scratch without `last`, else `previous` with the sets of
+/// the nodes whose tasks or their services changed since `last` built again.
 pub(crate) fn group(
-    state: &ClusterState,
-    previous: &HashMap<String, Arc<NodeSet>>,
-) -> HashMap<String, Arc<NodeSet>> {
-    let services: BTreeMap<&str, (&Service, u64)> = state
-        .services
-        .iter()
-        .map(|s| (s.value.id.as_str(), (&s.value, s.mod_revision)))
-        .collect();
-    let mut by_node: HashMap<&str, Vec<usize>> = HashMap::new();
-    for (i, t) in state.tasks.iter().enumerate() {
-        let task = &t.value;
-        if task.state < TaskState::Assigned {
-            continue;
+    view: &View,
+    last: Option<&View>,
+    previous: &OrdMap<String, Arc<NodeSet>>,
+) -> OrdMap<String, Arc<NodeSet>> {
+    let Some(last) = last else {
+        let mut out = OrdMap::new();
+        let nodes: BTreeSet<&str> = view
+            .tasks()
+            .filter_map(|t| t.value.node_id.as_deref())
+            .collect();
+        for node in nodes {
+            if let Some(set) = node_set(view, node) {
+                out.insert(node.to_string(), Arc::new(set));
+            }
         }
-        if let Some(node) = task.node_id.as_deref() {
-            by_node.entry(node).or_default().push(i);
+        return out;
+    };
+    let mut dirty: BTreeSet<String> = BTreeSet::new();
+    for c in view.task_changes(last) {
+        for t in [c.previous(), c.current()].into_iter().flatten() {
+            dirty.extend(t.value.node_id.clone());
         }
     }
-    let mut out = HashMap::with_capacity(by_node.len());
-    for (node, tasks) in by_node {
-        let versions: Vec<(String, u64)> = tasks
-            .iter()
-            .map(|&i| {
-                let t = &state.tasks[i];
-                let service_rev = services
-                    .get(t.value.service_id.as_str())
-                    .map_or(0, |(_, rev)| *rev);
-                (t.value.id.clone(), t.mod_revision ^ (service_rev << 32))
-            })
-            .collect();
-        if let Some(same) = previous.get(node).filter(|p| p.versions == versions) {
-            out.insert(node.to_string(), same.clone());
-            continue;
+    for c in view.service_changes(last) {
+        let s = c.current().or(c.previous()).expect("a change has a side");
+        for t in view.tasks_of_service(&s.value.id) {
+            dirty.extend(t.value.node_id.clone());
         }
-        let mut set = pb::AssignmentSet {
-            revision: state.revision,
-            tasks: Vec::with_capacity(tasks.len()),
-        };
-        for &i in &tasks {
-            let task = &state.tasks[i].value;
-            let service = services.get(task.service_id.as_str());
-            set.tasks.push(pb::Assignment {
-                task: serde_json::to_vec(task).expect("tasks serialize"),
-                service: service
-                    .map(|(s, _)| serde_json::to_vec(s).expect("services serialize"))
-                    .unwrap_or_default(),
-            });
+    }
+    let mut out = previous.clone();
+    for node in dirty {
+        match node_set(view, &node) {
+            Some(set)
+                if previous
+                    .get(&node)
+                    .is_some_and(|p| p.versions == set.versions) => {}
+            Some(set) => {
+                out.insert(node, Arc::new(set));
+            }
+            None => {
+                out.remove(&node);
+            }
         }
-        out.insert(node.to_string(), Arc::new(NodeSet { set, versions }));
     }
     out
+}
+
+/// The set of one node: its tasks from ASSIGNED on, each with its service. None if empty.
+fn node_set(view: &View, node: &str) -> Option<NodeSet> {
+    let tasks: Vec<_> = view
+        .tasks_of_node(node)
+        .filter(|t| t.value.state >= TaskState::Assigned)
+        .collect();
+    if tasks.is_empty() {
+        return None;
+    }
+    let mut set = pb::AssignmentSet {
+        revision: view.revision(),
+        tasks: Vec::with_capacity(tasks.len()),
+    };
+    let mut versions = Vec::with_capacity(tasks.len());
+    for t in tasks {
+        let service = view.service(&t.value.service_id);
+        let service_rev = service.map_or(0, |s| s.mod_revision);
+        versions.push((t.value.id.clone(), t.mod_revision ^ (service_rev << 32)));
+        set.tasks.push(pb::Assignment {
+            task: serde_json::to_vec(&t.value).expect("tasks serialize"),
+            service: service
+                .map(|s| serde_json::to_vec(&s.value).expect("services serialize"))
+                .unwrap_or_default(),
+        });
+    }
+    Some(NodeSet { set, versions })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::manager::control::objects::Versioned;
     use crate::model::Task;
+    use crate::objects::Versioned;
 
     fn task(id: &str, node: Option<&str>, state: TaskState, rev: u64) -> Versioned<Task> {
         let mut t = Task::new(id.into(), "s".into(), 1, 10);
@@ -207,41 +235,69 @@ mod tests {
     }
 
     #[test]
-    fn sets_group_assigned_tasks_by_node_and_are_reused_until_they_change() {
-        let mut state = ClusterState {
-            revision: 9,
-            tasks: vec![
+    fn sets_group_assigned_tasks_by_node_and_are_rebuilt_only_where_tasks_changed() {
+        let v1 = View::build(
+            9,
+            vec![],
+            vec![],
+            vec![
                 task("t1", Some("n1"), TaskState::Assigned, 5),
                 task("t2", Some("n2"), TaskState::Running, 6),
                 task("t3", None, TaskState::Pending, 7),
                 task("t4", Some("n1"), TaskState::Running, 8),
             ],
-            ..Default::default()
-        };
-        let first = group(&state, &HashMap::new());
+            None,
+        );
+        let first = group(&v1, None, &OrdMap::new());
         assert_eq!(first.len(), 2);
         let ids = |n: &str| -> Vec<String> {
-            first[n].versions.iter().map(|(id, _)| id.clone()).collect()
+            first
+                .get(n)
+                .unwrap()
+                .versions
+                .iter()
+                .map(|(id, _)| id.clone())
+                .collect()
         };
         assert_eq!(ids("n1"), ["t1", "t4"]);
         assert_eq!(ids("n2"), ["t2"]);
-        assert_eq!(first["n1"].set.tasks.len(), 2);
+        assert_eq!(first.get("n1").unwrap().set.tasks.len(), 2);
 
         // t1 moves on: n1's set is rebuilt, n2's is the same one.
-        state.revision = 10;
-        state.tasks[0] = task("t1", Some("n1"), TaskState::Running, 10);
-        let second = group(&state, &first);
-        assert!(Arc::ptr_eq(&first["n2"], &second["n2"]));
-        assert!(!Arc::ptr_eq(&first["n1"], &second["n1"]));
-        assert_eq!(second["n1"].set.revision, 10);
+        let mut v2 = v1.clone();
+        v2.put_task(task("t1", Some("n1"), TaskState::Running, 10));
+        v2.set_revision(10);
+        let second = group(&v2, Some(&v1), &first);
+        assert!(Arc::ptr_eq(
+            first.get("n2").unwrap(),
+            second.get("n2").unwrap()
+        ));
+        assert!(!Arc::ptr_eq(
+            first.get("n1").unwrap(),
+            second.get("n1").unwrap()
+        ));
+        assert_eq!(second.get("n1").unwrap().set.revision, 10);
+        // Built from scratch, the same sets.
+        let scratch = group(&v2, None, &OrdMap::new());
+        for n in ["n1", "n2"] {
+            assert_eq!(
+                scratch.get(n).unwrap().versions,
+                second.get(n).unwrap().versions
+            );
+        }
 
-        // A node without tasks gets an empty set at the read's revision.
+        // t2 is deleted: n2 has no set, and gets an empty one at the view's revision.
+        let mut v3 = v2.clone();
+        v3.delete_record(&crate::model::keys::task("t2"));
+        v3.set_revision(11);
+        let third = group(&v3, Some(&v2), &second);
+        assert!(third.get("n2").is_none());
         let published = Published::Sets {
-            revision: 10,
-            nodes: Arc::new(second),
+            revision: 11,
+            nodes: third,
         };
-        let empty = published.node("n3").expect("a set");
+        let empty = published.node("n2").expect("a set");
         assert!(empty.set.tasks.is_empty() && empty.versions.is_empty());
-        assert_eq!(empty.set.revision, 10);
+        assert_eq!(empty.set.revision, 11);
     }
 }

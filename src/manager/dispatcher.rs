@@ -1,24 +1,26 @@
 //! The dispatcher: agent sessions over gRPC (`shoal.v1.Dispatcher`), answered by the leader only.
 //! It registers nodes, keeps heartbeats in memory (`control::Heartbeats`), streams each node's
-//! assignments, and applies the task states agents report, each move checked against the task
-//! lifecycle (`Task::transition` as the agent) and written conditioned on the revision it read.
+//! assignments, and hands the task states agents report to the term's batcher (`statuses`),
+//! which checks each move against the task lifecycle and commits them together. Every read is
+//! of the object index; nothing here decodes the store.
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 
 use shoal_proto::v1 as pb;
 use shoal_proto::v1::dispatcher_server::Dispatcher;
-use shoal_raft::{Range, Store, StoreError};
-use tokio::sync::{mpsc, watch};
+use shoal_raft::Store;
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use super::assignments::Readers;
-use super::control::objects::{Commit, Expect, ObjectStore, Write};
 use super::control::Leading;
-use crate::host::now_ms;
-use crate::model::{keys, Actor, Availability, Node, NodeStatus, Task, TaskStatus};
+use super::statuses::{self, Report, Reports};
+use crate::model::{Availability, Node, NodeStatus, TaskStatus};
+use crate::objects::{Commit, Expect, ObjectStore, Objects, View, Write};
 
 /// Metadata entry naming the leader's gRPC address on an UNAVAILABLE answer.
 pub const LEADER_HEADER: &str = "x-shoal-leader";
@@ -31,17 +33,35 @@ const HEARTBEAT_MS: std::ops::RangeInclusive<u64> = 50..=60_000;
 
 pub struct DispatcherService {
     store: Store,
+    objects: Objects,
     leading: watch::Receiver<Option<Leading>>,
-    /// One store read per revision for all the assignment streams of a term.
+    /// One builder of assignment sets for all the streams of a term.
     readers: Readers,
+    /// The status batcher of the current term.
+    reports: Arc<Mutex<Option<(u64, Reports)>>>,
 }
 
 impl DispatcherService {
-    pub fn new(store: Store, leading: watch::Receiver<Option<Leading>>) -> Self {
+    pub fn new(objects: Objects, leading: watch::Receiver<Option<Leading>>) -> Self {
         DispatcherService {
-            store,
+            store: objects.store().clone(),
+            objects,
             leading,
             readers: Readers::default(),
+            reports: Arc::default(),
+        }
+    }
+
+    /// The batcher of `term`, started by its first report.
+    fn reports(&self, term: u64) -> Reports {
+        let mut slot = self.reports.lock().unwrap_or_else(|e| e.into_inner());
+        match slot.as_ref() {
+            Some((t, tx)) if *t == term && !tx.is_closed() => tx.clone(),
+            _ => {
+                let tx = statuses::start(self.objects.clone(), term);
+                *slot = Some((term, tx.clone()));
+                tx
+            }
         }
     }
 
@@ -73,53 +93,31 @@ impl DispatcherService {
         status
     }
 
-    async fn read_nodes(&self) -> Result<Vec<(Node, u64)>, Status> {
-        let range = Range {
-            key: keys::NODES.as_bytes().to_vec(),
-            prefix: true,
-            ..Default::default()
-        };
-        let (found, _) = self.store.range(&range, true).await.map_err(store_status)?;
-        Ok(found
-            .kvs
-            .into_iter()
-            .filter_map(|kv| Some((serde_json::from_slice(&kv.value).ok()?, kv.mod_revision)))
-            .collect())
-    }
-
-    /// One node's record, read from this replica. A heartbeat reads only its own node: reading
-    /// them all made each heartbeat cost O(nodes), and 1,000 nodes at 2 beats/s starved Raft.
-    async fn read_node(&self, id: &str) -> Result<Option<Node>, Status> {
-        let range = Range {
-            key: keys::node(id).into_bytes(),
-            ..Default::default()
-        };
-        let (found, _) = self.store.range(&range, true).await.map_err(store_status)?;
-        Ok(found
-            .kvs
-            .first()
-            .and_then(|kv| serde_json::from_slice(&kv.value).ok()))
-    }
-
     /// Writes one node, conditioned on what `change` was computed from; retried on a conflict.
+    /// `change` sees the node as this leader's index has it, and the whole view.
     async fn update_node(
         &self,
         term: u64,
         id: &str,
-        mut change: impl FnMut(Option<&Node>, &[(Node, u64)]) -> Result<Option<Node>, Status>,
+        mut change: impl FnMut(Option<&Node>, &View) -> Result<Option<Node>, Status>,
     ) -> Result<(), Status> {
         for _ in 0..ATTEMPTS {
-            let nodes = self.read_nodes().await?;
-            let current = nodes.iter().find(|(n, _)| n.id == id);
-            let Some(node) = change(current.map(|(n, _)| n), &nodes)? else {
+            let view = self.objects.view();
+            let current = view.node(id);
+            let Some(node) = change(current.map(|n| &n.value), &view)? else {
                 return Ok(());
             };
-            let expect = current.map_or(Expect::Absent, |(_, rev)| Expect::ModRevision(*rev));
+            let expect = current.map_or(Expect::Absent, |n| Expect::ModRevision(n.mod_revision));
             let write = Write::Node { node, expect };
-            match self.store.commit(term, vec![write]).await {
-                Ok(Commit::Applied) => return Ok(()),
-                Ok(Commit::Conflict) => continue,
-                Err(e) => return Err(store_status(e)),
+            match self.objects.commit(term, vec![write]).await {
+                Ok(c) if c.all_applied() => return Ok(()),
+                Ok(Commit::Fenced) => {
+                    return Err(Status::unavailable(
+                        "leadership changed; find the new leader",
+                    ))
+                }
+                Ok(Commit::Done(_)) => continue,
+                Err(e) => return Err(e.into()),
             }
         }
         Err(Status::aborted(format!(
@@ -164,11 +162,12 @@ impl Dispatcher for DispatcherService {
             )));
         }
         let id = r.node_id.clone();
-        self.update_node(leading.term, &id, |current, all| {
-            if let Some((other, _)) = all
-                .iter()
-                .find(|(n, _)| n.name == r.name && n.id != r.node_id)
-                .filter(|(n, _)| n.status == NodeStatus::Ready)
+        self.update_node(leading.term, &id, |current, view| {
+            if let Some(other) = view
+                .nodes()
+                .map(|n| &n.value)
+                .find(|n| n.name == r.name && n.id != r.node_id)
+                .filter(|n| n.status == NodeStatus::Ready)
             {
                 return Err(Status::already_exists(format!(
                     "node name {} is taken by node {}, which is ready; give --name another name",
@@ -243,8 +242,8 @@ impl Dispatcher for DispatcherService {
                 Ok(Some(node))
             })
             .await?;
-        } else if let Some(node) = self.read_node(&r.node_id).await? {
-            period_ms = node.heartbeat_ms;
+        } else if let Some(node) = self.objects.view().node(&r.node_id) {
+            period_ms = node.value.heartbeat_ms;
         }
         Ok(Response::new(pb::HeartbeatResponse { period_ms }))
     }
@@ -260,7 +259,7 @@ impl Dispatcher for DispatcherService {
         let (tx, rx) = mpsc::channel(4);
         let mut sets = self
             .readers
-            .subscribe(&self.store, &leading, self.leading.clone());
+            .subscribe(&self.objects, &leading, self.leading.clone());
         tokio::spawn(async move {
             let mut sent: Option<Vec<(String, u64)>> = None;
             loop {
@@ -303,79 +302,24 @@ impl Dispatcher for DispatcherService {
                 .map_err(|e| Status::invalid_argument(format!("invalid task status: {e}")))?;
             updates.push(status);
         }
-        let (mut applied, mut skipped) = (0u32, 0u32);
-        for status in updates {
-            if self.apply_status(leading.term, &r.node_id, &status).await? {
-                applied += 1;
-            } else {
-                skipped += 1;
-            }
+        let (reply, answer) = oneshot::channel();
+        let report = Report {
+            node: r.node_id,
+            statuses: updates,
+            reply,
+        };
+        if self.reports(leading.term).send(report).await.is_err() {
+            return Err(Status::unavailable(
+                "leadership changed; find the new leader",
+            ));
         }
+        let (applied, skipped) = answer
+            .await
+            .map_err(|_| Status::unavailable("leadership changed; find the new leader"))??;
         Ok(Response::new(pb::UpdateTaskStatusResponse {
             applied,
             skipped,
         }))
-    }
-}
-
-impl DispatcherService {
-    /// Applies one reported state; false when the move is not the agent's to make (any more).
-    async fn apply_status(
-        &self,
-        term: u64,
-        node: &str,
-        status: &TaskStatus,
-    ) -> Result<bool, Status> {
-        let range = Range {
-            key: keys::task(&status.task_id).into_bytes(),
-            ..Default::default()
-        };
-        for _ in 0..ATTEMPTS {
-            let (found, _) = self.store.range(&range, true).await.map_err(store_status)?;
-            let Some(kv) = found.kvs.first() else {
-                return Ok(false);
-            };
-            let Ok(mut task) = serde_json::from_slice::<Task>(&kv.value) else {
-                return Ok(false);
-            };
-            if task.node_id.as_deref() != Some(node) {
-                tracing::warn!(task = %task.id, node, "an agent reported a task of another node");
-                return Ok(false);
-            }
-            let before = task.clone();
-            if task.state != status.state
-                && task
-                    .transition(status.state, Actor::Agent, &status.message, now_ms())
-                    .is_err()
-            {
-                return Ok(false);
-            }
-            if status.container_id.is_some() {
-                task.container_id.clone_from(&status.container_id);
-            }
-            if !status.ports.is_empty() {
-                task.ports.clone_from(&status.ports);
-            }
-            if status.exit_code.is_some() {
-                task.exit_code = status.exit_code;
-            }
-            if task == before {
-                return Ok(true);
-            }
-            let write = Write::Task {
-                task,
-                expect: Expect::ModRevision(kv.mod_revision),
-            };
-            match self.store.commit(term, vec![write]).await {
-                Ok(Commit::Applied) => return Ok(true),
-                Ok(Commit::Conflict) => continue,
-                Err(e) => return Err(store_status(e)),
-            }
-        }
-        Err(Status::aborted(format!(
-            "task {} kept changing while its state was being written; report it again",
-            status.task_id
-        )))
     }
 }
 
@@ -420,8 +364,4 @@ fn validate_register(r: &pb::RegisterRequest) -> Result<(), Status> {
         )));
     }
     Ok(())
-}
-
-fn store_status(e: StoreError) -> Status {
-    e.into()
 }

@@ -8,6 +8,7 @@ mod convert;
 pub mod dispatcher;
 mod kv_service;
 pub mod scheduler;
+mod statuses;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -187,6 +188,8 @@ pub async fn run(config: ManagerConfig, shutdown: impl Future<Output = ()>) -> a
     .await
     .context("setting up this manager's certificate")?;
     let creds = material.creds.clone();
+    // Kept by the state machine's apply; every reader of cluster objects reads it.
+    let index = crate::objects::Index::new();
     let (store, opened) = Store::open(StoreConfig {
         data_dir: config.data_dir.clone(),
         node,
@@ -195,8 +198,10 @@ pub async fn run(config: ManagerConfig, shutdown: impl Future<Output = ()>) -> a
         tls: Some(creds.clone()),
         force_new_cluster: config.force_new_cluster,
         tuning: RaftTuning::default(),
+        observer: Some(index.clone()),
     })
     .await?;
+    let objects = crate::objects::Objects::new(store.clone(), index);
     let keeper = tokio::spawn(
         security::keeper::ManagerKeeper {
             store: store.clone(),
@@ -211,7 +216,7 @@ pub async fn run(config: ManagerConfig, shutdown: impl Future<Output = ()>) -> a
     // The leader's control loops, and the dispatcher that answers agents while they run.
     let (leading_tx, leading) = tokio::sync::watch::channel(None);
     let control = tokio::spawn(control::run(
-        store.clone(),
+        objects.clone(),
         ControlConfig::default(),
         leading_tx,
     ));
@@ -233,7 +238,7 @@ pub async fn run(config: ManagerConfig, shutdown: impl Future<Output = ()>) -> a
             clients(),
         ))
         .add_service(DispatcherServer::new(DispatcherService::new(
-            store.clone(),
+            objects.clone(),
             leading,
         )))
         .add_service(CaServer::new(security::service::CaService::new(
@@ -260,7 +265,7 @@ pub async fn run(config: ManagerConfig, shutdown: impl Future<Output = ()>) -> a
     let (docker_stop, docker_stopped) = tokio::sync::oneshot::channel::<()>();
     let docker_api = docker_api.map(|l| {
         let tls = docker_tls.then(|| creds.clone());
-        let serve = crate::api::docker::serve(l, store.clone(), tls, async move {
+        let serve = crate::api::docker::serve(l, objects.clone(), tls, async move {
             let _ = docker_stopped.await;
         });
         tokio::spawn(async move {

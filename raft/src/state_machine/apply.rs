@@ -28,6 +28,7 @@ use crate::command::RangeResult;
 use crate::command::Rejection;
 use crate::command::Request;
 use crate::command::Response;
+use crate::command::Txn;
 use crate::db::be;
 use crate::db::io_err;
 use crate::db::prefix_end;
@@ -292,7 +293,53 @@ impl EntryTx<'_> {
                 self.counters.next_member += 1;
                 Response::MemberId { id }
             }
+            Command::Batch(b) => {
+                let mut fenced = false;
+                for c in &b.fence {
+                    fenced |= !self.compare(c)?;
+                }
+                let mut applied = Vec::with_capacity(b.writes.len());
+                if !fenced {
+                    for w in &b.writes {
+                        applied.push(self.conditional(w)?);
+                    }
+                }
+                Response::Batch {
+                    revision: self.result_revision(),
+                    fenced,
+                    applied,
+                }
+            }
         })
+    }
+
+    /// One write of a batch: its success ops when its compares hold and none of its puts
+    /// would be refused; otherwise nothing. Whether it applied.
+    fn conditional(&mut self, w: &Txn) -> io::Result<bool> {
+        for c in &w.compare {
+            if !self.compare(c)? {
+                return Ok(false);
+            }
+        }
+        for op in &w.success {
+            if let Op::Put(p) = op {
+                if self.check_put(p)?.is_err() {
+                    return Ok(false);
+                }
+            }
+        }
+        for op in &w.success {
+            match op {
+                Op::Range(_) => {}
+                Op::Put(p) => {
+                    self.put(p)?.ok();
+                }
+                Op::Delete(d) => {
+                    self.delete(d)?;
+                }
+            }
+        }
+        Ok(true)
     }
 
     /// The revision the store is at once this entry is applied.
@@ -619,7 +666,6 @@ impl EntryTx<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::command::Txn;
 
     struct Sm {
         _dir: tempfile::TempDir,
@@ -659,6 +705,65 @@ mod tests {
         fn get(&self, k: &str) -> Option<KeyValue> {
             read_kv(&self.db, k.as_bytes()).unwrap()
         }
+    }
+
+    fn put_op(k: &str, v: &str) -> Op {
+        Op::Put(Put {
+            key: k.into(),
+            value: v.into(),
+            ..Default::default()
+        })
+    }
+
+    fn mod_rev_is(k: &str, rev: u64) -> Compare {
+        Compare {
+            key: k.into(),
+            target: CompareTarget::ModRevision(rev),
+            op: CompareOp::Equal,
+        }
+    }
+
+    #[test]
+    fn a_batch_applies_each_write_whose_compares_hold_at_one_revision() {
+        let mut sm = Sm::new();
+        sm.put("fence", "7", 0);
+        sm.put("a", "1", 0);
+        let write = |k: &str, rev: u64| Txn {
+            compare: vec![mod_rev_is(k, rev)],
+            success: vec![put_op(k, "new")],
+            failure: vec![],
+        };
+        let batch = |fence_rev: u64| {
+            Command::Batch(crate::command::Batch {
+                fence: vec![mod_rev_is("fence", fence_rev)],
+                // a is at 2: the first applies; the second then sees a at 3 and is refused;
+                // b does not exist (mod revision 0) and is created.
+                writes: vec![write("a", 2), write("a", 2), write("b", 0)],
+            })
+        };
+        let (r, events) = sm.apply(batch(1));
+        assert_eq!(
+            r,
+            Response::Batch {
+                revision: 3,
+                fenced: false,
+                applied: vec![true, false, true]
+            }
+        );
+        assert_eq!(events.len(), 2);
+        assert!(events.iter().all(|e| e.kv.mod_revision == 3));
+        assert_eq!(sm.get("a").unwrap().value, b"new");
+        // A fence that fails applies nothing, not even writes whose compares hold.
+        let (r, events) = sm.apply(batch(9));
+        assert_eq!(
+            r,
+            Response::Batch {
+                revision: 3,
+                fenced: true,
+                applied: vec![]
+            }
+        );
+        assert!(events.is_empty());
     }
 
     #[test]

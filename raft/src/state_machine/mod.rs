@@ -31,10 +31,12 @@ pub use self::snapshot::SnapshotFile;
 pub(crate) use self::snapshot::SnapshotStore;
 use crate::codec;
 use crate::command::Event;
+use crate::command::Range;
 use crate::command::Response;
 use crate::db::io_err;
 use crate::db::CF_LEASE;
 use crate::db::CF_SM;
+use crate::observer::ApplyObserver;
 use crate::types::LogId;
 use crate::types::SnapshotMeta;
 use crate::types::StoredMembership;
@@ -68,6 +70,7 @@ pub struct StateMachine {
     shared: Arc<Shared>,
     counters: Counters,
     snapshots: Arc<SnapshotStore>,
+    observer: Option<Arc<dyn ApplyObserver>>,
 }
 
 impl StateMachine {
@@ -75,6 +78,7 @@ impl StateMachine {
     pub(crate) fn open(
         db: Arc<DB>,
         snapshot_dir: std::path::PathBuf,
+        observer: Option<Arc<dyn ApplyObserver>>,
     ) -> io::Result<(Self, Arc<Shared>)> {
         let snapshots = Arc::new(SnapshotStore::open(snapshot_dir)?);
         let counters = read_counters(&db)?;
@@ -89,7 +93,9 @@ impl StateMachine {
             shared: shared.clone(),
             counters,
             snapshots,
+            observer,
         };
+        sm.reset_observer()?;
         Ok((sm, shared))
     }
 
@@ -105,6 +111,21 @@ impl StateMachine {
         }
     }
 
+    /// Hands the observer everything under its prefix, as of the applied revision.
+    fn reset_observer(&self) -> io::Result<()> {
+        let Some(observer) = &self.observer else {
+            return Ok(());
+        };
+        let range = Range {
+            key: observer.prefix(),
+            prefix: true,
+            ..Default::default()
+        };
+        let found = apply::scan(View::live(&self.db), &range, true)?;
+        observer.reset(self.counters.revision, found.kvs);
+        Ok(())
+    }
+
     /// Re-reads everything cached in memory after the stored state was replaced.
     fn reload(&mut self) -> io::Result<()> {
         self.counters = read_counters(&self.db)?;
@@ -112,6 +133,7 @@ impl StateMachine {
             .revision
             .store(self.counters.revision, Ordering::Release);
         *self.shared.leases.lock().expect("lease table") = read_leases(&self.db)?;
+        self.reset_observer()?;
         let _ = self.shared.events.send(Arc::new(RevisionEvents {
             revision: self.counters.revision,
             events: Vec::new(),
@@ -198,6 +220,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 }
             }
             if !events.is_empty() {
+                if let Some(observer) = &self.observer {
+                    observer.applied(self.counters.revision, &events);
+                }
                 self.shared
                     .revision
                     .store(self.counters.revision, Ordering::Release);

@@ -245,10 +245,8 @@ fn active(service: &Service, tasks: &[&Task]) -> bool {
 
 fn tasks_of<'v>(view: &'v View, service_id: &str) -> Vec<&'v Task> {
     view.state
-        .tasks
-        .iter()
+        .tasks_of_service(service_id)
         .map(|t| &t.value)
-        .filter(|t| t.service_id == service_id)
         .collect()
 }
 

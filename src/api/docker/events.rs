@@ -45,19 +45,19 @@ pub(crate) async fn events(api: &Api, q: &Query) -> Result<Response, DockerError
     };
     let view = api.objects.view().await?;
     let mut known = Known::default();
-    for s in &view.state.services {
+    for s in view.state.services() {
         known.services.insert(s.value.id.clone(), s.value.clone());
     }
-    for t in &view.state.tasks {
+    for t in view.state.tasks() {
         known.tasks.insert(t.value.id.clone(), t.value.clone());
     }
-    for n in &view.state.nodes {
+    for n in view.state.nodes() {
         known.nodes.insert(n.value.id.clone(), n.value.clone());
     }
     let mut changes =
         api.objects
             .store
-            .watch(b"/shoal/".to_vec(), true, view.state.revision + 1)?;
+            .watch(b"/shoal/".to_vec(), true, view.state.revision() + 1)?;
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(64);
     tokio::spawn(async move {
         // An empty line at once: clients see the stream open.

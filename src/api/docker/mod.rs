@@ -48,7 +48,6 @@ use axum::response::{IntoResponse, Response};
 use axum::serve::ListenerExt;
 use axum::Router;
 use http_body_util::BodyExt;
-use shoal_raft::Store;
 use shoal_tls::Credentials;
 use shoal_tls::Role;
 use tokio::net::TcpListener;
@@ -74,16 +73,17 @@ pub(crate) struct Api {
 /// credentials.
 pub async fn serve(
     listener: TcpListener,
-    store: Store,
+    index: crate::objects::Objects,
     tls: Option<Credentials>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let store = index.store().clone();
     let engine_tls = store.tls().map(|creds| {
         shoal_tls::net::Connector::new(creds.client_config(&[Role::Worker], &[b"http/1.1"]))
     });
     let api = Api {
         engine_tls,
-        objects: Objects { store },
+        objects: Objects { store, index },
         execs: Execs::default(),
     };
     let app = Router::new().fallback(dispatch).with_state(api);

@@ -7,15 +7,13 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use shoal_raft::{
-    Command, Compare, CompareOp, CompareTarget, Delete, Op, Put, Range, Response, Store,
-    StoreError, Txn,
+    Command, Compare, CompareOp, CompareTarget, Delete, Op, Put, Range, Response, Store, Txn,
 };
-use tokio_stream::StreamExt;
 
 use super::error::DockerError;
 use super::view::View;
-use crate::manager::control::objects::ObjectStore;
 use crate::model::{keys, Service};
+use crate::objects::ObjectStore;
 
 /// `wait_for` looks again at least this often.
 const RECHECK: Duration = Duration::from_secs(1);
@@ -25,17 +23,13 @@ const ATTEMPTS: u32 = 5;
 #[derive(Clone)]
 pub(crate) struct Objects {
     pub store: Store,
+    pub index: crate::objects::Objects,
 }
 
 impl Objects {
-    /// Every node, service and task, as of now.
+    /// Every node, service and task, as of now (a barrier, then this manager's index).
     pub(crate) async fn view(&self) -> Result<View, DockerError> {
-        Ok(View::new(self.store.read(true).await?))
-    }
-
-    /// This replica's objects as they are (no round trip to the leader).
-    async fn local_view(&self) -> Result<View, DockerError> {
-        Ok(View::new(self.store.read(false).await?))
+        Ok(View::new(self.index.barrier().await?))
     }
 
     /// Writes `service` with its name key, only if the name is free; false if it is taken.
@@ -157,24 +151,23 @@ impl Objects {
         mut done: impl FnMut(&View) -> Option<T>,
     ) -> Result<Option<T>, DockerError> {
         let deadline = tokio::time::Instant::now() + timeout;
+        let mut views = self.index.subscribe();
         let mut view = self.view().await?;
         loop {
             if let Some(found) = done(&view) {
                 return Ok(Some(found));
             }
-            let from = view.state.revision + 1;
-            let mut changes = self.store.watch(b"/shoal/".to_vec(), true, from)?;
+            let seen = view.state.clone();
+            let changed = views.wait_for(|v| v.objects_differ(&seen));
             tokio::select! {
-                next = changes.next() => match next {
-                    Some(Ok(_)) | Some(Err(StoreError::Compacted { .. })) => {}
-                    Some(Err(e)) => return Err(e.into()),
-                    None => return Err(DockerError::Internal("the manager is stopping".into())),
+                r = changed => if r.is_err() {
+                    return Err(DockerError::Internal("the manager is stopping".into()));
                 },
                 _ = tokio::time::sleep_until(deadline) => return Ok(None),
                 // Conditions may also depend on time (how long a task stays unplaced).
                 _ = tokio::time::sleep(RECHECK) => {}
             }
-            view = self.local_view().await?;
+            view = View::new(views.borrow_and_update().clone());
         }
     }
 

@@ -141,10 +141,9 @@ pub(crate) async fn attach(
             .wait_for(Duration::from_secs(24 * 3600), |v| {
                 let task = v
                     .state
-                    .tasks
-                    .iter()
+                    .tasks_of_service(&id)
                     .map(|t| &t.value)
-                    .filter(|t| t.service_id == id && t.start_seq > seq)
+                    .filter(|t| t.start_seq > seq)
                     .max_by_key(|t| t.created_ms)?;
                 let addr = v
                     .state
@@ -185,7 +184,7 @@ pub(crate) async fn attach(
                     let _ = api
                         .objects
                         .wait_for(Duration::from_secs(24 * 3600), |v| {
-                            let t = v.state.tasks.iter().find(|t| t.value.id == task_id);
+                            let t = v.state.task(&task_id);
                             t.is_none_or(|t| t.value.state.is_terminal()).then_some(())
                         })
                         .await;

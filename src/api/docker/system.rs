@@ -85,18 +85,17 @@ pub(crate) async fn info(api: &Api) -> Result<Response, DockerError> {
             "Filters",
             "health, port, containerslots, dependency, affinity, constraint, image, resources"
         ]),
-        json!(["Nodes", view.state.nodes.len().to_string()]),
+        json!(["Nodes", view.state.node_count().to_string()]),
     ];
     let (mut cpus, mut memory) = (0u64, 0u64);
-    for n in view.state.nodes.iter().map(|n| &n.value) {
+    for n in view.state.nodes().map(|n| &n.value) {
         cpus += u64::from(n.cpus);
         memory += n.memory_bytes;
         let mine: Vec<_> = view
             .state
-            .tasks
-            .iter()
+            .tasks_of_node(&n.id)
             .map(|t| &t.value)
-            .filter(|t| t.node_id.as_deref() == Some(n.id.as_str()) && !t.state.is_terminal())
+            .filter(|t| !t.state.is_terminal())
             .collect();
         let (mut rcpu, mut rmem) = (0u64, 0u64);
         for t in &mine {

@@ -2,14 +2,14 @@
 //! container, listed as `/<node>/<name>` as classic Swarm did, and found by name, id or id
 //! prefix as Docker finds them. Pure functions over one read of the cluster objects.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use serde_json::{json, Value};
 
 use super::error::DockerError;
 use super::filters::Filters;
-use crate::manager::control::objects::ClusterState;
 use crate::model::{Node, NodeStatus, Service, Task, TaskState};
+use crate::objects::View as Objects;
 
 /// One container as the API shows it.
 #[derive(Debug, Clone)]
@@ -25,36 +25,31 @@ pub(crate) struct Entry<'a> {
     pub node: Option<&'a Node>,
 }
 
-/// One read of the cluster, indexed for the API.
+/// One view of the cluster's objects, as the API shows them.
 pub(crate) struct View {
-    pub state: ClusterState,
+    pub state: std::sync::Arc<Objects>,
 }
 
 impl View {
-    pub(crate) fn new(state: ClusterState) -> View {
+    pub(crate) fn new(state: std::sync::Arc<Objects>) -> View {
         View { state }
     }
 
     fn node(&self, id: Option<&str>) -> Option<&Node> {
-        let id = id?;
-        self.state
-            .nodes
-            .iter()
-            .map(|n| &n.value)
-            .find(|n| n.id == id)
+        self.state.node(id?).map(|n| &n.value)
     }
 
     /// Every container, plain ones first, each list by name.
     pub(crate) fn entries(&self) -> Vec<Entry<'_>> {
-        let mut tasks: HashMap<&str, Vec<&Task>> = HashMap::new();
-        for t in &self.state.tasks {
-            tasks.entry(&t.value.service_id).or_default().push(&t.value);
-        }
         let mut plain = Vec::new();
         let mut service_tasks = Vec::new();
-        for s in &self.state.services {
+        for s in self.state.services() {
             let service = &s.value;
-            let mine = tasks.remove(service.id.as_str()).unwrap_or_default();
+            let mine: Vec<&Task> = self
+                .state
+                .tasks_of_service(&service.id)
+                .map(|t| &t.value)
+                .collect();
             if service.is_container() {
                 let task = current_task(&mine);
                 plain.push(Entry {
@@ -115,8 +110,7 @@ impl View {
 
     pub(crate) fn ready_nodes(&self) -> Vec<&Node> {
         self.state
-            .nodes
-            .iter()
+            .nodes()
             .map(|n| &n.value)
             .filter(|n| n.status == NodeStatus::Ready)
             .collect()
@@ -124,8 +118,7 @@ impl View {
 
     pub(crate) fn node_by_name(&self, name: &str) -> Option<&Node> {
         self.state
-            .nodes
-            .iter()
+            .nodes()
             .map(|n| &n.value)
             .find(|n| n.name == name || n.id == name)
     }

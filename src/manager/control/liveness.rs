@@ -10,7 +10,8 @@ use tokio::time::{Duration, Instant};
 
 use crate::model::NodeStatus;
 
-use super::objects::{ClusterState, Expect, Write};
+use crate::objects::{Expect, View, Write};
+
 use super::Plan;
 
 /// Heartbeat periods a node may miss before it is DOWN.
@@ -24,10 +25,9 @@ pub struct Heartbeats {
 
 impl Heartbeats {
     /// A new leader's table: every READY node counts as just heard from.
-    pub fn starting(state: &ClusterState, now: Instant) -> Heartbeats {
+    pub fn starting(state: &View, now: Instant) -> Heartbeats {
         let seen = state
-            .nodes
-            .iter()
+            .nodes()
             .filter(|n| n.value.status == NodeStatus::Ready)
             .map(|n| (n.value.id.clone(), now))
             .collect();
@@ -63,10 +63,10 @@ impl Heartbeats {
 
 /// Marks DOWN the READY nodes whose heartbeats stopped, and READY again the DOWN ones heard
 /// from since; wakes up in time for the next node that could go DOWN.
-pub fn plan(state: &ClusterState, heartbeats: &Heartbeats, now: Instant, now_ms: u64) -> Plan {
+pub fn plan(state: &View, heartbeats: &Heartbeats, now: Instant, now_ms: u64) -> Plan {
     let mut writes = Vec::new();
     let mut next: Option<Instant> = None;
-    for n in &state.nodes {
+    for n in state.nodes() {
         let node = &n.value;
         let limit = Duration::from_millis(node.heartbeat_ms.max(1)) * MISSED_HEARTBEATS;
         let Some(last) = heartbeats.last(&node.id) else {
@@ -102,8 +102,8 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::manager::control::objects::Versioned;
     use crate::model::Node;
+    use crate::objects::Versioned;
 
     fn node(id: &str, status: NodeStatus) -> Versioned<Node> {
         Versioned {
@@ -139,10 +139,13 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn three_missed_periods_make_a_node_down_and_a_heartbeat_brings_it_back() {
-        let mut state = ClusterState {
-            nodes: vec![node("a", NodeStatus::Ready), node("b", NodeStatus::Ready)],
-            ..Default::default()
-        };
+        let mut state = View::build(
+            0,
+            vec![node("a", NodeStatus::Ready), node("b", NodeStatus::Ready)],
+            vec![],
+            vec![],
+            None,
+        );
         let start = Instant::now();
         let hb = Heartbeats::starting(&state, start);
         let p = plan(&state, &hb, start + Duration::from_millis(1400), 0);
@@ -158,7 +161,9 @@ mod tests {
         assert_eq!(node.message, "no heartbeat for 1500 ms");
         assert_eq!(*expect, Expect::ModRevision(3));
 
-        state.nodes[1].value.status = NodeStatus::Down;
+        let mut down = state.node("b").unwrap().clone();
+        down.value.status = NodeStatus::Down;
+        state.put_node(down);
         hb.beat("b", start + Duration::from_millis(1600));
         let p = plan(&state, &hb, start + Duration::from_millis(1700), 0);
         assert_eq!(statuses(&p), vec![("b".into(), NodeStatus::Ready)]);
@@ -166,10 +171,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn down_nodes_are_unknown_to_a_new_leader_until_they_register() {
-        let state = ClusterState {
-            nodes: vec![node("a", NodeStatus::Down)],
-            ..Default::default()
-        };
+        let state = View::build(0, vec![node("a", NodeStatus::Down)], vec![], vec![], None);
         let now = Instant::now();
         let hb = Heartbeats::starting(&state, now);
         assert!(!hb.beat("a", now), "a DOWN node must register again");

@@ -1,11 +1,10 @@
 //! The leader's control loops: orchestrator, scheduler, node liveness and the proxy-config
-//! generator. Each is a pure planner
-//! (one store read in, writes out) run by the same driver; they share nothing but the store
-//! (`ObjectStore`), so none depends on another. `run` starts them whenever this manager becomes
-//! the leader, after fencing the store with its term, and stops them when leadership changes.
+//! generator. Each is a pure planner (a view of the object index in, writes out) run by the
+//! same driver; they share nothing but the store (`objects::ObjectStore`), so none depends on
+//! another. `run` starts them whenever this manager becomes the leader, after fencing the store
+//! with its term, and stops them when leadership changes.
 
 mod liveness;
-pub mod objects;
 mod orchestrator;
 mod placement;
 mod proxygen;
@@ -14,23 +13,17 @@ use std::time::Duration;
 
 use rand::rngs::StdRng;
 use rand::SeedableRng;
-use shoal_raft::{
-    Command, Compare, CompareOp, CompareTarget, Op, Put, Response, Store, StoreError, Txn,
-};
-use tokio::sync::watch;
-use tokio_stream::StreamExt;
 
 use crate::host::now_ms;
 use crate::manager::scheduler::Strategy;
-use crate::model::keys;
+use crate::objects::{Commit, ObjectStore, Objects, View, Write};
 
 pub use self::liveness::{Heartbeats, MISSED_HEARTBEATS};
-use self::objects::{term_value, ClusterState, Commit, ObjectStore};
 
 /// What one planning round decided.
 #[derive(Debug, Default)]
 pub struct Plan {
-    pub writes: Vec<objects::Write>,
+    pub writes: Vec<Write>,
     /// Plan again at this time (ms since the epoch) even if nothing changes: a restart backoff
     /// ending, a node's heartbeat deadline.
     pub wake_at_ms: Option<u64>,
@@ -42,8 +35,6 @@ pub struct Plan {
 pub struct Leading {
     pub term: u64,
     pub heartbeats: Heartbeats,
-    /// The latest revision of a change under `/shoal/`: assignment streams wait on it.
-    pub revisions: watch::Receiver<u64>,
 }
 
 /// How the leader's loops place tasks.
@@ -54,8 +45,12 @@ pub struct ControlConfig {
 
 /// Runs the control loops whenever this manager leads, publishing the running term on
 /// `leading`. Never returns on its own.
-pub async fn run(store: Store, config: ControlConfig, leading: watch::Sender<Option<Leading>>) {
-    let mut leadership = store.leadership();
+pub async fn run(
+    objects: Objects,
+    config: ControlConfig,
+    leading: tokio::sync::watch::Sender<Option<Leading>>,
+) {
+    let mut leadership = objects.store().leadership();
     loop {
         let term = *leadership.borrow_and_update();
         let Some(term) = term else {
@@ -65,7 +60,7 @@ pub async fn run(store: Store, config: ControlConfig, leading: watch::Sender<Opt
             continue;
         };
         tracing::info!(term, "leading: starting the control loops");
-        let lead = lead(store.clone(), term, config, leading.clone());
+        let lead = lead(objects.clone(), term, config, leading.clone());
         tokio::select! {
             _ = lead => {}
             r = leadership.changed() => if r.is_err() { return },
@@ -75,15 +70,16 @@ pub async fn run(store: Store, config: ControlConfig, leading: watch::Sender<Opt
     }
 }
 
-async fn lead(
-    store: Store,
+async fn lead<S: ObjectStore>(
+    objects: S,
     term: u64,
     config: ControlConfig,
-    leading: watch::Sender<Option<Leading>>,
+    leading: tokio::sync::watch::Sender<Option<Leading>>,
 ) {
-    // Fence first: from now on, loops of earlier leaders can no longer write.
-    let state = loop {
-        match claim_term(&store, term).await {
+    // Fence first: from now on, loops of earlier leaders can no longer write. Then a barrier,
+    // so the first plans see everything earlier leaders committed.
+    let view = loop {
+        match objects.claim(term).await {
             Ok(true) => {}
             Ok(false) => {
                 tracing::warn!(term, "a later leader already wrote its term; not leading");
@@ -95,125 +91,71 @@ async fn lead(
                 continue;
             }
         }
-        match store.read(true).await {
-            Ok(state) => break state,
+        match objects.barrier().await {
+            Ok(view) => break view,
             Err(e) => {
                 tracing::warn!(term, error = %e, "first read as leader failed; retrying");
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
     };
-    let heartbeats = Heartbeats::starting(&state, tokio::time::Instant::now());
-    let (revision_tx, revisions) = watch::channel(state.revision);
+    tracing::info!(
+        term,
+        revision = view.revision(),
+        nodes = view.node_count(),
+        tasks = view.task_count(),
+        "control loops start from the index"
+    );
+    let heartbeats = Heartbeats::starting(&view, tokio::time::Instant::now());
     leading.send_replace(Some(Leading {
         term,
         heartbeats: heartbeats.clone(),
-        revisions: revisions.clone(),
     }));
 
     let mut new_id = || random_id(20);
     let mut rng = StdRng::from_os_rng();
     let hb = heartbeats.clone();
+    let mut orchestrator = orchestrator::Orchestrator::default();
     let mut proxygen = proxygen::ProxyGen::default();
     tokio::join!(
-        forward_changes(&store, state.revision, revision_tx),
-        drive(&store, term, "orchestrator", revisions.clone(), |s, now| {
-            orchestrator::plan(s, now, &mut new_id)
+        drive(&objects, term, "orchestrator", |s, now| {
+            orchestrator.plan(s, now, &mut new_id)
         }),
-        drive(&store, term, "scheduler", revisions.clone(), |s, now| {
+        drive(&objects, term, "scheduler", |s, now| {
             placement::plan(s, now, config.strategy, &mut rng)
         }),
-        drive(&store, term, "liveness", revisions.clone(), |s, now| {
+        drive(&objects, term, "liveness", |s, now| {
             liveness::plan(s, &hb, tokio::time::Instant::now(), now)
         }),
-        drive(&store, term, "proxygen", revisions, |s, now| {
-            proxygen.plan(s, now)
-        }),
+        drive(&objects, term, "proxygen", |s, now| proxygen.plan(s, now)),
     );
 }
 
-/// Writes `term` as the leader term unless a later one is there. Ok(false): a later leader.
-async fn claim_term(store: &Store, term: u64) -> Result<bool, StoreError> {
-    let key = keys::LEADER_TERM.as_bytes().to_vec();
-    let mine = term_value(term);
-    let txn = Txn {
-        // Zero-padded terms compare as numbers: write unless a later term is stored.
-        compare: vec![Compare {
-            key: key.clone(),
-            target: CompareTarget::Value(mine.clone()),
-            op: CompareOp::Greater,
-        }],
-        success: vec![],
-        failure: vec![Op::Put(Put {
-            key,
-            value: mine,
-            ..Default::default()
-        })],
-    };
-    match store.write(Command::Txn(txn)).await? {
-        // The stored term is greater than ours: a later leader has fenced us out.
-        Response::Txn { succeeded, .. } => Ok(!succeeded),
-        other => Err(StoreError::Protocol(format!(
-            "unexpected answer to the term claim: {other:?}"
-        ))),
-    }
-}
-
-/// Publishes the revision of every change under `/shoal/` from `after` on.
-async fn forward_changes(store: &Store, after: u64, revisions: watch::Sender<u64>) {
-    loop {
-        let from = (*revisions.borrow()).max(after) + 1;
-        match store.watch(b"/shoal/".to_vec(), true, from) {
-            Ok(mut stream) => {
-                while let Some(batch) = stream.next().await {
-                    match batch {
-                        Ok(batch) => {
-                            revisions.send_replace(batch.revision);
-                        }
-                        Err(e) => {
-                            tracing::warn!(error = %e, "control-loop watch failed");
-                            break;
-                        }
-                    }
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "starting the control-loop watch failed"),
-        }
-        // A compacted start revision: continue from now; every loop re-reads anyway.
-        revisions.send_replace(store.revision());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// One control loop: read, plan, commit; then wait for a change or the plan's wake-up time.
+/// One control loop: take the latest view, plan, commit; then wait for an object to change or
+/// the plan's wake-up time. Planning is CPU work: it runs where it cannot hold up the async
+/// workers that carry Raft's heartbeats and the APIs.
 async fn drive<S: ObjectStore>(
-    store: &S,
+    objects: &S,
     term: u64,
     name: &'static str,
-    mut revisions: watch::Receiver<u64>,
-    mut planner: impl FnMut(&ClusterState, u64) -> Plan,
+    mut planner: impl FnMut(&View, u64) -> Plan,
 ) {
+    let mut views = objects.subscribe();
     loop {
-        let state = match store.read(false).await {
-            Ok(state) => state,
-            Err(e) => {
-                tracing::warn!(name, error = %e, "control loop read failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let plan = planner(&state, now_ms());
+        let view = views.borrow_and_update().clone();
+        let plan = off_the_async_workers(|| planner(&view, now_ms()));
         if !plan.writes.is_empty() {
             let n = plan.writes.len();
-            match store.commit(term, plan.writes).await {
-                Ok(Commit::Applied) => {
-                    tracing::debug!(name, writes = n, "committed");
+            match objects.commit(term, plan.writes).await {
+                Ok(Commit::Done(applied)) => {
+                    let refused = applied.iter().filter(|a| !**a).count();
+                    tracing::debug!(name, writes = n, refused, "committed");
+                    // The view already holds what landed: plan again at once.
                     continue;
                 }
-                Ok(Commit::Conflict) => {
-                    tracing::debug!(name, "conflict; planning again");
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                    continue;
+                Ok(Commit::Fenced) => {
+                    tracing::warn!(name, term, "a later leader fenced this one out; idle");
+                    std::future::pending::<()>().await;
                 }
                 Err(e) => {
                     tracing::warn!(name, error = %e, "control loop write failed");
@@ -222,20 +164,36 @@ async fn drive<S: ObjectStore>(
                 }
             }
         }
-        let wake = plan
-            .wake_at_ms
-            .map(|at| Duration::from_millis(at.saturating_sub(now_ms())));
-        let changed = revisions.wait_for(|r| *r > state.revision);
-        match wake {
-            Some(after) => {
+        let changed = async {
+            loop {
+                if views.changed().await.is_err() {
+                    return false;
+                }
+                if views.borrow_and_update().objects_differ(&view) {
+                    return true;
+                }
+            }
+        };
+        match plan.wake_at_ms {
+            Some(at) => {
+                let after = Duration::from_millis(at.saturating_sub(now_ms()));
                 let _ = tokio::time::timeout(after, changed).await;
             }
             None => {
-                if changed.await.is_err() {
+                if !changed.await {
                     return;
                 }
             }
         }
+    }
+}
+
+/// Runs CPU-bound `f` without blocking an async worker of a multi-threaded runtime (the
+/// runtime moves its other tasks elsewhere meanwhile); inline elsewhere (tests).
+fn off_the_async_workers<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
     }
 }
 

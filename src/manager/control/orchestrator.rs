@@ -4,13 +4,13 @@
 //! a duplicate in a slot), which to orphan (their node is DOWN) and which finished tasks to
 //! forget. Pure: no store, no clock; the driver in `control` commits the plan.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::model::{
     Actor, Availability, Node, NodeStatus, RestartPolicy, Service, Task, TaskState,
 };
+use crate::objects::{Expect, Versioned, View, Write};
 
-use super::objects::{ClusterState, Expect, Versioned, Write};
 use super::Plan;
 
 /// Finished tasks kept per slot, newest first, for `service ps`.
@@ -28,41 +28,104 @@ pub fn backoff_ms(failures: u32) -> u64 {
 }
 
 /// Decides the orchestrator's writes for `state` at `now_ms`; `new_id` names new tasks.
-pub fn plan(state: &ClusterState, now_ms: u64, new_id: &mut dyn FnMut() -> String) -> Plan {
+pub fn plan(state: &View, now_ms: u64, new_id: &mut dyn FnMut() -> String) -> Plan {
+    let mut ids: BTreeSet<&str> = state.services().map(|s| s.value.id.as_str()).collect();
+    // Tasks whose service was removed.
+    ids.extend(state.tasks().map(|t| t.value.service_id.as_str()));
+    plan_services(state, ids, now_ms, new_id)
+}
+
+/// The same decisions for the services in `ids` only (present or removed): everything the
+/// orchestrator decides about a service depends on that service, its tasks, their nodes and
+/// the time, so a round over the services whose objects changed decides what a full round
+/// would, but for backoffs that end (the caller plans in full at `wake_at_ms`).
+pub fn plan_services<'a>(
+    state: &'a View,
+    ids: impl IntoIterator<Item = &'a str>,
+    now_ms: u64,
+    new_id: &mut dyn FnMut() -> String,
+) -> Plan {
     let mut round = Round {
         now_ms,
-        nodes: state
-            .nodes
-            .iter()
-            .map(|n| (n.value.id.as_str(), &n.value))
-            .collect(),
+        state,
         changed: BTreeMap::new(),
         writes: Vec::new(),
         wake_at_ms: None,
     };
-    let mut by_service: HashMap<&str, Vec<&Versioned<Task>>> = HashMap::new();
-    for t in &state.tasks {
-        by_service.entry(&t.value.service_id).or_default().push(t);
-    }
-    for service in &state.services {
-        let tasks = by_service
-            .remove(service.value.id.as_str())
-            .unwrap_or_default();
-        round.service(&service.value, &tasks, new_id);
-        round.auto_remove(service, &tasks);
-    }
-    // Tasks whose service was removed: stop what runs, forget what finished.
-    for tasks in by_service.values() {
-        for t in tasks {
-            round.without_service(t);
+    for id in ids {
+        let tasks: Vec<&Versioned<Task>> = state.tasks_of_service(id).collect();
+        match state.service(id) {
+            Some(service) => {
+                round.service(&service.value, &tasks, new_id);
+                round.auto_remove(service, &tasks);
+            }
+            // Tasks whose service was removed: stop what runs, forget what finished.
+            None => {
+                for t in tasks {
+                    round.without_service(t);
+                }
+            }
         }
     }
     round.finish()
 }
 
+/// The orchestrator loop's memory between rounds: the view it last planned on, so the next
+/// round reconsiders only the services whose service, tasks or nodes changed since.
+#[derive(Default)]
+pub struct Orchestrator {
+    last: Option<View>,
+    wake_at_ms: Option<u64>,
+}
+
+impl Orchestrator {
+    pub fn plan(&mut self, state: &View, now_ms: u64, new_id: &mut dyn FnMut() -> String) -> Plan {
+        let woken = self.wake_at_ms.is_some_and(|at| at <= now_ms);
+        let plan = match self.last.as_ref().filter(|_| !woken) {
+            None => plan(state, now_ms, new_id),
+            Some(last) => {
+                let dirty = dirty_services(state, last);
+                let plan = plan_services(state, dirty.iter().map(String::as_str), now_ms, new_id);
+                // A backoff still running elsewhere keeps its wake-up time.
+                Plan {
+                    wake_at_ms: match (plan.wake_at_ms, self.wake_at_ms) {
+                        (Some(a), Some(b)) => Some(a.min(b)),
+                        (a, b) => a.or(b),
+                    },
+                    ..plan
+                }
+            }
+        };
+        self.last = Some(state.clone());
+        self.wake_at_ms = plan.wake_at_ms;
+        plan
+    }
+}
+
+/// The services whose service record, tasks or tasks' nodes differ between `last` and `state`.
+fn dirty_services(state: &View, last: &View) -> BTreeSet<String> {
+    let mut dirty = BTreeSet::new();
+    for c in state.service_changes(last) {
+        let s = c.current().or(c.previous()).expect("a change has a side");
+        dirty.insert(s.value.id.clone());
+    }
+    for c in state.task_changes(last) {
+        for t in [c.previous(), c.current()].into_iter().flatten() {
+            dirty.insert(t.value.service_id.clone());
+        }
+    }
+    for c in state.node_changes(last) {
+        let n = c.current().or(c.previous()).expect("a change has a side");
+        for t in state.tasks_of_node(&n.value.id) {
+            dirty.insert(t.value.service_id.clone());
+        }
+    }
+    dirty
+}
+
 struct Round<'a> {
     now_ms: u64,
-    nodes: HashMap<&'a str, &'a Node>,
+    state: &'a View,
     /// Tasks changed this round, by id, with the revision they were read at.
     changed: BTreeMap<String, (Task, u64)>,
     writes: Vec<Write>,
@@ -85,15 +148,17 @@ impl<'a> Round<'a> {
     }
 
     fn node_of(&self, task: &Task) -> Option<&'a Node> {
+        let state = self.state;
         task.node_id
             .as_deref()
-            .and_then(|id| self.nodes.get(id).copied())
+            .and_then(|id| state.node(id))
+            .map(|n| &n.value)
     }
 
     /// Whether the task's node can no longer report on it: DOWN, or gone from the store.
     fn node_lost(&self, task: &Task) -> Option<String> {
         let id = task.node_id.as_deref()?;
-        match self.nodes.get(id) {
+        match self.state.node(id).map(|n| &n.value) {
             None => Some(format!("node {id} was removed")),
             Some(n) if n.status == NodeStatus::Down => Some(format!("node {} is down", n.name)),
             Some(_) => None,

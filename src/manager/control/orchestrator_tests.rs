@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use super::*;
-use crate::manager::control::objects::Versioned;
+use crate::objects::Versioned;
 
 fn node(id: &str, status: NodeStatus, availability: Availability) -> Versioned<Node> {
     Versioned {
@@ -52,20 +52,20 @@ fn task(id: &str, slot: u64, state: TaskState, node: Option<&str>) -> Versioned<
     }
 }
 
-fn state(services: Vec<Versioned<Service>>, tasks: Vec<Versioned<Task>>) -> ClusterState {
-    ClusterState {
-        revision: 20,
-        nodes: vec![
+fn state(services: Vec<Versioned<Service>>, tasks: Vec<Versioned<Task>>) -> View {
+    View::build(
+        20,
+        vec![
             node("n1", NodeStatus::Ready, Availability::Active),
             node("n2", NodeStatus::Ready, Availability::Active),
         ],
         services,
         tasks,
-        proxy: None,
-    }
+        None,
+    )
 }
 
-fn run(state: &ClusterState, now_ms: u64) -> Plan {
+fn run(state: &View, now_ms: u64) -> Plan {
     let mut n = 0;
     plan(state, now_ms, &mut || {
         n += 1;
@@ -159,7 +159,7 @@ fn tasks_of_a_down_node_are_orphaned_and_replaced_in_their_slot() {
             task("b", 2, Running, Some("n2")),
         ],
     );
-    s.nodes[1].value.status = NodeStatus::Down;
+    s.put_node(node("n2", NodeStatus::Down, Availability::Active));
     let p = run(&s, 1000);
     let (puts, _) = summary(&p);
     assert_eq!(
@@ -182,7 +182,7 @@ fn draining_a_node_stops_its_tasks_and_replaces_them() {
         vec![service(1, RestartPolicy::Always)],
         vec![task("a", 1, Running, Some("n1"))],
     );
-    s.nodes[0].value.availability = Availability::Drain;
+    s.put_node(node("n1", NodeStatus::Ready, Availability::Drain));
     let (puts, _) = summary(&run(&s, 1000));
     assert_eq!(
         puts,
@@ -384,10 +384,12 @@ fn a_container_stays_on_its_down_node_unless_it_reschedules() {
         vec![container(1, 1, RestartPolicy::Always)],
         vec![running.clone()],
     );
-    s.nodes[1].value.status = NodeStatus::Down;
+    s.put_node(node("n2", NodeStatus::Down, Availability::Active));
     assert_eq!(summary(&run(&s, 1000)), (vec![], vec![]));
 
-    s.services[0].value.reschedule_on_node_failure = true;
+    let mut rescheduling = s.services().next().unwrap().clone();
+    rescheduling.value.reschedule_on_node_failure = true;
+    s.put_service(rescheduling);
     let (puts, _) = summary(&run(&s, 1000));
     assert_eq!(
         puts,
@@ -414,4 +416,137 @@ fn an_auto_remove_container_goes_once_its_task_ended() {
     rm.value.container.as_mut().unwrap().start_seq = 2;
     let (puts, deletes) = summary(&run(&state(vec![rm], vec![done]), 1000));
     assert_eq!((puts.len(), deletes), (1, vec![]));
+}
+
+/// A write with new tasks' ids blanked (each round names them afresh), for comparing plans.
+fn normalized(writes: &[Write]) -> Vec<String> {
+    let mut out: Vec<String> = writes
+        .iter()
+        .map(|w| match w {
+            Write::Task {
+                task,
+                expect: Expect::Absent,
+            } => {
+                let mut t = task.clone();
+                t.id = String::new();
+                format!("new {t:?}")
+            }
+            other => format!("{other:?}"),
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// Commits `writes` to `state` as the store would (each on its own expectation).
+fn commit(state: &mut View, writes: &[Write], revision: u64) {
+    for w in writes {
+        match w {
+            Write::Task { task, expect } => {
+                let current = state.task(&task.id).map(|t| t.mod_revision);
+                let ok = match expect {
+                    Expect::Absent => current.is_none(),
+                    Expect::ModRevision(r) => current == Some(*r),
+                };
+                if ok {
+                    state.put_task(Versioned {
+                        value: task.clone(),
+                        mod_revision: revision,
+                    });
+                }
+            }
+            Write::DeleteTask { id, mod_revision } => {
+                if state.task(id).map(|t| t.mod_revision) == Some(*mod_revision) {
+                    state.delete_record(&crate::model::keys::task(id));
+                }
+            }
+            Write::DeleteService { id, .. } => {
+                state.delete_record(&crate::model::keys::service(id));
+            }
+            other => panic!("the orchestrator does not write {other:?}"),
+        }
+    }
+    state.set_revision(revision);
+}
+
+#[test]
+fn incremental_rounds_decide_what_full_rounds_decide() {
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    for seed in 0..40u64 {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let services: Vec<Versioned<Service>> = (0..4)
+            .map(|i| {
+                let mut s = service(rng.random_range(0..4), RestartPolicy::Always);
+                s.value.id = format!("s{i}");
+                s.value.name = format!("web{i}");
+                s.value.restart = [
+                    RestartPolicy::Always,
+                    RestartPolicy::No,
+                    RestartPolicy::OnFailure { max: Some(2) },
+                ][rng.random_range(0..3)];
+                s
+            })
+            .collect();
+        let mut state = state(services, vec![]);
+        let mut orch = Orchestrator::default();
+        let (mut a, mut b) = (0, 0);
+        let mut now = 1_000;
+        for round in 0..25u64 {
+            let revision = 100 + round * 2;
+            let inc = orch.plan(&state, now, &mut || {
+                a += 1;
+                format!("a{a}")
+            });
+            let full = plan(&state, now, &mut || {
+                b += 1;
+                format!("b{b}")
+            });
+            assert_eq!(
+                normalized(&inc.writes),
+                normalized(&full.writes),
+                "seed {seed}, round {round}"
+            );
+            // Never later than a full round (a missed backoff); earlier is one spare round.
+            let in_time = match (inc.wake_at_ms, full.wake_at_ms) {
+                (_, None) => true,
+                (Some(i), Some(f)) => i <= f,
+                (None, Some(_)) => false,
+            };
+            assert!(in_time, "seed {seed}, round {round}");
+            commit(&mut state, &inc.writes, revision);
+            // The world moves: agents run, tasks fail, nodes go down and come back, services
+            // scale.
+            let tasks: Vec<Versioned<Task>> = state.tasks().cloned().collect();
+            for t in tasks {
+                if rng.random_bool(0.3) && !t.value.state.is_terminal() {
+                    let mut task = t.value.clone();
+                    task.node_id = Some(["n1", "n2"][rng.random_range(0..2)].into());
+                    task.state = [Running, Failed, Complete][rng.random_range(0..3)];
+                    task.updated_ms = now;
+                    state.put_task(Versioned {
+                        value: task,
+                        mod_revision: revision + 1,
+                    });
+                }
+            }
+            if rng.random_bool(0.2) {
+                let status = [NodeStatus::Ready, NodeStatus::Down][rng.random_range(0..2)];
+                state.put_node(node("n2", status, Availability::Active));
+            }
+            if rng.random_bool(0.2) {
+                let mut s = state
+                    .services()
+                    .nth(rng.random_range(0..4))
+                    .unwrap()
+                    .clone();
+                s.value.replicas = rng.random_range(0..4);
+                s.mod_revision = revision + 1;
+                state.put_service(s);
+            }
+            state.set_revision(revision + 1);
+            now += rng.random_range(0..3_000);
+        }
+    }
 }

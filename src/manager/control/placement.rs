@@ -7,18 +7,22 @@ use rand::rngs::StdRng;
 use crate::manager::scheduler::{self, Decision, Snapshot, Strategy};
 use crate::model::{Actor, Node, Service, Task, TaskState};
 
-use super::objects::{ClusterState, Expect, Write};
+use crate::objects::{Expect, View, Write};
+
 use super::Plan;
 
 /// Decides the scheduler's writes for `state` at `now_ms`.
-pub fn plan(state: &ClusterState, now_ms: u64, strategy: Strategy, rng: &mut StdRng) -> Plan {
-    let waiting = |t: &Task| t.state == TaskState::Pending && t.desired_state == TaskState::Running;
-    if !state.tasks.iter().any(|t| waiting(&t.value)) {
+pub fn plan(state: &View, now_ms: u64, strategy: Strategy, rng: &mut StdRng) -> Plan {
+    if !state.has_pending() {
         return Plan::default();
     }
-    let nodes: Vec<Node> = state.nodes.iter().map(|n| n.value.clone()).collect();
-    let services: Vec<Service> = state.services.iter().map(|s| s.value.clone()).collect();
-    let tasks: Vec<Task> = state.tasks.iter().map(|t| t.value.clone()).collect();
+    let nodes: Vec<Node> = state.nodes().map(|n| n.value.clone()).collect();
+    let services: Vec<Service> = state.services().map(|s| s.value.clone()).collect();
+    let tasks: Vec<Task> = state
+        .tasks()
+        .filter(|t| t.value.state.occupies_node() || t.value.state == TaskState::Pending)
+        .map(|t| t.value.clone())
+        .collect();
     let snapshot = Snapshot {
         nodes: &nodes,
         services: &services,
@@ -26,21 +30,17 @@ pub fn plan(state: &ClusterState, now_ms: u64, strategy: Strategy, rng: &mut Std
     };
     let pending = snapshot.pending();
     let decisions = scheduler::schedule(&pending, &snapshot, strategy, rng);
-    let revisions: std::collections::HashMap<&str, (&Task, u64)> = state
-        .tasks
-        .iter()
-        .map(|t| (t.value.id.as_str(), (&t.value, t.mod_revision)))
-        .collect();
     let mut writes = Vec::new();
     for decision in decisions {
         let (id, node, reason) = match &decision {
             Decision::Assign { task_id, node_id } => (task_id, Some(node_id), None),
             Decision::Unschedulable { task_id, reason } => (task_id, None, Some(reason)),
         };
-        let Some(&(task, rev)) = revisions.get(id.as_str()) else {
+        let Some(current) = state.task(id) else {
             continue;
         };
-        let mut task = task.clone();
+        let rev = current.mod_revision;
+        let mut task = current.value.clone();
         if let Some(node) = node {
             task.node_id = Some(node.clone());
             if task
@@ -74,8 +74,8 @@ mod tests {
     use rand::SeedableRng;
 
     use super::*;
-    use crate::manager::control::objects::Versioned;
     use crate::model::NodeStatus;
+    use crate::objects::Versioned;
 
     fn node(id: &str, labels: &[(&str, &str)]) -> Versioned<Node> {
         Versioned {
@@ -102,7 +102,7 @@ mod tests {
         }
     }
 
-    fn state(constraint: Option<&str>) -> ClusterState {
+    fn state(constraint: Option<&str>) -> View {
         let service: Service = serde_json::from_value(serde_json::json!({
             "id": "s", "name": "web", "image": "img", "replicas": 2,
             "constraints": constraint.into_iter().collect::<Vec<_>>(),
@@ -117,16 +117,16 @@ mod tests {
                 mod_revision: 5 + slot,
             });
         }
-        ClusterState {
-            revision: 9,
-            nodes: vec![node("n1", &[("storage", "ssd")]), node("n2", &[])],
-            services: vec![Versioned {
+        View::build(
+            9,
+            vec![node("n1", &[("storage", "ssd")]), node("n2", &[])],
+            vec![Versioned {
                 value: service,
                 mod_revision: 2,
             }],
             tasks,
-            proxy: None,
-        }
+            None,
+        )
     }
 
     #[test]
@@ -181,11 +181,15 @@ mod tests {
             "no suitable node: constraint storage==nvme: 0 of 2 nodes match"
         );
         // Once written, the same reason is not written again.
-        for (t, w) in s.tasks.iter_mut().zip(&first.writes) {
+        for w in &first.writes {
             let Write::Task { task, .. } = w else {
                 panic!()
             };
-            t.value = task.clone();
+            let mod_revision = s.task(&task.id).unwrap().mod_revision;
+            s.put_task(Versioned {
+                value: task.clone(),
+                mod_revision,
+            });
         }
         assert!(plan(&s, 200, Strategy::Spread, &mut rng).writes.is_empty());
     }

@@ -6,10 +6,11 @@
 //! so a failover writes nothing.
 
 use crate::model::{ProxyConfig, ProxyModel};
+use crate::objects::{Expect, View, Write};
+use crate::proxy::labels;
 use crate::proxy::model::build;
 use crate::proxy::render::{render, ProxyKind, RenderOptions};
 
-use super::objects::{ClusterState, Expect, Write};
 use super::Plan;
 
 /// Quiet time after the last change before a new config is written.
@@ -31,12 +32,19 @@ struct Waiting {
 }
 
 impl ProxyGen {
-    pub fn plan(&mut self, state: &ClusterState, now_ms: u64) -> Plan {
-        let nodes: Vec<_> = state.nodes.iter().map(|n| &n.value).collect();
-        let services: Vec<_> = state.services.iter().map(|s| &s.value).collect();
-        let tasks: Vec<_> = state.tasks.iter().map(|t| &t.value).collect();
+    pub fn plan(&mut self, state: &View, now_ms: u64) -> Plan {
+        let nodes: Vec<_> = state.nodes().map(|n| &n.value).collect();
+        let services: Vec<_> = state.services().map(|s| &s.value).collect();
+        // Only the tasks of services that ask for the proxy (or whose labels are wrong, for
+        // the error) can be in the model.
+        let tasks: Vec<_> = services
+            .iter()
+            .filter(|s| s.labels.contains_key(labels::HOSTNAME))
+            .flat_map(|s| state.tasks_of_service(&s.id))
+            .map(|t| &t.value)
+            .collect();
         let model = build(&nodes, &services, &tasks);
-        let stored = state.proxy.as_ref();
+        let stored = state.proxy();
         if stored.is_some_and(|s| s.value.model == model) {
             self.waiting = None;
             return Plan::default();
@@ -109,10 +117,10 @@ fn loses_a_server(old: &ProxyModel, new: &ProxyModel) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::manager::control::objects::Versioned;
     use crate::model::{Node, NodeStatus, Protocol, PublishedPort, Service, Task, TaskState};
+    use crate::objects::Versioned;
 
-    fn state(running: &[(&str, u16)]) -> ClusterState {
+    fn state(running: &[(&str, u16)]) -> View {
         let node: Node = serde_json::from_value(serde_json::json!({
             "id": "n1", "name": "node-1", "addr": "127.0.0.2", "cpus": 1, "memory_bytes": 1,
             "status": NodeStatus::Ready,
@@ -140,20 +148,20 @@ mod tests {
                     mod_revision: 5,
                 }
             })
-            .collect();
-        ClusterState {
-            revision: 9,
-            nodes: vec![Versioned {
+            .collect::<Vec<_>>();
+        View::build(
+            9,
+            vec![Versioned {
                 value: node,
                 mod_revision: 1,
             }],
-            services: vec![Versioned {
+            vec![Versioned {
                 value: service,
                 mod_revision: 2,
             }],
             tasks,
-            proxy: None,
-        }
+            None,
+        )
     }
 
     fn written(plan: &Plan) -> Option<&ProxyConfig> {
@@ -194,14 +202,15 @@ mod tests {
         let first = gen.plan(&s, 0);
         assert!(first.writes.is_empty());
         let config = written(&gen.plan(&s, QUIET_MS)).unwrap().clone();
-        s.proxy = Some(Versioned {
-            value: config,
-            mod_revision: 10,
-        });
+        s.put_record(
+            crate::model::keys::PROXY_CONFIG,
+            &serde_json::to_vec(&config).unwrap(),
+            10,
+        );
         // As a new leader would see it: nothing to write.
         assert!(ProxyGen::default().plan(&s, 5_000).writes.is_empty());
         // Task b dies: its server leaves without waiting.
-        s.tasks.pop();
+        s.delete_record(&crate::model::keys::task("b"));
         let p = gen.plan(&s, 5_001);
         let config = written(&p).expect("written at once");
         assert_eq!(config.generation, 2);
