@@ -8,7 +8,6 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -40,6 +39,9 @@ pub(crate) struct ScaleArgs {
     /// Heartbeat period the simulated nodes ask for.
     #[arg(long, default_value_t = 500)]
     heartbeat_ms: u64,
+    /// `shoal service create` processes run at once (an operator's script in parallel).
+    #[arg(long, default_value_t = 8)]
+    create_concurrency: usize,
     /// Give up on a node count after this many seconds from the first service create.
     #[arg(long, default_value_t = 600)]
     timeout: u64,
@@ -84,6 +86,9 @@ struct Run {
     sim_assignment_sets: u64,
     sim_report_errors: u64,
     sim_stream_errors: u64,
+    /// Raft terms begun between the first service create and the end (target 0: the leader
+    /// kept its term under the load).
+    term_changes: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -195,23 +200,35 @@ async fn one(args: &ScaleArgs, exe: &Path, dir: &Path, nodes: usize) -> Result<R
         .map(|a| a.to_string())
         .collect::<Vec<_>>()
         .join(",");
+    let term_before = cluster::status(addrs[leader], cluster.tls()).await?.term;
     let replicas = args.replicas.to_string();
     let tls_dir = cluster.tls_dir();
-    for s in 0..args.services {
-        let out = Command::new(exe)
-            .args(["--host", &host])
-            .arg("--tls-dir")
-            .arg(&tls_dir)
-            .args(["service", "create", "--name"])
-            .arg(format!("bench-{s:04}"))
-            .args(["--replicas", &replicas, &args.image])
-            .output()
-            .context("running shoal service create")?;
-        if !out.status.success() {
-            bail!(
-                "service create failed: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
+    let creates: Vec<usize> = (0..args.services).collect();
+    for wave in creates.chunks(args.create_concurrency.max(1)) {
+        let mut children = tokio::task::JoinSet::new();
+        for s in wave {
+            let child = tokio::process::Command::new(exe)
+                .args(["--host", &host])
+                .arg("--tls-dir")
+                .arg(&tls_dir)
+                .args(["service", "create", "--name"])
+                .arg(format!("bench-{s:04}"))
+                .args(["--replicas", &replicas, &args.image])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .kill_on_drop(true)
+                .spawn()
+                .context("running shoal service create")?;
+            children.spawn(child.wait_with_output());
+        }
+        while let Some(out) = children.join_next().await {
+            let out = out?.context("running shoal service create")?;
+            if !out.status.success() {
+                bail!(
+                    "service create failed: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+            }
         }
     }
     let seconds_to_create_services = t0.elapsed().as_secs_f64();
@@ -240,6 +257,12 @@ async fn one(args: &ScaleArgs, exe: &Path, dir: &Path, nodes: usize) -> Result<R
     };
     watcher.abort();
     let cpu = cpu_seconds(pid) - cpu_before;
+    let mut term_after = term_before;
+    for addr in &addrs {
+        if let Ok(s) = cluster::status(*addr, cluster.tls()).await {
+            term_after = term_after.max(s.term);
+        }
+    }
     let status = proc_status(pid);
     let since = |t: Option<Instant>| t.map(|t| round(t.duration_since(t0).as_secs_f64()));
     let last_assigned = p.last_assigned.map(|t| t.duration_since(t0).as_secs_f64());
@@ -275,6 +298,7 @@ async fn one(args: &ScaleArgs, exe: &Path, dir: &Path, nodes: usize) -> Result<R
         sim_assignment_sets: c.assignment_sets.load(Ordering::Relaxed),
         sim_report_errors: c.report_errors.load(Ordering::Relaxed),
         sim_stream_errors: c.stream_errors.load(Ordering::Relaxed),
+        term_changes: term_after - term_before,
     };
     drop(sims);
     drop(cluster);
@@ -350,18 +374,19 @@ fn print_run(r: &Run) {
     let opt = |x: Option<f64>| x.map_or("not reached".to_string(), |s| format!("{s:.1} s"));
     println!();
     println!(
-        "| nodes | tasks | placements/s | all ASSIGNED | all RUNNING | leader CPU s | leader peak RSS MB |"
+        "| nodes | tasks | placements/s | all ASSIGNED | all RUNNING | leader CPU s | leader peak RSS MB | term changes |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
     println!(
-        "| {} | {} | {:.0} | {} | {} | {:.1} | {:.0} |",
+        "| {} | {} | {:.0} | {} | {} | {:.1} | {:.0} | {} |",
         r.nodes,
         r.tasks,
         r.placements_per_sec,
         opt(r.seconds_to_all_assigned),
         opt(r.seconds_to_all_running),
         r.leader_cpu_seconds,
-        r.leader_peak_rss_mb
+        r.leader_peak_rss_mb,
+        r.term_changes
     );
     println!(
         "assigned {} running {} of {}; services created in {:.1} s; idle RSS {:?} MB, with nodes {:.0} MB, loaded {:.0} MB",

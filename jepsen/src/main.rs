@@ -47,6 +47,9 @@ struct Cli {
     /// Simulated agents for the scheduler workload.
     #[arg(long, default_value_t = 3)]
     agents: usize,
+    /// The scheduler workload scales each service to 0..=this many replicas.
+    #[arg(long, default_value_t = 4)]
+    max_replicas: u64,
     /// Clients per workload.
     #[arg(long, default_value_t = 5)]
     concurrency: usize,
@@ -122,6 +125,7 @@ fn options(cli: Cli) -> Result<run::Options, HarnessError> {
         recovery: Duration::from_secs(cli.recovery),
         nodes: cli.nodes,
         agents: cli.agents.max(1),
+        max_replicas: cli.max_replicas,
         concurrency: cli.concurrency,
         seed,
         shoal_bin,

@@ -29,6 +29,7 @@ pub struct Options {
     pub recovery: Duration,
     pub nodes: usize,
     pub agents: usize,
+    pub max_replicas: u64,
     pub concurrency: usize,
     pub seed: u64,
     pub shoal_bin: PathBuf,
@@ -88,7 +89,8 @@ async fn run_inner(opts: &Options) -> Result<Validity, HarnessError> {
                 Workload::Lock => workload::lock::run(ctx).await,
                 Workload::Watch => workload::watch::run(ctx).await,
                 Workload::Scheduler => {
-                    workload::scheduler::run(ctx, &opts.shoal_bin, opts.agents).await
+                    workload::scheduler::run(ctx, &opts.shoal_bin, opts.agents, opts.max_replicas)
+                        .await
                 }
             }
         }));

@@ -68,6 +68,16 @@ struct Replicated {
 
 impl Replicated {
     async fn open(dir: tempfile::TempDir) -> Replicated {
+        Replicated::open_with(dir, "127.0.0.1:1".into(), vec![], None, Default::default()).await
+    }
+
+    async fn open_with(
+        dir: tempfile::TempDir,
+        grpc: String,
+        join: Vec<String>,
+        token: Option<String>,
+        tuning: shoal_raft::RaftTuning,
+    ) -> Replicated {
         let index = Index::new();
         // A previous life's threads may hold the database for a moment after its runtime ends.
         let mut tries = 0;
@@ -75,18 +85,18 @@ impl Replicated {
             let opened = Store::open(StoreConfig {
                 data_dir: dir.path().to_path_buf(),
                 node: shoal_raft::ManagerNode {
-                    grpc: "127.0.0.1:1".into(),
+                    grpc: grpc.clone(),
                     ..Default::default()
                 },
-                join: vec![],
-                token: None,
+                join: join.clone(),
+                token: token.clone(),
                 tls: None,
                 force_new_cluster: false,
                 tuning: shoal_raft::RaftTuning {
                     heartbeat_ms: 50,
                     election_min_ms: 150,
                     election_max_ms: 300,
-                    ..Default::default()
+                    ..tuning.clone()
                 },
                 observer: Some(index.clone()),
             })
@@ -99,13 +109,15 @@ impl Replicated {
                 other => break other.expect("opening a one-manager store"),
             }
         };
-        // A one-member cluster elects itself.
-        let mut leading = store.leadership();
-        let _ = tokio::time::timeout(
-            std::time::Duration::from_secs(10),
-            leading.wait_for(|l| l.is_some()),
-        )
-        .await;
+        if join.is_empty() {
+            // A one-member cluster elects itself.
+            let mut leading = store.leadership();
+            let _ = tokio::time::timeout(
+                std::time::Duration::from_secs(10),
+                leading.wait_for(|l| l.is_some()),
+            )
+            .await;
+        }
         Replicated {
             _dir: dir,
             objects: Objects::new(store.clone(), index),
@@ -387,4 +399,80 @@ fn the_replicated_index_equals_a_full_scan_after_random_writes_and_a_restart() {
         assert_same(&after, &r.scan().await);
         r.store.shutdown().await;
     });
+}
+
+/// Serves `store`'s peer service on `listener` (plaintext: this crate's tests only).
+fn serve_peers(store: &Store, listener: tokio::net::TcpListener) {
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let server = tonic::transport::Server::builder()
+        .add_service(store.peer_service())
+        .serve_with_incoming(incoming);
+    tokio::spawn(server);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manager_that_installs_a_snapshot_rebuilds_its_index_from_it() {
+    let tuning = shoal_raft::RaftTuning {
+        snapshot_every: 20,
+        keep_behind_snapshot: 2,
+        ..Default::default()
+    };
+    let l1 = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let a1 = l1.local_addr().unwrap().to_string();
+    let first = Replicated::open_with(
+        tempfile::tempdir().unwrap(),
+        a1.clone(),
+        vec![],
+        None,
+        tuning.clone(),
+    )
+    .await;
+    serve_peers(&first.store, l1);
+    // Enough entries that the log behind the snapshots is purged: the joiner needs one.
+    random_writes(&first, 3).await;
+    random_writes(&first, 4).await;
+    let leader_view = first.objects.barrier().await.unwrap();
+    // Wait until the log behind a snapshot is gone, so the joiner cannot replay it.
+    let purged = tokio::time::timeout(std::time::Duration::from_secs(20), async {
+        loop {
+            if first.store.status().await.purged_index > 0 {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(purged.is_ok(), "the first manager never purged its log");
+
+    let l2 = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let a2 = l2.local_addr().unwrap().to_string();
+    let second = Replicated::open_with(
+        tempfile::tempdir().unwrap(),
+        a2,
+        vec![a1.clone()],
+        Some(first.store.token().to_string()),
+        tuning,
+    )
+    .await;
+    serve_peers(&second.store, l2);
+    second.store.finish_join(&[a1]).await.unwrap();
+    let joined = tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        super::store::view_at(second.objects.subscribe(), leader_view.revision()),
+    )
+    .await
+    .expect("the joiner catches up")
+    .unwrap();
+    assert!(joined.task_count() > 0);
+    assert!(second.store.status().await.snapshot_index > 0, "the joiner installed a snapshot");
+    assert_same(&joined, &leader_view);
+    let range = Range {
+        key: b"/shoal/".to_vec(),
+        prefix: true,
+        ..Default::default()
+    };
+    let (found, revision) = second.store.range(&range, true).await.unwrap();
+    assert_same(&joined, &super::index::scan(revision, &found.kvs));
+    second.store.shutdown().await;
+    first.store.shutdown().await;
 }

@@ -49,7 +49,7 @@ struct Agent {
     running: Running,
 }
 
-pub async fn run(ctx: Ctx, shoal: &Path, agents: usize) {
+pub async fn run(ctx: Ctx, shoal: &Path, agents: usize, max_replicas: u64) {
     let mut rng = StdRng::seed_from_u64(ctx.seed ^ 0x5343_4845);
     let mut fleet = Vec::new();
     for i in 0..agents {
@@ -98,7 +98,7 @@ pub async fn run(ctx: Ctx, shoal: &Path, agents: usize) {
     let mut faulted: Option<usize> = None;
     while !ctx.stopped() {
         let name = SERVICES[rng.random_range(0..SERVICES.len())];
-        let n: u64 = rng.random_range(0..=4);
+        let n: u64 = rng.random_range(0..=max_replicas);
         let inv = proc.invoke("scale", name, json!({"service": name, "replicas": n}));
         match cli(
             shoal,
@@ -377,7 +377,8 @@ async fn serve(
 ) -> Result<(), Option<String>> {
     // Mutual TLS with the worker certificate; connects lazily, on the Register below.
     let channel = join::channel(addr, creds).map_err(|_| None)?;
-    let mut client = DispatcherClient::new(channel);
+    // A set of thousands of tasks is larger than gRPC's default 4 MiB message.
+    let mut client = DispatcherClient::new(channel).max_decoding_message_size(64 << 20);
     let reg = pb::RegisterRequest {
         node_id: node_id.to_string(),
         name: name.to_string(),

@@ -104,3 +104,57 @@ fn short_combined_run_is_valid() {
         );
     }
 }
+
+/// The scheduler under leader kills at scale: two services scaled between 0 and 5,000
+/// replicas (up to 10,000 tasks on 20 simulated agents) while managers, the leader half the
+/// time, are killed with SIGKILL. The checker then requires exactly the replicas asked for,
+/// RUNNING on the agents, with no slot run twice beyond the bound.
+#[test]
+fn ten_thousand_tasks_placed_through_leader_kills_end_exact() {
+    preflight();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let results = dir.path().join("run");
+    let out = Command::new(env!("CARGO_BIN_EXE_shoal-jepsen"))
+        .args([
+            "--workload",
+            "scheduler",
+            "--nemesis",
+            "kill",
+            "--max-replicas",
+            "5000",
+            "--agents",
+            "20",
+            "--time-limit",
+            "40",
+            "--interval",
+            "6",
+            "--recovery",
+            "5",
+            "--nodes",
+            "3",
+            "--seed",
+            "7",
+            "--shoal-bin",
+        ])
+        .arg(shoal_bin())
+        .arg("--results")
+        .arg(&results)
+        .output()
+        .expect("running shoal-jepsen");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if std::env::var_os("SHOAL_KEEP_TEST_DIRS").is_some() {
+        eprintln!("kept {}", dir.keep().display());
+    }
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "shoal-jepsen did not find the scheduler's history valid:\n{stderr}"
+    );
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(results.join("results.json")).unwrap_or_default())
+            .unwrap_or_default();
+    assert!(
+        summary.to_string().contains("scheduler"),
+        "no scheduler verdict in {summary}"
+    );
+}
