@@ -5,7 +5,7 @@
 use rand::rngs::StdRng;
 
 use crate::manager::scheduler::{self, Decision, Snapshot, Strategy};
-use crate::model::{Actor, Node, Service, Task, TaskState};
+use crate::model::{Actor, Task, TaskState};
 
 use super::objects::{ClusterState, Expect, Write};
 use super::Plan;
@@ -16,14 +16,11 @@ pub fn plan(state: &ClusterState, now_ms: u64, strategy: Strategy, rng: &mut Std
     if !state.tasks.iter().any(|t| waiting(&t.value)) {
         return Plan::default();
     }
-    let nodes: Vec<Node> = state.nodes.iter().map(|n| n.value.clone()).collect();
-    let services: Vec<Service> = state.services.iter().map(|s| s.value.clone()).collect();
-    let tasks: Vec<Task> = state.tasks.iter().map(|t| t.value.clone()).collect();
-    let snapshot = Snapshot {
-        nodes: &nodes,
-        services: &services,
-        tasks: &tasks,
-    };
+    let snapshot = Snapshot::new(
+        state.nodes.iter().map(|n| &n.value),
+        state.services.iter().map(|s| &s.value),
+        state.tasks.iter().map(|t| &t.value),
+    );
     let pending = snapshot.pending();
     let decisions = scheduler::schedule(&pending, &snapshot, strategy, rng);
     let revisions: std::collections::HashMap<&str, (&Task, u64)> = state
@@ -75,7 +72,7 @@ mod tests {
 
     use super::*;
     use crate::manager::control::objects::Versioned;
-    use crate::model::NodeStatus;
+    use crate::model::{Node, NodeStatus, Service};
 
     fn node(id: &str, labels: &[(&str, &str)]) -> Versioned<Node> {
         Versioned {
