@@ -12,6 +12,7 @@ mod load;
 mod proxy;
 mod report;
 mod scale;
+mod sched;
 mod shoal;
 mod simagent;
 
@@ -40,6 +41,8 @@ enum Command {
     Failover(failover::FailoverArgs),
     /// Simulated nodes (a test double) and 100,000 tasks: placements/s, time to RUNNING, footprint.
     Scale(scale::ScaleArgs),
+    /// The pure scheduler alone on synthetic clusters in memory: decisions per CPU second.
+    Sched(sched::SchedArgs),
     /// With real agents, nginx and `shoal proxy`: RUNNING → first request, failed requests.
     Proxy(proxy::ProxyArgs),
 }
@@ -54,6 +57,7 @@ async fn main() -> ExitCode {
             Command::Failover(args) => failover::run(args).await,
             Command::Proxy(args) => proxy::run(args).await,
             Command::Scale(args) => scale::run(args).await,
+            Command::Sched(args) => sched::run(args),
         }
     };
     // Ctrl-C, SIGTERM or SIGHUP drops `run`, and with it the guards that kill what it started.

@@ -426,7 +426,7 @@ fn proc_status(pid: u32) -> ProcStatus {
 }
 
 /// User plus system CPU seconds of a process (0 if it is gone).
-fn cpu_seconds(pid: u32) -> f64 {
+pub(crate) fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // The command name may hold spaces: fields are counted after its closing parenthesis.
     let Some((_, rest)) = stat.rsplit_once(')') else {
@@ -442,7 +442,7 @@ fn cpu_seconds(pid: u32) -> f64 {
 }
 
 fn clk_tck() -> f64 {
-    Command::new("getconf")
+    std::process::Command::new("getconf")
         .arg("CLK_TCK")
         .output()
         .ok()

@@ -464,7 +464,10 @@ async fn a_manager_that_installs_a_snapshot_rebuilds_its_index_from_it() {
     .expect("the joiner catches up")
     .unwrap();
     assert!(joined.task_count() > 0);
-    assert!(second.store.status().await.snapshot_index > 0, "the joiner installed a snapshot");
+    assert!(
+        second.store.status().await.snapshot_index > 0,
+        "the joiner installed a snapshot"
+    );
     assert_same(&joined, &leader_view);
     let range = Range {
         key: b"/shoal/".to_vec(),

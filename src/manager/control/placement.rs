@@ -5,7 +5,7 @@
 use rand::rngs::StdRng;
 
 use crate::manager::scheduler::{self, Decision, Snapshot, Strategy};
-use crate::model::{Actor, Node, Service, Task, TaskState};
+use crate::model::{Actor, TaskState};
 
 use crate::objects::{Expect, View, Write};
 
@@ -16,18 +16,11 @@ pub fn plan(state: &View, now_ms: u64, strategy: Strategy, rng: &mut StdRng) -> 
     if !state.has_pending() {
         return Plan::default();
     }
-    let nodes: Vec<Node> = state.nodes().map(|n| n.value.clone()).collect();
-    let services: Vec<Service> = state.services().map(|s| s.value.clone()).collect();
-    let tasks: Vec<Task> = state
-        .tasks()
-        .filter(|t| t.value.state.occupies_node() || t.value.state == TaskState::Pending)
-        .map(|t| t.value.clone())
-        .collect();
-    let snapshot = Snapshot {
-        nodes: &nodes,
-        services: &services,
-        tasks: &tasks,
-    };
+    let snapshot = Snapshot::new(
+        state.nodes().map(|n| &n.value),
+        state.services().map(|s| &s.value),
+        state.tasks().map(|t| &t.value),
+    );
     let pending = snapshot.pending();
     let decisions = scheduler::schedule(&pending, &snapshot, strategy, rng);
     let mut writes = Vec::new();
@@ -74,7 +67,7 @@ mod tests {
     use rand::SeedableRng;
 
     use super::*;
-    use crate::model::NodeStatus;
+    use crate::model::{Node, NodeStatus, Service, Task};
     use crate::objects::Versioned;
 
     fn node(id: &str, labels: &[(&str, &str)]) -> Versioned<Node> {

@@ -33,6 +33,8 @@ pub(crate) struct Expr {
     pub soft: bool,
     value: String,
     pattern: Regex,
+    /// A glob without wildcards matches exactly its value: a set lookup instead of a scan.
+    exact: bool,
 }
 
 impl Expr {
@@ -77,9 +79,9 @@ impl Expr {
                 expr: expr(),
             });
         }
-        let source = match value.strip_prefix('/').and_then(|v| v.strip_suffix('/')) {
-            Some(re) if !re.is_empty() => re.to_string(),
-            _ => glob_to_regex(value),
+        let (source, exact) = match value.strip_prefix('/').and_then(|v| v.strip_suffix('/')) {
+            Some(re) if !re.is_empty() => (re.to_string(), false),
+            _ => (glob_to_regex(value), !value.contains(['*', '?'])),
         };
         let pattern = Regex::new(&source).map_err(|e| ExprError::Regex {
             kind: kind_name,
@@ -92,6 +94,7 @@ impl Expr {
             soft,
             value: value.to_string(),
             pattern,
+            exact,
         })
     }
 
@@ -99,6 +102,20 @@ impl Expr {
     pub fn holds<'v>(&self, values: impl IntoIterator<Item = &'v str>) -> bool {
         let matched = values.into_iter().any(|v| self.pattern.is_match(v));
         matched != self.negated
+    }
+
+    /// As `holds` over a set of values: `contains` answers for an exact value, `values` lists
+    /// the set for a glob or a regex.
+    pub fn holds_in<'v, I: IntoIterator<Item = &'v str>>(
+        &self,
+        contains: impl FnOnce(&str) -> bool,
+        values: impl FnOnce() -> I,
+    ) -> bool {
+        if self.exact {
+            contains(&self.value) != self.negated
+        } else {
+            self.holds(values())
+        }
     }
 }
 

@@ -2,12 +2,17 @@
 //! one read of the store. No store, no clock, no I/O; randomness only from the caller's RNG.
 //! The control loop that reads the store and commits these decisions lives elsewhere.
 
+mod batch;
 mod error;
 mod expr;
 mod filter;
 mod strategy;
 mod view;
 
+#[cfg(test)]
+mod equivalence_tests;
+#[cfg(test)]
+mod naive;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
@@ -23,20 +28,38 @@ pub use self::error::{ExprError, UnknownStrategy};
 pub(crate) use self::filter::normalize_image;
 pub use self::strategy::Strategy;
 
-/// One consistent read of the store: every node, service and task.
-#[derive(Debug, Clone, Copy)]
+/// One consistent read of the store, borrowed (an index of `Arc`s lends it without a copy):
+/// every node and service, and the tasks that matter here, those occupying a node or PENDING.
+#[derive(Debug, Clone)]
 pub struct Snapshot<'a> {
-    pub nodes: &'a [Node],
-    pub services: &'a [Service],
-    pub tasks: &'a [Task],
+    pub nodes: Vec<&'a Node>,
+    pub services: Vec<&'a Service>,
+    pub tasks: Vec<&'a Task>,
 }
 
 impl<'a> Snapshot<'a> {
+    /// Keeps of `tasks` only those that occupy a node or are PENDING.
+    pub fn new(
+        nodes: impl IntoIterator<Item = &'a Node>,
+        services: impl IntoIterator<Item = &'a Service>,
+        tasks: impl IntoIterator<Item = &'a Task>,
+    ) -> Snapshot<'a> {
+        Snapshot {
+            nodes: nodes.into_iter().collect(),
+            services: services.into_iter().collect(),
+            tasks: tasks
+                .into_iter()
+                .filter(|t| t.state.occupies_node() || t.state == TaskState::Pending)
+                .collect(),
+        }
+    }
+
     /// Tasks waiting for a node (PENDING, meant to run), oldest first.
     pub fn pending(&self) -> Vec<&'a Task> {
         let mut pending: Vec<&Task> = self
             .tasks
             .iter()
+            .copied()
             .filter(|t| t.state == TaskState::Pending && t.desired_state == TaskState::Running)
             .collect();
         pending.sort_by(|a, b| {
@@ -68,7 +91,9 @@ pub fn validate(service: &Service) -> Result<(), ExprError> {
 }
 
 /// Decides a node for each of `pending`, in order, as one batch: each placement counts for the
-/// next (host ports, slots, reservations, spreading), as if already committed.
+/// next (host ports, slots, reservations, spreading), as if already committed. Consecutive tasks
+/// with the same request are placed as a group (`batch.rs`), with the decisions of placing
+/// them one by one.
 pub fn schedule<R: Rng + ?Sized>(
     pending: &[&Task],
     snapshot: &Snapshot,
@@ -78,40 +103,68 @@ pub fn schedule<R: Rng + ?Sized>(
     let services: HashMap<&str, &Service> = snapshot
         .services
         .iter()
-        .map(|s| (s.id.as_str(), s))
+        .map(|s| (s.id.as_str(), *s))
         .collect();
-    let mut nodes = view::nodes(snapshot.nodes, snapshot.tasks, &services);
+    let mut nodes = view::nodes(&snapshot.nodes, &snapshot.tasks, &services);
     let mut decisions = Vec::with_capacity(pending.len());
-    for task in pending {
-        let unschedulable = |reason: String| Decision::Unschedulable {
-            task_id: task.id.clone(),
-            reason,
-        };
-        let Some(service) = services.get(task.service_id.as_str()) else {
-            decisions.push(unschedulable(format!(
-                "service {} does not exist",
-                task.service_id
-            )));
+    let mut rest = pending;
+    while let Some(first) = rest.first() {
+        let Some(&service) = services.get(first.service_id.as_str()) else {
+            decisions.push(Decision::Unschedulable {
+                task_id: first.id.clone(),
+                reason: format!("service {} does not exist", first.service_id),
+            });
+            rest = &rest[1..];
             continue;
         };
-        let request = match view::Request::new(task, service) {
+        let ports = view::host_ports(first, Some(service));
+        let len = rest
+            .iter()
+            .take_while(|t| {
+                t.service_id == first.service_id && view::host_ports(t, Some(service)) == ports
+            })
+            .count();
+        let (group, tail) = rest.split_at(len);
+        rest = tail;
+        let request = match view::Request::new(first, service) {
             Ok(request) => request,
             Err(e) => {
-                decisions.push(unschedulable(e.to_string()));
+                decisions.extend(group.iter().map(|t| Decision::Unschedulable {
+                    task_id: t.id.clone(),
+                    reason: e.to_string(),
+                }));
                 continue;
             }
         };
-        match filter::candidates(&request, &nodes) {
-            Ok(candidates) => {
-                let want = request.placed.reservations;
-                let i = strategy.pick(&candidates, &nodes, want, rng);
-                nodes[i].tasks.push(request.placed);
-                decisions.push(Decision::Assign {
+        if !request.has_preferences() {
+            batch::place(
+                group,
+                service,
+                &request,
+                &mut nodes,
+                strategy,
+                rng,
+                &mut decisions,
+            );
+            continue;
+        }
+        // Soft preferences score nodes by what each placement changes: one task at a time.
+        for task in group {
+            match filter::candidates(&request, &nodes) {
+                Ok(candidates) => {
+                    let want = request.reservations;
+                    let i = strategy.pick(&candidates, &nodes, want, rng);
+                    nodes[i].add(&view::Placed::new(task, Some(service)));
+                    decisions.push(Decision::Assign {
+                        task_id: task.id.clone(),
+                        node_id: nodes[i].node.id.clone(),
+                    });
+                }
+                Err(reason) => decisions.push(Decision::Unschedulable {
                     task_id: task.id.clone(),
-                    node_id: nodes[i].node.id.clone(),
-                });
+                    reason,
+                }),
             }
-            Err(reason) => decisions.push(unschedulable(reason)),
         }
     }
     decisions

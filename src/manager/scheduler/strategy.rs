@@ -1,7 +1,6 @@
 //! Strategies choose one node among those the filters left: spread (fewest tasks), binpack
 //! (fullest that still fits) and random (through the caller's seeded RNG, so it replays).
 
-use std::cmp::Reverse;
 use std::str::FromStr;
 
 use rand::Rng;
@@ -45,21 +44,30 @@ impl Strategy {
         want: Reservations,
         rng: &mut R,
     ) -> usize {
-        let id = |i: usize| nodes[i].node.id.as_str();
         let pick = match self {
-            Strategy::Spread => candidates.iter().copied().min_by_key(|&i| {
-                let n = &nodes[i];
-                (n.tasks.len(), n.load(Reservations::default()), id(i))
-            }),
-            Strategy::Binpack => candidates.iter().copied().min_by_key(|&i| {
-                let n = &nodes[i];
-                (Reverse(n.load(want)), Reverse(n.tasks.len()), id(i))
-            }),
             Strategy::Random => Some(candidates[rng.random_range(0..candidates.len())]),
+            _ => candidates
+                .iter()
+                .copied()
+                .min_by_key(|&i| (self.rank(&nodes[i], want), nodes[i].node.id.as_str())),
         };
         pick.expect("strategies choose among at least one candidate")
     }
+
+    /// How spread and binpack order nodes for a task reserving `want`: the smallest rank wins,
+    /// ties go to the smallest node id. Spread: fewest tasks, then least reserved. Binpack:
+    /// highest load once the task is added, then most tasks. Random ignores it.
+    pub(crate) fn rank(self, node: &NodeInfo, want: Reservations) -> Rank {
+        let tasks = node.tasks as u128;
+        match self {
+            Strategy::Spread | Strategy::Random => (tasks, node.load(Reservations::default())),
+            Strategy::Binpack => (u128::MAX - node.load(want), u128::MAX - tasks),
+        }
+    }
 }
+
+/// See `Strategy::rank`.
+pub(crate) type Rank = (u128, u128);
 
 #[cfg(test)]
 mod tests {

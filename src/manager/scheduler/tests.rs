@@ -15,12 +15,7 @@ fn replicas(svc: &Service, n: u64) -> Vec<Task> {
 }
 
 fn run(nodes: &[Node], services: &[&Service], tasks: &[Task], strategy: Strategy) -> Vec<Decision> {
-    let services: Vec<Service> = services.iter().map(|s| (*s).clone()).collect();
-    let snapshot = Snapshot {
-        nodes,
-        services: &services,
-        tasks,
-    };
+    let snapshot = Snapshot::new(nodes, services.iter().copied(), tasks);
     schedule(
         &snapshot.pending(),
         &snapshot,
@@ -187,11 +182,7 @@ fn pending_skips_placed_and_unwanted_tasks() {
     tasks[1].desired_state = TaskState::Shutdown;
     let nodes = seed_nodes();
     let services = [web];
-    let snapshot = Snapshot {
-        nodes: &nodes,
-        services: &services,
-        tasks: &tasks,
-    };
+    let snapshot = Snapshot::new(&nodes, &services, &tasks);
     let ids: Vec<_> = snapshot.pending().iter().map(|t| t.id.as_str()).collect();
     assert_eq!(ids, ["web.3"]);
 }

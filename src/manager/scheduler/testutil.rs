@@ -70,7 +70,7 @@ pub(crate) fn task(svc: &Service, slot: u64, node: Option<&str>) -> Task {
     t
 }
 
-pub(crate) fn placed(svc: &Service, slot: u64) -> Placed {
+pub(crate) fn placed(svc: &Service, slot: u64) -> Placed<'_> {
     Placed::new(&task(svc, slot, Some("n1")), Some(svc))
 }
 
@@ -78,8 +78,13 @@ pub(crate) fn request(svc: &Service) -> Request {
     Request::new(&task(svc, 1, None), svc).unwrap()
 }
 
-pub(crate) fn info(node: &Node, tasks: Vec<Placed>) -> NodeInfo<'_> {
-    NodeInfo { node, tasks }
+/// `node` with `tasks` counted as placed on it.
+pub(crate) fn info<'a>(node: &'a Node, tasks: Vec<Placed<'a>>) -> NodeInfo<'a> {
+    let mut info = NodeInfo::new(node);
+    for t in &tasks {
+        info.add(t);
+    }
+    info
 }
 
 pub(crate) fn broken(filter: &dyn Filter, req: &Request, node: &NodeInfo) -> Vec<String> {

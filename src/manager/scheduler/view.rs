@@ -1,74 +1,136 @@
-//! The scheduler's working copy of one store read: each node with what its tasks hold (names,
-//! images, labels, host ports, reservations), and each pending task's parsed placement rules.
-//! Placements made during a batch are added here, so later tasks of the batch see them.
+//! The scheduler's working copy of one store read: each node with counters of what its tasks
+//! hold (names, images, labels, host ports, reservations), and each pending task's parsed
+//! placement rules. Placements made during a batch are added here, so later tasks see them.
+//! Counters, not task lists: every filter reads a node in O(1), however many tasks it runs.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use crate::model::{Node, Protocol, Reservations, Service, Task};
 
 use super::error::ExprError;
 use super::expr::{Expr, Kind};
+use super::filter::normalize_image;
 
-/// What a task placed on a node holds there.
+/// What a task placed on a node holds there. Borrows its service: no copy per task.
 #[derive(Debug, Clone)]
-pub(crate) struct Placed {
+pub(crate) struct Placed<'a> {
     /// Its container name (`web.1`) and its service's name (`web`): what affinities, links and
-    /// `--volumes-from` refer to.
-    pub names: Vec<String>,
-    pub image: String,
-    pub labels: BTreeMap<String, String>,
+    /// `--volumes-from` refer to. None when its service is gone.
+    pub names: Option<(String, &'a str)>,
+    pub image: &'a str,
+    pub labels: &'a BTreeMap<String, String>,
     pub host_ports: Vec<(u16, Protocol)>,
     pub reservations: Reservations,
 }
 
-impl Placed {
+static NO_LABELS: BTreeMap<String, String> = BTreeMap::new();
+
+impl<'a> Placed<'a> {
     /// A task whose service is gone still holds the host ports it published.
-    pub fn new(task: &Task, service: Option<&Service>) -> Placed {
-        let mut host_ports: Vec<(u16, Protocol)> = task
-            .ports
-            .iter()
-            .map(|p| (p.host_port, p.protocol))
-            .collect();
-        let mut placed = Placed {
-            names: Vec::new(),
-            image: String::new(),
-            labels: BTreeMap::new(),
-            host_ports: Vec::new(),
-            reservations: Reservations::default(),
-        };
-        if let Some(svc) = service {
-            placed.names = vec![task.name(&svc.name), svc.name.clone()];
-            placed.image = svc.image.clone();
-            placed.labels = svc.labels.clone();
-            placed.reservations = svc.reservations;
-            host_ports.extend(svc.host_ports());
+    pub fn new(task: &Task, service: Option<&'a Service>) -> Placed<'a> {
+        let host_ports = host_ports(task, service);
+        match service {
+            Some(svc) => Placed {
+                names: Some((task.name(&svc.name), svc.name.as_str())),
+                image: &svc.image,
+                labels: &svc.labels,
+                host_ports,
+                reservations: svc.reservations,
+            },
+            None => Placed {
+                names: None,
+                image: "",
+                labels: &NO_LABELS,
+                host_ports,
+                reservations: Reservations::default(),
+            },
         }
-        host_ports.sort_unstable();
-        host_ports.dedup();
-        placed.host_ports = host_ports;
-        placed
+    }
+
+    /// The container name and the service name, when the service exists.
+    pub fn names(&self) -> impl Iterator<Item = &str> + use<'_, 'a> {
+        self.names
+            .iter()
+            .flat_map(|(task, service)| [task.as_str(), *service])
     }
 }
 
-pub(crate) struct NodeInfo<'a> {
-    pub node: &'a Node,
-    pub tasks: Vec<Placed>,
+/// The host ports a task holds, sorted: those it published and those its service asks for.
+pub(crate) fn host_ports(task: &Task, service: Option<&Service>) -> Vec<(u16, Protocol)> {
+    let published = task.ports.iter().map(|p| (p.host_port, p.protocol));
+    let mut ports: Vec<(u16, Protocol)> = published
+        .chain(service.into_iter().flat_map(Service::host_ports))
+        .collect();
+    ports.sort_unstable();
+    ports.dedup();
+    ports
 }
 
-impl NodeInfo<'_> {
-    pub fn reserved(&self) -> Reservations {
-        self.tasks
-            .iter()
-            .fold(Reservations::default(), |acc, t| Reservations {
-                nano_cpus: acc.nano_cpus + t.reservations.nano_cpus,
-                memory_bytes: acc.memory_bytes + t.reservations.memory_bytes,
-            })
+/// A node and what the tasks placed on it hold, as counts (placements only ever add).
+pub(crate) struct NodeInfo<'a> {
+    pub node: &'a Node,
+    /// How many tasks occupy the node.
+    pub tasks: usize,
+    /// The sum of their reservations.
+    pub reserved: Reservations,
+    pub host_ports: HashSet<(u16, Protocol)>,
+    /// Container and service names → how many tasks carry each.
+    pub names: HashMap<String, usize>,
+    /// Task images, each also untagged (`redis:7` and `redis`) → how many tasks.
+    pub images: HashMap<&'a str, usize>,
+    /// Task label key → value → how many tasks.
+    pub labels: HashMap<&'a str, HashMap<&'a str, usize>>,
+    /// The engine's images as Docker names them (`filter::normalize_image`).
+    pub engine_images: HashSet<String>,
+}
+
+impl<'a> NodeInfo<'a> {
+    pub fn new(node: &'a Node) -> NodeInfo<'a> {
+        NodeInfo {
+            node,
+            tasks: 0,
+            reserved: Reservations::default(),
+            host_ports: HashSet::new(),
+            names: HashMap::new(),
+            images: HashMap::new(),
+            labels: HashMap::new(),
+            engine_images: node.images.iter().map(|i| normalize_image(i)).collect(),
+        }
+    }
+
+    /// Counts `placed` as running here.
+    pub fn add(&mut self, placed: &Placed<'a>) {
+        self.tasks += 1;
+        self.reserved.nano_cpus += placed.reservations.nano_cpus;
+        self.reserved.memory_bytes += placed.reservations.memory_bytes;
+        self.host_ports.extend(placed.host_ports.iter().copied());
+        for name in placed.names() {
+            match self.names.get_mut(name) {
+                Some(n) => *n += 1,
+                None => {
+                    self.names.insert(name.to_string(), 1);
+                }
+            }
+        }
+        let untagged = untagged(placed.image);
+        *self.images.entry(placed.image).or_default() += 1;
+        if untagged != placed.image {
+            *self.images.entry(untagged).or_default() += 1;
+        }
+        for (key, value) in placed.labels {
+            *self
+                .labels
+                .entry(key.as_str())
+                .or_default()
+                .entry(value.as_str())
+                .or_default() += 1;
+        }
     }
 
     /// Reserved share of the node's CPU plus that of its memory, in millionths (0..=2_000_000
     /// when nothing is overcommitted), counting `extra` as if it were placed too.
     pub fn load(&self, extra: Reservations) -> u128 {
-        let used = self.reserved();
+        let used = self.reserved;
         let share = |used: u64, extra: u64, capacity: u64| match capacity {
             0 => 0,
             cap => (u128::from(used) + u128::from(extra)) * 1_000_000 / u128::from(cap),
@@ -82,19 +144,21 @@ impl NodeInfo<'_> {
     }
 }
 
-/// Every node (by id), with the tasks that occupy it.
+/// `redis:7` → `redis`; a registry port (`host:5000/redis`) is not a tag.
+pub(crate) fn untagged(image: &str) -> &str {
+    match image.rsplit_once(':') {
+        Some((repo, tag)) if !tag.contains('/') => repo,
+        _ => image,
+    }
+}
+
+/// Every node, sorted by id (strategies break ties by index), with the tasks that occupy it.
 pub(crate) fn nodes<'a>(
-    nodes: &'a [Node],
-    tasks: &[Task],
-    services: &HashMap<&str, &Service>,
+    nodes: &[&'a Node],
+    tasks: &[&Task],
+    services: &HashMap<&str, &'a Service>,
 ) -> Vec<NodeInfo<'a>> {
-    let mut infos: Vec<NodeInfo<'a>> = nodes
-        .iter()
-        .map(|node| NodeInfo {
-            node,
-            tasks: Vec::new(),
-        })
-        .collect();
+    let mut infos: Vec<NodeInfo<'a>> = nodes.iter().map(|&node| NodeInfo::new(node)).collect();
     infos.sort_by(|a, b| a.node.id.cmp(&b.node.id));
     let index: HashMap<&str, usize> = infos
         .iter()
@@ -106,14 +170,18 @@ pub(crate) fn nodes<'a>(
             continue;
         };
         let service = services.get(task.service_id.as_str()).copied();
-        infos[i].tasks.push(Placed::new(task, service));
+        infos[i].add(&Placed::new(task, service));
     }
     infos
 }
 
 /// A pending task with the rules its placement must follow.
 pub(crate) struct Request {
-    pub placed: Placed,
+    /// The image as Docker names it; None for a digest or an image id, which cannot be checked
+    /// against the tags an engine reports.
+    pub image: Option<String>,
+    pub host_ports: Vec<(u16, Protocol)>,
+    pub reservations: Reservations,
     pub constraints: Vec<Expr>,
     pub affinities: Vec<Expr>,
     pub dependencies: Vec<String>,
@@ -121,8 +189,12 @@ pub(crate) struct Request {
 
 impl Request {
     pub fn new(task: &Task, service: &Service) -> Result<Request, ExprError> {
+        let image = &service.image;
         Ok(Request {
-            placed: Placed::new(task, Some(service)),
+            image: (!image.contains('@') && !image.starts_with("sha256:"))
+                .then(|| normalize_image(image)),
+            host_ports: host_ports(task, Some(service)),
+            reservations: service.reservations,
             constraints: parse_all(Kind::Constraint, &service.constraints)?,
             affinities: parse_all(Kind::Affinity, &service.affinities)?,
             dependencies: service
@@ -131,6 +203,15 @@ impl Request {
                 .map(String::from)
                 .collect(),
         })
+    }
+
+    /// Whether a soft expression (`==~`, `!=~`) narrows the choice: its score changes with
+    /// every placement, so such requests are placed one task at a time.
+    pub fn has_preferences(&self) -> bool {
+        self.constraints
+            .iter()
+            .chain(&self.affinities)
+            .any(|e| e.soft)
     }
 }
 

@@ -3,7 +3,7 @@
 //! other key as a task label. Soft forms (`==~`) are preferences.
 
 use super::super::expr::Expr;
-use super::super::view::{NodeInfo, Request};
+use super::super::view::{untagged, NodeInfo, Request};
 use super::Filter;
 
 pub(crate) struct Affinity;
@@ -26,31 +26,28 @@ impl Filter for Affinity {
 }
 
 fn holds(expr: &Expr, node: &NodeInfo) -> bool {
-    let tasks = &node.tasks;
     match expr.key.as_str() {
-        "container" => expr.holds(
-            tasks
-                .iter()
-                .flat_map(|t| t.names.iter().map(String::as_str)),
+        "container" => expr.holds_in(
+            |name| node.names.contains_key(name),
+            || node.names.keys().map(String::as_str),
         ),
         "image" => {
-            let images = tasks.iter().map(|t| t.image.as_str());
-            let images = images.chain(node.node.images.iter().map(String::as_str));
-            expr.holds(images.flat_map(|i| [i, untagged(i)]))
+            let engine = || {
+                let images = node.node.images.iter().map(String::as_str);
+                images.flat_map(|i| [i, untagged(i)])
+            };
+            expr.holds_in(
+                |image| node.images.contains_key(image) || engine().any(|i| i == image),
+                || node.images.keys().copied().chain(engine()),
+            )
         }
-        label => expr.holds(
-            tasks
-                .iter()
-                .filter_map(|t| t.labels.get(label).map(String::as_str)),
-        ),
-    }
-}
-
-/// `redis:7` → `redis`; a registry port (`host:5000/redis`) is not a tag.
-fn untagged(image: &str) -> &str {
-    match image.rsplit_once(':') {
-        Some((repo, tag)) if !tag.contains('/') => repo,
-        _ => image,
+        label => {
+            let values = node.labels.get(label);
+            expr.holds_in(
+                |value| values.is_some_and(|v| v.contains_key(value)),
+                || values.into_iter().flat_map(|v| v.keys().copied()),
+            )
+        }
     }
 }
 

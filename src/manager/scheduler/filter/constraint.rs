@@ -23,6 +23,10 @@ impl Filter for Constraint {
             .filter(|e| e.soft && holds(e, node))
             .count()
     }
+
+    fn reads_placements(&self) -> bool {
+        false
+    }
 }
 
 fn holds(expr: &Expr, node: &NodeInfo) -> bool {

@@ -11,6 +11,10 @@ impl Filter for Health {
             broken.push("health (ready and active)".to_string());
         }
     }
+
+    fn reads_placements(&self) -> bool {
+        false
+    }
 }
 
 #[cfg(test)]

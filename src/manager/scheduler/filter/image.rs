@@ -9,14 +9,16 @@ pub(crate) struct Image;
 
 impl Filter for Image {
     fn check(&self, req: &Request, node: &NodeInfo, broken: &mut Vec<String>) {
-        let image = &req.placed.image;
-        if image.contains('@') || image.starts_with("sha256:") {
+        let Some(want) = &req.image else {
             return;
-        }
-        let want = normalize(image);
-        if !node.node.images.iter().any(|have| normalize(have) == want) {
+        };
+        if !node.engine_images.contains(want) {
             broken.push(format!("image {want} present"));
         }
+    }
+
+    fn reads_placements(&self) -> bool {
+        false
     }
 }
 

@@ -23,6 +23,12 @@ pub(crate) trait Filter {
     fn preference(&self, _req: &Request, _node: &NodeInfo) -> usize {
         0
     }
+
+    /// Whether placing a task on a node can change this filter's answer for that node (false
+    /// for rules on the node's own attributes).
+    fn reads_placements(&self) -> bool {
+        true
+    }
 }
 
 const FILTERS: [&dyn Filter; 8] = [
@@ -76,6 +82,15 @@ pub(crate) fn candidates(req: &Request, nodes: &[NodeInfo]) -> Result<Vec<usize>
     let best = passing.iter().map(score).max().unwrap_or(0);
     passing.retain(|i| score(i) == best);
     Ok(passing)
+}
+
+/// Whether `node`, which passed every filter for `req`, still does after a placement on it.
+pub(crate) fn still_passes(req: &Request, node: &NodeInfo) -> bool {
+    let mut broken = Vec::new();
+    FILTERS.iter().filter(|f| f.reads_placements()).all(|f| {
+        f.check(req, node, &mut broken);
+        broken.is_empty()
+    })
 }
 
 #[cfg(test)]

@@ -8,12 +8,8 @@ pub(crate) struct Port;
 
 impl Filter for Port {
     fn check(&self, req: &Request, node: &NodeInfo, broken: &mut Vec<String>) {
-        for &(port, protocol) in &req.placed.host_ports {
-            if node
-                .tasks
-                .iter()
-                .any(|t| t.host_ports.contains(&(port, protocol)))
-            {
+        for &(port, protocol) in &req.host_ports {
+            if node.host_ports.contains(&(port, protocol)) {
                 broken.push(format!("host port {port}/{protocol} free"));
             }
         }

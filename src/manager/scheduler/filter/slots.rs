@@ -14,7 +14,7 @@ impl Filter for ContainerSlots {
             .node
             .label(LABEL)
             .and_then(|v| v.trim().parse::<usize>().ok());
-        if slots.is_some_and(|n| node.tasks.len() >= n) {
+        if slots.is_some_and(|n| node.tasks >= n) {
             broken.push("containerslots free".to_string());
         }
     }
@@ -37,8 +37,9 @@ mod tests {
             ["containerslots free"]
         );
         let unlimited = node(2, &[]);
-        assert!(broken(&ContainerSlots, &req, &info(&unlimited, full.tasks.clone())).is_empty());
+        let two = || vec![placed(&web, 1), placed(&web, 2)];
+        assert!(broken(&ContainerSlots, &req, &info(&unlimited, two())).is_empty());
         let garbage = node(3, &[("containerslots", "many")]);
-        assert!(broken(&ContainerSlots, &req, &info(&garbage, full.tasks)).is_empty());
+        assert!(broken(&ContainerSlots, &req, &info(&garbage, two())).is_empty());
     }
 }
