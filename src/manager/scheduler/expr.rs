@@ -183,6 +183,24 @@ mod tests {
     }
 
     #[test]
+    fn holds_in_looks_exact_values_up_and_scans_for_patterns() {
+        let set = ["web.1", "web"];
+        for (text, want) in [
+            ("container==web", true),
+            ("container==api", false),
+            ("container!=web", false),
+            ("container!=api", true),
+            ("container==web.*", true),
+            ("container==/^we/", true),
+            ("container!=/^api/", true),
+        ] {
+            let e = Expr::parse(Kind::Affinity, text).unwrap();
+            assert_eq!(e.holds_in(|v| set.contains(&v), || set), want, "{text}");
+            assert_eq!(e.holds(set), want, "{text}");
+        }
+    }
+
+    #[test]
     fn regex_values_are_unanchored() {
         let e = c("node==/node-[12]/");
         assert!(e.holds(["node-1"]) && e.holds(["my-node-2"]) && !e.holds(["node-3"]));
