@@ -13,4 +13,5 @@ pub mod manager;
 pub mod model;
 pub mod objects;
 pub mod proxy;
+pub mod scheduler;
 pub mod security;

@@ -29,6 +29,7 @@ const STEP_TIMEOUT: Duration = Duration::from_secs(60);
 struct Manager {
     name: String,
     grpc: SocketAddr,
+    docker: SocketAddr,
     data_dir: PathBuf,
     log: PathBuf,
     /// What it was started with: a restart reuses the data dir and these arguments.
@@ -91,7 +92,7 @@ impl Cluster {
                 ]);
             }
             let log = dir.join(format!("{name}.log"));
-            cluster.spawn(exe, name, grpc, data_dir, log, &args)?;
+            cluster.spawn(exe, name, (grpc, docker), data_dir, log, &args)?;
             if i == 0 {
                 token = cluster.wait_for_token().await?;
                 cluster.token.clone_from(&token);
@@ -107,6 +108,11 @@ impl Cluster {
 
     pub(crate) fn addrs(&self) -> Vec<SocketAddr> {
         self.managers.iter().map(|m| m.grpc).collect()
+    }
+
+    /// Each manager's Docker API address (plaintext on loopback), in the order of `addrs`.
+    pub(crate) fn docker_addrs(&self) -> Vec<SocketAddr> {
+        self.managers.iter().map(|m| m.docker).collect()
     }
 
     /// The process id of manager `i` (the leader of its process group).
@@ -178,7 +184,7 @@ impl Cluster {
         &mut self,
         exe: &Path,
         name: String,
-        grpc: SocketAddr,
+        (grpc, docker): (SocketAddr, SocketAddr),
         data_dir: PathBuf,
         log: PathBuf,
         args: &[String],
@@ -197,6 +203,7 @@ impl Cluster {
         self.managers.push(Manager {
             name,
             grpc,
+            docker,
             data_dir,
             log,
             args: args.to_vec(),

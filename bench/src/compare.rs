@@ -224,15 +224,7 @@ async fn measure(args: &CompareArgs, mut report: Report) -> Result<()> {
 
     report.ratios = ratios(&report.results);
     println!("{}", table(&report.results, &report.ratios));
-    let json = serde_json::to_string_pretty(&report)?;
-    match &args.json {
-        Some(path) => {
-            std::fs::write(path, json + "\n")
-                .with_context(|| format!("writing {}", path.display()))?;
-            println!("JSON written to {}", path.display());
-        }
-        None => println!("{json}"),
-    }
+    report::emit_json(&report, args.json.as_deref())?;
     Ok(())
 }
 

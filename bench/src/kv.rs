@@ -192,14 +192,6 @@ async fn measure(args: &KvArgs, exe: PathBuf, dir: PathBuf) -> Result<()> {
             println!("{}: {line}", phase.name());
         }
     }
-    let json = serde_json::to_string_pretty(&report)?;
-    match &args.json {
-        Some(path) => {
-            std::fs::write(path, json + "\n")
-                .with_context(|| format!("writing {}", path.display()))?;
-            println!("JSON written to {}", path.display());
-        }
-        None => println!("{json}"),
-    }
+    report::emit_json(&report, args.json.as_deref())?;
     Ok(())
 }

@@ -4,6 +4,7 @@
 
 mod cluster;
 mod compare;
+mod dockerrun;
 mod etcd;
 mod failover;
 mod fanout;
@@ -43,6 +44,8 @@ enum Command {
     Scale(scale::ScaleArgs),
     /// The pure scheduler alone on synthetic clusters in memory: decisions per CPU second.
     Sched(sched::SchedArgs),
+    /// `docker run -d` through a follower next to the same command straight against the engine.
+    DockerRun(dockerrun::DockerRunArgs),
     /// With real agents, nginx and `shoal proxy`: RUNNING → first request, failed requests.
     Proxy(proxy::ProxyArgs),
 }
@@ -58,6 +61,7 @@ async fn main() -> ExitCode {
             Command::Proxy(args) => proxy::run(args).await,
             Command::Scale(args) => scale::run(args).await,
             Command::Sched(args) => sched::run(args),
+            Command::DockerRun(args) => dockerrun::run(args).await,
         }
     };
     // Ctrl-C, SIGTERM or SIGHUP drops `run`, and with it the guards that kill what it started.

@@ -1030,15 +1030,7 @@ async fn measure(args: &ProxyArgs, exe: &Path, dir: &Path) -> Result<()> {
         windows: vec![scaling, failover_window],
     };
     print(&report);
-    let json = serde_json::to_string_pretty(&report)?;
-    match &args.json {
-        Some(path) => {
-            std::fs::write(path, json + "\n")
-                .with_context(|| format!("writing {}", path.display()))?;
-            println!("JSON written to {}", path.display());
-        }
-        None => println!("{json}"),
-    }
+    report::emit_json(&report, args.json.as_deref())?;
     Ok(())
 }
 

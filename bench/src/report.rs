@@ -54,6 +54,24 @@ fn df(dir: &Path) -> Option<String> {
     ))
 }
 
+/// Writes a bench's JSON report to `path`, or prints it on stdout without one.
+pub(crate) fn emit_json<T: serde::Serialize>(
+    report: &T,
+    path: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let json = serde_json::to_string_pretty(report)?;
+    match path {
+        Some(path) => {
+            std::fs::write(path, json + "\n")
+                .with_context(|| format!("writing {}", path.display()))?;
+            println!("JSON written to {}", path.display());
+        }
+        None => println!("{json}"),
+    }
+    Ok(())
+}
+
 pub(crate) fn now_utc() -> String {
     Command::new("date")
         .args(["-u", "+%Y-%m-%dT%H:%M:%SZ"])

@@ -134,15 +134,7 @@ pub(crate) async fn run(args: ScaleArgs) -> Result<()> {
         print_run(&run);
         report.runs.push(run);
     }
-    let json = serde_json::to_string_pretty(&report)?;
-    match &args.json {
-        Some(path) => {
-            std::fs::write(path, json + "\n")
-                .with_context(|| format!("writing {}", path.display()))?;
-            println!("JSON written to {}", path.display());
-        }
-        None => println!("{json}"),
-    }
+    report::emit_json(&report, args.json.as_deref())?;
     Ok(())
 }
 

@@ -1,17 +1,17 @@
-//! `shoal-bench sched`: the pure scheduler (`shoal::manager::scheduler::schedule`) alone, on
+//! `shoal-bench sched`: the pure scheduler (`shoal::scheduler::schedule`) alone, on
 //! synthetic clusters built in memory: no store, no network. For each node count, S services of
 //! R replicas all PENDING; figures: decisions per second of CPU time and of wall time.
 
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use clap::Args;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use serde::Serialize;
-use shoal::manager::scheduler::{schedule, Decision, Snapshot, Strategy};
 use shoal::model::{Node, NodeStatus, Reservations, Service, Task, TaskState};
+use shoal::scheduler::{schedule, Decision, Snapshot, Strategy};
 
 use crate::report::{self, Machine};
 use crate::scale::cpu_seconds;
@@ -110,15 +110,7 @@ pub(crate) fn run(args: SchedArgs) -> Result<()> {
         );
         report.runs.push(r);
     }
-    let json = serde_json::to_string_pretty(&report)?;
-    match &args.json {
-        Some(path) => {
-            std::fs::write(path, json + "\n")
-                .with_context(|| format!("writing {}", path.display()))?;
-            println!("JSON written to {}", path.display());
-        }
-        None => println!("{json}"),
-    }
+    report::emit_json(&report, args.json.as_deref())?;
     Ok(())
 }
 

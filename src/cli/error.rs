@@ -2,8 +2,8 @@
 //! stderr, one line each.
 
 use crate::client::ClientError;
-use crate::manager::scheduler::ExprError;
 use crate::model::ModelError;
+use crate::scheduler::ExprError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {

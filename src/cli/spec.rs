@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use clap::Args;
 
 use super::CliError;
-use crate::manager::scheduler;
 use crate::model::{Availability, Placement, PortSpec, Reservations, RestartPolicy, Service};
+use crate::scheduler;
 
 /// `shoal service create ... IMAGE [CMD...]`
 #[derive(Debug, Clone, Args)]

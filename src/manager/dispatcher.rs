@@ -28,6 +28,9 @@ pub const LEADER_HEADER: &str = "x-shoal-leader";
 /// Attempts at a read-modify-write that keeps meeting newer state.
 const ATTEMPTS: usize = 5;
 
+/// How long a retry waits for the index to show what made a write miss.
+const CATCH_UP: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Heartbeat periods an agent may ask for.
 const HEARTBEAT_MS: std::ops::RangeInclusive<u64> = 50..=60_000;
 
@@ -101,8 +104,8 @@ impl DispatcherService {
         id: &str,
         mut change: impl FnMut(Option<&Node>, &View) -> Result<Option<Node>, Status>,
     ) -> Result<(), Status> {
+        let mut view = self.objects.view();
         for _ in 0..ATTEMPTS {
-            let view = self.objects.view();
             let current = view.node(id);
             let Some(node) = change(current.map(|n| &n.value), &view)? else {
                 return Ok(());
@@ -116,7 +119,9 @@ impl DispatcherService {
                         "leadership changed; find the new leader",
                     ))
                 }
-                Ok(Commit::Done(_)) => continue,
+                Ok(Commit::Done(_)) => {
+                    view = self.objects.newer_than(&view, CATCH_UP).await;
+                }
                 Err(e) => return Err(e.into()),
             }
         }

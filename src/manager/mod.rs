@@ -7,7 +7,6 @@ pub mod control;
 mod convert;
 pub mod dispatcher;
 mod kv_service;
-pub mod scheduler;
 mod statuses;
 
 use std::future::Future;

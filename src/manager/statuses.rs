@@ -18,6 +18,8 @@ use crate::objects::{Commit, Expect, ObjectStore, View, Write};
 const GATHER: Duration = Duration::from_millis(2);
 /// Most reports in one batch.
 const MAX_REPORTS: usize = 4096;
+/// How long a retry waits for the index to show what made a write miss.
+const CATCH_UP: Duration = Duration::from_secs(1);
 /// Rounds a move may meet newer state before its report is answered with an error.
 const ATTEMPTS: usize = 5;
 
@@ -70,8 +72,15 @@ async fn commit<S: ObjectStore>(objects: &S, term: u64, reports: Vec<Report>) {
         .map(|r| vec![Fate::Open; r.statuses.len()])
         .collect();
     let mut failure: Option<Status> = None;
-    for _ in 0..ATTEMPTS {
-        let view = objects.view();
+    let mut view = objects.view();
+    for attempt in 0..ATTEMPTS {
+        if !fates.iter().flatten().any(|f| *f == Fate::Open) {
+            break;
+        }
+        if attempt > 0 {
+            // What refused a write is newer than this view: wait for the index to show it.
+            view = objects.newer_than(&view, CATCH_UP).await;
+        }
         let (writes, owners) = decide(&view, &reports, &mut fates);
         if writes.is_empty() {
             break;

@@ -24,6 +24,25 @@ pub trait ObjectStore: Clone + Send + Sync + 'static {
     /// Views as apply publishes them.
     fn subscribe(&self) -> watch::Receiver<Arc<View>>;
 
+    /// A view newer than `seen` (after a write met newer state than a view showed: the view
+    /// catches up with what apply has applied), or the latest one after `patience`.
+    fn newer_than(
+        &self,
+        seen: &View,
+        patience: std::time::Duration,
+    ) -> impl Future<Output = Arc<View>> + Send {
+        let mut views = self.subscribe();
+        let revision = seen.revision();
+        async move {
+            let newer = views.wait_for(|v| v.revision() > revision);
+            if let Ok(Ok(view)) = tokio::time::timeout(patience, newer).await {
+                return view.clone();
+            }
+            let latest = views.borrow().clone();
+            latest
+        }
+    }
+
     /// A view that holds every write committed before the call.
     fn barrier(&self) -> impl Future<Output = Result<Arc<View>, StoreError>> + Send;
 

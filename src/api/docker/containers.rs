@@ -78,11 +78,11 @@ async fn check_image(api: &Api, view: &View, image: &str) -> Result<(), DockerEr
     if image.contains('@') || image.starts_with("sha256:") || nodes.is_empty() {
         return Ok(());
     }
-    let want = crate::manager::scheduler::normalize_image(image);
+    let want = crate::scheduler::normalize_image(image);
     let present = nodes.iter().any(|n| {
         n.images
             .iter()
-            .any(|have| crate::manager::scheduler::normalize_image(have) == want)
+            .any(|have| crate::scheduler::normalize_image(have) == want)
     });
     if present {
         return Ok(());

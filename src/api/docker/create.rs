@@ -8,10 +8,10 @@ use std::collections::BTreeMap;
 use serde_json::Value;
 
 use super::error::DockerError;
-use crate::manager::scheduler;
 use crate::model::{
     Container, Placement, PortSpec, Protocol, Reservations, RestartPolicy, Service,
 };
+use crate::scheduler;
 
 /// Docker's rule for container names.
 pub(crate) fn valid_name(name: &str) -> bool {

@@ -15,8 +15,8 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 
 use crate::host::now_ms;
-use crate::manager::scheduler::Strategy;
 use crate::objects::{Commit, ObjectStore, Objects, View, Write};
+use crate::scheduler::Strategy;
 
 pub use self::liveness::{Heartbeats, MISSED_HEARTBEATS};
 
@@ -78,6 +78,7 @@ async fn lead<S: ObjectStore>(
 ) {
     // Fence first: from now on, loops of earlier leaders can no longer write. Then a barrier,
     // so the first plans see everything earlier leaders committed.
+    let elected = tokio::time::Instant::now();
     let view = loop {
         match objects.claim(term).await {
             Ok(true) => {}
@@ -104,6 +105,7 @@ async fn lead<S: ObjectStore>(
         revision = view.revision(),
         nodes = view.node_count(),
         tasks = view.task_count(),
+        fenced_ms = elected.elapsed().as_millis() as u64,
         "control loops start from the index"
     );
     let heartbeats = Heartbeats::starting(&view, tokio::time::Instant::now());
@@ -118,16 +120,18 @@ async fn lead<S: ObjectStore>(
     let mut orchestrator = orchestrator::Orchestrator::default();
     let mut proxygen = proxygen::ProxyGen::default();
     tokio::join!(
-        drive(&objects, term, "orchestrator", |s, now| {
+        drive(&objects, term, "orchestrator", elected, |s, now| {
             orchestrator.plan(s, now, &mut new_id)
         }),
-        drive(&objects, term, "scheduler", |s, now| {
+        drive(&objects, term, "scheduler", elected, |s, now| {
             placement::plan(s, now, config.strategy, &mut rng)
         }),
-        drive(&objects, term, "liveness", |s, now| {
+        drive(&objects, term, "liveness", elected, |s, now| {
             liveness::plan(s, &hb, tokio::time::Instant::now(), now)
         }),
-        drive(&objects, term, "proxygen", |s, now| proxygen.plan(s, now)),
+        drive(&objects, term, "proxygen", elected, |s, now| {
+            proxygen.plan(s, now)
+        }),
     );
 }
 
@@ -138,12 +142,24 @@ async fn drive<S: ObjectStore>(
     objects: &S,
     term: u64,
     name: &'static str,
+    elected: tokio::time::Instant,
     mut planner: impl FnMut(&View, u64) -> Plan,
 ) {
     let mut views = objects.subscribe();
+    let mut first = true;
     loop {
         let view = views.borrow_and_update().clone();
         let plan = off_the_async_workers(|| planner(&view, now_ms()));
+        if std::mem::take(&mut first) {
+            // A new leader's time from its election to its first decision (bench/README.md).
+            tracing::info!(
+                name,
+                term,
+                ms = elected.elapsed().as_millis() as u64,
+                writes = plan.writes.len(),
+                "first plan of this term"
+            );
+        }
         if !plan.writes.is_empty() {
             let n = plan.writes.len();
             match objects.commit(term, plan.writes).await {

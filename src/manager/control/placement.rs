@@ -1,11 +1,11 @@
 //! The scheduler loop's planning half: hands the PENDING tasks of one store read to the pure
-//! scheduler (`manager::scheduler::schedule`) and turns its decisions into writes: ASSIGNED on
+//! scheduler (`crate::scheduler::schedule`) and turns its decisions into writes: ASSIGNED on
 //! the chosen node, or the reason a task stays PENDING (written only when it changes).
 
 use rand::rngs::StdRng;
 
-use crate::manager::scheduler::{self, Decision, Snapshot, Strategy};
 use crate::model::{Actor, TaskState};
+use crate::scheduler::{self, Decision, Snapshot, Strategy};
 
 use crate::objects::{Expect, View, Write};
 

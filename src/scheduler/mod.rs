@@ -1,6 +1,7 @@
 //! The scheduler's decisions: classic Swarm's filters and strategies as pure functions over
 //! one read of the store. No store, no clock, no I/O; randomness only from the caller's RNG.
-//! The control loop that reads the store and commits these decisions lives elsewhere.
+//! The loop that feeds it views and commits its decisions is `manager::control::placement`;
+//! the Docker API and the CLI use its expression checks and image names.
 
 mod batch;
 mod error;
