@@ -144,7 +144,11 @@ impl RaftNetworkV2<TypeConfig> for Peer {
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
         let data = codec::encode(&rpc).map_err(|e| RPCError::Network(network(e)))?;
-        let req = request(Blob { data }, &self.token, option.hard_ttl());
+        // openraft's deadline is one heartbeat interval, made for heartbeats; a payload of
+        // batched entries gets time to cross as well (1 ms per 16 KiB), or it would time out
+        // and be sent again forever on a loaded machine.
+        let deadline = option.hard_ttl() + Duration::from_millis((data.len() / (16 << 10)) as u64);
+        let req = request(Blob { data }, &self.token, deadline);
         let resp = self
             .client()?
             .append_entries(req)

@@ -228,6 +228,9 @@ impl Store {
             election_timeout_max: t.election_max_ms,
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(t.snapshot_every),
             max_in_snapshot_log_to_keep: t.keep_behind_snapshot,
+            // Control-plane batches are entries of up to 256 KiB: an append carries a few MiB
+            // at most, not openraft's default 300 entries.
+            max_payload_entries: 16,
             enable_pre_vote: Some(true),
             ..Default::default()
         }

@@ -60,9 +60,9 @@ impl Commit {
     }
 }
 
-/// Most bytes of values in one entry: well under the peers' message limit, and small enough
-/// that one entry never holds up a heartbeat.
-const ENTRY_BYTES: usize = 2 << 20;
+/// Most bytes of values in one entry: small enough that replicating one (of the 16 an append
+/// may carry, `RaftTuning`) never holds up a heartbeat.
+const ENTRY_BYTES: usize = 256 << 10;
 
 impl Write {
     pub(crate) fn key(&self) -> String {
