@@ -15,7 +15,7 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use crate::cluster::{self, Cluster};
-use crate::failover::{figures, leader_index, start_agents, Figures};
+use crate::failover::{figures, leader_index, remove_labelled, start_agents, Figures};
 use crate::report::{self, Machine};
 
 #[derive(Debug, Args)]
@@ -65,7 +65,8 @@ pub(crate) async fn run(args: DockerRunArgs) -> Result<()> {
         .prefix("shoal-bench-docker-run-")
         .tempdir_in(&args.dir)?;
     let result = measure(&args, &exe, tmp.path()).await;
-    remove_containers();
+    // shoal's containers carry the label too: the agent keeps the create body's labels.
+    remove_labelled(LABEL);
     if result.is_err() {
         eprintln!("data dirs and logs kept in {}", tmp.keep().display());
     }
@@ -146,23 +147,4 @@ fn docker(host: Option<&str>, image: &str, name: &str) -> Result<f64> {
         );
     }
     Ok(ms)
-}
-
-/// Removes every container this bench started (shoal's carry the label too: the agent keeps
-/// the create body's labels).
-fn remove_containers() {
-    let Ok(out) = Command::new("docker")
-        .args(["ps", "-aq", "--filter", &format!("label={LABEL}")])
-        .output()
-    else {
-        return;
-    };
-    let ids = String::from_utf8_lossy(&out.stdout);
-    let ids: Vec<&str> = ids.split_whitespace().collect();
-    if !ids.is_empty() {
-        let _ = Command::new("docker")
-            .args(["rm", "-f"])
-            .args(&ids)
-            .output();
-    }
 }

@@ -114,21 +114,7 @@ impl Agent {
 
     /// Force-removes the node's containers: the node died with them.
     fn remove_containers(&self) {
-        let filter = format!("label=shoal.node={}", self.node_id());
-        let Ok(out) = Command::new("docker")
-            .args(["ps", "-aq", "--filter", &filter])
-            .output()
-        else {
-            return;
-        };
-        let ids = String::from_utf8_lossy(&out.stdout);
-        let ids: Vec<&str> = ids.split_whitespace().collect();
-        if !ids.is_empty() {
-            let _ = Command::new("docker")
-                .args(["rm", "-f", "-v"])
-                .args(&ids)
-                .output();
-        }
+        remove_labelled(&format!("shoal.node={}", self.node_id()));
     }
 }
 
@@ -136,6 +122,24 @@ impl Drop for Agent {
     fn drop(&mut self) {
         self.kill();
         self.remove_containers();
+    }
+}
+
+/// Force-removes (with their volumes) the local engine's containers labelled `label`.
+pub(crate) fn remove_labelled(label: &str) {
+    let Ok(out) = Command::new("docker")
+        .args(["ps", "-aq", "--filter", &format!("label={label}")])
+        .output()
+    else {
+        return;
+    };
+    let ids = String::from_utf8_lossy(&out.stdout);
+    let ids: Vec<&str> = ids.split_whitespace().collect();
+    if !ids.is_empty() {
+        let _ = Command::new("docker")
+            .args(["rm", "-f", "-v"])
+            .args(&ids)
+            .output();
     }
 }
 
