@@ -94,6 +94,10 @@ impl Readers {
     }
 }
 
+fn stopped(status: Status) -> Published {
+    Published::Stopped(status.code(), status.message().to_string())
+}
+
 /// Builds the sets from the index after every change, until the term ends or no stream
 /// listens. The first view is taken behind a barrier: a new leader's first sets must not miss
 /// what its predecessor committed, as an agent removes containers whose tasks are not in its
@@ -108,11 +112,7 @@ async fn read_loop<S: ObjectStore>(
     let mut view = match objects.barrier().await {
         Ok(view) => view,
         Err(e) => {
-            let status = Status::from(e);
-            tx.send_replace(Published::Stopped(
-                status.code(),
-                status.message().to_string(),
-            ));
+            tx.send_replace(stopped(Status::from(e)));
             return;
         }
     };
@@ -126,13 +126,13 @@ async fn read_loop<S: ObjectStore>(
         tokio::select! {
             r = views.wait_for(|v| v.revision() > seen.revision() && v.objects_differ(&seen)) => match r {
                 Ok(v) => view = v.clone(),
-                Err(_) => break Published::Stopped(Code::Unavailable, "leadership changed; find the new leader".into()),
+                Err(_) => break stopped(super::dispatcher::leadership_changed()),
             },
             _ = terms.wait_for(|l| l.as_ref().map(|l| l.term) != Some(leading.term)) => {
-                break Published::Stopped(Code::Unavailable, "leadership changed; find the new leader".into());
+                break stopped(super::dispatcher::leadership_changed());
             }
             _ = tx.closed() => {
-                break Published::Stopped(Code::Unavailable, "assignment reader stopped; connect again".into());
+                break stopped(Status::unavailable("assignment reader stopped; connect again"));
             }
         }
         sets = group(&view, Some(&seen), &sets);

@@ -22,14 +22,16 @@ use super::statuses::{self, Report, Reports};
 use crate::model::{Availability, Node, NodeStatus, TaskStatus};
 use crate::objects::{Commit, Expect, ObjectStore, Objects, View, Write};
 
+/// The answer to a call whose leader term ended while it was served.
+pub(crate) fn leadership_changed() -> Status {
+    Status::unavailable("leadership changed; find the new leader")
+}
+
 /// Metadata entry naming the leader's gRPC address on an UNAVAILABLE answer.
 pub const LEADER_HEADER: &str = "x-shoal-leader";
 
 /// Attempts at a read-modify-write that keeps meeting newer state.
 const ATTEMPTS: usize = 5;
-
-/// How long a retry waits for the index to show what made a write miss.
-const CATCH_UP: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Heartbeat periods an agent may ask for.
 const HEARTBEAT_MS: std::ops::RangeInclusive<u64> = 50..=60_000;
@@ -114,13 +116,9 @@ impl DispatcherService {
             let write = Write::Node { node, expect };
             match self.objects.commit(term, vec![write]).await {
                 Ok(c) if c.all_applied() => return Ok(()),
-                Ok(Commit::Fenced) => {
-                    return Err(Status::unavailable(
-                        "leadership changed; find the new leader",
-                    ))
-                }
+                Ok(Commit::Fenced) => return Err(leadership_changed()),
                 Ok(Commit::Done(_)) => {
-                    view = self.objects.newer_than(&view, CATCH_UP).await;
+                    view = self.objects.newer_than(&view).await;
                 }
                 Err(e) => return Err(e.into()),
             }
@@ -286,11 +284,7 @@ impl Dispatcher for DispatcherService {
                     _ = tx.closed() => return,
                 }
             }
-            let _ = tx
-                .send(Err(Status::unavailable(
-                    "leadership changed; find the new leader",
-                )))
-                .await;
+            let _ = tx.send(Err(leadership_changed())).await;
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
@@ -314,13 +308,9 @@ impl Dispatcher for DispatcherService {
             reply,
         };
         if self.reports(leading.term).send(report).await.is_err() {
-            return Err(Status::unavailable(
-                "leadership changed; find the new leader",
-            ));
+            return Err(leadership_changed());
         }
-        let (applied, skipped) = answer
-            .await
-            .map_err(|_| Status::unavailable("leadership changed; find the new leader"))??;
+        let (applied, skipped) = answer.await.map_err(|_| leadership_changed())??;
         Ok(Response::new(pb::UpdateTaskStatusResponse {
             applied,
             skipped,

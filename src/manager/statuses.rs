@@ -18,8 +18,6 @@ use crate::objects::{Commit, Expect, ObjectStore, View, Write};
 const GATHER: Duration = Duration::from_millis(2);
 /// Most reports in one batch.
 const MAX_REPORTS: usize = 4096;
-/// How long a retry waits for the index to show what made a write miss.
-const CATCH_UP: Duration = Duration::from_secs(1);
 /// Rounds a move may meet newer state before its report is answered with an error.
 const ATTEMPTS: usize = 5;
 
@@ -79,7 +77,7 @@ async fn commit<S: ObjectStore>(objects: &S, term: u64, reports: Vec<Report>) {
         }
         if attempt > 0 {
             // What refused a write is newer than this view: wait for the index to show it.
-            view = objects.newer_than(&view, CATCH_UP).await;
+            view = objects.newer_than(&view).await;
         }
         let (writes, owners) = decide(&view, &reports, &mut fates);
         if writes.is_empty() {
@@ -96,9 +94,7 @@ async fn commit<S: ObjectStore>(objects: &S, term: u64, reports: Vec<Report>) {
                 }
             }
             Ok(Commit::Fenced) => {
-                failure = Some(Status::unavailable(
-                    "leadership changed; find the new leader",
-                ));
+                failure = Some(super::dispatcher::leadership_changed());
                 break;
             }
             Err(e) => {

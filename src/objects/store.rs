@@ -16,6 +16,9 @@ use super::view::View;
 use super::write::{batches, term_value, Commit, Write};
 use crate::model::keys;
 
+/// How long a retry waits for the index to show what made a write miss.
+pub const CATCH_UP: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// The store as the control plane sees it.
 pub trait ObjectStore: Clone + Send + Sync + 'static {
     /// This replica's latest applied view. O(1); not linearizable on its own.
@@ -25,17 +28,13 @@ pub trait ObjectStore: Clone + Send + Sync + 'static {
     fn subscribe(&self) -> watch::Receiver<Arc<View>>;
 
     /// A view newer than `seen` (after a write met newer state than a view showed: the view
-    /// catches up with what apply has applied), or the latest one after `patience`.
-    fn newer_than(
-        &self,
-        seen: &View,
-        patience: std::time::Duration,
-    ) -> impl Future<Output = Arc<View>> + Send {
+    /// catches up with what apply has applied), or the latest one after [`CATCH_UP`].
+    fn newer_than(&self, seen: &View) -> impl Future<Output = Arc<View>> + Send {
         let mut views = self.subscribe();
         let revision = seen.revision();
         async move {
             let newer = views.wait_for(|v| v.revision() > revision);
-            if let Ok(Ok(view)) = tokio::time::timeout(patience, newer).await {
+            if let Ok(Ok(view)) = tokio::time::timeout(CATCH_UP, newer).await {
                 return view.clone();
             }
             let latest = views.borrow().clone();

@@ -61,7 +61,7 @@ impl Harness for MemoryObjects {
 }
 
 struct Replicated {
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     store: Store,
     objects: Objects,
 }
@@ -119,7 +119,7 @@ impl Replicated {
             .await;
         }
         Replicated {
-            _dir: dir,
+            dir,
             objects: Objects::new(store.clone(), index),
             store,
         }
@@ -388,7 +388,7 @@ fn the_replicated_index_equals_a_full_scan_after_random_writes_and_a_restart() {
         assert!(before.task_count() > 0);
         assert_same(&before, &r.scan().await);
         r.store.shutdown().await;
-        (r._dir, before)
+        (r.dir, before)
     });
     // Restart: the index is rebuilt by one scan at start-up.
     assert_eq!(dir.path(), path);
