@@ -15,6 +15,7 @@ mod log_store;
 mod network;
 mod observer;
 mod recovery;
+mod runtime;
 mod service;
 mod state_machine;
 mod status;

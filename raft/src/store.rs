@@ -43,6 +43,7 @@ use crate::lease::LeaseClock;
 use crate::log_store::LogStore;
 use crate::network;
 use crate::network::Network;
+use crate::runtime::RaftRuntime;
 use crate::service::PeerService;
 use crate::state_machine::scan;
 use crate::state_machine::Counters;
@@ -140,6 +141,8 @@ struct Inner {
     background: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// `Some(term)` while this manager is the leader of `term`.
     leading: tokio::sync::watch::Sender<Option<u64>>,
+    /// Where openraft runs; dropped last, after `raft`.
+    _runtime: RaftRuntime,
 }
 
 fn raft_err<E: std::fmt::Display>(e: E) -> StoreError {
@@ -241,7 +244,11 @@ impl Store {
             token: token.as_str().to_string(),
             tls: config.tls.clone(),
         };
-        let raft = Raft::new(ident.id, Arc::new(raft_config), network, log, sm)
+        // openraft's tasks are spawned by `Raft::new` and by its core: all on the Raft runtime.
+        let runtime = RaftRuntime::start()?;
+        let id = ident.id;
+        let raft = runtime
+            .run(async move { Raft::new(id, Arc::new(raft_config), network, log, sm).await })
             .await
             .map_err(raft_err)?;
 
@@ -265,6 +272,7 @@ impl Store {
                 peers: Mutex::new(BTreeMap::new()),
                 background: Mutex::new(Vec::new()),
                 leading: tokio::sync::watch::channel(None).0,
+                _runtime: runtime,
             }),
         };
         store.spawn_lease_loop();
