@@ -6,6 +6,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)
+        // Assignment payloads are encoded once and shared by every stream that sends them.
+        .bytes(".shoal.v1.Assignment")
+        .bytes(".shoal.v1.AssignmentSet")
         .compile_protos(
             &[
                 "proto/raft.proto",

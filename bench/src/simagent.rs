@@ -10,7 +10,7 @@
 //! before the batch leaves (the session keeps only the furthest state per task).
 //! Never use it for anything but load: no container exists behind a RUNNING it reports.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -243,6 +243,7 @@ impl Node {
         self.counters.registered.fetch_add(1, Ordering::Relaxed);
         let stream = tonic::Request::new(AssignmentsRequest {
             node_id: self.id.clone(),
+            incremental: true,
         });
         let stream = match self.client.assignments(stream).await {
             Ok(s) => s.into_inner(),
@@ -287,12 +288,14 @@ impl Node {
         let mut client = self.client.clone();
         let mut done: HashSet<String> = HashSet::new();
         while let Some(mut set) = sets.recv().await {
-            // Only the latest set matters; the ones queued behind it are older.
+            // Messages are changes: merge the queued ones, a task's latest head winning.
             while let Ok(newer) = sets.try_recv() {
-                set = newer;
+                set.extend(newer);
             }
-            let batch: Vec<String> = set
-                .into_iter()
+            let latest: HashMap<String, TaskHead> =
+                set.into_iter().map(|t| (t.id.clone(), t)).collect();
+            let batch: Vec<String> = latest
+                .into_values()
                 .filter(|t| t.state == "assigned" && t.desired_state == "running")
                 .filter(|t| !done.contains(&t.id))
                 .map(|t| t.id)
@@ -338,7 +341,8 @@ impl Node {
     }
 }
 
-/// Decodes each assignment set's task heads and hands them to the reporter.
+/// Decodes the task heads of each message of the incremental stream (the complete set, then the
+/// tasks added or changed) and hands them to the reporter.
 async fn receive(
     mut stream: tonic::Streaming<AssignmentSet>,
     to: mpsc::UnboundedSender<Vec<TaskHead>>,

@@ -176,6 +176,7 @@ impl Session {
         }
         let request = caller.stream_request(AssignmentsRequest {
             node_id: self.me.node_id.clone(),
+            incremental: true,
         });
         let stream = match call(client.assignments(request)).await {
             Ok(stream) => stream,
@@ -305,46 +306,90 @@ async fn heartbeat(
     }
 }
 
-/// Hands every assignment set to the task runner; the latest set replaces the previous one whole.
+/// Hands the node's set to the task runner after every message of the (incremental) stream.
 async fn receive(mut stream: Streaming<AssignmentSet>, to: &watch::Sender<Assignments>) -> End {
+    let mut held = Held::default();
     loop {
         match stream.message().await {
-            Ok(Some(set)) => match decode(&set) {
-                Ok(assignments) => {
-                    tracing::debug!(
-                        revision = set.revision,
-                        tasks = assignments.len(),
-                        "assignment set"
-                    );
-                    to.send_replace(Some(Arc::new(assignments)));
+            Ok(Some(set)) => {
+                // Acting on part of a set could remove the containers of the tasks left out,
+                // and later changes build on this one: a message that does not decode ends the
+                // stream, and the next one starts from a complete set.
+                if let Err(reason) = held.apply(&set) {
+                    return End::Failed(format!(
+                        "an assignment message at revision {} does not decode: {reason}",
+                        set.revision
+                    ));
                 }
-                // Acting on part of a set could remove the containers of the tasks left out.
-                Err(reason) => tracing::error!(
+                tracing::debug!(
                     revision = set.revision,
-                    "ignoring an assignment set that does not decode: {reason}"
-                ),
-            },
+                    changes = set.changes,
+                    tasks = held.tasks.len(),
+                    "assignments"
+                );
+                to.send_replace(Some(Arc::new(held.assignments())));
+            }
             Ok(None) => return End::Failed("the leader closed the assignment stream".into()),
             Err(status) => return classify(&status),
         }
     }
 }
 
-fn decode(set: &AssignmentSet) -> Result<Vec<Assignment>, String> {
-    set.tasks
-        .iter()
-        .map(|a| {
+/// The node's set as an incremental assignment stream built it: tasks and services by id.
+#[derive(Debug, Default)]
+pub(crate) struct Held {
+    tasks: BTreeMap<String, Task>,
+    services: BTreeMap<String, Service>,
+}
+
+impl Held {
+    /// Applies one message: a complete set replaces what is held, changes patch it. Nothing
+    /// changes if any part of the message does not decode.
+    pub(crate) fn apply(&mut self, set: &AssignmentSet) -> Result<(), String> {
+        let mut tasks = Vec::with_capacity(set.tasks.len());
+        let mut services = Vec::with_capacity(set.services.len());
+        for a in &set.tasks {
             let task: Task = serde_json::from_slice(&a.task).map_err(|e| format!("task: {e}"))?;
-            let service = if a.service.is_empty() {
-                None
-            } else {
+            // A whole-set message carries each task's service with it.
+            if !a.service.is_empty() {
                 let service: Service = serde_json::from_slice(&a.service)
                     .map_err(|e| format!("service of task {}: {e}", task.id))?;
-                Some(service)
-            };
-            Ok(Assignment { task, service })
-        })
-        .collect()
+                services.push(service);
+            }
+            tasks.push(task);
+        }
+        for json in &set.services {
+            let service: Service =
+                serde_json::from_slice(json).map_err(|e| format!("service: {e}"))?;
+            services.push(service);
+        }
+        if !set.changes {
+            self.tasks.clear();
+            self.services.clear();
+        }
+        for id in &set.removed {
+            self.tasks.remove(id);
+        }
+        for id in &set.removed_services {
+            self.services.remove(id);
+        }
+        self.tasks
+            .extend(tasks.into_iter().map(|t| (t.id.clone(), t)));
+        self.services
+            .extend(services.into_iter().map(|s| (s.id.clone(), s)));
+        Ok(())
+    }
+
+    /// Every held task with its service (None if the service is gone).
+    pub(crate) fn assignments(&self) -> Vec<Assignment> {
+        self.tasks
+            .values()
+            .map(|task| Assignment {
+                task: task.clone(),
+                service: self.services.get(&task.service_id).cloned(),
+            })
+            .collect()
+    }
 }
 
 /// Sends pending reports in batches as they come. A report leaves `pending` only once a leader took

@@ -2,19 +2,29 @@
 
 use super::*;
 use crate::model::TaskState;
+use bytes::Bytes;
 use shoal_proto::v1::Assignment as Wire;
 use tonic::metadata::MetadataMap;
 
-fn task_json(id: &str) -> Vec<u8> {
-    serde_json::to_vec(&Task::new(id.into(), "svc1".into(), 1, 0)).unwrap()
+fn task_json(id: &str) -> Bytes {
+    serde_json::to_vec(&Task::new(id.into(), "svc1".into(), 1, 0))
+        .unwrap()
+        .into()
 }
 
-fn service_json() -> Vec<u8> {
-    br#"{"id":"svc1","name":"web","image":"shoal/whoami:latest","replicas":1}"#.to_vec()
+fn service_json() -> Bytes {
+    Bytes::from_static(br#"{"id":"svc1","name":"web","image":"shoal/whoami:latest","replicas":1}"#)
+}
+
+fn ids(held: &Held) -> Vec<(String, Option<String>)> {
+    held.assignments()
+        .into_iter()
+        .map(|a| (a.task.id, a.service.map(|s| s.name)))
+        .collect()
 }
 
 #[test]
-fn a_set_decodes_whole_or_not_at_all() {
+fn a_whole_set_decodes_whole_or_not_at_all() {
     let set = AssignmentSet {
         revision: 7,
         tasks: vec![
@@ -24,19 +34,92 @@ fn a_set_decodes_whole_or_not_at_all() {
             },
             Wire {
                 task: task_json("t2"),
-                service: Vec::new(),
+                service: Bytes::new(),
             },
         ],
+        ..Default::default()
     };
-    let decoded = decode(&set).unwrap();
-    assert_eq!(decoded.len(), 2);
-    assert_eq!(decoded[0].service.as_ref().unwrap().name, "web");
-    assert_eq!(decoded[1].service, None, "the service is gone");
+    let mut held = Held::default();
+    held.apply(&set).unwrap();
+    assert_eq!(
+        ids(&held),
+        [
+            ("t1".into(), Some("web".into())),
+            ("t2".into(), Some("web".into()))
+        ],
+        "t2's service came with t1"
+    );
 
     let mut bad = set.clone();
-    bad.tasks[1].service = b"{".to_vec();
-    let err = decode(&bad).unwrap_err();
+    bad.tasks[1].service = Bytes::from_static(b"{");
+    bad.tasks.remove(0);
+    let err = held.apply(&bad).unwrap_err();
     assert!(err.contains("service of task t2"), "{err}");
+    assert_eq!(
+        ids(&held).len(),
+        2,
+        "a message that does not decode changes nothing"
+    );
+
+    // A whole set replaces everything: t1 and the service are gone with it.
+    let only_t2 = AssignmentSet {
+        revision: 8,
+        tasks: vec![Wire {
+            task: task_json("t2"),
+            service: Bytes::new(),
+        }],
+        ..Default::default()
+    };
+    held.apply(&only_t2).unwrap();
+    assert_eq!(ids(&held), [("t2".into(), None)], "the service is gone");
+}
+
+#[test]
+fn incremental_messages_patch_the_held_set() {
+    let bare = |id| Wire {
+        task: task_json(id),
+        service: Bytes::new(),
+    };
+    let mut held = Held::default();
+    held.apply(&AssignmentSet {
+        revision: 3,
+        tasks: vec![bare("t1"), bare("t2")],
+        services: vec![service_json()],
+        ..Default::default()
+    })
+    .unwrap();
+    assert_eq!(ids(&held).len(), 2);
+    held.apply(&AssignmentSet {
+        revision: 4,
+        changes: true,
+        tasks: vec![bare("t3")],
+        removed: vec!["t1".into()],
+        ..Default::default()
+    })
+    .unwrap();
+    assert_eq!(
+        ids(&held),
+        [
+            ("t2".into(), Some("web".into())),
+            ("t3".into(), Some("web".into()))
+        ]
+    );
+    held.apply(&AssignmentSet {
+        revision: 5,
+        changes: true,
+        removed_services: vec!["svc1".into()],
+        ..Default::default()
+    })
+    .unwrap();
+    assert_eq!(ids(&held), [("t2".into(), None), ("t3".into(), None)]);
+    // A complete set (changes false) starts over.
+    held.apply(&AssignmentSet {
+        revision: 6,
+        tasks: vec![bare("t9")],
+        ..Default::default()
+    })
+    .unwrap();
+    assert_eq!(ids(&held), [("t9".into(), None)]);
 }
 
 fn report(task: &str, state: TaskState) -> TaskStatus {
@@ -181,6 +264,7 @@ mod against_fake_managers {
                     task: task_json("t1"),
                     service: service_json(),
                 }],
+                ..Default::default()
             };
             let stream = tokio_stream::iter([Ok(set)]).chain(tokio_stream::pending());
             Ok(tonic::Response::new(Box::pin(stream)))

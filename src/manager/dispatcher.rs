@@ -16,7 +16,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-use super::assignments::Readers;
+use super::assignments::{NodeSet, Readers};
 use super::control::Leading;
 use super::statuses::{self, Report, Reports};
 use crate::model::{Availability, Node, NodeStatus, TaskStatus};
@@ -258,26 +258,41 @@ impl Dispatcher for DispatcherService {
         req: Request<pb::AssignmentsRequest>,
     ) -> Result<Response<Self::AssignmentsStream>, Status> {
         let leading = self.admit(&req)?;
-        let node = req.into_inner().node_id;
-        let (tx, rx) = mpsc::channel(4);
+        let pb::AssignmentsRequest {
+            node_id: node,
+            incremental,
+        } = req.into_inner();
+        // Room for one message: each is computed from the latest sets when there is room for
+        // it, so a slow agent gets fewer, larger changes instead of a queue of stale sets.
+        let (tx, rx) = mpsc::channel(1);
         let mut sets = self
             .readers
             .subscribe(&self.objects, &leading, self.leading.clone());
         tokio::spawn(async move {
-            let mut sent: Option<Vec<(String, u64)>> = None;
+            let mut sent: Option<Arc<NodeSet>> = None;
             loop {
+                let Ok(permit) = tx.reserve().await else {
+                    return;
+                };
                 let published = sets.borrow_and_update().clone();
                 if let Some(status) = published.stopped() {
-                    let _ = tx.send(Err(status)).await;
+                    permit.send(Err(status));
                     return;
                 }
+                let mut message = None;
                 if let Some(mine) = published.node(&node) {
-                    if sent.as_ref() != Some(&mine.versions) {
-                        if tx.send(Ok(mine.set.clone())).await.is_err() {
-                            return;
-                        }
-                        sent = Some(mine.versions.clone());
-                    }
+                    message = match &sent {
+                        Some(last) if Arc::ptr_eq(last, &mine) => None,
+                        Some(last) if incremental => mine.changes_since(last),
+                        Some(last) if last.same(&mine) => None,
+                        _ if incremental => Some(mine.complete()),
+                        _ => Some(mine.whole()),
+                    };
+                    sent = Some(mine);
+                }
+                match message {
+                    Some(message) => permit.send(Ok(message)),
+                    None => drop(permit),
                 }
                 tokio::select! {
                     r = sets.changed() => if r.is_err() { break },

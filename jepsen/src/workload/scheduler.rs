@@ -396,8 +396,10 @@ async fn serve(
         .await
         .map_err(|s| leader_of(&s))?;
     let mut stream = client
+        // Whole sets: the real agent follows incremental streams, this node the other kind.
         .assignments(request(pb::AssignmentsRequest {
             node_id: node_id.to_string(),
+            incremental: false,
         }))
         .await
         .map_err(|s| leader_of(&s))?
