@@ -76,3 +76,21 @@ pub enum CliError {
     #[error("unreadable object at {key}: {reason}")]
     BadObject { key: String, reason: String },
 }
+
+impl From<crate::objects::Unresolved> for CliError {
+    fn from(e: crate::objects::Unresolved) -> Self {
+        use crate::objects::Unresolved;
+        match e {
+            Unresolved::NoSuch { kind, query } => CliError::NoSuch { kind, name: query },
+            Unresolved::Ambiguous {
+                kind,
+                prefix,
+                matches,
+            } => CliError::Ambiguous {
+                kind,
+                prefix,
+                matches: matches.join(", "),
+            },
+        }
+    }
+}

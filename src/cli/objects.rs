@@ -1,7 +1,7 @@
 //! Typed reads and writes of cluster objects (`/shoal/nodes/`, `/shoal/services/`, `/shoal/tasks/`)
-//! over the client, and resolving what an operator typed (a name, an id or an id prefix) to one
-//! object. Every write here is one txn conditioned on the revision it read: a failed compare is a
-//! definite "not applied", so only that case is ever tried again.
+//! over the client, as `crate::objects`' `Versioned` records, resolved by its rule. Every write
+//! here is one txn conditioned on the revision it read: a failed compare is a definite "not
+//! applied", so only that case is ever tried again.
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -11,90 +11,16 @@ use shoal_proto::v1::request_op;
 
 use super::CliError;
 use crate::client::Client;
-use crate::model::{keys, Node, Service};
+use crate::model::keys;
 
 /// How often a read-modify-write is tried when its compare fails (someone else wrote first).
 pub(super) const ATTEMPTS: u32 = 5;
 
-/// An object as read, with the revision its key was last written at.
-#[derive(Debug, Clone, PartialEq)]
-pub(super) struct Versioned<T> {
-    pub(super) value: T,
-    pub(super) key: String,
-    pub(super) mod_revision: u64,
-}
+pub(super) use crate::objects::{Named, Versioned};
 
-/// Objects an operator names on the command line.
-pub(super) trait Named {
-    /// `service`, `node`: how errors call it.
-    const KIND: &'static str;
-    fn id(&self) -> &str;
-    fn name(&self) -> &str;
-}
-
-impl Named for Service {
-    const KIND: &'static str = "service";
-    fn id(&self) -> &str {
-        &self.id
-    }
-    fn name(&self) -> &str {
-        &self.name
-    }
-}
-
-impl Named for Node {
-    const KIND: &'static str = "node";
-    fn id(&self) -> &str {
-        &self.id
-    }
-    fn name(&self) -> &str {
-        &self.name
-    }
-}
-
-impl<T: Named> Named for Versioned<T> {
-    const KIND: &'static str = T::KIND;
-    fn id(&self) -> &str {
-        self.value.id()
-    }
-    fn name(&self) -> &str {
-        self.value.name()
-    }
-}
-
-/// The one object `query` designates: an exact name, else an exact id, else the only id that
-/// starts with it.
+/// The one object `query` designates (`objects::resolve`), as a CLI error.
 pub(super) fn resolve<'a, T: Named>(items: &'a [T], query: &str) -> Result<&'a T, CliError> {
-    let no_such = || CliError::NoSuch {
-        kind: T::KIND,
-        name: query.to_string(),
-    };
-    if query.is_empty() {
-        return Err(no_such());
-    }
-    if let Some(item) = items.iter().find(|i| i.name() == query) {
-        return Ok(item);
-    }
-    if let Some(item) = items.iter().find(|i| i.id() == query) {
-        return Ok(item);
-    }
-    let mut matches: Vec<&T> = items.iter().filter(|i| i.id().starts_with(query)).collect();
-    match matches.len() {
-        0 => Err(no_such()),
-        1 => Ok(matches.remove(0)),
-        _ => {
-            matches.sort_by(|a, b| a.id().cmp(b.id()));
-            let list: Vec<String> = matches
-                .iter()
-                .map(|i| format!("{} ({})", i.id(), i.name()))
-                .collect();
-            Err(CliError::Ambiguous {
-                kind: T::KIND,
-                prefix: query.to_string(),
-                matches: list.join(", "),
-            })
-        }
-    }
+    Ok(crate::objects::resolve(items, query)?)
 }
 
 /// Every object directly under `prefix` (one of `keys::NODES`, `SERVICES`, `TASKS`).
@@ -149,15 +75,13 @@ pub(super) async fn get_raw(
 }
 
 pub(super) fn decode<T: DeserializeOwned>(kv: &pb::KeyValue) -> Result<Versioned<T>, CliError> {
-    let key = String::from_utf8_lossy(&kv.key).into_owned();
     match serde_json::from_slice(&kv.value) {
         Ok(value) => Ok(Versioned {
             value,
-            key,
             mod_revision: kv.mod_revision,
         }),
         Err(e) => Err(CliError::BadObject {
-            key,
+            key: String::from_utf8_lossy(&kv.key).into_owned(),
             reason: e.to_string(),
         }),
     }
@@ -244,10 +168,11 @@ where
     for _ in 0..ATTEMPTS {
         let all: Vec<Versioned<T>> = list(client, prefix).await?;
         let found = resolve(&all, query)?;
+        let key = format!("{prefix}{}", found.id());
         let mut value = found.value.clone();
         change(&mut value)?;
-        let compare = vec![unchanged(&found.key, found.mod_revision)];
-        if commit(client, compare, vec![put_json(&found.key, &value)]).await? {
+        let compare = vec![unchanged(&key, found.mod_revision)];
+        if commit(client, compare, vec![put_json(&key, &value)]).await? {
             return Ok(value);
         }
     }
@@ -261,61 +186,6 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    struct Obj(&'static str, &'static str);
-
-    impl Named for Obj {
-        const KIND: &'static str = "service";
-        fn id(&self) -> &str {
-            self.0
-        }
-        fn name(&self) -> &str {
-            self.1
-        }
-    }
-
-    const OBJS: [Obj; 4] = [
-        Obj("a1b2c3d4e5f6", "web"),
-        Obj("a1ffffffffff", "db"),
-        Obj("0123456789ab", "a1b2"),
-        Obj("web000000000", "cache"),
-    ];
-
-    fn find(query: &str) -> Result<&'static str, String> {
-        resolve(&OBJS, query)
-            .map(|o| o.0)
-            .map_err(|e| e.to_string())
-    }
-
-    #[test]
-    fn names_win_over_ids_and_prefixes() {
-        assert_eq!(
-            find("web"),
-            Ok("a1b2c3d4e5f6"),
-            "a name, though an id starts with it"
-        );
-        assert_eq!(
-            find("a1b2"),
-            Ok("0123456789ab"),
-            "a name, though it is an id prefix"
-        );
-        assert_eq!(find("a1ffffffffff"), Ok("a1ffffffffff"));
-        assert_eq!(find("a1f"), Ok("a1ffffffffff"));
-        assert_eq!(find("0"), Ok("0123456789ab"));
-    }
-
-    #[test]
-    fn unknown_and_ambiguous_are_clear_errors() {
-        assert_eq!(find("nginx"), Err("no such service: nginx".into()));
-        assert_eq!(find(""), Err("no such service: ".into()));
-        assert_eq!(
-            find("a1"),
-            Err(
-                "ambiguous service id prefix \"a1\": it matches a1b2c3d4e5f6 (web), a1ffffffffff (db)"
-                    .into()
-            )
-        );
-    }
 
     #[test]
     fn compares_say_what_was_read() {
@@ -336,7 +206,9 @@ mod tests {
             value: b"{".to_vec(),
             ..Default::default()
         };
-        let err = decode::<Service>(&kv).unwrap_err().to_string();
+        let err = decode::<crate::model::Service>(&kv)
+            .unwrap_err()
+            .to_string();
         assert!(
             err.starts_with("unreadable object at /shoal/services/x: "),
             "{err}"
