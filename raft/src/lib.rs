@@ -51,6 +51,7 @@ pub use identity::token_matches;
 pub use identity::JoinToken;
 pub use network::connect;
 pub use network::TOKEN_HEADER;
+pub use network::WINDOW_BYTES;
 pub use observer::ApplyObserver;
 pub use status::MemberStatus;
 pub use status::Status;

@@ -40,6 +40,9 @@ use crate::types::Vote;
 /// Metadata key carrying the cluster's join token on peer requests.
 pub const TOKEN_HEADER: &str = "x-shoal-token";
 const SNAPSHOT_CHUNK: usize = 1024 * 1024;
+/// HTTP/2 flow-control window of one stream between managers (and into a manager's server):
+/// a whole append of batched entries can be in flight without waiting for window updates.
+pub const WINDOW_BYTES: u32 = 4 << 20;
 
 /// Builds a lazily connecting channel to a manager's gRPC address: mutual TLS with `tls` (the
 /// server must prove it is a manager of the cluster), plaintext without (tests of this crate).
@@ -54,7 +57,9 @@ pub fn connect(addr: &str, tls: Option<&Credentials>) -> Result<Channel, String>
         .connect_timeout(Duration::from_millis(500))
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(5))
-        .keep_alive_timeout(Duration::from_secs(5));
+        .keep_alive_timeout(Duration::from_secs(5))
+        .initial_stream_window_size(WINDOW_BYTES)
+        .initial_connection_window_size(WINDOW_BYTES * 2);
     Ok(match tls {
         Some(creds) => ep.connect_with_connector_lazy(Connector::new(
             creds.client_config(&[Role::Manager], &[b"h2"]),
@@ -62,6 +67,10 @@ pub fn connect(addr: &str, tls: Option<&Credentials>) -> Result<Channel, String>
         None => ep.connect_lazy(),
     })
 }
+
+/// The least time an append is given (openraft's own deadline is one heartbeat interval);
+/// below the election timeout, so a follower that cannot answer in time is still noticed.
+const APPEND_FLOOR: Duration = Duration::from_millis(400);
 
 /// Wraps `msg` in a request carrying the token and a deadline.
 pub(crate) fn request<T>(msg: T, token: &str, timeout: Duration) -> tonic::Request<T> {
@@ -144,10 +153,12 @@ impl RaftNetworkV2<TypeConfig> for Peer {
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
         let data = codec::encode(&rpc).map_err(|e| RPCError::Network(network(e)))?;
-        // openraft's deadline is one heartbeat interval, made for heartbeats; a payload of
-        // batched entries gets time to cross as well (1 ms per 16 KiB), or it would time out
-        // and be sent again forever on a loaded machine.
-        let deadline = option.hard_ttl() + Duration::from_millis((data.len() / (16 << 10)) as u64);
+        // openraft's deadline is one heartbeat interval, made for heartbeats. On a loaded
+        // machine a follower's fsync alone can take longer, and an append that times out is
+        // sent again whole, adding load: appends get at least APPEND_FLOOR, plus time for
+        // their payload to cross (1 ms per 16 KiB).
+        let deadline = option.hard_ttl().max(APPEND_FLOOR)
+            + Duration::from_millis((data.len() / (16 << 10)) as u64);
         let req = request(Blob { data }, &self.token, deadline);
         let resp = self
             .client()?

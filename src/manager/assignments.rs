@@ -7,8 +7,10 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
+use imbl::ordmap::DiffItem;
 use imbl::OrdMap;
 use shoal_proto::v1 as pb;
 use tokio::sync::watch;
@@ -19,11 +21,18 @@ use crate::model::TaskState;
 use crate::objects::{ObjectStore, View};
 
 /// One task of a node's set, encoded once: its mod revision, its service and its JSON.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub(crate) struct Entry {
     pub version: u64,
     pub service_id: String,
     pub task: Bytes,
+}
+
+/// The mod revision says it all: two entries of one task at one revision hold the same JSON.
+impl PartialEq for Entry {
+    fn eq(&self, other: &Entry) -> bool {
+        self.version == other.version && self.service_id == other.service_id
+    }
 }
 
 /// A node's set: its tasks from ASSIGNED on, and the services they use (mod revision, JSON).
@@ -83,34 +92,32 @@ impl NodeSet {
     }
 
     /// What changed from `sent` to this set, as an incremental message; None if nothing did.
+    /// Sets patched from one another share structure, and the diff skips what they share: the
+    /// cost is the change, not the size of the set.
     pub fn changes_since(&self, sent: &NodeSet) -> Option<pb::AssignmentSet> {
         let mut msg = pb::AssignmentSet {
             revision: self.revision,
             changes: true,
             ..Default::default()
         };
-        for (id, e) in &self.tasks {
-            if sent.tasks.get(id).map(|s| s.version) != Some(e.version) {
-                msg.tasks.push(bare(e.task.clone()));
+        for d in sent.tasks.diff(&self.tasks) {
+            match d {
+                DiffItem::Add(_, e) | DiffItem::Update { new: (_, e), .. } => {
+                    msg.tasks.push(bare(e.task.clone()))
+                }
+                DiffItem::Remove(id, _) => msg.removed.push(id.clone()),
             }
         }
-        msg.removed = sent
-            .tasks
-            .keys()
-            .filter(|id| !self.tasks.contains_key(*id))
-            .cloned()
-            .collect();
-        for (id, (version, json)) in &self.services {
-            if sent.services.get(id).map(|s| s.0) != Some(*version) {
-                msg.services.push(json.clone());
+        for d in sent.services.diff(&self.services) {
+            match d {
+                DiffItem::Add(_, (_, json))
+                | DiffItem::Update {
+                    new: (_, (_, json)),
+                    ..
+                } => msg.services.push(json.clone()),
+                DiffItem::Remove(id, _) => msg.removed_services.push(id.clone()),
             }
         }
-        msg.removed_services = sent
-            .services
-            .keys()
-            .filter(|id| !self.services.contains_key(*id))
-            .cloned()
-            .collect();
         let empty = msg.tasks.is_empty()
             && msg.removed.is_empty()
             && msg.services.is_empty()
@@ -164,6 +171,9 @@ impl Published {
         }
     }
 }
+
+/// How long the reader lets changes gather before patching the sets.
+const GATHER: Duration = Duration::from_millis(10);
 
 /// A term and its reader's channel.
 type Reader = (u64, Arc<watch::Sender<Published>>);
@@ -228,7 +238,7 @@ async fn read_loop<S: ObjectStore>(
         let seen = view.clone();
         tokio::select! {
             r = views.wait_for(|v| v.revision() > seen.revision() && v.objects_differ(&seen)) => match r {
-                Ok(v) => view = v.clone(),
+                Ok(_) => {}
                 Err(_) => break stopped(super::dispatcher::leadership_changed()),
             },
             _ = terms.wait_for(|l| l.as_ref().map(|l| l.term) != Some(leading.term)) => {
@@ -238,6 +248,9 @@ async fn read_loop<S: ObjectStore>(
                 break stopped(Status::unavailable("assignment reader stopped; connect again"));
             }
         }
+        // Changes come in bursts (a plan, a batch of reports): gather them, then patch once.
+        tokio::time::sleep(GATHER).await;
+        view = views.borrow_and_update().clone();
         sets = group(&view, Some(&seen), &sets, &mut encoder);
     };
     tx.send_replace(end);
@@ -301,7 +314,7 @@ pub(crate) fn group(
         }
         return out;
     };
-    // Per dirty node, the tasks that changed on it (None: only a service changed).
+    // Per dirty node, the tasks that changed on it (none: only a service changed).
     let mut dirty: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for c in view.task_changes(last) {
         for t in [c.previous(), c.current()].into_iter().flatten() {
@@ -313,11 +326,13 @@ pub(crate) fn group(
             }
         }
     }
+    let mut services_changed: BTreeSet<String> = BTreeSet::new();
     for c in view.service_changes(last) {
         let s = c.current().or(c.previous()).expect("a change has a side");
         for t in view.tasks_of_service(&s.value.id) {
             if let Some(node) = &t.value.node_id {
                 dirty.entry(node.clone()).or_default();
+                services_changed.insert(node.clone());
             }
         }
     }
@@ -325,18 +340,32 @@ pub(crate) fn group(
     for (node, changed) in dirty {
         let before = previous.get(&node);
         let mut tasks = before.map(|s| s.tasks.clone()).unwrap_or_default();
+        // Whether an entry changed; services newly used (tasks added), and whether the set of
+        // services used may have shrunk or changed (tasks removed or moved, services changed).
+        let (mut touched, mut recount) = (false, services_changed.contains(&node));
+        let mut added: Vec<String> = Vec::new();
         for id in changed {
             match view.task(&id) {
                 Some(t)
                     if t.value.node_id.as_deref() == Some(node.as_str())
                         && t.value.state >= TaskState::Assigned =>
                 {
-                    if tasks.get(&id).map(|e| e.version) != Some(t.mod_revision) {
+                    let old = tasks.get(&id);
+                    if old.map(|e| e.version) != Some(t.mod_revision) {
+                        match old {
+                            None => added.push(t.value.service_id.clone()),
+                            Some(e) if e.service_id != t.value.service_id => recount = true,
+                            Some(_) => {}
+                        }
+                        touched = true;
                         tasks.insert(id, entry(t));
                     }
                 }
                 _ => {
-                    tasks.remove(&id);
+                    if tasks.remove(&id).is_some() {
+                        touched = true;
+                        recount = true;
+                    }
                 }
             }
         }
@@ -344,13 +373,37 @@ pub(crate) fn group(
             out.remove(&node);
             continue;
         }
-        let set = NodeSet {
-            revision: view.revision(),
-            services: services_of(&tasks, view, encoder),
-            tasks,
+        let services = match before {
+            Some(b) if !recount => {
+                let mut services = b.services.clone();
+                for id in added {
+                    if !services.contains_key(&id) {
+                        if let Some(encoded) = encoder.service(view, &id) {
+                            services.insert(id, encoded);
+                        }
+                    }
+                }
+                services
+            }
+            _ => services_of(&tasks, view, encoder),
         };
-        if !before.is_some_and(|b| b.same(&set)) {
-            out.insert(node, Arc::new(set));
+        let same_services = |b: &Arc<NodeSet>| {
+            b.services.ptr_eq(&services)
+                || (b.services.len() == services.len()
+                    && b.services
+                        .iter()
+                        .zip(services.iter())
+                        .all(|((a, x), (b, y))| a == b && x.0 == y.0))
+        };
+        if touched || !before.is_some_and(same_services) {
+            out.insert(
+                node,
+                Arc::new(NodeSet {
+                    revision: view.revision(),
+                    services,
+                    tasks,
+                }),
+            );
         }
     }
     out

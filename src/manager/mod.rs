@@ -227,6 +227,10 @@ pub async fn run(config: ManagerConfig, shutdown: impl Future<Output = ()>) -> a
         shoal_tls::net::incoming(listener, creds.server_config(None, security::H2), "gRPC");
     let clients = || security::interceptor(creds.clone(), security::CLIENT_ROLES);
     let server = tonic::transport::Server::builder()
+        // Room for a whole Raft append in flight (h2's default is 64 KiB per connection, which
+        // made every large append wait for window updates from a busy receiver).
+        .initial_stream_window_size(shoal_raft::WINDOW_BYTES)
+        .initial_connection_window_size(shoal_raft::WINDOW_BYTES * 2)
         .add_service(store.peer_service())
         .add_service(KvServer::with_interceptor(
             KvService::new(store.clone()),

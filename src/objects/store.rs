@@ -58,6 +58,9 @@ pub trait ObjectStore: Clone + Send + Sync + 'static {
     ) -> impl Future<Output = Result<Commit, StoreError>> + Send;
 }
 
+/// Entries of one commit in flight at once.
+const PIPELINE: usize = 2;
+
 /// The replicated store with this manager's object index.
 #[derive(Clone)]
 pub struct Objects {
@@ -129,9 +132,15 @@ impl ObjectStore for Objects {
     }
 
     async fn commit(&self, term: u64, writes: Vec<Write>) -> Result<Commit, StoreError> {
+        use futures::StreamExt;
+        // A large plan is several entries: proposed together (in order), so that they share
+        // appends, fsyncs and replication rounds instead of waiting for each other.
+        let mut answers = futures::stream::iter(batches(term, &writes))
+            .map(|batch| self.store.write(Command::Batch(batch)))
+            .buffered(PIPELINE);
         let mut outcomes = Vec::with_capacity(writes.len());
-        for batch in batches(term, &writes) {
-            match self.store.write(Command::Batch(batch)).await? {
+        while let Some(answer) = answers.next().await {
+            match answer? {
                 Response::Batch { fenced: true, .. } => return Ok(Commit::Fenced),
                 Response::Batch { applied, .. } => outcomes.extend(applied),
                 other => {
