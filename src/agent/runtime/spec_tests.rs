@@ -118,3 +118,41 @@ fn reserved_labels_and_bad_env_names_are_refused() {
         Err(RuntimeError::InvalidSpec(_))
     ));
 }
+
+#[test]
+fn user_networks_are_named_by_id_once_ensured() {
+    use bollard::models::{EndpointSettings, HostConfig, NetworkingConfig};
+    let mut body = ContainerCreateBody {
+        host_config: Some(HostConfig {
+            network_mode: Some("seed_default".into()),
+            ..Default::default()
+        }),
+        networking_config: Some(NetworkingConfig {
+            endpoints_config: Some(HashMap::from([(
+                "seed_default".to_string(),
+                EndpointSettings {
+                    aliases: Some(vec!["db".into()]),
+                    ..Default::default()
+                },
+            )])),
+        }),
+        ..Default::default()
+    };
+    assert_eq!(ContainerSpec::user_networks(&body), ["seed_default"]);
+    ContainerSpec::use_network_id(&mut body, "seed_default", "0a1b2c");
+    let host = body.host_config.as_ref().unwrap();
+    assert_eq!(host.network_mode.as_deref(), Some("0a1b2c"));
+    let endpoints = body
+        .networking_config
+        .as_ref()
+        .and_then(|n| n.endpoints_config.as_ref())
+        .unwrap();
+    assert_eq!(endpoints.len(), 1);
+    assert_eq!(endpoints["0a1b2c"].aliases, Some(vec!["db".to_string()]));
+    // Another network's references are left alone.
+    ContainerSpec::use_network_id(&mut body, "other", "ffff");
+    assert_eq!(
+        body.host_config.unwrap().network_mode.as_deref(),
+        Some("0a1b2c")
+    );
+}
