@@ -42,16 +42,15 @@ impl RaftRuntime {
     }
 
     /// Runs `future` on the Raft runtime: whatever it spawns (openraft's tasks) lives there.
-    pub async fn run<F>(&self, future: F) -> F::Output
+    pub async fn run<F>(&self, future: F) -> std::io::Result<F::Output>
     where
         F: std::future::Future + Send + 'static,
         F::Output: Send + 'static,
     {
-        match self.handle.spawn(future).await {
-            Ok(output) => output,
-            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-            Err(e) => panic!("the Raft runtime stopped: {e}"),
-        }
+        self.handle
+            .spawn(future)
+            .await
+            .map_err(|e| std::io::Error::other(format!("the Raft runtime: {e}")))
     }
 }
 
@@ -68,7 +67,8 @@ mod tests {
                     .await
                     .unwrap()
             })
-            .await;
+            .await
+            .unwrap();
         assert_eq!(name.as_deref(), Some("raft"));
         let here = std::thread::current().name().map(String::from);
         assert_ne!(here.as_deref(), Some("raft"));

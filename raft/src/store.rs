@@ -249,7 +249,7 @@ impl Store {
         let id = ident.id;
         let raft = runtime
             .run(async move { Raft::new(id, Arc::new(raft_config), network, log, sm).await })
-            .await
+            .await?
             .map_err(raft_err)?;
 
         if opened == Opened::Bootstrapped {

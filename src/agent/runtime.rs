@@ -143,10 +143,10 @@ impl DockerRuntime {
     /// Creates and starts `spec`'s container and returns its id. A container that cannot start is
     /// removed again, so a failed attempt leaves nothing for `adopt` to find.
     pub async fn create_and_start(&self, spec: &ContainerSpec) -> Result<String, RuntimeError> {
-        let mut body = spec.to_create_body()?;
-        for network in ContainerSpec::user_networks(&body) {
-            let id = self.ensure_network(&network).await?;
-            ContainerSpec::use_network_id(&mut body, &network, &id);
+        let body = spec.to_create_body()?;
+        let networks = ContainerSpec::user_networks(&body);
+        for network in &networks {
+            self.ensure_network(network).await?;
         }
         let options = CreateContainerOptionsBuilder::new()
             .name(&spec.name)
@@ -168,7 +168,22 @@ impl DockerRuntime {
                     source,
                 },
             })?;
-        if let Err(source) = self.docker.start_container(&created.id, None).await {
+        let mut started = self.docker.start_container(&created.id, None).await;
+        // Another agent on this engine may have created a second network of a name between our
+        // check and this start (Docker then refuses the name as ambiguous): keep the oldest
+        // again, as that agent will, and start once more.
+        for _ in 0..3 {
+            match &started {
+                Err(e) if engine_status(e).is_some_and(|(_, m)| m.contains("is ambiguous")) => {
+                    for network in &networks {
+                        self.ensure_network(network).await?;
+                    }
+                    started = self.docker.start_container(&created.id, None).await;
+                }
+                _ => break,
+            }
+        }
+        if let Err(source) = started {
             if let Err(e) = self.remove(&created.id).await {
                 tracing::warn!(container = %spec.name, error = %e, "removing a container that failed to start");
             }
@@ -195,10 +210,8 @@ impl DockerRuntime {
     /// Creates the bridge network `name` unless the engine has it: the cluster's networks (a
     /// compose project's `<project>_default`) exist on a node once a container there needs them.
     /// Agents sharing one engine may create it at the same moment, and Docker allows two
-    /// networks of one name: every agent then keeps the oldest and removes the others. Returns
-    /// the id of the one kept, which containers then name (another agent may create a second
-    /// network of the name at any moment, and the name is ambiguous until it is removed).
-    async fn ensure_network(&self, name: &str) -> Result<String, RuntimeError> {
+    /// networks of one name: every agent then keeps the oldest and removes the others.
+    async fn ensure_network(&self, name: &str) -> Result<(), RuntimeError> {
         if self.networks_named(name).await?.is_empty() {
             let request = bollard::models::NetworkCreateRequest {
                 name: name.to_string(),
@@ -219,12 +232,7 @@ impl DockerRuntime {
         for (_, id) in same.iter().skip(1) {
             let _ = self.docker.remove_network(id).await;
         }
-        match same.into_iter().next() {
-            Some((_, id)) => Ok(id),
-            None => Err(RuntimeError::InvalidSpec(format!(
-                "network {name} was removed while a container was being created on it"
-            ))),
-        }
+        Ok(())
     }
 
     /// (created, id) of every network called exactly `name`.

@@ -240,24 +240,6 @@ impl ContainerSpec {
         names
     }
 
-    /// Points `body`'s references to the network `name` at the network's `id`.
-    pub(crate) fn use_network_id(body: &mut ContainerCreateBody, name: &str, id: &str) {
-        if let Some(host) = body.host_config.as_mut() {
-            if host.network_mode.as_deref() == Some(name) {
-                host.network_mode = Some(id.to_string());
-            }
-        }
-        let endpoints = body
-            .networking_config
-            .as_mut()
-            .and_then(|n| n.endpoints_config.as_mut());
-        if let Some(endpoints) = endpoints {
-            if let Some(endpoint) = endpoints.remove(name) {
-                endpoints.insert(id.to_string(), endpoint);
-            }
-        }
-    }
-
     fn validate(&self) -> Result<(), RuntimeError> {
         let invalid = |what: String| {
             Err(RuntimeError::InvalidSpec(format!(
