@@ -45,20 +45,10 @@ pub(crate) struct NodeSet {
 }
 
 impl NodeSet {
-    /// Whether `other` holds the same tasks and services at the same versions.
+    /// Whether `other` holds the same tasks and services at the same versions. Sets patched from
+    /// one another share structure, and the diffs skip what they share.
     pub fn same(&self, other: &NodeSet) -> bool {
-        self.tasks.len() == other.tasks.len()
-            && self.services.len() == other.services.len()
-            && self
-                .tasks
-                .iter()
-                .zip(other.tasks.iter())
-                .all(|((a, x), (b, y))| a == b && x.version == y.version)
-            && self
-                .services
-                .iter()
-                .zip(other.services.iter())
-                .all(|((a, x), (b, y))| a == b && x.0 == y.0)
+        self.tasks.diff(&other.tasks).next().is_none() && same_services(self, other)
     }
 
     /// The whole set, each task with its service (empty if gone): what a whole-set stream sends.
@@ -124,6 +114,16 @@ impl NodeSet {
             && msg.removed_services.is_empty();
         (!empty).then_some(msg)
     }
+}
+
+/// Whether two sets use the same services at the same versions.
+fn same_services(a: &NodeSet, b: &NodeSet) -> bool {
+    a.services.ptr_eq(&b.services)
+        || (a.services.len() == b.services.len()
+            && a.services
+                .iter()
+                .zip(b.services.iter())
+                .all(|((x, (vx, _)), (y, (vy, _)))| x == y && vx == vy))
 }
 
 /// An assignment without its service (incremental streams send services apart).
@@ -387,23 +387,13 @@ pub(crate) fn group(
             }
             _ => services_of(&tasks, view, encoder),
         };
-        let same_services = |b: &Arc<NodeSet>| {
-            b.services.ptr_eq(&services)
-                || (b.services.len() == services.len()
-                    && b.services
-                        .iter()
-                        .zip(services.iter())
-                        .all(|((a, x), (b, y))| a == b && x.0 == y.0))
+        let set = NodeSet {
+            revision: view.revision(),
+            services,
+            tasks,
         };
-        if touched || !before.is_some_and(same_services) {
-            out.insert(
-                node,
-                Arc::new(NodeSet {
-                    revision: view.revision(),
-                    services,
-                    tasks,
-                }),
-            );
+        if touched || !before.is_some_and(|b| same_services(b, &set)) {
+            out.insert(node, Arc::new(set));
         }
     }
     out
