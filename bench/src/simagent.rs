@@ -261,25 +261,33 @@ impl Node {
         );
     }
 
+    /// Heartbeats at the period the leader answers with, as the real agent does.
     async fn heartbeat(&self) {
         let mut client = self.client.clone();
-        let period = Duration::from_millis(self.config.heartbeat_ms);
-        let mut tick = tokio::time::interval(period);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        tick.tick().await;
+        let mut period = Duration::from_millis(self.config.heartbeat_ms);
+        let mut next = tokio::time::Instant::now() + period;
         loop {
-            tick.tick().await;
+            tokio::time::sleep_until(next).await;
             let req = tonic::Request::new(HeartbeatRequest {
                 node_id: self.id.clone(),
                 ..Default::default()
             });
             match tokio::time::timeout(CALL_TIMEOUT, client.heartbeat(req)).await {
-                Ok(Ok(_)) => self.counters.heartbeats.fetch_add(1, Ordering::Relaxed),
-                _ => self
-                    .counters
-                    .heartbeat_errors
-                    .fetch_add(1, Ordering::Relaxed),
-            };
+                Ok(Ok(response)) => {
+                    self.counters.heartbeats.fetch_add(1, Ordering::Relaxed);
+                    let told = response.into_inner().period_ms;
+                    if told != 0 {
+                        period = Duration::from_millis(told.clamp(10, 60_000));
+                    }
+                }
+                _ => {
+                    self.counters
+                        .heartbeat_errors
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            // A late heartbeat is not followed by a burst of catch-up ones.
+            next = (next + period).max(tokio::time::Instant::now());
         }
     }
 

@@ -17,9 +17,9 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use super::assignments::{NodeSet, Readers};
-use super::control::Leading;
+use super::control::{heartbeat_period_ms, Leading};
 use super::statuses::{self, Report, Reports};
-use crate::model::{Availability, Node, NodeStatus, TaskStatus};
+use crate::model::{Availability, Node, NodeStatus, TaskStatus, DEFAULT_HEARTBEAT_MS};
 use crate::objects::{Commit, Expect, ObjectStore, Objects, View, Write};
 
 /// The answer to a call whose leader term ended while it was served.
@@ -204,7 +204,7 @@ impl Dispatcher for DispatcherService {
         .await?;
         leading
             .heartbeats
-            .registered(&id, tokio::time::Instant::now());
+            .registered(&id, tokio::time::Instant::now(), r.heartbeat_ms);
         tracing::info!(node = %id, name = %r.name, addr = %r.addr, "node registered");
         Ok(Response::new(pb::RegisterResponse {
             node_id: id,
@@ -218,16 +218,20 @@ impl Dispatcher for DispatcherService {
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
         let leading = self.admit(&req)?;
         let r = req.into_inner();
+        let view = self.objects.view();
+        let period_ms = view.node(&r.node_id).map_or(DEFAULT_HEARTBEAT_MS, |n| {
+            heartbeat_period_ms(n.value.heartbeat_ms, view.node_count())
+        });
+        drop(view);
         if !leading
             .heartbeats
-            .beat(&r.node_id, tokio::time::Instant::now())
+            .beat(&r.node_id, tokio::time::Instant::now(), period_ms)
         {
             return Err(Status::not_found(format!(
                 "node {} is not registered with this leader; register again",
                 r.node_id
             )));
         }
-        let mut period_ms = crate::model::DEFAULT_HEARTBEAT_MS;
         if r.images_changed {
             let mut images = r.images.clone();
             images.sort();
@@ -236,7 +240,6 @@ impl Dispatcher for DispatcherService {
                 let Some(node) = current else {
                     return Err(Status::not_found("node is not registered; register again"));
                 };
-                period_ms = node.heartbeat_ms;
                 if node.images == images {
                     return Ok(None);
                 }
@@ -245,8 +248,6 @@ impl Dispatcher for DispatcherService {
                 Ok(Some(node))
             })
             .await?;
-        } else if let Some(node) = self.objects.view().node(&r.node_id) {
-            period_ms = node.value.heartbeat_ms;
         }
         Ok(Response::new(pb::HeartbeatResponse { period_ms }))
     }

@@ -1,7 +1,10 @@
 //! Node liveness: heartbeats live in the leader's memory (`Heartbeats`), never in Raft; only a
 //! node's transitions READY ↔ DOWN are written. A node is DOWN after 3 heartbeat periods
 //! without one. A new leader starts every READY node's clock afresh (one grace period), so a
-//! leader change alone never makes a node DOWN.
+//! leader change alone never makes a node DOWN. The period is the one the node asked for,
+//! lengthened in large clusters so that all nodes together send at most
+//! [`MAX_BEATS_PER_SECOND`] (Nomad's `max_heartbeats_per_second`): heartbeats must not eat the
+//! leader that judges them.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -17,46 +20,67 @@ use super::Plan;
 /// Heartbeat periods a node may miss before it is DOWN.
 pub const MISSED_HEARTBEATS: u32 = 3;
 
+/// Most heartbeats per second the leader asks of all its nodes together: 2,000 nodes keep the
+/// default 500 ms, 10,000 beat every 5 s (and are DOWN after 15 s of silence).
+pub const MAX_BEATS_PER_SECOND: u64 = 2_000;
+
+/// The period the leader asks of a node that asked for `asked_ms`, among `nodes` nodes.
+pub fn period_ms(asked_ms: u64, nodes: usize) -> u64 {
+    asked_ms.max((nodes as u64).saturating_mul(1000) / MAX_BEATS_PER_SECOND)
+}
+
+/// A node's last heartbeat, and the period it was told to keep then.
+#[derive(Debug, Clone, Copy)]
+struct Beat {
+    at: Instant,
+    told_ms: u64,
+}
+
 /// The last heartbeat of each node, as this leader has seen them.
 #[derive(Debug, Clone, Default)]
 pub struct Heartbeats {
-    seen: Arc<Mutex<HashMap<String, Instant>>>,
+    seen: Arc<Mutex<HashMap<String, Beat>>>,
 }
 
 impl Heartbeats {
     /// A new leader's table: every READY node counts as just heard from.
     pub fn starting(state: &View, now: Instant) -> Heartbeats {
+        let count = state.node_count();
         let seen = state
             .nodes()
             .filter(|n| n.value.status == NodeStatus::Ready)
-            .map(|n| (n.value.id.clone(), now))
+            .map(|n| {
+                let told_ms = period_ms(n.value.heartbeat_ms, count);
+                (n.value.id.clone(), Beat { at: now, told_ms })
+            })
             .collect();
         Heartbeats {
             seen: Arc::new(Mutex::new(seen)),
         }
     }
 
-    /// Records a heartbeat; false if this leader does not know the node (it must register).
-    pub fn beat(&self, node: &str, now: Instant) -> bool {
+    /// Records a heartbeat answered with a period of `told_ms`; false if this leader does not
+    /// know the node (it must register).
+    pub fn beat(&self, node: &str, now: Instant, told_ms: u64) -> bool {
         match self.lock().get_mut(node) {
-            Some(at) => {
-                *at = now;
+            Some(beat) => {
+                *beat = Beat { at: now, told_ms };
                 true
             }
             None => false,
         }
     }
 
-    /// Records a registration.
-    pub fn registered(&self, node: &str, now: Instant) {
-        self.lock().insert(node.to_string(), now);
+    /// Records a registration by a node that keeps `asked_ms` until its first heartbeat's answer.
+    pub fn registered(&self, node: &str, now: Instant, asked_ms: u64) {
+        let beat = Beat {
+            at: now,
+            told_ms: asked_ms,
+        };
+        self.lock().insert(node.to_string(), beat);
     }
 
-    fn last(&self, node: &str) -> Option<Instant> {
-        self.lock().get(node).copied()
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Instant>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Beat>> {
         self.seen.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
@@ -66,12 +90,17 @@ impl Heartbeats {
 pub fn plan(state: &View, heartbeats: &Heartbeats, now: Instant, now_ms: u64) -> Plan {
     let mut writes = Vec::new();
     let mut next: Option<Instant> = None;
+    let count = state.node_count();
+    let seen = heartbeats.lock();
     for n in state.nodes() {
         let node = &n.value;
-        let limit = Duration::from_millis(node.heartbeat_ms.max(1)) * MISSED_HEARTBEATS;
-        let Some(last) = heartbeats.last(&node.id) else {
+        let Some(&Beat { at: last, told_ms }) = seen.get(&node.id) else {
             continue;
         };
+        // A node keeps the period of its last answer until its next heartbeat: never judge it
+        // by a shorter one.
+        let period = period_ms(node.heartbeat_ms, count).max(told_ms);
+        let limit = Duration::from_millis(period.max(1)) * MISSED_HEARTBEATS;
         let silent = now.saturating_duration_since(last);
         let (status, message) = if silent >= limit {
             (
@@ -152,7 +181,7 @@ mod tests {
         assert!(p.writes.is_empty(), "a new leader gives a grace period");
         assert_eq!(p.wake_at_ms, Some(100));
 
-        assert!(hb.beat("a", start + Duration::from_millis(1000)));
+        assert!(hb.beat("a", start + Duration::from_millis(1000), 500));
         let p = plan(&state, &hb, start + Duration::from_millis(1500), 0);
         assert_eq!(statuses(&p), vec![("b".into(), NodeStatus::Down)]);
         let Write::Node { node, expect } = &p.writes[0] else {
@@ -164,7 +193,7 @@ mod tests {
         let mut down = state.node("b").unwrap().clone();
         down.value.status = NodeStatus::Down;
         state.put_node(down);
-        hb.beat("b", start + Duration::from_millis(1600));
+        hb.beat("b", start + Duration::from_millis(1600), 500);
         let p = plan(&state, &hb, start + Duration::from_millis(1700), 0);
         assert_eq!(statuses(&p), vec![("b".into(), NodeStatus::Ready)]);
     }
@@ -174,9 +203,50 @@ mod tests {
         let state = View::build(0, vec![node("a", NodeStatus::Down)], vec![], vec![], None);
         let now = Instant::now();
         let hb = Heartbeats::starting(&state, now);
-        assert!(!hb.beat("a", now), "a DOWN node must register again");
+        assert!(!hb.beat("a", now, 500), "a DOWN node must register again");
         assert!(plan(&state, &hb, now + Duration::from_secs(10), 0)
             .writes
             .is_empty());
+    }
+
+    #[test]
+    fn large_clusters_beat_less_often() {
+        assert_eq!(period_ms(500, 3), 500);
+        assert_eq!(period_ms(500, 1_000), 500);
+        assert_eq!(period_ms(2_000, 1_000), 2_000, "a node may ask for longer");
+        assert_eq!(period_ms(500, 5_000), 2_500);
+        assert_eq!(period_ms(500, 10_000), 5_000);
+        assert_eq!(period_ms(500, usize::MAX), u64::MAX / MAX_BEATS_PER_SECOND);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_node_is_judged_by_the_longest_period_it_may_be_keeping() {
+        let nodes: Vec<_> = (0..5_000)
+            .map(|i| node(&format!("n{i:04}"), NodeStatus::Ready))
+            .collect();
+        let state = View::build(0, nodes, vec![], vec![], None);
+        let start = Instant::now();
+        let hb = Heartbeats::starting(&state, start);
+        // 5,000 nodes beat every 2.5 s: 7 s of silence is not yet 3 periods.
+        let p = plan(&state, &hb, start + Duration::from_millis(7_000), 0);
+        assert!(p.writes.is_empty(), "{:?}", statuses(&p));
+        assert_eq!(p.wake_at_ms, Some(500));
+        let p = plan(&state, &hb, start + Duration::from_millis(7_500), 0);
+        assert_eq!(p.writes.len(), 5_000);
+
+        // Told 2.5 s by its last answer, n0000 is not DOWN after 1.5 s in a cluster that shrank.
+        let small = View::build(
+            0,
+            vec![node("n0000", NodeStatus::Ready)],
+            vec![],
+            vec![],
+            None,
+        );
+        assert!(hb.beat("n0000", start, 2_500));
+        let p = plan(&small, &hb, start + Duration::from_millis(1_500), 0);
+        assert!(p.writes.is_empty());
+        assert!(hb.beat("n0000", start + Duration::from_millis(2_000), 500));
+        let p = plan(&small, &hb, start + Duration::from_millis(3_500), 0);
+        assert_eq!(statuses(&p), vec![("n0000".into(), NodeStatus::Down)]);
     }
 }
