@@ -7,6 +7,7 @@ mod batch;
 mod error;
 mod expr;
 mod filter;
+mod occupancy;
 mod strategy;
 mod view;
 
@@ -27,6 +28,7 @@ use crate::model::{Node, Service, Task, TaskState};
 
 pub use self::error::{ExprError, UnknownStrategy};
 pub(crate) use self::filter::normalize_image;
+pub use self::occupancy::Occupancy;
 pub use self::strategy::Strategy;
 
 /// One consistent read of the store, borrowed (an index of `Arc`s lends it without a copy):
@@ -101,12 +103,27 @@ pub fn schedule<R: Rng + ?Sized>(
     strategy: Strategy,
     rng: &mut R,
 ) -> Vec<Decision> {
+    let services = snapshot.services.iter().copied();
+    let mut occupancy = Occupancy::of(services, snapshot.tasks.iter().copied());
+    schedule_on(pending, snapshot, &mut occupancy, strategy, rng)
+}
+
+/// [`schedule`] with what the nodes hold counted already (`occupancy`, kept by the caller
+/// across plans); `snapshot.tasks` is not read. The plan's placements are not added to
+/// `occupancy`: the caller counts them once they are in the store.
+pub fn schedule_on<R: Rng + ?Sized>(
+    pending: &[&Task],
+    snapshot: &Snapshot,
+    occupancy: &mut Occupancy,
+    strategy: Strategy,
+    rng: &mut R,
+) -> Vec<Decision> {
     let services: HashMap<&str, &Service> = snapshot
         .services
         .iter()
         .map(|s| (s.id.as_str(), *s))
         .collect();
-    let mut nodes = view::nodes(&snapshot.nodes, &snapshot.tasks, &services);
+    let mut nodes = occupancy.infos(&snapshot.nodes);
     let mut decisions = Vec::with_capacity(pending.len());
     let mut rest = pending;
     while let Some(first) = rest.first() {

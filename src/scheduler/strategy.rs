@@ -58,7 +58,7 @@ impl Strategy {
     /// ties go to the smallest node id. Spread: fewest tasks, then least reserved. Binpack:
     /// highest load once the task is added, then most tasks. Random ignores it.
     pub(crate) fn rank(self, node: &NodeInfo, want: Reservations) -> Rank {
-        let tasks = node.tasks as u128;
+        let tasks = node.held.tasks as u128;
         match self {
             Strategy::Spread | Strategy::Random => (tasks, node.load(Reservations::default())),
             Strategy::Binpack => (u128::MAX - node.load(want), u128::MAX - tasks),

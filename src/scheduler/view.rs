@@ -2,8 +2,12 @@
 //! hold (names, images, labels, host ports, reservations), and each pending task's parsed
 //! placement rules. Placements made during a batch are added here, so later tasks see them.
 //! Counters, not task lists: every filter reads a node in O(1), however many tasks it runs.
+//! The counters outlive a plan (`Occupancy`): only what changed between two reads is counted.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::borrow::Borrow;
+use std::collections::{BTreeMap, HashSet};
+use std::hash::Hash;
+use std::sync::Arc;
 
 use crate::model::{Node, Protocol, Reservations, Service, Task};
 
@@ -66,71 +70,136 @@ pub(crate) fn host_ports(task: &Task, service: Option<&Service>) -> Vec<(u16, Pr
     ports
 }
 
-/// A node and what the tasks placed on it hold, as counts (placements only ever add).
-pub(crate) struct NodeInfo<'a> {
-    pub node: &'a Node,
+/// What the tasks placed on one node hold, as counts. Persistent maps: a copy is O(1), so each
+/// plan adds its placements to its own copy of every node's counters without copying them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct Held {
     /// How many tasks occupy the node.
     pub tasks: usize,
     /// The sum of their reservations.
     pub reserved: Reservations,
-    pub host_ports: HashSet<(u16, Protocol)>,
+    pub host_ports: imbl::HashMap<(u16, Protocol), usize>,
     /// Container and service names → how many tasks carry each.
-    pub names: HashMap<String, usize>,
+    pub names: imbl::HashMap<String, usize>,
     /// Task images, each also untagged (`redis:7` and `redis`) → how many tasks.
-    pub images: HashMap<&'a str, usize>,
+    pub images: imbl::HashMap<String, usize>,
     /// Task label key → value → how many tasks.
-    pub labels: HashMap<&'a str, HashMap<&'a str, usize>>,
+    pub labels: imbl::HashMap<String, imbl::HashMap<String, usize>>,
+}
+
+impl Held {
+    /// Counts `placed` as running here.
+    pub fn add(&mut self, placed: &Placed) {
+        self.tasks += 1;
+        self.reserved.nano_cpus += placed.reservations.nano_cpus;
+        self.reserved.memory_bytes += placed.reservations.memory_bytes;
+        for port in &placed.host_ports {
+            increment(&mut self.host_ports, port);
+        }
+        for name in placed.names() {
+            increment(&mut self.names, name);
+        }
+        let untagged = untagged(placed.image);
+        increment(&mut self.images, placed.image);
+        if untagged != placed.image {
+            increment(&mut self.images, untagged);
+        }
+        for (key, value) in placed.labels {
+            match self.labels.get_mut(key.as_str()) {
+                Some(values) => increment(values, value.as_str()),
+                None => {
+                    self.labels
+                        .insert(key.clone(), imbl::HashMap::unit(value.clone(), 1));
+                }
+            }
+        }
+    }
+
+    /// Takes away what [`Held::add`] counted for `placed`; nothing is left of a count at zero.
+    pub fn remove(&mut self, placed: &Placed) {
+        self.tasks = self.tasks.saturating_sub(1);
+        let reserved = &mut self.reserved;
+        reserved.nano_cpus = reserved
+            .nano_cpus
+            .saturating_sub(placed.reservations.nano_cpus);
+        reserved.memory_bytes =
+            (reserved.memory_bytes).saturating_sub(placed.reservations.memory_bytes);
+        for port in &placed.host_ports {
+            decrement(&mut self.host_ports, port);
+        }
+        for name in placed.names() {
+            decrement(&mut self.names, name);
+        }
+        let untagged = untagged(placed.image);
+        decrement(&mut self.images, placed.image);
+        if untagged != placed.image {
+            decrement(&mut self.images, untagged);
+        }
+        for (key, value) in placed.labels {
+            if let Some(values) = self.labels.get_mut(key.as_str()) {
+                decrement(values, value.as_str());
+                if values.is_empty() {
+                    self.labels.remove(key.as_str());
+                }
+            }
+        }
+    }
+}
+
+fn increment<K, Q>(counts: &mut imbl::HashMap<K, usize>, key: &Q)
+where
+    K: Borrow<Q> + Hash + Eq + Clone,
+    Q: ToOwned<Owned = K> + Hash + Eq + ?Sized,
+{
+    match counts.get_mut(key) {
+        Some(n) => *n += 1,
+        None => {
+            counts.insert(key.to_owned(), 1);
+        }
+    }
+}
+
+fn decrement<K, Q>(counts: &mut imbl::HashMap<K, usize>, key: &Q)
+where
+    K: Borrow<Q> + Hash + Eq + Clone,
+    Q: Hash + Eq + ?Sized,
+{
+    if let Some(n) = counts.get_mut(key) {
+        *n -= 1;
+        if *n == 0 {
+            counts.remove(key);
+        }
+    }
+}
+
+/// A node and what the tasks placed on it hold.
+pub(crate) struct NodeInfo<'a> {
+    pub node: &'a Node,
+    pub held: Held,
     /// The engine's images as Docker names them (`filter::normalize_image`).
-    pub engine_images: HashSet<String>,
+    pub engine_images: Arc<HashSet<String>>,
 }
 
 impl<'a> NodeInfo<'a> {
+    /// A node nothing runs on yet.
+    #[cfg(test)]
     pub fn new(node: &'a Node) -> NodeInfo<'a> {
         NodeInfo {
             node,
-            tasks: 0,
-            reserved: Reservations::default(),
-            host_ports: HashSet::new(),
-            names: HashMap::new(),
-            images: HashMap::new(),
-            labels: HashMap::new(),
-            engine_images: node.images.iter().map(|i| normalize_image(i)).collect(),
+            held: Held::default(),
+            engine_images: Arc::new(engine_images(node)),
         }
     }
 
     /// Counts `placed` as running here.
-    pub fn add(&mut self, placed: &Placed<'a>) {
-        self.tasks += 1;
-        self.reserved.nano_cpus += placed.reservations.nano_cpus;
-        self.reserved.memory_bytes += placed.reservations.memory_bytes;
-        self.host_ports.extend(placed.host_ports.iter().copied());
-        for name in placed.names() {
-            match self.names.get_mut(name) {
-                Some(n) => *n += 1,
-                None => {
-                    self.names.insert(name.to_string(), 1);
-                }
-            }
-        }
-        let untagged = untagged(placed.image);
-        *self.images.entry(placed.image).or_default() += 1;
-        if untagged != placed.image {
-            *self.images.entry(untagged).or_default() += 1;
-        }
-        for (key, value) in placed.labels {
-            *self
-                .labels
-                .entry(key.as_str())
-                .or_default()
-                .entry(value.as_str())
-                .or_default() += 1;
-        }
+    pub fn add(&mut self, placed: &Placed) {
+        self.held.add(placed);
     }
 
     /// Reserved share of the node's CPU plus that of its memory, in millionths (0..=2_000_000
     /// when nothing is overcommitted), counting `extra` as if it were placed too.
     pub fn load(&self, extra: Reservations) -> u128 {
-        let used = self.reserved;
+        let used = self.held.reserved;
         let share = |used: u64, extra: u64, capacity: u64| match capacity {
             0 => 0,
             cap => (u128::from(used) + u128::from(extra)) * 1_000_000 / u128::from(cap),
@@ -152,27 +221,9 @@ pub(crate) fn untagged(image: &str) -> &str {
     }
 }
 
-/// Every node, sorted by id (strategies break ties by index), with the tasks that occupy it.
-pub(crate) fn nodes<'a>(
-    nodes: &[&'a Node],
-    tasks: &[&Task],
-    services: &HashMap<&str, &'a Service>,
-) -> Vec<NodeInfo<'a>> {
-    let mut infos: Vec<NodeInfo<'a>> = nodes.iter().map(|&node| NodeInfo::new(node)).collect();
-    infos.sort_by(|a, b| a.node.id.cmp(&b.node.id));
-    let index: HashMap<&str, usize> = infos
-        .iter()
-        .enumerate()
-        .map(|(i, n)| (n.node.id.as_str(), i))
-        .collect();
-    for task in tasks.iter().filter(|t| t.state.occupies_node()) {
-        let Some(&i) = task.node_id.as_deref().and_then(|id| index.get(id)) else {
-            continue;
-        };
-        let service = services.get(task.service_id.as_str()).copied();
-        infos[i].add(&Placed::new(task, service));
-    }
-    infos
+/// The engine's images of `node` as Docker names them.
+pub(crate) fn engine_images(node: &Node) -> HashSet<String> {
+    node.images.iter().map(|i| normalize_image(i)).collect()
 }
 
 /// A pending task with the rules its placement must follow.

@@ -18,7 +18,7 @@ use crate::host::now_ms;
 use crate::objects::{Commit, ObjectStore, Objects, View, Write};
 use crate::scheduler::Strategy;
 
-pub use self::liveness::{Heartbeats, MISSED_HEARTBEATS};
+pub use self::liveness::{period_ms as heartbeat_period_ms, Heartbeats, MISSED_HEARTBEATS};
 
 /// What one planning round decided.
 #[derive(Debug, Default)]
@@ -118,13 +118,14 @@ async fn lead<S: ObjectStore>(
     let mut rng = StdRng::from_os_rng();
     let hb = heartbeats.clone();
     let mut orchestrator = orchestrator::Orchestrator::default();
+    let mut placement = placement::Placement::default();
     let mut proxygen = proxygen::ProxyGen::default();
     tokio::join!(
         drive(&objects, term, "orchestrator", elected, |s, now| {
             orchestrator.plan(s, now, &mut new_id)
         }),
         drive(&objects, term, "scheduler", elected, |s, now| {
-            placement::plan(s, now, config.strategy, &mut rng)
+            placement.plan(s, now, config.strategy, &mut rng)
         }),
         drive(&objects, term, "liveness", elected, |s, now| {
             liveness::plan(s, &hb, tokio::time::Instant::now(), now)

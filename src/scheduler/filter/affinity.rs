@@ -28,8 +28,8 @@ impl Filter for Affinity {
 fn holds(expr: &Expr, node: &NodeInfo) -> bool {
     match expr.key.as_str() {
         "container" => expr.holds_in(
-            |name| node.names.contains_key(name),
-            || node.names.keys().map(String::as_str),
+            |name| node.held.names.contains_key(name),
+            || node.held.names.keys().map(String::as_str),
         ),
         "image" => {
             let engine = || {
@@ -37,15 +37,19 @@ fn holds(expr: &Expr, node: &NodeInfo) -> bool {
                 images.flat_map(|i| [i, untagged(i)])
             };
             expr.holds_in(
-                |image| node.images.contains_key(image) || engine().any(|i| i == image),
-                || node.images.keys().copied().chain(engine()),
+                |image| node.held.images.contains_key(image) || engine().any(|i| i == image),
+                || node.held.images.keys().map(String::as_str).chain(engine()),
             )
         }
         label => {
-            let values = node.labels.get(label);
+            let values = node.held.labels.get(label);
             expr.holds_in(
                 |value| values.is_some_and(|v| v.contains_key(value)),
-                || values.into_iter().flat_map(|v| v.keys().copied()),
+                || {
+                    values
+                        .into_iter()
+                        .flat_map(|v| v.keys().map(String::as_str))
+                },
             )
         }
     }

@@ -9,7 +9,7 @@ pub(crate) struct Dependency;
 impl Filter for Dependency {
     fn check(&self, req: &Request, node: &NodeInfo, broken: &mut Vec<String>) {
         for dep in &req.dependencies {
-            if !node.names.contains_key(dep) {
+            if !node.held.names.contains_key(dep) {
                 broken.push(format!("dependency {dep} present"));
             }
         }

@@ -9,7 +9,7 @@ pub(crate) struct Port;
 impl Filter for Port {
     fn check(&self, req: &Request, node: &NodeInfo, broken: &mut Vec<String>) {
         for &(port, protocol) in &req.host_ports {
-            if node.host_ports.contains(&(port, protocol)) {
+            if node.held.host_ports.contains_key(&(port, protocol)) {
                 broken.push(format!("host port {port}/{protocol} free"));
             }
         }

@@ -9,7 +9,7 @@ pub(crate) struct Resources;
 impl Filter for Resources {
     fn check(&self, req: &Request, node: &NodeInfo, broken: &mut Vec<String>) {
         let want = req.reservations;
-        let used = node.reserved;
+        let used = node.held.reserved;
         if want.nano_cpus > 0 && used.nano_cpus + want.nano_cpus > node.node.nano_cpus() {
             let cpus = want.nano_cpus as f64 / 1e9;
             broken.push(format!("resources: {cpus} CPUs free"));

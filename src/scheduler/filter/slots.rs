@@ -14,7 +14,7 @@ impl Filter for ContainerSlots {
             .node
             .label(LABEL)
             .and_then(|v| v.trim().parse::<usize>().ok());
-        if slots.is_some_and(|n| node.tasks >= n) {
+        if slots.is_some_and(|n| node.held.tasks >= n) {
             broken.push("containerslots free".to_string());
         }
     }
