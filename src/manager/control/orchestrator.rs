@@ -134,10 +134,10 @@ struct Round<'a> {
 
 impl<'a> Round<'a> {
     /// The task as this round has left it so far.
-    fn current(&self, t: &Versioned<Task>) -> Task {
+    fn current<'s>(&'s self, t: &'s Versioned<Task>) -> &'s Task {
         match self.changed.get(&t.value.id) {
-            Some((task, _)) => task.clone(),
-            None => t.value.clone(),
+            Some((task, _)) => task,
+            None => &t.value,
         }
     }
 
@@ -168,7 +168,7 @@ impl<'a> Round<'a> {
     /// Stops a live task: directly while no agent has it, else by asking its agent; a task
     /// whose node is lost is orphaned instead (its agent cannot answer).
     fn stop(&mut self, t: &Versioned<Task>, why: &str) {
-        let mut task = self.current(t);
+        let mut task = self.current(t).clone();
         if task.state.is_terminal() {
             return;
         }
@@ -201,8 +201,8 @@ impl<'a> Round<'a> {
             }
             // A plain container without `reschedule:on-node-failure` stays with its node.
             if task.state >= TaskState::Assigned && service.reschedules() {
-                if let Some(lost) = self.node_lost(&task) {
-                    let mut task = task;
+                if let Some(lost) = self.node_lost(task) {
+                    let mut task = task.clone();
                     task.desired_state = TaskState::Shutdown;
                     let _ = task.transition(
                         TaskState::Orphaned,
@@ -217,7 +217,7 @@ impl<'a> Round<'a> {
             if task.slot > service.replicas {
                 self.stop(t, "scaled down");
             } else if self
-                .node_of(&task)
+                .node_of(task)
                 .is_some_and(|n| n.availability == Availability::Drain)
             {
                 self.stop(t, "node drained");
@@ -225,25 +225,32 @@ impl<'a> Round<'a> {
             {
                 self.stop(t, "shut down");
             } else if task.state == TaskState::New {
-                let mut task = task;
+                let mut task = task.clone();
                 let _ = task.transition(TaskState::Pending, Actor::Orchestrator, "", self.now_ms);
                 self.update(t, task);
             }
         }
 
-        let mut slots: BTreeMap<u64, Vec<&'a Versioned<Task>>> = BTreeMap::new();
-        for t in tasks {
-            slots.entry(t.value.slot).or_default().push(t);
-        }
+        // The tasks by slot, each slot's in the order given.
+        let mut by_slot: Vec<&'a Versioned<Task>> = tasks.to_vec();
+        by_slot.sort_by_key(|t| t.value.slot);
+        let slots: Vec<&[&'a Versioned<Task>]> = by_slot
+            .chunk_by(|a, b| a.value.slot == b.value.slot)
+            .collect();
+        let mut next = slots.iter().peekable();
         for slot in 1..=service.replicas {
-            let in_slot = slots.get(&slot).map(Vec::as_slice).unwrap_or(&[]);
-            self.slot(service, slot, in_slot, new_id);
+            while next.next_if(|s| s[0].value.slot < slot).is_some() {}
+            let in_slot = next.next_if(|s| s[0].value.slot == slot).copied();
+            self.slot(service, slot, in_slot.unwrap_or(&[]), new_id);
         }
         // Forget finished tasks: beyond the replica count all of them, else the oldest. A
         // plain container keeps its newest (a stopped container is still listed, with its exit
         // code and its logs).
-        for (slot, in_slot) in &slots {
-            let keep = match (service.is_container(), *slot > service.replicas) {
+        for in_slot in &slots {
+            let keep = match (
+                service.is_container(),
+                in_slot[0].value.slot > service.replicas,
+            ) {
                 (true, _) => 1,
                 (false, true) => 0,
                 (false, false) => RETAINED_PER_SLOT,
@@ -258,7 +265,7 @@ impl<'a> Round<'a> {
         let Some(container) = service.container.as_ref().filter(|c| c.auto_remove) else {
             return;
         };
-        let current: Vec<Task> = tasks.iter().map(|t| self.current(t)).collect();
+        let current: Vec<&Task> = tasks.iter().map(|t| self.current(t)).collect();
         let ended = !current.is_empty()
             && current.iter().all(|t| t.state.is_terminal())
             && current.iter().any(|t| t.start_seq >= container.start_seq);
@@ -282,18 +289,22 @@ impl<'a> Round<'a> {
         tasks: &[&'a Versioned<Task>],
         new_id: &mut dyn FnMut() -> String,
     ) {
-        let mut live: Vec<(&Versioned<Task>, Task)> = tasks
+        let mut live: Vec<&'a Versioned<Task>> = tasks
             .iter()
-            .map(|t| (*t, self.current(t)))
-            .filter(|(_, task)| {
+            .copied()
+            .filter(|t| {
+                let task = self.current(t);
                 !task.state.is_terminal() && task.desired_state == TaskState::Running
             })
             .collect();
         if live.len() > 1 {
             // Keep the most advanced (then the newest); the others are duplicates.
-            live.sort_by_key(|(_, task)| (task.state, task.created_ms, task.id.clone()));
+            live.sort_by(|a, b| {
+                let (a, b) = (self.current(a), self.current(b));
+                (a.state, a.created_ms, &a.id).cmp(&(b.state, b.created_ms, &b.id))
+            });
             live.pop();
-            for (t, _) in live {
+            for t in live {
                 self.stop(t, "superseded by another task of its slot");
             }
             return;
@@ -304,7 +315,7 @@ impl<'a> Round<'a> {
         // The slot's latest task decides whether, and when, it is replaced.
         let latest = tasks
             .iter()
-            .map(|t| self.current(t))
+            .map(|t| self.current(t).clone())
             .max_by_key(|task| (task.updated_ms, task.created_ms, task.id.clone()));
         let failures = match &latest {
             None => 0,
