@@ -13,6 +13,11 @@ use shoal::cli::{
 use shoal::dev::DevArgs;
 use shoal::manager::ManagerConfig;
 
+/// mimalloc, not glibc's malloc: with glibc, allocation and free were about a quarter of a
+/// busy leader's CPU (bench/README.md, the scale section).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "shoal",

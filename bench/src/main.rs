@@ -22,6 +22,10 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use tokio::signal::unix::{signal, SignalKind};
 
+/// The same allocator as `shoal`: the simulated nodes share the machine with the managers.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "shoal-bench",
