@@ -14,8 +14,10 @@ use crate::model::{keys, Node, ProxyConfig, Service, Task, TaskState};
 /// A cluster object with the revision of the write that last changed it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Versioned<T> {
-    pub value: T,
+    /// First, so that comparing two records (views' diffs compare every changed one) stops at
+    /// the revision, which differs for every write, before comparing their contents.
     pub mod_revision: u64,
+    pub value: T,
 }
 
 type Shared<T> = Arc<Versioned<T>>;
