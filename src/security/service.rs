@@ -109,11 +109,20 @@ fn peer(req_remote: Option<std::net::SocketAddr>) -> String {
 
 #[tonic::async_trait]
 impl Ca for CaService {
-    async fn info(&self, _req: Request<pb::CaInfoRequest>) -> Result<Response<pb::CaInfo>, Status> {
+    async fn info(&self, req: Request<pb::CaInfoRequest>) -> Result<Response<pb::CaInfo>, Status> {
         // This replica's view: a joining node needs roots, not the latest revision.
         let (s, _) = state::read_local(&self.store)
             .await?
             .ok_or_else(|| Status::unavailable("the cluster's CA is not written yet"))?;
+        // Nodes learn revocations here (they cannot read the store); strangers do not.
+        let member = req
+            .extensions()
+            .get::<shoal_tls::PeerInfo>()
+            .is_some_and(|p| p.identity.is_some());
+        let revoked = match member {
+            true => state::revoked(&self.store).await?.into_iter().collect(),
+            false => Vec::new(),
+        };
         Ok(Response::new(pb::CaInfo {
             cluster_id: s.cluster_id.clone(),
             roots_pem: s.roots_pem.clone(),
@@ -121,6 +130,7 @@ impl Ca for CaService {
             generation: s.generation,
             phase: s.phase.as_str().to_string(),
             cert_lifetime_secs: s.cert_lifetime_secs,
+            revoked,
         }))
     }
 
