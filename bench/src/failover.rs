@@ -20,8 +20,9 @@ use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use serde::Serialize;
 use serde_json::Value;
+use shoal_proto::v1::cluster_client::ClusterClient;
 use shoal_proto::v1::kv_client::KvClient;
-use shoal_proto::v1::{PutRequest, RangeRequest};
+use shoal_proto::v1::{request_op, PutRequest, RangeRequest, RequestOp, TxnRequest};
 use shoal_tls::Credentials;
 use tokio::time::Instant;
 
@@ -416,15 +417,23 @@ pub(crate) async fn run(args: FailoverArgs) -> Result<()> {
     Ok(())
 }
 
+/// Writes a cluster object at `key` the way `shoal service scale` does (`Cluster.CommitObjects`:
+/// users' KV writes never reach `/shoal/`).
 async fn put(addr: std::net::SocketAddr, tls: &Credentials, key: &str, value: &[u8]) -> Result<()> {
     let endpoint = cluster::endpoint(addr)?
         .connect_timeout(Duration::from_millis(300))
         .timeout(Duration::from_secs(3));
     let channel = cluster::connect(endpoint, tls).await?;
-    KvClient::new(channel)
-        .put(PutRequest {
-            key: key.as_bytes().to_vec(),
-            value: value.to_vec(),
+    let put = PutRequest {
+        key: key.as_bytes().to_vec(),
+        value: value.to_vec(),
+        ..Default::default()
+    };
+    ClusterClient::new(channel)
+        .commit_objects(TxnRequest {
+            success: vec![RequestOp {
+                request: Some(request_op::Request::Put(put)),
+            }],
             ..Default::default()
         })
         .await?;

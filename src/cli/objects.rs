@@ -135,7 +135,8 @@ pub(super) fn delete(key: &str) -> pb::RequestOp {
     }
 }
 
-/// Applies `ops` if every compare holds; whether it did. An error means the outcome is unknown
+/// Applies `ops` if every compare holds (`Cluster.CommitObjects`: the manager checks each is a
+/// valid object of its key); whether it did. An error means the outcome is unknown
 /// (the client says so) and is never followed by another attempt.
 pub(super) async fn commit(
     client: &mut Client,
@@ -143,7 +144,7 @@ pub(super) async fn commit(
     success: Vec<pb::RequestOp>,
 ) -> Result<bool, CliError> {
     let resp = client
-        .txn(pb::TxnRequest {
+        .commit_objects(pb::TxnRequest {
             compare,
             success,
             failure: Vec::new(),

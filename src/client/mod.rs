@@ -126,6 +126,16 @@ impl Client {
         self.write(|c| async move { c.kv().txn(req).await }).await
     }
 
+    /// A typed write of cluster objects (services, service names, nodes): the one way under
+    /// `/shoal/`, which `txn` refuses.
+    pub async fn commit_objects(
+        &mut self,
+        req: pb::TxnRequest,
+    ) -> Result<pb::TxnResponse, ClientError> {
+        self.write(|c| async move { c.cluster().commit_objects(req).await })
+            .await
+    }
+
     pub async fn lease_grant(
         &mut self,
         ttl: Duration,

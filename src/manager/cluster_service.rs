@@ -1,23 +1,27 @@
 //! Cluster admin (`shoal.v1.Cluster`): status, removing a manager or a node (revoking its
-//! certificate).
+//! certificate), and operators' typed writes of cluster objects (`manager::typed`). Operator
+//! and manager certificates only.
 
 use shoal_proto::v1 as pb;
 use shoal_proto::v1::cluster_server::Cluster;
 use shoal_raft::Store;
+use shoal_tls::Credentials;
 use shoal_tls::Role;
 use tonic::Request;
 use tonic::Response;
 use tonic::Status;
 
 use crate::security;
+use crate::security::policy::Method;
 
 pub(crate) struct ClusterService {
     store: Store,
+    creds: Credentials,
 }
 
 impl ClusterService {
-    pub(crate) fn new(store: Store) -> Self {
-        ClusterService { store }
+    pub(crate) fn new(store: Store, creds: Credentials) -> Self {
+        ClusterService { store, creds }
     }
 }
 
@@ -25,8 +29,9 @@ impl ClusterService {
 impl Cluster for ClusterService {
     async fn status(
         &self,
-        _req: Request<pb::StatusRequest>,
+        req: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
+        security::admit(&self.creds, &req, Method::ClusterStatus)?;
         let s = self.store.status().await;
         Ok(Response::new(pb::StatusResponse {
             cluster_id: s.cluster_id,
@@ -60,6 +65,7 @@ impl Cluster for ClusterService {
         &self,
         req: Request<pb::RemoveManagerRequest>,
     ) -> Result<Response<pb::RemoveManagerResponse>, Status> {
+        security::admit(&self.creds, &req, Method::ClusterRemoveManager)?;
         let id = req.into_inner().id;
         if id == 0 {
             return Err(Status::invalid_argument(
@@ -80,6 +86,7 @@ impl Cluster for ClusterService {
         &self,
         req: Request<pb::RemoveNodeRequest>,
     ) -> Result<Response<pb::RemoveNodeResponse>, Status> {
+        security::admit(&self.creds, &req, Method::ClusterRemoveNode)?;
         let r = req.into_inner();
         let key = crate::model::keys::node(&r.id);
         let range = shoal_raft::Range {
@@ -108,5 +115,20 @@ impl Cluster for ClusterService {
             .await?;
         tracing::info!(node = %r.id, name = %node.name, "node removed; its certificate is revoked");
         Ok(Response::new(pb::RemoveNodeResponse {}))
+    }
+
+    async fn commit_objects(
+        &self,
+        req: Request<pb::TxnRequest>,
+    ) -> Result<Response<pb::TxnResponse>, Status> {
+        let caller = security::admit(&self.creds, &req, Method::ClusterCommitObjects)?;
+        let txn = super::convert::txn(req.into_inner())?;
+        let txn = super::typed::check(&self.store, txn).await.map_err(|e| {
+            tracing::warn!(by = %caller.name, "typed commit refused: {e}");
+            Status::from(e)
+        })?;
+        Ok(Response::new(
+            super::kv_service::run_txn(&self.store, txn).await?,
+        ))
     }
 }

@@ -92,6 +92,18 @@ pub(crate) fn compare(c: pb::Compare) -> Result<Compare, Status> {
     })
 }
 
+pub(crate) fn txn(t: pb::TxnRequest) -> Result<shoal_raft::Txn, Status> {
+    Ok(shoal_raft::Txn {
+        compare: t
+            .compare
+            .into_iter()
+            .map(compare)
+            .collect::<Result<_, _>>()?,
+        success: t.success.into_iter().map(op).collect::<Result<_, _>>()?,
+        failure: t.failure.into_iter().map(op).collect::<Result<_, _>>()?,
+    })
+}
+
 pub(crate) fn op(o: pb::RequestOp) -> Result<Op, Status> {
     use pb::request_op::Request as R;
     match o.request {

@@ -21,6 +21,7 @@ use super::control::{heartbeat_period_ms, Leading};
 use super::statuses::{self, Report, Reports};
 use crate::model::{Availability, Node, NodeStatus, TaskStatus, DEFAULT_HEARTBEAT_MS};
 use crate::objects::{Commit, Expect, ObjectStore, Objects, View, Write};
+use crate::security::policy::{self, Method};
 
 /// The answer to a call whose leader term ended while it was served.
 pub(crate) fn leadership_changed() -> Status {
@@ -71,15 +72,35 @@ impl DispatcherService {
     }
 
     /// Checks the caller's worker certificate (not revoked: a removed node's session ends at
-    /// its next call) and that this manager's loops lead; returns the running term.
-    fn admit<T>(&self, req: &Request<T>) -> Result<Leading, Status> {
-        if let Some(creds) = self.store.tls() {
-            shoal_tls::net::authorize(creds, req.extensions(), crate::security::WORKER_ROLES)?;
-        }
+    /// its next call) and that it speaks for `node`, its own node (the certificate names it:
+    /// the request's node id is only a claim), and that this manager's loops lead; returns the
+    /// running term.
+    fn admit<T>(&self, req: &Request<T>, method: Method, node: &str) -> Result<Leading, Status> {
+        self.caller(req, method, node)?;
+        self.leading()
+    }
+
+    /// The running term, if this manager's loops lead.
+    fn leading(&self) -> Result<Leading, Status> {
         match self.leading.borrow().clone() {
             Some(leading) => Ok(leading),
             None => Err(self.not_leader()),
         }
+    }
+
+    /// The caller's certificate, checked as [`Self::admit`] does (None: a store without TLS).
+    fn caller<T>(
+        &self,
+        req: &Request<T>,
+        method: Method,
+        node: &str,
+    ) -> Result<Option<Arc<shoal_tls::PeerIdentity>>, Status> {
+        let Some(creds) = self.store.tls() else {
+            return Ok(None);
+        };
+        let caller = crate::security::admit(creds, req, method)?;
+        policy::own_node(caller.role, &caller.name, node)?;
+        Ok(Some(caller))
     }
 
     fn not_leader(&self) -> Status {
@@ -135,22 +156,9 @@ impl Dispatcher for DispatcherService {
         &self,
         req: Request<pb::RegisterRequest>,
     ) -> Result<Response<pb::RegisterResponse>, Status> {
-        let leading = self.admit(&req)?;
-        let caller = req
-            .extensions()
-            .get::<shoal_tls::PeerInfo>()
-            .and_then(|p| p.identity.clone());
+        let leading = self.admit(&req, Method::DispatcherRegister, &req.get_ref().node_id)?;
         let r = req.into_inner();
         validate_register(&r)?;
-        if let Some(caller) = caller {
-            // A worker certificate speaks for one node only.
-            if caller.name != r.node_id {
-                return Err(Status::permission_denied(format!(
-                    "the certificate of node {} cannot register node {}",
-                    caller.name, r.node_id
-                )));
-            }
-        }
         // The store, not this manager's revocation cache, which lags by up to a second.
         let revoked = crate::security::state::revoked(&self.store)
             .await
@@ -216,7 +224,7 @@ impl Dispatcher for DispatcherService {
         &self,
         req: Request<pb::HeartbeatRequest>,
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
-        let leading = self.admit(&req)?;
+        let leading = self.admit(&req, Method::DispatcherHeartbeat, &req.get_ref().node_id)?;
         let r = req.into_inner();
         let view = self.objects.view();
         let period_ms = view.node(&r.node_id).map_or(DEFAULT_HEARTBEAT_MS, |n| {
@@ -258,7 +266,9 @@ impl Dispatcher for DispatcherService {
         &self,
         req: Request<pb::AssignmentsRequest>,
     ) -> Result<Response<Self::AssignmentsStream>, Status> {
-        let leading = self.admit(&req)?;
+        let caller = self.caller(&req, Method::DispatcherAssignments, &req.get_ref().node_id)?;
+        let leading = self.leading()?;
+        let creds = self.store.tls().cloned();
         let pb::AssignmentsRequest {
             node_id: node,
             incremental,
@@ -276,6 +286,16 @@ impl Dispatcher for DispatcherService {
                     return;
                 };
                 let published = sets.borrow_and_update().clone();
+                // Checked again before every message: a removed node learns nothing more.
+                if let (Some(creds), Some(caller)) = (&creds, &caller) {
+                    if creds.is_revoked(caller) {
+                        permit.send(Err(Status::permission_denied(format!(
+                            "node {} was removed from the cluster",
+                            caller.name
+                        ))));
+                        return;
+                    }
+                }
                 if let Some(status) = published.stopped() {
                     permit.send(Err(status));
                     return;
@@ -309,7 +329,11 @@ impl Dispatcher for DispatcherService {
         &self,
         req: Request<pb::UpdateTaskStatusRequest>,
     ) -> Result<Response<pb::UpdateTaskStatusResponse>, Status> {
-        let leading = self.admit(&req)?;
+        let leading = self.admit(
+            &req,
+            Method::DispatcherUpdateTaskStatus,
+            &req.get_ref().node_id,
+        )?;
         let r = req.into_inner();
         let mut updates = Vec::with_capacity(r.updates.len());
         for raw in &r.updates {
@@ -335,12 +359,7 @@ impl Dispatcher for DispatcherService {
 }
 
 fn validate_register(r: &pb::RegisterRequest) -> Result<(), Status> {
-    let id_ok = !r.node_id.is_empty()
-        && r.node_id.len() <= 64
-        && r.node_id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-');
-    if !id_ok {
+    if !crate::model::is_node_id(&r.node_id) {
         return Err(Status::invalid_argument(format!(
             "invalid node id {:?}: 1 to 64 letters, digits or '-'",
             r.node_id

@@ -1,7 +1,10 @@
 //! The client KV API (`shoal.v1.Kv`) over the store. Any manager serves it; the store routes
-//! writes and linearizable reads through the leader.
+//! writes and linearizable reads through the leader. Every call is checked against the caller's
+//! certificate (`security::policy`): no user write reaches `/shoal/`, and a proxy reads its
+//! config and keeps its own status only.
 
 use std::pin::Pin;
+use std::sync::Arc;
 
 use futures::Stream;
 use futures::StreamExt;
@@ -17,14 +20,42 @@ use tonic::Response;
 use tonic::Status;
 
 use super::convert;
+use crate::security;
+use crate::security::policy::{self, Method};
+use shoal_tls::{Credentials, PeerIdentity, Role};
 
 pub(crate) struct KvService {
     store: Store,
+    creds: Credentials,
 }
 
 impl KvService {
-    pub(crate) fn new(store: Store) -> Self {
-        KvService { store }
+    pub(crate) fn new(store: Store, creds: Credentials) -> Self {
+        KvService { store, creds }
+    }
+
+    fn admit<T>(&self, req: &Request<T>, method: Method) -> Result<Arc<PeerIdentity>, Status> {
+        security::admit(&self.creds, req, method)
+    }
+
+    /// A proxy keeps alive or revokes only the lease its own status key is on.
+    async fn own_lease(&self, caller: &PeerIdentity, lease: u64) -> Result<(), Status> {
+        if caller.role != Role::Proxy {
+            return Ok(());
+        }
+        let range = shoal_raft::Range {
+            key: policy::proxy_status_key(&caller.name).into_bytes(),
+            ..Default::default()
+        };
+        let (found, _) = self.store.range(&range, false).await?;
+        if found.kvs.first().is_some_and(|kv| kv.lease == lease) {
+            return Ok(());
+        }
+        // NotFound, as for a lease that ended: the proxy grants itself a new one.
+        Err(Status::not_found(format!(
+            "lease {lease} holds no status of proxy {}: a proxy keeps only its own status's lease",
+            caller.name
+        )))
     }
 
     fn header(&self, revision: u64) -> pb::Header {
@@ -40,6 +71,32 @@ impl KvService {
     }
 }
 
+/// Applies `txn` and answers as `Kv.Txn` does (also `Cluster.CommitObjects`, once checked).
+pub(super) async fn run_txn(store: &Store, txn: Txn) -> Result<pb::TxnResponse, Status> {
+    match store.write(Command::Txn(txn)).await? {
+        Applied::Txn {
+            revision,
+            succeeded,
+            responses,
+        } => {
+            let header = pb::Header {
+                revision,
+                member_id: store.id(),
+                leader_id: store.leader().unwrap_or(0),
+            };
+            Ok(pb::TxnResponse {
+                header: Some(header),
+                succeeded,
+                responses: responses
+                    .into_iter()
+                    .map(|r| convert::op_response(&header, r))
+                    .collect(),
+            })
+        }
+        other => Err(unexpected(other)),
+    }
+}
+
 fn unexpected(r: Applied) -> Status {
     Status::internal(format!("unexpected store response {r:?}"))
 }
@@ -50,7 +107,9 @@ impl Kv for KvService {
         &self,
         req: Request<pb::RangeRequest>,
     ) -> Result<Response<pb::RangeResponse>, Status> {
+        let caller = self.admit(&req, Method::KvRange)?;
         let r = req.into_inner();
+        policy::read(caller.role, &caller.name, &r.key, r.prefix)?;
         let stale = r.stale;
         let (res, rev) = self.store.range(&convert::range(r), stale).await?;
         Ok(Response::new(convert::range_response(
@@ -60,10 +119,10 @@ impl Kv for KvService {
     }
 
     async fn put(&self, req: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
-        match self
-            .write(Command::Put(convert::put(req.into_inner())))
-            .await?
-        {
+        let caller = self.admit(&req, Method::KvPut)?;
+        let p = req.into_inner();
+        policy::write(caller.role, &caller.name, "put", &p.key, false)?;
+        match self.write(Command::Put(convert::put(p))).await? {
             Applied::Put { revision, prev_kv } => Ok(Response::new(pb::PutResponse {
                 header: Some(self.header(revision)),
                 prev_kv: prev_kv.map(convert::kv),
@@ -76,10 +135,10 @@ impl Kv for KvService {
         &self,
         req: Request<pb::DeleteRequest>,
     ) -> Result<Response<pb::DeleteResponse>, Status> {
-        match self
-            .write(Command::Delete(convert::delete(req.into_inner())))
-            .await?
-        {
+        let caller = self.admit(&req, Method::KvDelete)?;
+        let d = req.into_inner();
+        policy::write(caller.role, &caller.name, "delete", &d.key, d.prefix)?;
+        match self.write(Command::Delete(convert::delete(d))).await? {
             Applied::Delete {
                 revision,
                 deleted,
@@ -94,42 +153,17 @@ impl Kv for KvService {
     }
 
     async fn txn(&self, req: Request<pb::TxnRequest>) -> Result<Response<pb::TxnResponse>, Status> {
-        let t = req.into_inner();
-        let txn = Txn {
-            compare: t
-                .compare
-                .into_iter()
-                .map(convert::compare)
-                .collect::<Result<_, _>>()?,
-            success: t
-                .success
-                .into_iter()
-                .map(convert::op)
-                .collect::<Result<_, _>>()?,
-            failure: t
-                .failure
-                .into_iter()
-                .map(convert::op)
-                .collect::<Result<_, _>>()?,
-        };
-        match self.write(Command::Txn(txn)).await? {
-            Applied::Txn {
-                revision,
-                succeeded,
-                responses,
-            } => {
-                let header = self.header(revision);
-                Ok(Response::new(pb::TxnResponse {
-                    header: Some(header),
-                    succeeded,
-                    responses: responses
-                        .into_iter()
-                        .map(|r| convert::op_response(&header, r))
-                        .collect(),
-                }))
+        let caller = self.admit(&req, Method::KvTxn)?;
+        let txn = convert::txn(req.into_inner())?;
+        for op in txn.success.iter().chain(&txn.failure) {
+            let (who, name) = (caller.role, caller.name.as_str());
+            match op {
+                shoal_raft::Op::Put(p) => policy::write(who, name, "put", &p.key, false)?,
+                shoal_raft::Op::Delete(d) => policy::write(who, name, "delete", &d.key, d.prefix)?,
+                shoal_raft::Op::Range(r) => policy::read(who, name, &r.key, r.prefix)?,
             }
-            other => Err(unexpected(other)),
         }
+        Ok(Response::new(run_txn(&self.store, txn).await?))
     }
 
     type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchResponse, Status>> + Send>>;
@@ -138,11 +172,19 @@ impl Kv for KvService {
         &self,
         req: Request<pb::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
+        let caller = self.admit(&req, Method::KvWatch)?;
         let w = req.into_inner();
+        policy::read(caller.role, &caller.name, &w.key, w.prefix)?;
         let stream = self.store.watch(w.key, w.prefix, w.start_revision)?;
         let (member_id, store) = (self.store.id(), self.store.clone());
         let prev_kv = w.prev_kv;
+        let creds = self.creds.clone();
         let out = stream.map(move |item| match item {
+            // Checked again before every batch: a revoked watcher learns nothing more.
+            Ok(_) if creds.is_revoked(&caller) => Err(Status::permission_denied(format!(
+                "certificate of {} {} is revoked (removed from the cluster)",
+                caller.role, caller.name
+            ))),
             Ok(batch) => Ok(pb::WatchResponse {
                 header: Some(pb::Header {
                     revision: batch.revision,
@@ -169,6 +211,7 @@ impl Kv for KvService {
         &self,
         req: Request<pb::LeaseGrantRequest>,
     ) -> Result<Response<pb::LeaseGrantResponse>, Status> {
+        self.admit(&req, Method::KvLeaseGrant)?;
         let ttl_ms = req.into_inner().ttl_ms;
         match self.write(Command::LeaseGrant { ttl_ms }).await? {
             Applied::LeaseGranted {
@@ -188,7 +231,9 @@ impl Kv for KvService {
         &self,
         req: Request<pb::LeaseRevokeRequest>,
     ) -> Result<Response<pb::LeaseRevokeResponse>, Status> {
+        let caller = self.admit(&req, Method::KvLeaseRevoke)?;
         let id = req.into_inner().id;
+        self.own_lease(&caller, id).await?;
         match self.write(Command::LeaseRevoke { ids: vec![id] }).await? {
             Applied::LeaseRevoked { found, .. } if found.is_empty() => {
                 Err(StoreError::LeaseNotFound(id).into())
@@ -204,7 +249,10 @@ impl Kv for KvService {
         &self,
         req: Request<pb::LeaseKeepAliveRequest>,
     ) -> Result<Response<pb::LeaseKeepAliveResponse>, Status> {
-        let ttl_ms = self.store.lease_keep_alive(req.into_inner().id).await?;
+        let caller = self.admit(&req, Method::KvLeaseKeepAlive)?;
+        let id = req.into_inner().id;
+        self.own_lease(&caller, id).await?;
+        let ttl_ms = self.store.lease_keep_alive(id).await?;
         Ok(Response::new(pb::LeaseKeepAliveResponse {
             header: Some(self.header(self.store.revision())),
             ttl_ms,

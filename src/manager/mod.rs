@@ -8,6 +8,7 @@ mod convert;
 pub mod dispatcher;
 mod kv_service;
 mod statuses;
+mod typed;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -225,21 +226,18 @@ pub async fn run(config: ManagerConfig, shutdown: impl Future<Output = ()>) -> a
     // loop sets TCP_NODELAY: small RPCs would wait ~40 ms on Nagle and delayed ACKs.)
     let incoming =
         shoal_tls::net::incoming(listener, creds.server_config(None, security::H2), "gRPC");
-    let clients = || security::interceptor(creds.clone(), security::CLIENT_ROLES);
     let server = tonic::transport::Server::builder()
         // Room for a whole Raft append in flight (h2's default is 64 KiB per connection, which
         // made every large append wait for window updates from a busy receiver).
         .initial_stream_window_size(shoal_raft::WINDOW_BYTES)
         .initial_connection_window_size(shoal_raft::WINDOW_BYTES * 2)
         .add_service(store.peer_service())
-        .add_service(KvServer::with_interceptor(
-            KvService::new(store.clone()),
-            clients(),
-        ))
-        .add_service(ClusterServer::with_interceptor(
-            ClusterService::new(store.clone()),
-            clients(),
-        ))
+        // Each method checks its caller's role and scope (`security::policy`).
+        .add_service(KvServer::new(KvService::new(store.clone(), creds.clone())))
+        .add_service(ClusterServer::new(ClusterService::new(
+            store.clone(),
+            creds.clone(),
+        )))
         .add_service(DispatcherServer::new(DispatcherService::new(
             objects.clone(),
             leading,

@@ -14,7 +14,7 @@ mod task_state;
 
 pub use self::container::Container;
 pub use self::error::ModelError;
-pub use self::node::{Availability, Node, NodeStatus, DEFAULT_HEARTBEAT_MS};
+pub use self::node::{is_node_id, Availability, Node, NodeStatus, DEFAULT_HEARTBEAT_MS};
 pub use self::placement::Placement;
 pub use self::port::{PortSpec, Protocol};
 pub use self::proxy::{Balance, ProxyConfig, ProxyHost, ProxyModel, ProxyStatus, Upstream};

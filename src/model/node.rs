@@ -92,6 +92,12 @@ impl Node {
     }
 }
 
+/// Whether `id` can be a node id (what a worker certificate names and the dispatcher accepts):
+/// 1 to 64 ASCII letters, digits or '-'.
+pub fn is_node_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 64 && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -131,6 +131,7 @@ async fn join_one(
         .map_err(|s| match s.code() {
             tonic::Code::PermissionDenied
             | tonic::Code::InvalidArgument
+            | tonic::Code::AlreadyExists
             | tonic::Code::Unauthenticated => SecurityError::Refused(s.message().to_string()),
             _ => SecurityError::Unreachable(format!("{addr}: {}", s.message())),
         })?

@@ -163,6 +163,8 @@ pub async fn run_node(
         let addr = &managers[next % managers.len()];
         let round = async {
             let info = join::info(addr, &creds).await?;
+            // A removed manager's certificate must not open this node's engine endpoint.
+            creds.set_revoked(info.revoked.iter().cloned().collect());
             let mut changed = false;
             if info.roots_pem != creds.roots_pem() {
                 creds.set_roots(&info.roots_pem)?;

@@ -4,16 +4,19 @@
 //!
 //! Every gRPC connection is mutual TLS. A node's certificate is its identity: the subject names
 //! the cluster, the role (manager, worker, proxy, client) and the holder; each service checks
-//! the role ([`authorize`]).
+//! the role and scope of each method ([`policy`], [`admit`]).
 
 pub mod join;
 pub mod keeper;
 pub mod local;
+pub mod policy;
 pub mod service;
 pub mod state;
 
+use std::sync::Arc;
+
 use shoal_tls::Credentials;
-use shoal_tls::Role;
+use shoal_tls::PeerIdentity;
 
 /// Everything that can go wrong in this module, for callers to report.
 #[derive(Debug, thiserror::Error)]
@@ -47,22 +50,14 @@ impl From<SecurityError> for tonic::Status {
     }
 }
 
-/// Roles that may use the client APIs (KV, cluster admin, the proxy's reads and reports).
-pub const CLIENT_ROLES: &[Role] = &[Role::Manager, Role::Client, Role::Proxy];
-/// Roles that may open an agent session.
-pub const WORKER_ROLES: &[Role] = &[Role::Worker];
-/// Roles that may ask the CA for tokens, client certificates and rotations.
-pub const OPERATOR_ROLES: &[Role] = &[Role::Manager, Role::Client];
-
-/// A tonic interceptor letting through only requests from one of `roles`.
-pub fn interceptor(
-    creds: Credentials,
-    roles: &'static [Role],
-) -> impl FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Clone {
-    move |req: tonic::Request<()>| {
-        shoal_tls::net::authorize(&creds, req.extensions(), roles)?;
-        Ok(req)
-    }
+/// Who sent `req`, if their certificate's role may call `method` (see [`policy::Method::roles`])
+/// and is not revoked. The method's scope (keys, node) is the handler's to check.
+pub fn admit<T>(
+    creds: &Credentials,
+    req: &tonic::Request<T>,
+    method: policy::Method,
+) -> Result<Arc<PeerIdentity>, tonic::Status> {
+    shoal_tls::net::authorize(creds, req.extensions(), method.roles())
 }
 
 /// The ALPN a gRPC connection negotiates.

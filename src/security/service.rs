@@ -11,10 +11,10 @@ use tonic::Request;
 use tonic::Response;
 use tonic::Status;
 
+use super::policy::Method;
 use super::state;
 use super::state::CaState;
 use super::SecurityError;
-use super::OPERATOR_ROLES;
 
 pub struct CaService {
     store: Store,
@@ -37,10 +37,70 @@ impl CaService {
     fn authorize<T>(
         &self,
         req: &Request<T>,
-        roles: &[Role],
+        method: Method,
     ) -> Result<std::sync::Arc<shoal_tls::PeerIdentity>, Status> {
-        shoal_tls::net::authorize(&self.creds, req.extensions(), roles)
+        super::admit(&self.creds, req, method)
     }
+}
+
+impl CaService {
+    /// Whether a joining node may take `name`: the CA, not the joiner, decides who is who. A
+    /// worker's name is its node id, so an existing node's id is refused (its certificate would
+    /// stream that node's tasks); so is a name a manager's certificate carries.
+    async fn claimable(&self, role: Role, name: &str) -> Result<(), Status> {
+        let taken = match role {
+            Role::Worker => {
+                if !crate::model::is_node_id(name) {
+                    return Err(Status::invalid_argument(format!(
+                        "invalid node id {name:?}: 1 to 64 letters, digits or '-'"
+                    )));
+                }
+                self.exists(&crate::model::keys::node(name)).await?
+            }
+            Role::Manager => state::manager_names(&self.store)
+                .await?
+                .iter()
+                .any(|n| n == name),
+            Role::Proxy | Role::Client => false,
+        };
+        if taken {
+            return Err(Status::already_exists(format!(
+                "{role} name {name} is taken by a member of the cluster; join with a new data dir (a new name)"
+            )));
+        }
+        Ok(())
+    }
+
+    async fn exists(&self, key: &str) -> Result<bool, Status> {
+        let range = shoal_raft::Range {
+            key: key.as_bytes().to_vec(),
+            count_only: true,
+            ..Default::default()
+        };
+        let (found, _) = self.store.range(&range, false).await?;
+        Ok(found.count > 0)
+    }
+}
+
+/// The names a certificate may carry besides its subject: a worker or a proxy only IP
+/// addresses (its own, which the managers dial), never a host name, which a Docker client
+/// checks and a manager's certificate carries.
+fn check_sans(role: Role, sans: &[String]) -> Result<(), Status> {
+    if matches!(role, Role::Manager) {
+        return Ok(());
+    }
+    if let Some(name) = sans.iter().find(|s| s.parse::<std::net::IpAddr>().is_err()) {
+        return Err(Status::invalid_argument(format!(
+            "a {role} certificate names IP addresses only, not {name:?}"
+        )));
+    }
+    if sans.len() > 16 {
+        return Err(Status::invalid_argument(format!(
+            "a {role} certificate names at most 16 addresses, not {}",
+            sans.len()
+        )));
+    }
+    Ok(())
 }
 
 fn peer(req_remote: Option<std::net::SocketAddr>) -> String {
@@ -49,11 +109,20 @@ fn peer(req_remote: Option<std::net::SocketAddr>) -> String {
 
 #[tonic::async_trait]
 impl Ca for CaService {
-    async fn info(&self, _req: Request<pb::CaInfoRequest>) -> Result<Response<pb::CaInfo>, Status> {
+    async fn info(&self, req: Request<pb::CaInfoRequest>) -> Result<Response<pb::CaInfo>, Status> {
         // This replica's view: a joining node needs roots, not the latest revision.
         let (s, _) = state::read_local(&self.store)
             .await?
             .ok_or_else(|| Status::unavailable("the cluster's CA is not written yet"))?;
+        // Nodes learn revocations here (they cannot read the store); strangers do not.
+        let member = req
+            .extensions()
+            .get::<shoal_tls::PeerInfo>()
+            .is_some_and(|p| p.identity.is_some());
+        let revoked = match member {
+            true => state::revoked(&self.store).await?.into_iter().collect(),
+            false => Vec::new(),
+        };
         Ok(Response::new(pb::CaInfo {
             cluster_id: s.cluster_id.clone(),
             roots_pem: s.roots_pem.clone(),
@@ -61,6 +130,7 @@ impl Ca for CaService {
             generation: s.generation,
             phase: s.phase.as_str().to_string(),
             cert_lifetime_secs: s.cert_lifetime_secs,
+            revoked,
         }))
     }
 
@@ -95,6 +165,8 @@ impl Ca for CaService {
                 r.name
             )));
         }
+        self.claimable(role, &r.name).await?;
+        check_sans(role, &r.sans)?;
         let cert_pem = s.issue(&self.kek, &r.csr_pem, role, &r.name, &r.sans)?;
         let (kek, raft_token) = match role {
             Role::Manager => (self.kek.as_bytes().to_vec(), s.raft_token(&self.kek)?),
@@ -113,11 +185,9 @@ impl Ca for CaService {
         &self,
         req: Request<pb::CaRenewRequest>,
     ) -> Result<Response<pb::Issued>, Status> {
-        let id = self.authorize(
-            &req,
-            &[Role::Manager, Role::Worker, Role::Proxy, Role::Client],
-        )?;
+        let id = self.authorize(&req, Method::CaRenew)?;
         let r = req.into_inner();
+        check_sans(id.role, &r.sans)?;
         let s = self.state().await?;
         let cert_pem = s.issue(&self.kek, &r.csr_pem, id.role, &id.name, &r.sans)?;
         Ok(Response::new(pb::Issued {
@@ -132,7 +202,7 @@ impl Ca for CaService {
         &self,
         req: Request<pb::CaTokenRequest>,
     ) -> Result<Response<pb::CaTokenResponse>, Status> {
-        self.authorize(&req, OPERATOR_ROLES)?;
+        self.authorize(&req, Method::CaToken)?;
         let r = req.into_inner();
         let role: Role = r
             .role
@@ -155,7 +225,7 @@ impl Ca for CaService {
         &self,
         req: Request<pb::IssueClientRequest>,
     ) -> Result<Response<pb::Issued>, Status> {
-        let by = self.authorize(&req, OPERATOR_ROLES)?;
+        let by = self.authorize(&req, Method::CaIssueClient)?;
         let r = req.into_inner();
         let s = self.state().await?;
         let name = if r.name.is_empty() {
@@ -177,7 +247,7 @@ impl Ca for CaService {
         &self,
         req: Request<pb::RotateRequest>,
     ) -> Result<Response<pb::RotateResponse>, Status> {
-        self.authorize(&req, OPERATOR_ROLES)?;
+        self.authorize(&req, Method::CaRotate)?;
         let kek = &self.kek;
         let (s, ()) =
             state::update(&self.store, |s| s.start_rotation(kek, state::now_ms())).await?;

@@ -391,6 +391,21 @@ pub async fn record_manager(store: &Store, name: &str) -> Result<(), SecurityErr
     Ok(())
 }
 
+/// The certificate names every manager recorded.
+pub async fn manager_names(store: &Store) -> Result<Vec<String>, SecurityError> {
+    let range = Range {
+        key: MANAGER_NAMES.as_bytes().to_vec(),
+        prefix: true,
+        ..Default::default()
+    };
+    let (res, _) = store.range(&range, false).await?;
+    Ok(res
+        .kvs
+        .into_iter()
+        .map(|kv| String::from_utf8_lossy(&kv.value).into_owned())
+        .collect())
+}
+
 /// The certificate name of manager `id`, if it recorded one.
 pub async fn manager_name(store: &Store, id: u64) -> Result<Option<String>, SecurityError> {
     let range = Range {

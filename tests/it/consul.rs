@@ -109,8 +109,8 @@ impl HttpCluster {
 }
 
 #[derive(Debug)]
-struct Reply {
-    status: u16,
+pub(crate) struct Reply {
+    pub(crate) status: u16,
     headers: Vec<(String, String)>,
     body: Vec<u8>,
 }
@@ -130,18 +130,23 @@ impl Reply {
             .unwrap()
     }
 
-    fn json(&self) -> Value {
+    pub(crate) fn json(&self) -> Value {
         serde_json::from_slice(&self.body)
             .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
     }
 
-    fn text(&self) -> String {
+    pub(crate) fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
 }
 
 /// One HTTP/1.1 exchange on a fresh connection (`Connection: close`), bounded by 60 s.
-async fn http(addr: &str, method: &str, target: &str, body: &[u8]) -> Result<Reply, String> {
+pub(crate) async fn http(
+    addr: &str,
+    method: &str,
+    target: &str,
+    body: &[u8],
+) -> Result<Reply, String> {
     let exchange = async {
         let mut s = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
         let head = format!(

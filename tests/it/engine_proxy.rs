@@ -230,3 +230,54 @@ async fn the_engine_endpoint_admits_only_managers_and_splices_exec_streams() {
         .await;
     assert_eq!(inspect["ExitCode"], 0, "{inspect}");
 }
+
+/// A manager's certificate after `manager remove`: refused by the agent's engine endpoint too
+/// (agents learn revocations from `Ca.Info`), so a removed manager is no longer root on nodes.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_removed_managers_certificate_no_longer_opens_the_engine_endpoint() {
+    let _serial = serial().await;
+    let mut fleet = Fleet::start(3, 1).await;
+    let leader = fleet.cluster.wait_leader().await;
+    let gone = (leader + 1) % 3;
+    let gone_tls = fleet.cluster.managers[gone].tls_dir();
+    let nodes = fleet.nodes().await;
+    let addr = nodes[0]["engine_addr"].as_str().unwrap().to_string();
+    // Before: that manager's certificate gets in.
+    let (status, _) = call(&addr, &gone_tls, request(Method::GET, "/_ping", None)).await;
+    assert_eq!(status, StatusCode::OK);
+
+    let id = fleet.cluster.managers[gone].id.to_string();
+    let out = fleet.cluster.cli(&["manager", "remove", &id]).await;
+    assert!(out.ok(), "{out:?}");
+    fleet.cluster.managers[gone].kill();
+
+    // After: refused at the handshake once the agent has polled (every 2 s).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let refused = match dial(&addr, &gone_tls).await {
+            Err(_) => true,
+            Ok(mut stream) => {
+                // TLS 1.3: the server's refusal arrives with the first read.
+                let _ = stream
+                    .write_all(b"GET /_ping HTTP/1.1\r\nHost: e\r\nConnection: close\r\n\r\n")
+                    .await;
+                let mut buf = Vec::new();
+                let read = tokio::time::timeout(TIMEOUT, stream.read_to_end(&mut buf)).await;
+                read.is_ok() && !buf.starts_with(b"HTTP/1.1 200")
+            }
+        };
+        if refused {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a removed manager's certificate still opens the engine endpoint\n{}",
+            fleet.agents[0].log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // A member's certificate still does.
+    let kept = fleet.cluster.managers[leader].tls_dir();
+    let (status, _) = call(&addr, &kept, request(Method::GET, "/_ping", None)).await;
+    assert_eq!(status, StatusCode::OK);
+}

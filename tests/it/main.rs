@@ -1,6 +1,7 @@
 //! Integration tests: the real `shoal` binary, several manager processes on loopback, kill -9,
 //! restarts. One binary (see STYLE.md); the tests that start managers run one at a time.
 
+mod authz;
 mod bad_input;
 mod cli;
 mod cluster;

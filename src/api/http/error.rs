@@ -23,6 +23,10 @@ pub(crate) enum ApiError {
     /// 500: Consul answers an unknown session or datacenter this way.
     #[error("{0}")]
     Internal(String),
+    /// 403: a write into `/shoal/`, the cluster's own records (answered as JSON,
+    /// `{"error": "..."}`, so that scripts can tell it from Consul's plain-text errors).
+    #[error(transparent)]
+    Forbidden(#[from] crate::security::policy::Denied),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -35,6 +39,7 @@ impl ApiError {
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::Store(StoreError::Invalid(
                 InvalidRequest::ValueTooLarge(_) | InvalidRequest::TxnTooLarge(_),
             )) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -62,6 +67,9 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
+        if let ApiError::Forbidden(e) = &self {
+            return super::json(status, &serde_json::json!({ "error": e.to_string() }));
+        }
         let mut body = self.message();
         body.push('\n');
         (

@@ -29,6 +29,7 @@ use super::json;
 use super::query::Query;
 use super::session;
 use super::Api;
+use crate::security::policy;
 
 /// Largest value accepted: Consul's default `kv_max_value_size` (512 KiB), so that what works
 /// against shoal works against Consul; the store itself would take 1 MiB.
@@ -164,6 +165,7 @@ async fn put(api: &Api, key: &str, q: Option<&str>, body: Bytes) -> Result<Respo
     if key.is_empty() {
         return Err(missing_key());
     }
+    policy::user_write("put", key.as_bytes(), false)?;
     if body.len() > MAX_VALUE {
         return Err(ApiError::TooLarge(format!(
             "Request body({} bytes) too large, max size: {MAX_VALUE} bytes",
@@ -233,6 +235,7 @@ async fn delete(api: &Api, key: &str, q: Option<&str>) -> Result<Response, ApiEr
     if key.is_empty() && !recurse {
         return Err(missing_key());
     }
+    policy::user_write("delete", key.as_bytes(), recurse)?;
     let cas = q.u64("cas", "cas index")?;
     let del = Delete {
         key: key.as_bytes().to_vec(),

@@ -37,6 +37,7 @@ use super::kv::MAX_VALUE;
 use super::query::Query;
 use super::session;
 use super::Api;
+use crate::security::policy;
 
 /// Consul's limit on operations in one transaction.
 const MAX_OPS: usize = 64;
@@ -287,6 +288,12 @@ pub(crate) async fn handle(api: &Api, q: Option<&str>, body: Bytes) -> Result<Re
         };
         if let Some(c) = &plan.compare {
             txn.compare.push(c.clone());
+        }
+        // The cluster's own records are never a user's to write, whatever the verb.
+        match &store_op {
+            Some(Op::Put(p)) => policy::user_write("put", &p.key, false)?,
+            Some(Op::Delete(d)) => policy::user_write("delete", &d.key, d.prefix)?,
+            _ => {}
         }
         if let Some(o) = store_op {
             plan.op = Some(txn.success.len());
