@@ -11,11 +11,13 @@ use serde::de::DeserializeOwned;
 
 use crate::model::{keys, Node, ProxyConfig, Service, Task, TaskState};
 
-/// A cluster object with the revision of the write that last changed it.
-#[derive(Debug, Clone, PartialEq)]
+/// A cluster object with the revision of the write that last changed it. `Eq` matters: it lets
+/// `Arc<Versioned<_>>` compare by pointer first, so a diff between two views never compares the
+/// contents of a record they share.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Versioned<T> {
-    /// First, so that comparing two records (views' diffs compare every changed one) stops at
-    /// the revision, which differs for every write, before comparing their contents.
+    /// First, so that comparing two different records stops at the revision, which differs
+    /// for every write, before comparing their contents.
     pub mod_revision: u64,
     pub value: T,
 }
