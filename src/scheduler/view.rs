@@ -90,84 +90,79 @@ pub(crate) struct Held {
 impl Held {
     /// Counts `placed` as running here.
     pub fn add(&mut self, placed: &Placed) {
-        self.tasks += 1;
-        self.reserved.nano_cpus += placed.reservations.nano_cpus;
-        self.reserved.memory_bytes += placed.reservations.memory_bytes;
-        for port in &placed.host_ports {
-            increment(&mut self.host_ports, port);
-        }
-        for name in placed.names() {
-            increment(&mut self.names, name);
-        }
-        let untagged = untagged(placed.image);
-        increment(&mut self.images, placed.image);
-        if untagged != placed.image {
-            increment(&mut self.images, untagged);
-        }
-        for (key, value) in placed.labels {
-            match self.labels.get_mut(key.as_str()) {
-                Some(values) => increment(values, value.as_str()),
-                None => {
-                    self.labels
-                        .insert(key.clone(), imbl::HashMap::unit(value.clone(), 1));
-                }
-            }
-        }
+        self.count(placed, Step::Up);
     }
 
     /// Takes away what [`Held::add`] counted for `placed`; nothing is left of a count at zero.
     pub fn remove(&mut self, placed: &Placed) {
-        self.tasks = self.tasks.saturating_sub(1);
-        let reserved = &mut self.reserved;
-        reserved.nano_cpus = reserved
-            .nano_cpus
-            .saturating_sub(placed.reservations.nano_cpus);
-        reserved.memory_bytes =
-            (reserved.memory_bytes).saturating_sub(placed.reservations.memory_bytes);
+        self.count(placed, Step::Down);
+    }
+
+    fn count(&mut self, placed: &Placed, step: Step) {
+        let (reserved, want) = (&mut self.reserved, placed.reservations);
+        match step {
+            Step::Up => {
+                self.tasks += 1;
+                reserved.nano_cpus += want.nano_cpus;
+                reserved.memory_bytes += want.memory_bytes;
+            }
+            Step::Down => {
+                self.tasks = self.tasks.saturating_sub(1);
+                reserved.nano_cpus = reserved.nano_cpus.saturating_sub(want.nano_cpus);
+                reserved.memory_bytes = reserved.memory_bytes.saturating_sub(want.memory_bytes);
+            }
+        }
         for port in &placed.host_ports {
-            decrement(&mut self.host_ports, port);
+            step.apply(&mut self.host_ports, port);
         }
         for name in placed.names() {
-            decrement(&mut self.names, name);
+            step.apply(&mut self.names, name);
         }
         let untagged = untagged(placed.image);
-        decrement(&mut self.images, placed.image);
+        step.apply(&mut self.images, placed.image);
         if untagged != placed.image {
-            decrement(&mut self.images, untagged);
+            step.apply(&mut self.images, untagged);
         }
         for (key, value) in placed.labels {
-            if let Some(values) = self.labels.get_mut(key.as_str()) {
-                decrement(values, value.as_str());
-                if values.is_empty() {
-                    self.labels.remove(key.as_str());
-                }
+            let values = match (self.labels.get_mut(key.as_str()), step) {
+                (Some(values), _) => values,
+                (None, Step::Up) => self.labels.entry(key.clone()).or_default(),
+                (None, Step::Down) => continue,
+            };
+            step.apply(values, value.as_str());
+            if values.is_empty() {
+                self.labels.remove(key.as_str());
             }
         }
     }
 }
 
-fn increment<K, Q>(counts: &mut imbl::HashMap<K, usize>, key: &Q)
-where
-    K: Borrow<Q> + Hash + Eq + Clone,
-    Q: ToOwned<Owned = K> + Hash + Eq + ?Sized,
-{
-    match counts.get_mut(key) {
-        Some(n) => *n += 1,
-        None => {
-            counts.insert(key.to_owned(), 1);
-        }
-    }
+/// Which way a placement changes the counts.
+#[derive(Clone, Copy)]
+enum Step {
+    Up,
+    Down,
 }
 
-fn decrement<K, Q>(counts: &mut imbl::HashMap<K, usize>, key: &Q)
-where
-    K: Borrow<Q> + Hash + Eq + Clone,
-    Q: Hash + Eq + ?Sized,
-{
-    if let Some(n) = counts.get_mut(key) {
-        *n -= 1;
-        if *n == 0 {
-            counts.remove(key);
+impl Step {
+    /// Moves `key`'s count one step; a count that reaches zero is removed.
+    fn apply<K, Q>(self, counts: &mut imbl::HashMap<K, usize>, key: &Q)
+    where
+        K: Borrow<Q> + Hash + Eq + Clone,
+        Q: ToOwned<Owned = K> + Hash + Eq + ?Sized,
+    {
+        match (counts.get_mut(key), self) {
+            (Some(n), Step::Up) => *n += 1,
+            (None, Step::Up) => {
+                counts.insert(key.to_owned(), 1);
+            }
+            (Some(n), Step::Down) => {
+                *n -= 1;
+                if *n == 0 {
+                    counts.remove(key);
+                }
+            }
+            (None, Step::Down) => {}
         }
     }
 }
