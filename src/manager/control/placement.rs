@@ -57,12 +57,12 @@ impl Placement {
 
 /// Updates `occupancy`, the counters of `old`, to those of `new`: the tasks that changed, and
 /// every task of a service that changed (what a task holds comes partly from its service).
-pub(crate) fn follow(occupancy: &mut Occupancy, old: &View, new: &View) {
+fn follow(occupancy: &mut Occupancy, old: &View, new: &View) {
     let services: HashSet<&str> = new
         .service_changes(old)
-        .map(|c| match c.current().or(c.previous()) {
-            Some(s) => s.value.id.as_str(),
-            None => unreachable!("a change has a side"),
+        .map(|c| {
+            let s = c.current().or(c.previous()).expect("a change has a side");
+            s.value.id.as_str()
         })
         .collect();
     for &id in &services {
@@ -96,12 +96,14 @@ fn decide(
     strategy: Strategy,
     rng: &mut StdRng,
 ) -> Plan {
+    // The index keeps pending tasks in line, oldest first: the order `Snapshot::pending` sorts
+    // into. `schedule_on` reads no tasks of the snapshot: `occupancy` stands for them.
+    let pending: Vec<&Task> = state.pending().map(|t| &t.value).collect();
     let snapshot = Snapshot {
         nodes: state.nodes().map(|n| &n.value).collect(),
         services: state.services().map(|s| &s.value).collect(),
-        tasks: state.pending().map(|t| &t.value).collect(),
+        tasks: Vec::new(),
     };
-    let pending = snapshot.pending();
     let decisions = scheduler::schedule_on(&pending, &snapshot, occupancy, strategy, rng);
     let mut writes = Vec::new();
     for decision in decisions {
