@@ -146,11 +146,25 @@ impl Cluster {
         let _ = m.child.wait();
     }
 
-    /// Starts manager `i` again on its data dir (after `kill`), and waits until it answers
-    /// with a leader.
+    /// SIGTERM to manager `i`: a graceful stop, which it finishes on its own (`restart` waits
+    /// for the exit).
+    pub(crate) fn stop(&mut self, i: usize) {
+        if let Ok(pid) = i32::try_from(self.managers[i].child.id()) {
+            let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGTERM);
+        }
+    }
+
+    /// Manager `i`'s log file.
+    pub(crate) fn log(&self, i: usize) -> &Path {
+        &self.managers[i].log
+    }
+
+    /// Starts manager `i` again on its data dir (after `kill` or `stop`), and waits until it
+    /// answers with a leader.
     pub(crate) async fn restart(&mut self, exe: &Path, i: usize) -> Result<()> {
         use std::os::unix::process::CommandExt;
         let m = &mut self.managers[i];
+        let _ = m.child.wait();
         let out = File::options().append(true).open(&m.log)?;
         let err = out.try_clone()?;
         m.child = Command::new(exe)

@@ -3,7 +3,9 @@
 //!   containers; time until the service again has all its replicas RUNNING on the other node;
 //! - leader loss: kill -9 the leader; time until a survivor acknowledges the first client write
 //!   (a scale issued right after the kill, retried every 10 ms), and until the next scheduling
-//!   write, that is until the task that scale created is ASSIGNED by the new leader's scheduler.
+//!   write, that is until the task that scale created is ASSIGNED by the new leader's scheduler;
+//! - leader stop: the same with SIGTERM, after which the leader hands leadership over;
+//! - and from the new leaders' logs, their time from election to their scheduler's first plan.
 //!
 //! Each trial restores the cluster (agent or manager restarted) before the next. Figures are
 //! p50/p99 over the trials, as a table and JSON.
@@ -66,6 +68,31 @@ struct Report {
     leader_loss: Figures,
     /// From the leader's kill to the first client write a survivor acknowledged.
     leader_loss_first_write: Figures,
+    /// The same two times when the leader is stopped (SIGTERM: it hands leadership over).
+    leader_stop: Figures,
+    leader_stop_first_write: Figures,
+    /// The new leader's own time from its election to its scheduler's first plan (its log).
+    first_plan: Figures,
+}
+
+/// How a leader trial takes the leader away.
+#[derive(Debug, Clone, Copy)]
+enum Loss {
+    /// kill -9.
+    Kill,
+    /// SIGTERM, a graceful stop.
+    Stop,
+}
+
+/// Times of the leader trials of one kind, in ms.
+#[derive(Debug, Default)]
+struct LeaderTrials {
+    /// Until the first client write a survivor acknowledged.
+    first_write: Vec<f64>,
+    /// Until the task that write created is ASSIGNED by the new leader's scheduler.
+    scheduled: Vec<f64>,
+    /// The new leader's election to its scheduler's first plan.
+    first_plan: Vec<f64>,
 }
 
 /// A `shoal agent` child in its own process group.
@@ -318,74 +345,18 @@ pub(crate) async fn run(args: FailoverArgs) -> Result<()> {
         .await?;
     }
 
-    let mut leader_loss = Vec::new();
-    let mut first_write = Vec::new();
+    let mut kill = LeaderTrials::default();
+    let mut stop = LeaderTrials::default();
     for trial in 0..args.trials {
-        let leader = leader_index(&addrs, &tls).await?;
-        let survivors: Vec<std::net::SocketAddr> = addrs
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| *i != leader)
-            .map(|(_, a)| *a)
-            .collect();
-        let (service, _) = read(&survivors, &tls, "/shoal/services/")
-            .await?
-            .into_iter()
-            .next()
-            .context("the service is gone")?;
-        let before: Vec<String> = read(&survivors, &tls, "/shoal/tasks/")
-            .await?
-            .into_iter()
-            .filter_map(|(t, _)| Some(t["id"].as_str()?.to_string()))
-            .collect();
-        let start = Instant::now();
-        cluster.kill(leader);
-        // Scale up by one through a survivor, as soon as one takes the write.
-        let mut scaled = service.clone();
-        scaled["replicas"] = (n as u64 + 1).into();
-        let key = format!("/shoal/services/{}", service["id"].as_str().unwrap_or(""));
-        let value = serde_json::to_vec(&scaled)?;
-        'write: loop {
-            for addr in &survivors {
-                if put(*addr, &tls, &key, &value).await.is_ok() {
-                    break 'write;
-                }
-            }
-            if start.elapsed() > Duration::from_secs(60) {
-                bail!("no manager took the scale write");
-            }
-            // Not a hot loop: the survivors need the CPU for their election.
-            tokio::time::sleep(Duration::from_millis(10)).await;
+        for (how, trials) in [(Loss::Kill, &mut kill), (Loss::Stop, &mut stop)] {
+            leader_trial(&exe, &mut cluster, how, n, trials).await?;
+            eprintln!(
+                "{how:?} trial {}: first write {:.0} ms, next scheduling write {:.0} ms",
+                trial + 1,
+                trials.first_write.last().unwrap_or(&0.0),
+                trials.scheduled.last().unwrap_or(&0.0)
+            );
         }
-        first_write.push(start.elapsed().as_secs_f64() * 1000.0);
-        wait(
-            "the new task to be assigned",
-            Duration::from_secs(60),
-            || async {
-                read(&survivors, &tls, "/shoal/tasks/")
-                    .await
-                    .is_ok_and(|tasks| {
-                        tasks.iter().any(|(t, _)| {
-                            !before.iter().any(|b| t["id"] == b.as_str())
-                                && t["state"] != "pending"
-                                && t["state"] != "new"
-                        })
-                    })
-            },
-        )
-        .await?;
-        let ms = start.elapsed().as_secs_f64() * 1000.0;
-        eprintln!("leader loss trial {}: {ms:.0} ms", trial + 1);
-        leader_loss.push(ms);
-        // Back to n replicas, and the killed manager back in the cluster.
-        put(survivors[0], &tls, &key, &serde_json::to_vec(&service)?).await?;
-        cluster.restart(&exe, leader).await?;
-        wait("the service to settle", Duration::from_secs(60), || async {
-            running_by_node(&addrs, &tls)
-                .await
-                .is_ok_and(|m| m.values().sum::<usize>() == n)
-        })
-        .await?;
     }
 
     let report = Report {
@@ -394,8 +365,11 @@ pub(crate) async fn run(args: FailoverArgs) -> Result<()> {
         date: report::now_utc(),
         machine: Machine::probe(&args.dir),
         node_loss: figures(node_loss),
-        leader_loss: figures(leader_loss),
-        leader_loss_first_write: figures(first_write),
+        leader_loss: figures(kill.scheduled),
+        leader_loss_first_write: figures(kill.first_write),
+        leader_stop: figures(stop.scheduled),
+        leader_stop_first_write: figures(stop.first_write),
+        first_plan: figures(kill.first_plan.into_iter().chain(stop.first_plan).collect()),
     };
     println!("| repair | trials | p50 ms | p99 ms | max ms |");
     println!("|---|---:|---:|---:|---:|");
@@ -406,6 +380,15 @@ pub(crate) async fn run(args: FailoverArgs) -> Result<()> {
             &report.leader_loss_first_write,
         ),
         ("leader loss → next scheduling write", &report.leader_loss),
+        (
+            "leader stop → first acknowledged write",
+            &report.leader_stop_first_write,
+        ),
+        ("leader stop → next scheduling write", &report.leader_stop),
+        (
+            "new leader: elected → first scheduler plan",
+            &report.first_plan,
+        ),
     ] {
         println!(
             "| {name} | {} | {:.0} | {:.0} | {:.0} |",
@@ -415,6 +398,123 @@ pub(crate) async fn run(args: FailoverArgs) -> Result<()> {
     println!("{}", serde_json::to_string_pretty(&report)?);
     drop(agents);
     Ok(())
+}
+
+/// Takes the leader away (`how`), scales the service up by one through a survivor right away,
+/// times the first acknowledged write and the scheduling of the task it created, then restores
+/// the service and the manager.
+async fn leader_trial(
+    exe: &Path,
+    cluster: &mut Cluster,
+    how: Loss,
+    n: usize,
+    trials: &mut LeaderTrials,
+) -> Result<()> {
+    let addrs = cluster.addrs();
+    let tls = cluster.tls().clone();
+    let leader = leader_index(&addrs, &tls).await?;
+    let survivors: Vec<(usize, std::net::SocketAddr)> = addrs
+        .iter()
+        .copied()
+        .enumerate()
+        .filter(|(i, _)| *i != leader)
+        .collect();
+    let survivor_addrs: Vec<std::net::SocketAddr> = survivors.iter().map(|(_, a)| *a).collect();
+    let (service, _) = read(&survivor_addrs, &tls, "/shoal/services/")
+        .await?
+        .into_iter()
+        .next()
+        .context("the service is gone")?;
+    let before: Vec<String> = read(&survivor_addrs, &tls, "/shoal/tasks/")
+        .await?
+        .into_iter()
+        .filter_map(|(t, _)| Some(t["id"].as_str()?.to_string()))
+        .collect();
+    let log_lengths: Vec<u64> = survivors
+        .iter()
+        .map(|(i, _)| std::fs::metadata(cluster.log(*i)).map_or(0, |m| m.len()))
+        .collect();
+    let start = Instant::now();
+    match how {
+        Loss::Kill => cluster.kill(leader),
+        Loss::Stop => cluster.stop(leader),
+    }
+    // Scale up by one through a survivor, as soon as one takes the write.
+    let mut scaled = service.clone();
+    scaled["replicas"] = (n as u64 + 1).into();
+    let key = format!("/shoal/services/{}", service["id"].as_str().unwrap_or(""));
+    let value = serde_json::to_vec(&scaled)?;
+    'write: loop {
+        for addr in &survivor_addrs {
+            if put(*addr, &tls, &key, &value).await.is_ok() {
+                break 'write;
+            }
+        }
+        if start.elapsed() > Duration::from_secs(60) {
+            bail!("no manager took the scale write");
+        }
+        // Not a hot loop: the survivors need the CPU for their election.
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    trials
+        .first_write
+        .push(start.elapsed().as_secs_f64() * 1000.0);
+    wait(
+        "the new task to be assigned",
+        Duration::from_secs(60),
+        || async {
+            read(&survivor_addrs, &tls, "/shoal/tasks/")
+                .await
+                .is_ok_and(|tasks| {
+                    tasks.iter().any(|(t, _)| {
+                        !before.iter().any(|b| t["id"] == b.as_str())
+                            && t["state"] != "pending"
+                            && t["state"] != "new"
+                    })
+                })
+        },
+    )
+    .await?;
+    trials
+        .scheduled
+        .push(start.elapsed().as_secs_f64() * 1000.0);
+    for ((i, _), from) in survivors.iter().zip(log_lengths) {
+        if let Some(ms) = first_plan_ms(cluster.log(*i), from) {
+            trials.first_plan.push(ms);
+        }
+    }
+    // Back to n replicas, and the manager that was taken away back in the cluster.
+    put(
+        survivor_addrs[0],
+        &tls,
+        &key,
+        &serde_json::to_vec(&service)?,
+    )
+    .await?;
+    cluster.restart(exe, leader).await?;
+    wait("the service to settle", Duration::from_secs(60), || async {
+        running_by_node(&addrs, &tls)
+            .await
+            .is_ok_and(|m| m.values().sum::<usize>() == n)
+    })
+    .await?;
+    Ok(())
+}
+
+/// The `ms=` of the scheduler's "first plan of this term" line a manager logged after byte
+/// `from` of its log.
+fn first_plan_ms(log: &Path, from: u64) -> Option<f64> {
+    use std::io::{Read, Seek};
+    let mut file = std::fs::File::open(log).ok()?;
+    file.seek(std::io::SeekFrom::Start(from)).ok()?;
+    let mut text = String::new();
+    file.read_to_string(&mut text).ok()?;
+    text.lines()
+        .filter(|l| l.contains("first plan of this term") && l.contains("scheduler"))
+        .find_map(|l| {
+            let rest = &l[l.find(" ms=")? + 4..];
+            rest.split_whitespace().next()?.parse().ok()
+        })
 }
 
 /// Writes a cluster object at `key` the way `shoal service scale` does (`Cluster.CommitObjects`:

@@ -9,6 +9,7 @@ mod command;
 mod db;
 mod error;
 mod forward;
+mod handover;
 mod identity;
 mod lease;
 mod log_store;

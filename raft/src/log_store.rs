@@ -1,12 +1,21 @@
-//! Raft log storage on RocksDB. An append is acknowledged (its `IOFlushed` callback called) only
-//! after the WAL is fsynced; appends that arrive while a sync runs share the next one.
+//! Raft log storage on RocksDB, kept off openraft's core: `append` puts the entries in memory
+//! (readable at once) and hands them to one writer thread, which writes everything queued as one
+//! batch, fsyncs the WAL once and only then acknowledges (the `IOFlushed` callbacks). A slow disk
+//! therefore delays acknowledgements, never the core's heartbeats: a write to a WAL page under
+//! writeback can block for as long as an fsync takes, seconds on a busy disk, and it used to do
+//! so on the core's thread. Everything that changes the log goes through the same thread, in
+//! order.
 
+use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::io;
 use std::ops::Bound;
 use std::ops::RangeBounds;
 use std::sync::mpsc;
 use std::sync::Arc;
+use std::sync::Mutex;
+use std::time::Duration;
+use std::time::Instant;
 
 use openraft::entry::RaftEntry;
 use openraft::storage::IOFlushed;
@@ -16,6 +25,7 @@ use openraft::OptionalSend;
 use openraft::RaftLogReader;
 use rocksdb::WriteBatch;
 use rocksdb::DB;
+use tokio::sync::oneshot;
 
 use crate::codec;
 use crate::db::be;
@@ -32,22 +42,66 @@ const KEY_VOTE: &[u8] = b"vote";
 const KEY_COMMITTED: &[u8] = b"committed";
 const KEY_PURGED: &[u8] = b"last_purged";
 
-/// Log storage handle; clones share the database and the sync thread.
+/// A sync slower than this is logged: it is what delays every acknowledged write.
+const SLOW_SYNC: Duration = Duration::from_millis(500);
+
+/// What the log holds beyond the database until the writer thread catches up; readers see the
+/// database through it.
+#[derive(Default)]
+struct Pending {
+    /// Entries appended but not yet written, by index.
+    entries: BTreeMap<u64, Arc<Entry>>,
+    /// The latest purge point, in effect from the call on.
+    purged: Option<LogId>,
+    /// The latest committed log id saved.
+    committed: Option<Option<LogId>>,
+}
+
+type Unwritten = Arc<Mutex<Pending>>;
+
+/// Log storage handle; clones share the database, the unwritten entries and the writer thread.
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<DB>,
-    syncer: mpsc::Sender<IOFlushed<TypeConfig>>,
+    unwritten: Unwritten,
+    writer: mpsc::Sender<Job>,
+}
+
+/// Work for the writer thread, done in the order sent.
+enum Job {
+    /// Write the entries; acknowledge once they are synced.
+    Append(Vec<Arc<Entry>>, IOFlushed<TypeConfig>),
+    /// Record the committed log id (unsynced: it only lets a restart apply further).
+    Committed(Vec<u8>),
+    /// Write and sync the vote.
+    Vote(Vec<u8>, oneshot::Sender<io::Result<()>>),
+    /// Remove entries from this index on.
+    Truncate(u64, oneshot::Sender<io::Result<()>>),
+    /// Record the purge point, then remove entries up to it.
+    Purge(LogId),
+}
+
+fn lock(unwritten: &Unwritten) -> std::sync::MutexGuard<'_, Pending> {
+    unwritten.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl LogStore {
     pub(crate) fn new(db: Arc<DB>) -> Self {
-        let (syncer, rx) = mpsc::channel();
-        let sync_db = db.clone();
+        let (writer, rx) = mpsc::channel();
+        let unwritten = Unwritten::default();
+        let thread = Writer {
+            db: db.clone(),
+            unwritten: unwritten.clone(),
+        };
         std::thread::Builder::new()
-            .name("shoal-wal-sync".into())
-            .spawn(move || group_sync(sync_db, rx))
-            .expect("spawning the WAL sync thread");
-        LogStore { db, syncer }
+            .name("shoal-raft-log".into())
+            .spawn(move || thread.run(rx))
+            .expect("spawning the Raft log writer thread");
+        LogStore {
+            db,
+            unwritten,
+            writer,
+        }
     }
 
     fn get<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> io::Result<Option<T>> {
@@ -58,22 +112,47 @@ impl LogStore {
         }
     }
 
-    fn put<T: serde::Serialize>(&self, key: &[u8], value: &T) -> io::Result<()> {
-        let cf = self.db.cf_handle(CF_RAFT).expect("cf raft");
-        self.db
-            .put_cf(cf, key, codec::encode(value)?)
-            .map_err(io_err)
+    fn send(&self, job: Job) -> io::Result<()> {
+        self.writer
+            .send(job)
+            .map_err(|_| io::Error::other("the Raft log writer thread has stopped"))
+    }
+
+    /// Sends a job that answers, and waits for the answer without holding a thread.
+    async fn ask(
+        &self,
+        job: impl FnOnce(oneshot::Sender<io::Result<()>>) -> Job,
+    ) -> io::Result<()> {
+        let (tx, rx) = oneshot::channel();
+        self.send(job(tx))?;
+        rx.await
+            .map_err(|_| io::Error::other("the Raft log writer thread has stopped"))?
     }
 
     /// Reads the last log id without going through openraft (used at start-up).
     pub(crate) fn last_log_id(&self) -> io::Result<Option<LogId>> {
+        let purged = {
+            let pending = lock(&self.unwritten);
+            if let Some((_, entry)) = pending.entries.last_key_value() {
+                return Ok(Some(entry.log_id()));
+            }
+            pending.purged
+        };
         let cf = self.db.cf_handle(CF_LOG).expect("cf log");
         match self.db.iterator_cf(cf, rocksdb::IteratorMode::End).next() {
             Some(item) => {
                 let (_, bytes) = item.map_err(io_err)?;
                 let entry: Entry = codec::decode(&bytes)?;
-                Ok(Some(entry.log_id()))
+                Ok(Some(entry.log_id()).max(purged))
             }
+            None => Ok(self.purged()?),
+        }
+    }
+
+    /// The purge point: the latest one asked for, or the stored one.
+    fn purged(&self) -> io::Result<Option<LogId>> {
+        match lock(&self.unwritten).purged {
+            Some(id) => Ok(Some(id)),
             None => self.get(KEY_PURGED),
         }
     }
@@ -99,16 +178,132 @@ impl LogStore {
     }
 }
 
-/// Group commit: waits for one pending append, takes every other one queued behind it, syncs
-/// the WAL once, then acknowledges them all in order.
-fn group_sync(db: Arc<DB>, rx: mpsc::Receiver<IOFlushed<TypeConfig>>) {
-    while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
-        batch.extend(rx.try_iter());
-        let res = db.flush_wal(true).map_err(|e| e.into_string());
-        for cb in batch {
-            cb.io_completed(res.clone().map_err(io::Error::other));
+/// The writer thread's state.
+struct Writer {
+    db: Arc<DB>,
+    unwritten: Unwritten,
+}
+
+/// Appends taken from the queue since the last sync, waiting for it.
+#[derive(Default)]
+struct Group {
+    batch: WriteBatch,
+    written: Vec<(u64, LogId)>,
+    callbacks: Vec<IOFlushed<TypeConfig>>,
+}
+
+impl Writer {
+    /// Group commit: waits for one job, takes every other one queued behind it, writes them in
+    /// order, syncs the WAL once, then acknowledges every append among them.
+    fn run(self, rx: mpsc::Receiver<Job>) {
+        while let Ok(first) = rx.recv() {
+            let mut group = Group::default();
+            let mut failed: Option<String> = None;
+            for job in std::iter::once(first).chain(rx.try_iter()) {
+                if let Err(e) = self.take(job, &mut group) {
+                    failed.get_or_insert(e.to_string());
+                }
+            }
+            if let Err(e) = self.write(&mut group) {
+                failed.get_or_insert(e.to_string());
+            }
+            let synced = match failed {
+                Some(e) => Err(e),
+                None if group.callbacks.is_empty() => Ok(()),
+                None => self.sync(),
+            };
+            for cb in group.callbacks {
+                cb.io_completed(synced.clone().map_err(io::Error::other));
+            }
         }
+    }
+
+    /// Adds one job to `group`; a job that must see the appends before it writes them first.
+    fn take(&self, job: Job, group: &mut Group) -> io::Result<()> {
+        let raft_cf = self.db.cf_handle(CF_RAFT).expect("cf raft");
+        let log_cf = self.db.cf_handle(CF_LOG).expect("cf log");
+        match job {
+            Job::Append(entries, callback) => {
+                group.callbacks.push(callback);
+                for entry in entries {
+                    group
+                        .batch
+                        .put_cf(log_cf, be(entry.index()), codec::encode(&*entry)?);
+                    group.written.push((entry.index(), entry.log_id()));
+                }
+                Ok(())
+            }
+            Job::Committed(bytes) => {
+                group.batch.put_cf(raft_cf, KEY_COMMITTED, bytes);
+                Ok(())
+            }
+            Job::Vote(bytes, done) => {
+                let res = self.write(group).and_then(|()| {
+                    self.db.put_cf(raft_cf, KEY_VOTE, bytes).map_err(io_err)?;
+                    self.sync().map_err(io::Error::other)
+                });
+                let failed = res.as_ref().err().map(|e| io::Error::other(e.to_string()));
+                let _ = done.send(res);
+                failed.map_or(Ok(()), Err)
+            }
+            Job::Truncate(from, done) => {
+                let res = self.write(group).and_then(|()| {
+                    self.db
+                        .delete_range_cf(log_cf, be(from), be(u64::MAX))
+                        .map_err(io_err)?;
+                    // Also a possible entry at u64::MAX, which the exclusive range end skips.
+                    self.db.delete_cf(log_cf, be(u64::MAX)).map_err(io_err)
+                });
+                let failed = res.as_ref().err().map(|e| io::Error::other(e.to_string()));
+                let _ = done.send(res);
+                failed.map_or(Ok(()), Err)
+            }
+            Job::Purge(log_id) => {
+                self.write(group)?;
+                // Record the purge point first: entries at or below it are ignored from then on,
+                // so a crash between the two writes leaves no hole.
+                self.db
+                    .put_cf(raft_cf, KEY_PURGED, codec::encode(&log_id)?)
+                    .map_err(io_err)?;
+                self.db
+                    .delete_range_cf(log_cf, be(0), be(log_id.index() + 1))
+                    .map_err(io_err)
+            }
+        }
+    }
+
+    /// Writes the group's batch (unsynced) and drops its entries from the unwritten ones: readers
+    /// find them in the database from now on.
+    fn write(&self, group: &mut Group) -> io::Result<()> {
+        if group.batch.is_empty() {
+            return Ok(());
+        }
+        let batch = std::mem::take(&mut group.batch);
+        self.db.write(batch).map_err(io_err)?;
+        let mut pending = lock(&self.unwritten);
+        for (index, log_id) in group.written.drain(..) {
+            if pending
+                .entries
+                .get(&index)
+                .is_some_and(|e| e.log_id() == log_id)
+            {
+                pending.entries.remove(&index);
+            }
+        }
+        Ok(())
+    }
+
+    fn sync(&self) -> Result<(), String> {
+        let started = Instant::now();
+        let res = self.db.flush_wal(true).map_err(|e| e.into_string());
+        let took = started.elapsed();
+        if took > SLOW_SYNC {
+            tracing::warn!(
+                ms = took.as_millis() as u64,
+                "syncing the Raft log took long: the disk delays every acknowledged write"
+            );
+        }
+        res
     }
 }
 
@@ -122,6 +317,21 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Excluded(x) => *x + 1,
             Bound::Unbounded => 0,
         };
+        // The unwritten entries first: one the writer moves to the database meanwhile is then
+        // found there.
+        let (unwritten, purged): (Vec<Arc<Entry>>, Option<u64>) = {
+            let pending = lock(&self.unwritten);
+            let entries = pending
+                .entries
+                .range(start..)
+                .take_while(|(index, _)| range.contains(index))
+                .map(|(_, e)| e.clone())
+                .collect();
+            (entries, pending.purged.map(|id| id.index()))
+        };
+        // Entries the writer has not removed yet may remain below a purge point.
+        let start = purged.map_or(start, |p| start.max(p + 1));
+        let end = unwritten.first().map_or(u64::MAX, |e| e.index());
         let cf = self.db.cf_handle(CF_LOG).expect("cf log");
         let mut out = Vec::new();
         let iter = self.db.iterator_cf(
@@ -131,7 +341,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
         for item in iter {
             let (key, bytes) = item.map_err(io_err)?;
             let index = from_be(&key).ok_or_else(|| io::Error::other("malformed log key"))?;
-            if !range.contains(&index) {
+            if !range.contains(&index) || index >= end {
                 break;
             }
             let entry: Entry = codec::decode(&bytes)?;
@@ -143,6 +353,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
             }
             out.push(entry);
         }
+        out.extend(unwritten.iter().map(|e| (**e).clone()));
         Ok(out)
     }
 
@@ -155,7 +366,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = Self;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
-        let last_purged_log_id: Option<LogId> = self.get(KEY_PURGED)?;
+        let last_purged_log_id = self.purged()?;
         let last_log_id = self.last_log_id()?;
         Ok(LogState {
             last_purged_log_id,
@@ -168,19 +379,21 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
-        self.put(KEY_VOTE, vote)?;
-        let db = self.db.clone();
-        tokio::task::spawn_blocking(move || db.flush_wal(true).map_err(io_err))
-            .await
-            .map_err(io::Error::other)?
+        let bytes = codec::encode(vote)?;
+        self.ask(|done| Job::Vote(bytes, done)).await
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
         // Not synced: it only lets a restart re-apply further before hearing from the leader.
-        self.put(KEY_COMMITTED, &committed)
+        let bytes = codec::encode(&committed)?;
+        lock(&self.unwritten).committed = Some(committed);
+        self.send(Job::Committed(bytes))
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, io::Error> {
+        if let Some(committed) = lock(&self.unwritten).committed {
+            return Ok(committed);
+        }
         Ok(self.get::<Option<LogId>>(KEY_COMMITTED)?.flatten())
     }
 
@@ -193,34 +406,24 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let cf = self.db.cf_handle(CF_LOG).expect("cf log");
-        let mut batch = WriteBatch::default();
-        for entry in entries {
-            batch.put_cf(cf, be(entry.index()), codec::encode(&entry)?);
+        let entries: Vec<Arc<Entry>> = entries.into_iter().map(Arc::new).collect();
+        {
+            let mut pending = lock(&self.unwritten);
+            for e in &entries {
+                pending.entries.insert(e.index(), e.clone());
+            }
         }
-        self.db.write(batch).map_err(io_err)?;
-        self.syncer
-            .send(callback)
-            .map_err(|_| io::Error::other("WAL sync thread has stopped"))
+        self.send(Job::Append(entries, callback))
     }
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
         let from = last_log_id.map(|id| id.index() + 1).unwrap_or(0);
-        let cf = self.db.cf_handle(CF_LOG).expect("cf log");
-        self.db
-            .delete_range_cf(cf, be(from), be(u64::MAX))
-            .map_err(io_err)?;
-        // Also remove a possible entry at u64::MAX, which the exclusive range end skips.
-        self.db.delete_cf(cf, be(u64::MAX)).map_err(io_err)
+        lock(&self.unwritten).entries.split_off(&from);
+        self.ask(|done| Job::Truncate(from, done)).await
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
-        // Record the purge point first: entries at or below it are ignored from then on, so a
-        // crash between the two writes leaves no hole.
-        self.put(KEY_PURGED, &log_id)?;
-        let cf = self.db.cf_handle(CF_LOG).expect("cf log");
-        self.db
-            .delete_range_cf(cf, be(0), be(log_id.index() + 1))
-            .map_err(io_err)
+        lock(&self.unwritten).purged = Some(log_id);
+        self.send(Job::Purge(log_id))
     }
 }

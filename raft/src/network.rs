@@ -18,6 +18,8 @@ use openraft::network::RaftNetworkFactory;
 use openraft::raft::AppendEntriesRequest;
 use openraft::raft::AppendEntriesResponse;
 use openraft::raft::SnapshotResponse;
+use openraft::raft::TransferLeaderRequest;
+use openraft::raft::TransferLeaderResponse;
 use openraft::raft::VoteRequest;
 use openraft::raft::VoteResponse;
 use openraft::AnyError;
@@ -187,6 +189,21 @@ impl RaftNetworkV2<TypeConfig> for Peer {
         let data = codec::encode(&rpc).map_err(|e| RPCError::Network(network(e)))?;
         let req = request(Blob { data }, &self.token, option.hard_ttl());
         let resp = self.client()?.pre_vote(req).await.map_err(status_err)?;
+        Self::decode(resp.into_inner())
+    }
+
+    async fn transfer_leader(
+        &mut self,
+        rpc: TransferLeaderRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
+        let data = codec::encode(&rpc).map_err(|e| RPCError::Network(network(e)))?;
+        let req = request(Blob { data }, &self.token, option.hard_ttl());
+        let resp = self
+            .client()?
+            .transfer_leader(req)
+            .await
+            .map_err(status_err)?;
         Self::decode(resp.into_inner())
     }
 

@@ -6,6 +6,7 @@ use std::io::Write;
 
 use futures::StreamExt;
 use openraft::raft::AppendEntriesRequest;
+use openraft::raft::TransferLeaderRequest;
 use openraft::raft::VoteRequest;
 use shoal_proto::raft::raft_service_server::RaftService;
 use shoal_proto::raft::Blob;
@@ -93,6 +94,18 @@ impl RaftService for PeerService {
             .store
             .raft()
             .pre_vote(rpc)
+            .await
+            .map_err(|e| e.to_string());
+        encode(&res)
+    }
+
+    async fn transfer_leader(&self, req: Request<Blob>) -> Result<Response<Blob>, Status> {
+        self.authorize(&req)?;
+        let rpc: TransferLeaderRequest<TypeConfig> = decode(req.get_ref())?;
+        let res = self
+            .store
+            .raft()
+            .handle_transfer_leader(rpc)
             .await
             .map_err(|e| e.to_string());
         encode(&res)

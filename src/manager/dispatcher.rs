@@ -175,10 +175,9 @@ impl Dispatcher for DispatcherService {
         let id = r.node_id.clone();
         self.update_node(leading.term, &id, |current, view| {
             if let Some(other) = view
-                .nodes()
+                .nodes_named(&r.name)
                 .map(|n| &n.value)
-                .find(|n| n.name == r.name && n.id != r.node_id)
-                .filter(|n| n.status == NodeStatus::Ready)
+                .find(|n| n.id != r.node_id && n.status == NodeStatus::Ready)
             {
                 return Err(Status::already_exists(format!(
                     "node name {} is taken by node {}, which is ready; give --name another name",

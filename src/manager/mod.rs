@@ -34,6 +34,9 @@ use self::dispatcher::DispatcherService;
 use self::kv_service::KvService;
 use crate::security;
 
+/// How long a stopping leader waits for another manager to take over.
+const HAND_OVER: Duration = Duration::from_secs(1);
+
 /// Everything `shoal manager` is started with (the CLI contract's flags).
 #[derive(Debug, Clone)]
 pub struct ManagerConfig {
@@ -314,6 +317,10 @@ pub async fn run(config: ManagerConfig, shutdown: impl Future<Output = ()>) -> a
     };
     control.abort();
     keeper.abort();
+    // A leader that is asked to stop hands over first, while its servers still answer.
+    if result.is_ok() {
+        store.hand_over(HAND_OVER).await;
+    }
     let _ = stop_tx.send(());
     let _ = http_stop.send(());
     if let Some(h) = http {

@@ -1,6 +1,6 @@
 //! One immutable, indexed snapshot of the cluster's objects at an applied revision: nodes,
 //! services and tasks by id, tasks by service and by node, pending tasks in scheduling order,
-//! services by name. Persistent maps, so a clone is O(1) and two views taken from one lineage
+//! services and nodes by name. Persistent maps, so a clone is O(1) and two views taken from one lineage
 //! share everything but what changed (which also makes their difference cheap to compute).
 
 use std::sync::Arc;
@@ -87,6 +87,9 @@ pub struct View {
     by_node: OrdMap<String, OrdSet<String>>,
     pending: OrdSet<InLine>,
     names: OrdMap<String, String>,
+    /// Node name -> ids of the nodes with it (names of nodes need not be unique: a node that is
+    /// down may still hold the name a new one registers with).
+    node_names: OrdMap<String, OrdSet<String>>,
     proxy: Option<Shared<ProxyConfig>>,
 }
 
@@ -162,6 +165,15 @@ impl View {
 
     pub fn service_by_name(&self, name: &str) -> Option<&Versioned<Service>> {
         self.names.get(name).and_then(|id| self.service(id))
+    }
+
+    /// The nodes named `name`, by id. O(log n).
+    pub fn nodes_named<'a>(&'a self, name: &str) -> impl Iterator<Item = &'a Versioned<Node>> {
+        self.node_names
+            .get(name)
+            .into_iter()
+            .flat_map(|ids| ids.iter())
+            .filter_map(|id| self.node(id))
     }
 
     /// The tasks of a service (finished ones included), by id.
@@ -261,7 +273,7 @@ impl View {
     /// Removes the object stored at `key`, if it is one.
     pub(crate) fn delete_record(&mut self, key: &str) {
         if let Some(id) = keys::id_of(keys::NODES, key) {
-            self.nodes.remove(id);
+            self.remove_node(id);
         } else if let Some(id) = keys::id_of(keys::SERVICES, key) {
             if let Some(old) = self.services.remove(id) {
                 if self.names.get(&old.value.name).map(String::as_str) == Some(id) {
@@ -276,7 +288,21 @@ impl View {
     }
 
     pub(crate) fn put_node(&mut self, node: Versioned<Node>) {
-        self.nodes.insert(node.value.id.clone(), Arc::new(node));
+        let (id, name) = (&node.value.id, &node.value.name);
+        if self.nodes.get(id).is_none_or(|old| old.value.name != *name) {
+            self.remove_node(id);
+            self.node_names
+                .entry(name.clone())
+                .or_default()
+                .insert(id.clone());
+        }
+        self.nodes.insert(id.clone(), Arc::new(node));
+    }
+
+    fn remove_node(&mut self, id: &str) {
+        if let Some(old) = self.nodes.remove(id) {
+            remove_member(&mut self.node_names, &old.value.name, id);
+        }
     }
 
     pub(crate) fn put_service(&mut self, service: Versioned<Service>) {

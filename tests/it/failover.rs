@@ -106,3 +106,66 @@ async fn acknowledged_writes_survive_a_leader_kill() {
         "linearizable read on the restarted old leader",
     );
 }
+
+/// A leader stopped with SIGTERM hands leadership to another manager before it exits (it logs
+/// the hand-over: leadership moved, it was not lost to an election timeout), and every write
+/// acknowledged through a follower meanwhile is kept.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stopping_leader_hands_over_and_keeps_every_acknowledged_write() {
+    let _serial = serial().await;
+    let mut c = Cluster::start(3).await;
+    let leader = c.wait_leader().await;
+    let follower = (leader + 1) % 3;
+
+    // A writer through the follower, before, during and after the stop.
+    let acked = Arc::new(Mutex::new(BTreeMap::new()));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let mut kv = c.managers[follower].kv();
+        let (acked, stop) = (acked.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let (key, value) = (format!("h/{i:05}"), format!("value-{i}"));
+                i += 1;
+                if put(&mut kv, &key, &value).await.is_ok() {
+                    acked.lock().unwrap().insert(key, value);
+                } else {
+                    sleep(Duration::from_millis(10)).await;
+                }
+            }
+        })
+    };
+    while acked.lock().unwrap().len() < 50 {
+        sleep(Duration::from_millis(10)).await;
+    }
+
+    c.managers[leader].stop().await;
+    let log = c.managers[leader].log_text();
+    assert!(
+        log.contains("handed leadership over"),
+        "the stopped leader did not hand over:\n{}",
+        crate::cluster::tail(&log)
+    );
+    let new_leader = c.wait_leader().await;
+    assert_ne!(new_leader, leader);
+    let before = acked.lock().unwrap().len();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while acked.lock().unwrap().len() < before + 50 {
+        assert!(
+            Instant::now() < deadline,
+            "writes did not go on after the hand-over\n{}",
+            c.logs()
+        );
+        sleep(Duration::from_millis(10)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    writer.await.unwrap();
+
+    let acked = acked.lock().unwrap().clone();
+    let mut kv = c.managers[new_leader].kv();
+    let linear = read_prefix(&mut kv, "h/", false)
+        .await
+        .expect("linearizable read on the new leader");
+    assert_contains(&linear, &acked, "linearizable read after the hand-over");
+}
