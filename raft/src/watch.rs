@@ -73,7 +73,13 @@ pub(crate) fn watch(
             return;
         }
         loop {
-            let upto = match live.recv().await {
+            // A watch from a revision far ahead sees no event of its own for a long time: it
+            // still ends as soon as its receiver is gone.
+            let received = tokio::select! {
+                r = live.recv() => r,
+                () = w.tx.closed() => return,
+            };
+            let upto = match received {
                 Ok(ch) if ch.revision < w.next => continue,
                 Ok(ch) if ch.revision == w.next && !ch.events.is_empty() => {
                     if !w.send(ch.revision, &ch.events).await {

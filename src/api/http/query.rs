@@ -236,6 +236,27 @@ mod tests {
         ));
         let q = Query::parse(Some("index=x"), &["index"]).unwrap();
         assert!(q.blocking().is_err());
+        // Extreme numbers are parsed or refused, never overflowed.
+        let q = Query::parse(Some("index=18446744073709551615&wait=1s"), &["index", "wait"]);
+        assert_eq!(
+            q.unwrap().blocking().unwrap(),
+            Some((u64::MAX, Duration::from_secs(1)))
+        );
+        for bad in [
+            "index=18446744073709551616",
+            "index=-1",
+            "index=1&wait=9999999999999999999999999999999999999h",
+            "index=1&wait=1e400s",
+            "index=1&wait=-1s",
+        ] {
+            let q = Query::parse(Some(bad), &["index", "wait"]).unwrap();
+            assert!(
+                matches!(q.blocking(), Err(ApiError::BadRequest(_))),
+                "{bad}"
+            );
+        }
+        let q = Query::parse(Some("index=1&wait=9999999999999s"), &["index", "wait"]).unwrap();
+        assert_eq!(q.blocking().unwrap(), Some((1, MAX_WAIT)));
         let q = Query::parse(Some("stale&consistent"), &["stale", "consistent"]).unwrap();
         assert!(q.stale().is_err());
     }
