@@ -58,6 +58,8 @@ pub struct ManagerConfig {
     pub docker_tls: bool,
     /// Allow a plaintext Docker API on an address beyond loopback (warned at every start).
     pub insecure_docker_api: bool,
+    /// What containers created through the Docker API may do to their node.
+    pub docker_policy: crate::api::docker::DockerPolicy,
 }
 
 /// Where the Docker API listens without `--docker-api`.
@@ -266,7 +268,9 @@ pub async fn run(config: ManagerConfig, shutdown: impl Future<Output = ()>) -> a
     let (docker_stop, docker_stopped) = tokio::sync::oneshot::channel::<()>();
     let docker_api = docker_api.map(|l| {
         let tls = docker_tls.then(|| creds.clone());
-        let serve = crate::api::docker::serve(l, objects.clone(), tls, async move {
+        let policy = config.docker_policy.clone();
+        tracing::info!("Docker API policy: {}", policy.describe());
+        let serve = crate::api::docker::serve(l, objects.clone(), tls, policy, async move {
             let _ = docker_stopped.await;
         });
         tokio::spawn(async move {

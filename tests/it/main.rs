@@ -10,6 +10,7 @@ mod crash;
 mod deploy;
 mod dev;
 mod docker_api;
+mod docker_policy;
 mod docker_runtime;
 mod engine_proxy;
 mod failover;

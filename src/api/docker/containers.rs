@@ -35,6 +35,7 @@ pub(crate) const MAX_BODY: usize = 1 << 20;
 pub(crate) async fn create(api: &Api, q: &Query, body: &[u8]) -> Result<Response, DockerError> {
     let body: Value = serde_json::from_slice(body)
         .map_err(|e| DockerError::BadRequest(format!("invalid JSON body: {e}")))?;
+    api.policy.check_create(&body)?;
     let name = match q.get("name") {
         Some(n) if !n.is_empty() => {
             let n = n.trim_start_matches('/');
