@@ -135,6 +135,13 @@ struct ManagerArgs {
         env = "SHOAL_DOCKER_ALLOW_BIND"
     )]
     docker_allow_bind: Vec<String>,
+    /// Serve the HTTP API over mutual TLS on a loopback address too (always beyond loopback).
+    #[arg(long, env = "SHOAL_HTTP_TLS")]
+    http_tls: bool,
+    /// Allow a plaintext HTTP API on an address beyond loopback: anyone reaching it can read
+    /// and write every key. Warned at every start.
+    #[arg(long, env = "SHOAL_INSECURE_HTTP")]
+    insecure_http: bool,
 }
 
 #[derive(Debug, Args)]
@@ -333,6 +340,8 @@ fn manager_config(args: ManagerArgs, token: Option<String>) -> anyhow::Result<Ma
             &args.docker_allow_bind,
         )
         .map_err(anyhow::Error::msg)?,
+        http_tls: args.http_tls,
+        insecure_http: args.insecure_http,
     })
 }
 

@@ -108,7 +108,7 @@ pub async fn serve(
             let addr = listener.local_addr()?;
             let config = creds.server_config(Some(&[Role::Client, Role::Manager]), &[b"http/1.1"]);
             let incoming = shoal_tls::net::incoming(listener, config, "Docker API");
-            axum::serve(TlsListener { incoming, addr }, app)
+            axum::serve(crate::api::tls::TlsListener::new(incoming, addr), app)
                 .with_graceful_shutdown(shutdown)
                 .await
         }
@@ -120,36 +120,6 @@ pub async fn serve(
                 .with_graceful_shutdown(shutdown)
                 .await
         }
-    }
-}
-
-/// Connections whose TLS handshake is done, for axum.
-struct TlsListener {
-    incoming: tokio_stream::wrappers::ReceiverStream<std::io::Result<shoal_tls::net::TlsConn>>,
-    addr: std::net::SocketAddr,
-}
-
-impl axum::serve::Listener for TlsListener {
-    type Io = shoal_tls::net::TlsConn;
-    type Addr = std::net::SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        use tokio_stream::StreamExt;
-        loop {
-            match self.incoming.next().await {
-                Some(Ok(conn)) => {
-                    let remote = conn.info().remote;
-                    return (conn, remote);
-                }
-                Some(Err(_)) => continue,
-                // The accept loop is gone: serve what is open, accept nothing more.
-                None => std::future::pending::<()>().await,
-            }
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        Ok(self.addr)
     }
 }
 
