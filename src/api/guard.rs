@@ -111,8 +111,8 @@ mod tests {
     fn foreign_origins_are_refused_on_every_listener() {
         for origin in ["https://evil.example", "null", "http://10.0.0.1:2375", "x"] {
             for check_host in [true, false] {
-                let e = check_headers(&headers(&[(header::ORIGIN, origin)]), check_host)
-                    .unwrap_err();
+                let e =
+                    check_headers(&headers(&[(header::ORIGIN, origin)]), check_host).unwrap_err();
                 assert!(e.contains("web pages"), "{origin}: {e}");
             }
         }

@@ -461,7 +461,11 @@ mod tests {
             ("10.0.0.1", "evil}:1"),
         ] {
             let err = validate_register(&register(addr, engine)).unwrap_err();
-            assert_eq!(err.code(), tonic::Code::InvalidArgument, "{addr:?} {engine:?}");
+            assert_eq!(
+                err.code(),
+                tonic::Code::InvalidArgument,
+                "{addr:?} {engine:?}"
+            );
             assert!(err.message().contains("address"), "{}", err.message());
         }
     }

@@ -201,7 +201,10 @@ async fn a_record_with_a_hostile_upstream_is_never_written() {
     hostile.model.hosts[0].upstreams[0].addr = "127.0.0.2:1; } server { listen 81".into();
     let outcome = a.apply(&hostile, 20).await;
     assert!(
-        matches!(outcome, Outcome::Failed(ApplyError::Render(RenderError::Unsafe(_)))),
+        matches!(
+            outcome,
+            Outcome::Failed(ApplyError::Render(RenderError::Unsafe(_)))
+        ),
         "{outcome:?}"
     );
     assert!(double.take().is_empty(), "nothing validated or reloaded");
@@ -209,7 +212,10 @@ async fn a_record_with_a_hostile_upstream_is_never_written() {
     assert_eq!(before, after);
     assert_eq!(files_in(dir.path()), ["nginx.conf"]);
     let error = a.status("p1", 5).error.unwrap();
-    assert!(error.contains("upstream") && error.contains("host:port"), "{error}");
+    assert!(
+        error.contains("upstream") && error.contains("host:port"),
+        "{error}"
+    );
 }
 
 #[tokio::test]

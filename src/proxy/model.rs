@@ -73,11 +73,16 @@ pub fn build(nodes: &[&Node], services: &[&Service], tasks: &[&Task]) -> ProxyMo
                 errors.push(e);
                 continue;
             };
-            host.upstreams.push(Upstream {
+            let upstream = Upstream {
                 addr,
                 task_id: task.id.clone(),
                 node: node.name.clone(),
-            });
+            };
+            if let Err(e) = safe::check_upstream(&upstream) {
+                errors.push(format!("service {}: {e}", service.name));
+                continue;
+            }
+            host.upstreams.push(upstream);
         }
     }
     let mut hosts: Vec<ProxyHost> = hosts.into_values().collect();

@@ -518,6 +518,10 @@ mod tests {
         let Some((Err(e @ ApplyError::Unsafe { revision: 9, .. }), 9)) = f.record(&value, 9) else {
             panic!("a hostile record was taken");
         };
-        assert!(e.to_string().contains("refused the proxy config at revision 9"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("refused the proxy config at revision 9"),
+            "{e}"
+        );
     }
 }

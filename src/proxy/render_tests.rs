@@ -146,7 +146,11 @@ fn structure(conf: &str) -> (usize, usize, usize) {
         .lines()
         .filter(|l| l.trim_start().starts_with("server ") && !l.contains('{'))
         .count();
-    (servers, conf.matches('{').count(), conf.matches('}').count())
+    (
+        servers,
+        conf.matches('{').count(),
+        conf.matches('}').count(),
+    )
 }
 
 #[test]
@@ -224,7 +228,11 @@ fn hostile_addresses_host_ips_and_labels_cannot_change_the_config_structure() {
             node: "node-good".into(),
         }]
     );
-    assert!(model.errors.len() >= HOSTILE.len() * 2, "{:?}", model.errors);
+    assert!(
+        model.errors.len() >= HOSTILE.len() * 2,
+        "{:?}",
+        model.errors
+    );
     assert!(model.errors.iter().all(|e| !e.contains('\n')));
 
     for kind in [ProxyKind::Nginx, ProxyKind::Haproxy] {

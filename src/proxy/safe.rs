@@ -5,7 +5,7 @@
 
 use std::net::IpAddr;
 
-use crate::model::{ProxyHost, ProxyModel};
+use crate::model::{ProxyHost, ProxyModel, Upstream};
 
 /// A DNS name: letters, digits, '-' and '.', not starting or ending with '-' or '.'.
 pub fn is_dns_name(v: &str) -> bool {
@@ -85,6 +85,21 @@ pub fn check_model(model: &ProxyModel) -> Result<(), String> {
     Ok(())
 }
 
+/// Checks one upstream server: its address, task id and node name.
+pub fn check_upstream(u: &Upstream) -> Result<(), String> {
+    let bad = |field: &str, v: &str, rule: &str| Err(format!("{field} {v:?} is not {rule}"));
+    if !is_host_port(&u.addr) {
+        return bad("upstream", &u.addr, "host:port");
+    }
+    if !is_ident(&u.task_id) {
+        return bad("task id", &u.task_id, "letters, digits, '-', '_' and '.'");
+    }
+    if !is_ident(&u.node) {
+        return bad("node", &u.node, "letters, digits, '-', '_' and '.'");
+    }
+    Ok(())
+}
+
 fn check_host(h: &ProxyHost) -> Result<(), String> {
     let bad = |field: &str, v: &str, rule: &str| Err(format!("{field} {v:?} is not {rule}"));
     if !is_dns_name(&h.name) {
@@ -94,15 +109,7 @@ fn check_host(h: &ProxyHost) -> Result<(), String> {
         return bad("alias", a, "a DNS name");
     }
     for u in &h.upstreams {
-        if !is_host_port(&u.addr) {
-            return bad("upstream", &u.addr, "host:port");
-        }
-        if !is_ident(&u.task_id) {
-            return bad("task id", &u.task_id, "letters, digits, '-', '_' and '.'");
-        }
-        if !is_ident(&u.node) {
-            return bad("node", &u.node, "letters, digits, '-', '_' and '.'");
-        }
+        check_upstream(u)?;
     }
     let paths = [&h.ssl_cert, &h.ssl_cert_key]
         .into_iter()
@@ -112,11 +119,19 @@ fn check_host(h: &ProxyHost) -> Result<(), String> {
         .chain(&h.health_check);
     for p in paths {
         if !is_plain_path(p) {
-            return bad("path", p, "an absolute path without blanks or config syntax");
+            return bad(
+                "path",
+                p,
+                "an absolute path without blanks or config syntax",
+            );
         }
     }
     if let Some(o) = h.backend_options.iter().find(|o| !is_option_words(o)) {
-        return bad("backend option", o, "words of letters, digits, '-', '_' and '.'");
+        return bad(
+            "backend option",
+            o,
+            "words of letters, digits, '-', '_' and '.'",
+        );
     }
     Ok(())
 }
@@ -153,7 +168,10 @@ mod tests {
             assert!(!is_node_addr(bad), "{bad:?}");
         }
         assert_eq!(upstream_addr("::1", 80).as_deref(), Some("[::1]:80"));
-        assert_eq!(upstream_addr("10.0.0.1", 80).as_deref(), Some("10.0.0.1:80"));
+        assert_eq!(
+            upstream_addr("10.0.0.1", 80).as_deref(),
+            Some("10.0.0.1:80")
+        );
         assert_eq!(upstream_addr("node-1", 80).as_deref(), Some("node-1:80"));
         assert_eq!(upstream_addr("a;b", 80), None);
         assert_eq!(upstream_addr("10.0.0.1", 0), None);

@@ -174,7 +174,14 @@ async fn the_docker_api_refuses_what_its_policy_and_its_listener_do_not_allow() 
         );
     }
     // A DNS-rebinding page cannot even read.
-    let (got, _) = request(&addr, "GET", "/_ping", &[("Host", "rebind.evil.example")], "").await;
+    let (got, _) = request(
+        &addr,
+        "GET",
+        "/_ping",
+        &[("Host", "rebind.evil.example")],
+        "",
+    )
+    .await;
     assert_eq!(got, 403);
     for host in ["localhost", "127.0.0.1", "api.moby.localhost"] {
         let (got, _) = request(&addr, "GET", "/_ping", &[("Host", host)], "").await;
@@ -193,13 +200,33 @@ async fn the_docker_api_refuses_what_its_policy_and_its_listener_do_not_allow() 
 
     // Numbers at their extremes: a clear 400 or an answer, never a dropped connection.
     for (method, target, status) in [
-        ("POST", format!("/containers/{id}/stop?t=18446744073709551615"), 400),
-        ("POST", format!("/containers/{id}/restart?t=99999999999999999999"), 400),
+        (
+            "POST",
+            format!("/containers/{id}/stop?t=18446744073709551615"),
+            400,
+        ),
+        (
+            "POST",
+            format!("/containers/{id}/restart?t=99999999999999999999"),
+            400,
+        ),
         ("POST", format!("/containers/{id}/stop?t=ten"), 400),
-        ("POST", format!("/containers/{id}/stop?t=9999999999999"), 304),
+        (
+            "POST",
+            format!("/containers/{id}/stop?t=9999999999999"),
+            304,
+        ),
         ("POST", format!("/containers/{id}/stop?t=-1"), 304),
-        ("POST", format!("/containers/{id}/wait?condition=whenever"), 400),
-        ("GET", "/containers/json?limit=18446744073709551615".into(), 200),
+        (
+            "POST",
+            format!("/containers/{id}/wait?condition=whenever"),
+            400,
+        ),
+        (
+            "GET",
+            "/containers/json?limit=18446744073709551615".into(),
+            200,
+        ),
         ("GET", "/containers/json?limit=-5&all=1".into(), 200),
         ("GET", "/events?until=-1e400".into(), 200),
     ] {
@@ -242,7 +269,13 @@ async fn the_docker_api_refuses_what_its_policy_and_its_listener_do_not_allow() 
 async fn an_unknown_policy_rule_or_a_relative_bind_path_stops_the_manager_from_starting() {
     for args in [
         &["manager", "--data-dir", "/tmp/x", "--docker-allow", "root"][..],
-        &["manager", "--data-dir", "/tmp/x", "--docker-allow", "privileged,"],
+        &[
+            "manager",
+            "--data-dir",
+            "/tmp/x",
+            "--docker-allow",
+            "privileged,",
+        ],
     ] {
         let out = run_cli(args, None, &[]).await;
         assert_eq!(out.code, Some(2), "{args:?}: {out:?}");
@@ -266,7 +299,8 @@ async fn an_unknown_policy_rule_or_a_relative_bind_path_stops_the_manager_from_s
     .await;
     assert_eq!(out.code, Some(1), "{out:?}");
     assert!(
-        out.stderr.contains("--docker-allow-bind \"srv\": expected an absolute host path"),
+        out.stderr
+            .contains("--docker-allow-bind \"srv\": expected an absolute host path"),
         "{out:?}"
     );
 }

@@ -56,7 +56,11 @@ async fn the_http_api_is_mutual_tls_beyond_loopback_unless_insecure_http() {
     // Beyond loopback: TLS with a cluster certificate, as a Consul client configured with
     // ca_file, cert_file and key_file talks to it.
     let (key_url, raw_url) = (url("/v1/kv/tls/k"), url("/v1/kv/tls/k?raw"));
-    let put: Vec<&str> = [&tls[..], &["-X", "PUT", "--data", "v1", key_url.as_str()][..]].concat();
+    let put: Vec<&str> = [
+        &tls[..],
+        &["-X", "PUT", "--data", "v1", key_url.as_str()][..],
+    ]
+    .concat();
     eventually("a TLS write", || curl(&put) == (200, "true".into())).await;
     let get: Vec<&str> = [&tls[..], &[raw_url.as_str()][..]].concat();
     assert_eq!(curl(&get), (200, "v1".into()));

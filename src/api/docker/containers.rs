@@ -614,7 +614,9 @@ mod tests {
             "t=%00",
         ] {
             match t(bad) {
-                Err(DockerError::BadRequest(m)) => assert!(m.contains("invalid value for t"), "{m}"),
+                Err(DockerError::BadRequest(m)) => {
+                    assert!(m.contains("invalid value for t"), "{m}")
+                }
                 other => panic!("{bad}: {other:?}"),
             }
         }

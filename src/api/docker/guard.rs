@@ -74,7 +74,8 @@ mod tests {
         ] {
             let e = check_json(&headers(bad)).unwrap_err();
             assert!(
-                e.to_string().starts_with("unsupported Content-Type header (")
+                e.to_string()
+                    .starts_with("unsupported Content-Type header (")
                     && e.to_string().ends_with("): must be 'application/json'"),
                 "{bad:?}: {e}"
             );

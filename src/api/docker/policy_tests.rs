@@ -9,10 +9,7 @@ fn create(host: Value) -> Value {
 }
 
 fn refused(policy: &DockerPolicy, body: &Value) -> String {
-    policy
-        .check_create(body)
-        .expect_err("refused")
-        .to_string()
+    policy.check_create(body).expect_err("refused").to_string()
 }
 
 /// What each rule refuses, as the docker CLI and compose send it.
@@ -36,8 +33,14 @@ fn cases() -> Vec<(DockerAllow, Value)> {
             json!({"DeviceRequests": [{"Driver": "", "Count": -1, "Capabilities": [["gpu"]]}]}),
         ),
         (A::CapAdd, json!({"CapAdd": ["SYS_ADMIN"]})),
-        (A::SecurityOpt, json!({"SecurityOpt": ["seccomp=unconfined"]})),
-        (A::SecurityOpt, json!({"SecurityOpt": ["apparmor:unconfined"]})),
+        (
+            A::SecurityOpt,
+            json!({"SecurityOpt": ["seccomp=unconfined"]}),
+        ),
+        (
+            A::SecurityOpt,
+            json!({"SecurityOpt": ["apparmor:unconfined"]}),
+        ),
         (A::SecurityOpt, json!({"MaskedPaths": []})),
     ]
 }
@@ -128,15 +131,23 @@ fn bind_mounts_are_allowed_under_the_listed_paths_only() {
         create(json!({"Mounts": [{"Type": "bind", "Source": source, "Target": "/mnt"}]}))
     };
     let volume_device = |source: &str| {
-        create(json!({"Mounts": [{"Type": "volume", "Source": "v", "Target": "/mnt",
+        create(
+            json!({"Mounts": [{"Type": "volume", "Source": "v", "Target": "/mnt",
             "VolumeOptions": {"DriverConfig": {"Name": "local",
-                "Options": {"type": "none", "o": "bind", "device": source}}}}]}))
+                "Options": {"type": "none", "o": "bind", "device": source}}}}]}),
+        )
     };
     let none = DockerPolicy::default();
     let some = DockerPolicy::new([], &["/srv".into(), "/data/".into()]).unwrap();
     let shapes: [fn(&str) -> Value; 3] = [binds, mount, volume_device];
     for shape in shapes {
-        for source in ["/srv", "/srv/app", "/data/x/y", "/srv/./a//b", "/srv/a/../b"] {
+        for source in [
+            "/srv",
+            "/srv/app",
+            "/data/x/y",
+            "/srv/./a//b",
+            "/srv/a/../b",
+        ] {
             assert!(
                 none.check_create(&shape(source)).is_err(),
                 "{source}: refused without an allow list"

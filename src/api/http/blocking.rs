@@ -29,7 +29,10 @@ impl Api {
         index: u64,
         wait: Duration,
     ) -> Result<Woken, ApiError> {
-        let mut stream = match self.store.watch(key.to_vec(), prefix, index.saturating_add(1)) {
+        let mut stream = match self
+            .store
+            .watch(key.to_vec(), prefix, index.saturating_add(1))
+        {
             Ok(s) => s,
             Err(StoreError::Compacted { .. }) => return Ok(Woken::Changed),
             Err(e) => return Err(e.into()),

@@ -237,7 +237,10 @@ mod tests {
         let q = Query::parse(Some("index=x"), &["index"]).unwrap();
         assert!(q.blocking().is_err());
         // Extreme numbers are parsed or refused, never overflowed.
-        let q = Query::parse(Some("index=18446744073709551615&wait=1s"), &["index", "wait"]);
+        let q = Query::parse(
+            Some("index=18446744073709551615&wait=1s"),
+            &["index", "wait"],
+        );
         assert_eq!(
             q.unwrap().blocking().unwrap(),
             Some((u64::MAX, Duration::from_secs(1)))
