@@ -64,13 +64,12 @@ async fn the_http_api_is_mutual_tls_beyond_loopback_unless_insecure_http() {
     eventually("a TLS write", || curl(&put) == (200, "true".into())).await;
     let get: Vec<&str> = [&tls[..], &[raw_url.as_str()][..]].concat();
     assert_eq!(curl(&get), (200, "v1".into()));
-    // No client certificate, or plaintext: no answer at all.
+    // No client certificate: no answer. Plaintext: a 400 saying what the port needs.
     let ca_only: Vec<&str> = [&tls[..2], &[raw_url.as_str()][..]].concat();
     assert_eq!(curl(&ca_only).0, 0, "a client certificate is required");
-    assert!(
-        http(&local, "GET", "/v1/kv/tls/k", b"").await.is_err(),
-        "plaintext is refused"
-    );
+    let plain = http(&local, "GET", "/v1/kv/tls/k", b"").await.unwrap();
+    assert_eq!(plain.status, 400);
+    assert!(plain.text().contains("requires TLS"), "{}", plain.text());
 
     // --insecure-http: plaintext beyond loopback, with a warning at start.
     c.managers[0].stop().await;
