@@ -177,3 +177,40 @@ mod tests {
         assert_eq!(upstream_addr("10.0.0.1", 0), None);
     }
 }
+
+#[cfg(test)]
+mod random {
+    use rand::{Rng, SeedableRng};
+
+    use super::*;
+
+    /// Random strings over an alphabet rich in config syntax: whatever the checks accept is
+    /// plain (no blank, `;`, brace, `#`, quote or control character), and never panics them.
+    #[test]
+    fn whatever_passes_is_plain() {
+        const ALPHABET: &[char] = &[
+            'a', 'z', '0', '9', '.', '-', ':', '[', ']', '/', ';', '{', '}', '#', ' ', '\n', '\t',
+            '"', '\'', '$', '\\', '_', 'é', '\0',
+        ];
+        let mut rng = rand::rngs::StdRng::seed_from_u64(19);
+        let syntax = |s: &str| {
+            s.chars()
+                .any(|c| c.is_whitespace() || c.is_control() || ";{}#\"'$\\".contains(c))
+        };
+        for _ in 0..20_000 {
+            let len = rng.random_range(0..24);
+            let s: String = (0..len)
+                .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())])
+                .collect();
+            if is_host_port(&s) || is_node_addr(&s) || is_dns_name(&s) {
+                assert!(!syntax(&s), "{s:?} passed");
+            }
+            if is_plain_path(&s) {
+                assert!(!syntax(&s) && s.starts_with('/'), "{s:?} passed as a path");
+            }
+            if let Some(addr) = upstream_addr(&s, rng.random()) {
+                assert!(is_host_port(&addr), "{s:?} made {addr:?}");
+            }
+        }
+    }
+}

@@ -188,3 +188,86 @@ fn rules_parse_by_name() {
     assert_eq!(normalise("/../.."), Some("/".into()));
     assert_eq!(normalise("a/b"), None);
 }
+
+/// A random JSON value, biased towards the HostConfig keys the policy reads.
+fn random_value(rng: &mut rand::rngs::StdRng, depth: u32) -> Value {
+    use rand::Rng;
+    const KEYS: &[&str] = &[
+        "HostConfig",
+        "Privileged",
+        "NetworkMode",
+        "PidMode",
+        "Devices",
+        "CapAdd",
+        "SecurityOpt",
+        "MaskedPaths",
+        "Binds",
+        "Mounts",
+        "Type",
+        "Source",
+        "VolumeOptions",
+        "DriverConfig",
+        "Options",
+        "device",
+        "Image",
+    ];
+    const STRINGS: &[&str] = &[
+        "host",
+        "bind",
+        "/",
+        "/srv/../etc",
+        "/srv",
+        "a:b:c",
+        "",
+        "no-new-privileges",
+        "..",
+        "seccomp=unconfined",
+        "HOST",
+        "/srv/x:/y",
+    ];
+    match rng.random_range(0..if depth > 3 { 5 } else { 7 }) {
+        0 => Value::Null,
+        1 => Value::Bool(rng.random()),
+        2 => json!(rng.random::<i64>()),
+        3 => json!(rng.random::<f64>()),
+        4 => json!(STRINGS[rng.random_range(0..STRINGS.len())]),
+        5 => Value::Array(
+            (0..rng.random_range(0..4))
+                .map(|_| random_value(rng, depth + 1))
+                .collect(),
+        ),
+        _ => Value::Object(
+            (0..rng.random_range(0..5))
+                .map(|_| {
+                    let k = KEYS[rng.random_range(0..KEYS.len())].to_string();
+                    (k, random_value(rng, depth + 1))
+                })
+                .collect(),
+        ),
+    }
+}
+
+#[test]
+fn random_bodies_are_answered_never_a_panic_and_the_default_lets_no_privilege_through() {
+    use rand::SeedableRng;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(19);
+    let default = DockerPolicy::default();
+    let open = DockerPolicy::new(DockerAllow::ALL, &["/".into()]).unwrap();
+    for _ in 0..20_000 {
+        let mut body = random_value(&mut rng, 0);
+        if let Value::Object(map) = &mut body {
+            map.insert("HostConfig".into(), random_value(&mut rng, 1));
+        }
+        let _ = open.check_exec(&body);
+        // Everything allowed: only a bind source that is not an absolute path is refused.
+        if let Err(e) = open.check_create(&body) {
+            assert!(e.to_string().contains("bind mounts of"), "{body}: {e}");
+        }
+        if default.check_create(&body).is_ok() {
+            let host = &body["HostConfig"];
+            assert_ne!(host["Privileged"], json!(true), "{body}");
+            assert_ne!(host["NetworkMode"], json!("host"), "{body}");
+            assert_ne!(host["PidMode"], json!("host"), "{body}");
+        }
+    }
+}
