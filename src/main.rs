@@ -117,6 +117,31 @@ struct ManagerArgs {
     /// every node. Warned at every start.
     #[arg(long, env = "SHOAL_INSECURE_DOCKER_API")]
     insecure_docker_api: bool,
+    /// Loosen the Docker API's policy on container creates, comma-separated rules (each refused
+    /// by default): privileged, host-namespaces, devices, cap-add, security-opt.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_name = "RULE",
+        env = "SHOAL_DOCKER_ALLOW"
+    )]
+    docker_allow: Vec<shoal::api::docker::DockerAllow>,
+    /// Host paths under which containers created through the Docker API may bind-mount,
+    /// comma-separated (default: none).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_name = "PATH",
+        env = "SHOAL_DOCKER_ALLOW_BIND"
+    )]
+    docker_allow_bind: Vec<String>,
+    /// Serve the HTTP API over mutual TLS on a loopback address too (always beyond loopback).
+    #[arg(long, env = "SHOAL_HTTP_TLS")]
+    http_tls: bool,
+    /// Allow a plaintext HTTP API on an address beyond loopback: anyone reaching it can read
+    /// and write every key. Warned at every start.
+    #[arg(long, env = "SHOAL_INSECURE_HTTP")]
+    insecure_http: bool,
 }
 
 #[derive(Debug, Args)]
@@ -310,6 +335,13 @@ fn manager_config(args: ManagerArgs, token: Option<String>) -> anyhow::Result<Ma
         cert_lifetime: args.cert_lifetime,
         docker_tls: args.docker_tls,
         insecure_docker_api: args.insecure_docker_api,
+        docker_policy: shoal::api::docker::DockerPolicy::new(
+            args.docker_allow,
+            &args.docker_allow_bind,
+        )
+        .map_err(anyhow::Error::msg)?,
+        http_tls: args.http_tls,
+        insecure_http: args.insecure_http,
     })
 }
 

@@ -73,7 +73,13 @@ pub(crate) fn watch(
             return;
         }
         loop {
-            let upto = match live.recv().await {
+            // A watch from a revision far ahead sees no event of its own for a long time: it
+            // still ends as soon as its receiver is gone.
+            let received = tokio::select! {
+                r = live.recv() => r,
+                () = w.tx.closed() => return,
+            };
+            let upto = match received {
                 Ok(ch) if ch.revision < w.next => continue,
                 Ok(ch) if ch.revision == w.next && !ch.events.is_empty() => {
                     if !w.send(ch.revision, &ch.events).await {
@@ -174,4 +180,41 @@ fn read_history(db: &DB, start: u64, end: u64) -> Result<Vec<(u64, Vec<Event>)>,
         });
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::atomic::AtomicU64;
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    use tokio::sync::broadcast;
+
+    use super::*;
+
+    /// A watch from a revision far ahead (a client's `?index=18446744073709551615`) sees no
+    /// event for ever: once its receiver is gone, its task must end without one.
+    #[tokio::test]
+    async fn a_watch_from_the_far_future_ends_with_its_receiver() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = crate::db::open(dir.path()).unwrap();
+        let (events, _) = broadcast::channel(16);
+        let shared = Arc::new(Shared {
+            revision: AtomicU64::new(5),
+            leases: Mutex::new(BTreeMap::new()),
+            events,
+        });
+        let stream = watch(db, shared.clone(), b"k".to_vec(), false, u64::MAX).unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(shared.events.receiver_count(), 1, "the watch listens");
+        drop(stream);
+        for _ in 0..100 {
+            if shared.events.receiver_count() == 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("the watch task outlived its receiver");
+    }
 }

@@ -2,4 +2,6 @@
 //! it owns wire formats and status codes, never state of its own.
 
 pub mod docker;
+mod guard;
 pub mod http;
+mod tls;

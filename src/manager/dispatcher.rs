@@ -21,6 +21,7 @@ use super::control::{heartbeat_period_ms, Leading};
 use super::statuses::{self, Report, Reports};
 use crate::model::{Availability, Node, NodeStatus, TaskStatus, DEFAULT_HEARTBEAT_MS};
 use crate::objects::{Commit, Expect, ObjectStore, Objects, View, Write};
+use crate::proxy::safe;
 use crate::security::policy::{self, Method};
 
 /// The answer to a call whose leader term ended while it was served.
@@ -338,6 +339,7 @@ impl Dispatcher for DispatcherService {
         for raw in &r.updates {
             let status: TaskStatus = serde_json::from_slice(raw)
                 .map_err(|e| Status::invalid_argument(format!("invalid task status: {e}")))?;
+            validate_status(&status)?;
             updates.push(status);
         }
         let (reply, answer) = oneshot::channel();
@@ -392,5 +394,102 @@ fn validate_register(r: &pb::RegisterRequest) -> Result<(), Status> {
             "invalid label {k:?}: empty key"
         )));
     }
+    // Both end up in proxy configs and in managers' connections: plain addresses only.
+    if !safe::is_node_addr(&r.addr) {
+        return Err(Status::invalid_argument(format!(
+            "invalid node address {:?}: expected an IP address or a DNS name, optionally with :PORT",
+            r.addr
+        )));
+    }
+    if !r.engine_addr.is_empty() && !safe::is_host_port(&r.engine_addr) {
+        return Err(Status::invalid_argument(format!(
+            "invalid engine address {:?}: expected HOST:PORT",
+            r.engine_addr
+        )));
+    }
     Ok(())
+}
+
+/// A task status as an agent may report it: published ports on an IP address (or none given).
+fn validate_status(status: &TaskStatus) -> Result<(), Status> {
+    for p in &status.ports {
+        if !p.host_ip.is_empty() && p.host_ip.parse::<std::net::IpAddr>().is_err() {
+            return Err(Status::invalid_argument(format!(
+                "invalid task status of {}: host IP {:?} of port {} is not an IP address",
+                status.task_id, p.host_ip, p.container_port
+            )));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Protocol, PublishedPort, TaskState};
+
+    fn register(addr: &str, engine_addr: &str) -> pb::RegisterRequest {
+        pb::RegisterRequest {
+            node_id: "n1".into(),
+            name: "node-1".into(),
+            addr: addr.into(),
+            engine_addr: engine_addr.into(),
+            heartbeat_ms: DEFAULT_HEARTBEAT_MS,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn only_plain_addresses_register() {
+        for (addr, engine) in [
+            ("10.0.0.1", "10.0.0.1:2380"),
+            ("fe80::1", "[fe80::1]:2380"),
+            ("node-1.example", "node-1.example:2380"),
+            ("127.0.0.2", ""),
+        ] {
+            validate_register(&register(addr, engine)).unwrap();
+        }
+        for (addr, engine) in [
+            ("10.0.0.1; }", "10.0.0.1:2380"),
+            ("10.0.0.1\nserver 6.6.6.6:80", "10.0.0.1:2380"),
+            ("a b", "10.0.0.1:2380"),
+            ("#", "10.0.0.1:2380"),
+            ("", "10.0.0.1:2380"),
+            ("10.0.0.1", "10.0.0.1"),
+            ("10.0.0.1", "10.0.0.1:2380/x"),
+            ("10.0.0.1", "evil}:1"),
+        ] {
+            let err = validate_register(&register(addr, engine)).unwrap_err();
+            assert_eq!(
+                err.code(),
+                tonic::Code::InvalidArgument,
+                "{addr:?} {engine:?}"
+            );
+            assert!(err.message().contains("address"), "{}", err.message());
+        }
+    }
+
+    #[test]
+    fn reported_ports_carry_ip_addresses() {
+        let status = |host_ip: &str| TaskStatus {
+            task_id: "t1".into(),
+            state: TaskState::Running,
+            message: String::new(),
+            container_id: None,
+            ports: vec![PublishedPort {
+                container_port: 80,
+                protocol: Protocol::Tcp,
+                host_ip: host_ip.into(),
+                host_port: 32768,
+            }],
+            exit_code: None,
+        };
+        for ok in ["", "0.0.0.0", "::", "127.0.0.2"] {
+            validate_status(&status(ok)).unwrap();
+        }
+        for bad in ["127.0.0.2:1 max_fails=0; }", "x", "1.2.3.4 ", "}"] {
+            let err = validate_status(&status(bad)).unwrap_err();
+            assert!(err.message().contains("host IP"), "{}", err.message());
+        }
+    }
 }

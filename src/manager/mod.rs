@@ -61,6 +61,12 @@ pub struct ManagerConfig {
     pub docker_tls: bool,
     /// Allow a plaintext Docker API on an address beyond loopback (warned at every start).
     pub insecure_docker_api: bool,
+    /// What containers created through the Docker API may do to their node.
+    pub docker_policy: crate::api::docker::DockerPolicy,
+    /// Serve the HTTP API over mutual TLS even on a loopback address.
+    pub http_tls: bool,
+    /// Allow a plaintext HTTP API on an address beyond loopback (warned at every start).
+    pub insecure_http: bool,
 }
 
 /// Where the Docker API listens without `--docker-api`.
@@ -117,11 +123,24 @@ fn docker_api_tls(addr: SocketAddr, config: &ManagerConfig) -> bool {
     false
 }
 
-/// Names and addresses a manager's certificate carries: Docker clients check them.
+/// Whether the HTTP API at `addr` speaks TLS: as the Docker API, always beyond loopback
+/// (plaintext only with `--insecure-http`), on loopback only with `--http-tls`.
+fn http_api_tls(addr: SocketAddr, config: &ManagerConfig) -> bool {
+    if config.http_tls || (!addr.ip().is_loopback() && !config.insecure_http) {
+        return true;
+    }
+    if !addr.ip().is_loopback() {
+        tracing::warn!("WARNING: the HTTP API on {addr} accepts anyone who can reach it, without TLS (--insecure-http): they can read and write every key, the cluster's records included");
+    }
+    false
+}
+
+/// Names and addresses a manager's certificate carries: Docker and HTTP clients check them.
 fn certificate_names(
     advertise: &str,
     local: SocketAddr,
     docker_api: Option<SocketAddr>,
+    http: Option<SocketAddr>,
 ) -> Vec<String> {
     let mut sans = vec!["localhost".to_string(), "127.0.0.1".to_string()];
     let host = match advertise.rsplit_once(':') {
@@ -129,7 +148,7 @@ fn certificate_names(
         None => advertise.to_string(),
     };
     sans.push(host);
-    for addr in [Some(local), docker_api].into_iter().flatten() {
+    for addr in [Some(local), docker_api, http].into_iter().flatten() {
         if !addr.ip().is_unspecified() {
             sans.push(addr.ip().to_string());
         }
@@ -173,12 +192,17 @@ pub async fn run(config: ManagerConfig, shutdown: impl Future<Output = ()>) -> a
             None => String::new(),
         },
     };
+    let http_tls = match &http {
+        Some(l) => http_api_tls(l.local_addr()?, &config),
+        None => false,
+    };
     let docker_addr = docker_api.as_ref().map(|l| l.local_addr()).transpose()?;
     let docker_tls = match docker_addr {
         Some(addr) => docker_api_tls(addr, &config),
         None => false,
     };
-    let sans = certificate_names(&advertise, local, docker_addr);
+    let http_addr = http.as_ref().map(|l| l.local_addr()).transpose()?;
+    let sans = certificate_names(&advertise, local, docker_addr, http_addr);
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create {}", config.data_dir.display()))?;
     let material = security::local::open_manager(security::local::Start {
@@ -256,7 +280,8 @@ pub async fn run(config: ManagerConfig, shutdown: impl Future<Output = ()>) -> a
     let mut server = tokio::spawn(server);
     let (http_stop, http_stopped) = tokio::sync::oneshot::channel::<()>();
     let http = http.map(|l| {
-        let serve = crate::api::http::serve(l, store.clone(), async move {
+        let tls = http_tls.then(|| creds.clone());
+        let serve = crate::api::http::serve(l, store.clone(), tls, async move {
             let _ = http_stopped.await;
         });
         tokio::spawn(async move {
@@ -269,7 +294,9 @@ pub async fn run(config: ManagerConfig, shutdown: impl Future<Output = ()>) -> a
     let (docker_stop, docker_stopped) = tokio::sync::oneshot::channel::<()>();
     let docker_api = docker_api.map(|l| {
         let tls = docker_tls.then(|| creds.clone());
-        let serve = crate::api::docker::serve(l, objects.clone(), tls, async move {
+        let policy = config.docker_policy.clone();
+        tracing::info!("Docker API policy: {}", policy.describe());
+        let serve = crate::api::docker::serve(l, objects.clone(), tls, policy, async move {
             let _ = docker_stopped.await;
         });
         tokio::spawn(async move {

@@ -6,6 +6,7 @@ use std::cell::RefCell;
 use super::*;
 use crate::model::{ProxyHost, ProxyModel, Upstream};
 use crate::proxy::control::{find_program, Local, ReloadMethod};
+use crate::proxy::render::RenderError;
 
 /// Records every call; validation and reload fail while told to.
 #[derive(Default)]
@@ -185,6 +186,36 @@ async fn a_refused_config_keeps_the_old_file_and_reports_the_error() {
         Outcome::Reloaded
     );
     assert_eq!(a.status("p1", 6).error, None);
+}
+
+#[tokio::test]
+async fn a_record_with_a_hostile_upstream_is_never_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let double = Double::default();
+    let mut a = applier(dir.path(), None, &double);
+    a.apply(&record(1, &["a.local"]), 10).await;
+    let before = std::fs::read_to_string(dir.path().join("nginx.conf")).unwrap();
+    double.take();
+
+    let mut hostile = record(2, &["a.local"]);
+    hostile.model.hosts[0].upstreams[0].addr = "127.0.0.2:1; } server { listen 81".into();
+    let outcome = a.apply(&hostile, 20).await;
+    assert!(
+        matches!(
+            outcome,
+            Outcome::Failed(ApplyError::Render(RenderError::Unsafe(_)))
+        ),
+        "{outcome:?}"
+    );
+    assert!(double.take().is_empty(), "nothing validated or reloaded");
+    let after = std::fs::read_to_string(dir.path().join("nginx.conf")).unwrap();
+    assert_eq!(before, after);
+    assert_eq!(files_in(dir.path()), ["nginx.conf"]);
+    let error = a.status("p1", 5).error.unwrap();
+    assert!(
+        error.contains("upstream") && error.contains("host:port"),
+        "{error}"
+    );
 }
 
 #[tokio::test]

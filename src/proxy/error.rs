@@ -21,6 +21,10 @@ pub enum ApplyError {
     #[error("unreadable proxy config at revision {revision}: {reason}")]
     Record { revision: u64, reason: String },
 
+    /// The record holds a value that could change the config's structure (`proxy::safe`).
+    #[error("refused the proxy config at revision {revision}: {reason}")]
+    Unsafe { revision: u64, reason: String },
+
     #[error("{what} {}: {reason}", path.display())]
     Io {
         what: &'static str,

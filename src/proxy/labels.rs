@@ -22,13 +22,7 @@ pub fn host_of(
     let get = |k: &str| labels.get(&format!("interlock.{k}")).map(|v| v.trim());
     let bad = |k: &str, v: &str, why: &str| format!("label interlock.{k}={v:?}: {why}");
     let dns = |k: &str, v: &str| -> Result<String, String> {
-        let ok = !v.is_empty()
-            && v.len() <= 253
-            && v.chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
-            && !v.starts_with(['-', '.'])
-            && !v.ends_with(['-', '.']);
-        if ok {
+        if super::safe::is_dns_name(v) {
             Ok(v.to_ascii_lowercase())
         } else {
             Err(bad(
@@ -49,11 +43,7 @@ pub fn host_of(
         }
     };
     let path = |k: &str, v: &str| -> Result<String, String> {
-        let ok = v.starts_with('/')
-            && !v
-                .chars()
-                .any(|c| c.is_whitespace() || c.is_control() || ";{}'\"\\#$".contains(c));
-        if ok {
+        if super::safe::is_plain_path(v) {
             Ok(v.to_string())
         } else {
             Err(bad(
@@ -129,10 +119,7 @@ pub fn host_of(
     };
     let mut backend_options = Vec::new();
     for option in list("backend_option") {
-        let ok = option
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || " -_.".contains(c));
-        if !ok {
+        if !super::safe::is_option_words(&option) {
             return Err(bad(
                 "backend_option",
                 &option,

@@ -10,6 +10,7 @@ pub mod model;
 mod process;
 pub mod render;
 mod report;
+pub mod safe;
 
 pub(crate) use control::find_program;
 pub use control::ReloadMethod;

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use crate::model::{Node, NodeStatus, ProxyHost, ProxyModel, Service, Task, TaskState, Upstream};
 
-use super::labels;
+use super::{labels, safe};
 
 pub fn build(nodes: &[&Node], services: &[&Service], tasks: &[&Task]) -> ProxyModel {
     let nodes: BTreeMap<&str, &Node> = nodes.iter().map(|n| (n.id.as_str(), *n)).collect();
@@ -60,14 +60,29 @@ pub fn build(nodes: &[&Node], services: &[&Service], tasks: &[&Task]) -> ProxyMo
                 continue;
             };
             let ip = match published.host_ip.as_str() {
-                "" | "0.0.0.0" | "::" => node_ip(&node.addr),
+                "" | "0.0.0.0" | "::" => node_host(&node.addr),
                 ip => ip,
             };
-            host.upstreams.push(Upstream {
-                addr: format!("{ip}:{}", published.host_port),
+            // Registration and status reports are checked, but the config is only ever written
+            // from values that cannot change its structure.
+            let Some(addr) = safe::upstream_addr(ip, published.host_port) else {
+                let e = format!(
+                    "service {}: task {} on node {}: {ip:?} port {} is not an IP or DNS name and port",
+                    service.name, task.id, node.name, published.host_port
+                );
+                errors.push(e);
+                continue;
+            };
+            let upstream = Upstream {
+                addr,
                 task_id: task.id.clone(),
                 node: node.name.clone(),
-            });
+            };
+            if let Err(e) = safe::check_upstream(&upstream) {
+                errors.push(format!("service {}: {e}", service.name));
+                continue;
+            }
+            host.upstreams.push(upstream);
         }
     }
     let mut hosts: Vec<ProxyHost> = hosts.into_values().collect();
@@ -75,14 +90,25 @@ pub fn build(nodes: &[&Node], services: &[&Service], tasks: &[&Task]) -> ProxyMo
         host.upstreams.sort();
         host.upstreams.dedup_by(|a, b| a.addr == b.addr);
     }
+    // One line each, whatever a name in them holds (an operator's template may print them).
+    for e in &mut errors {
+        e.retain(|c| !c.is_control());
+    }
     ProxyModel { hosts, errors }
 }
 
-/// The IP of an address that may carry a port.
-fn node_ip(addr: &str) -> &str {
-    match addr.parse::<std::net::SocketAddr>() {
-        Ok(_) => addr.rsplit_once(':').map_or(addr, |(ip, _)| ip),
-        Err(_) => addr,
+/// The host of a node address that may carry a port (`10.0.0.1`, `10.0.0.1:7946`,
+/// `[fe80::1]:7946`, `node-1:7946`).
+fn node_host(addr: &str) -> &str {
+    if addr.parse::<std::net::IpAddr>().is_ok() {
+        return addr;
+    }
+    match addr.rsplit_once(':') {
+        Some((host, port)) if port.parse::<u16>().is_ok() => host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host),
+        _ => addr,
     }
 }
 

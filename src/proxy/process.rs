@@ -357,10 +357,17 @@ impl Follower {
         if revision <= self.seen {
             return None;
         }
-        let record = serde_json::from_slice::<ProxyConfig>(value).map_err(|e| ApplyError::Record {
-            revision,
-            reason: one_line(&e.to_string()),
-        });
+        let record = serde_json::from_slice::<ProxyConfig>(value)
+            .map_err(|e| ApplyError::Record {
+                revision,
+                reason: one_line(&e.to_string()),
+            })
+            // Checked here too, not only by the leader that wrote it: whatever holds the record
+            // never writes config syntax through it.
+            .and_then(|record| match super::safe::check_model(&record.model) {
+                Ok(()) => Ok(record),
+                Err(reason) => Err(ApplyError::Unsafe { revision, reason }),
+            });
         Some((record, revision))
     }
 
@@ -501,5 +508,20 @@ mod tests {
             f.record(b"{", 8),
             Some((Err(ApplyError::Record { revision: 8, .. }), 8))
         ));
+        // A record whose model could inject config is refused before any rendering.
+        let mut hostile = record.clone();
+        hostile.model.hosts.push(crate::model::ProxyHost {
+            name: "a.local;\n}".into(),
+            ..Default::default()
+        });
+        let value = serde_json::to_vec(&hostile).unwrap();
+        let Some((Err(e @ ApplyError::Unsafe { revision: 9, .. }), 9)) = f.record(&value, 9) else {
+            panic!("a hostile record was taken");
+        };
+        assert!(
+            e.to_string()
+                .contains("refused the proxy config at revision 9"),
+            "{e}"
+        );
     }
 }

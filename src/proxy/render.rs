@@ -1,7 +1,8 @@
 //! Proxy configs from a `ProxyModel` through minijinja templates: the built-in nginx and haproxy
 //! templates (`templates/`), or an operator's own template by path (`shoal proxy --template`),
 //! which sees the same context: `generation`, `hosts` (the model's hosts as JSON), `errors`,
-//! `http_port`, `https_port`, `run_dir`, and the filter `format_root` (`app` → `/app/`).
+//! `http_port`, `https_port`, `run_dir`, and the filter `format_root` (`app` → `/app/`). A model
+//! with a value that is not plain (`proxy::safe`) is refused, never rendered.
 
 use std::str::FromStr;
 
@@ -67,6 +68,9 @@ pub enum RenderError {
     Kind(String),
     #[error("template {name}: {reason}")]
     Template { name: String, reason: String },
+    /// A value of the model could change the config's structure (`proxy::safe`).
+    #[error("refusing to render an unsafe proxy model: {0}")]
+    Unsafe(String),
 }
 
 #[derive(Serialize)]
@@ -88,6 +92,9 @@ pub fn render(
     options: &RenderOptions,
     template: Option<(&str, &str)>,
 ) -> Result<String, RenderError> {
+    // Whoever wrote the model (the leader, or anyone who could write the record), a value that
+    // is not plain never reaches a config.
+    super::safe::check_model(model).map_err(RenderError::Unsafe)?;
     let (name, source) = match template {
         Some((name, source)) => (name.to_string(), source),
         None => match kind {

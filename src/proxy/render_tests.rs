@@ -127,3 +127,155 @@ fn kinds_parse() {
         "unknown proxy kind \"traefik\": expected nginx or haproxy"
     );
 }
+
+/// Values an attacker may control, each aimed at the config's syntax.
+const HOSTILE: &[&str] = &[
+    "1.2.3.4:80; }",
+    "127.0.0.9}\nserver 6.6.6.6:80;",
+    "a b",
+    "#",
+    "evil;",
+    "6.6.6.6 # x",
+    "}",
+    "{",
+];
+
+/// Lines that start a `server` entry (nginx upstream or haproxy backend), and the braces.
+fn structure(conf: &str) -> (usize, usize, usize) {
+    let servers = conf
+        .lines()
+        .filter(|l| l.trim_start().starts_with("server ") && !l.contains('{'))
+        .count();
+    (
+        servers,
+        conf.matches('{').count(),
+        conf.matches('}').count(),
+    )
+}
+
+#[test]
+fn hostile_addresses_host_ips_and_labels_cannot_change_the_config_structure() {
+    use crate::model::{Node, Protocol, PublishedPort, Service, Task, TaskState};
+    use crate::proxy::model::build;
+
+    let node = |id: String, addr: &str| -> Node {
+        serde_json::from_value(serde_json::json!({
+            "id": id, "name": format!("node-{id}"), "addr": addr,
+            "cpus": 1, "memory_bytes": 1, "status": "ready",
+        }))
+        .unwrap()
+    };
+    let service = |id: &str, labels: serde_json::Value| -> Service {
+        serde_json::from_value(serde_json::json!({
+            "id": id, "name": format!("svc-{id}"), "image": "i", "replicas": 1, "labels": labels,
+        }))
+        .unwrap()
+    };
+    let task = |id: String, node: String, host_ip: &str| -> Task {
+        let mut t = Task::new(id, "web".into(), 1, 0);
+        t.node_id = Some(node);
+        t.state = TaskState::Running;
+        t.ports = vec![PublishedPort {
+            container_port: 80,
+            protocol: Protocol::Tcp,
+            host_ip: host_ip.into(),
+            host_port: 32768,
+        }];
+        t
+    };
+    let mut nodes = vec![node("good".into(), "127.0.0.2")];
+    let mut tasks = vec![task("t-good".into(), "good".into(), "")];
+    for (i, hostile) in HOSTILE.iter().enumerate() {
+        // A node that registered a hostile address (the dispatcher refuses it; an older
+        // record may hold one), and a task reporting a hostile host IP on a good node.
+        nodes.push(node(format!("h{i}"), hostile));
+        tasks.push(task(format!("t-node-{i}"), format!("h{i}"), ""));
+        tasks.push(task(format!("t-ip-{i}"), "good".into(), hostile));
+    }
+    let web = service(
+        "web",
+        serde_json::json!({"interlock.hostname": "web", "interlock.domain": "local"}),
+    );
+    let mut services = vec![web];
+    for (i, hostile) in HOSTILE.iter().enumerate() {
+        for label in [
+            "hostname",
+            "domain",
+            "alias_domain",
+            "context_root",
+            "ssl_cert",
+            "websocket_endpoint",
+            "health_check",
+            "backend_option",
+        ] {
+            let mut labels = serde_json::json!({"interlock.hostname": format!("evil{i}")});
+            labels[format!("interlock.{label}")] = serde_json::json!(hostile);
+            services.push(service(&format!("evil-{label}-{i}"), labels));
+        }
+    }
+    let model = build(
+        &nodes.iter().collect::<Vec<_>>(),
+        &services.iter().collect::<Vec<_>>(),
+        &tasks.iter().collect::<Vec<_>>(),
+    );
+    // The one good server is all the model serves; every hostile value is one error line.
+    let web = model.hosts.iter().find(|h| h.name == "web.local").unwrap();
+    assert_eq!(
+        web.upstreams,
+        vec![Upstream {
+            addr: "127.0.0.2:32768".into(),
+            task_id: "t-good".into(),
+            node: "node-good".into(),
+        }]
+    );
+    assert!(
+        model.errors.len() >= HOSTILE.len() * 2,
+        "{:?}",
+        model.errors
+    );
+    assert!(model.errors.iter().all(|e| !e.contains('\n')));
+
+    for kind in [ProxyKind::Nginx, ProxyKind::Haproxy] {
+        let conf = render(kind, &model, 1, &RenderOptions::default(), None).unwrap();
+        let (servers, open, close) = structure(&conf);
+        // Hosts that took a hostile label away are left out; those that remain
+        // (e.g. `evil3` with a harmless `#` alias refused) serve nothing.
+        assert_eq!(servers, 1, "{kind}: one server line\n{conf}");
+        assert_eq!(open, close, "{kind}: braces balance\n{conf}");
+        for marker in ["6.6.6.6", "1.2.3.4", "evil;"] {
+            assert!(!conf.contains(marker), "{kind}: {marker:?} in\n{conf}");
+        }
+    }
+}
+
+#[test]
+fn a_model_with_a_value_that_is_not_plain_is_refused_not_rendered() {
+    for hostile in HOSTILE {
+        let mut models = Vec::new();
+        for field in 0..6 {
+            if field == 5 && *hostile == "a b" {
+                continue; // words with spaces are what a backend option is
+            }
+            let mut m = model();
+            let host = &mut m.hosts[1];
+            match field {
+                0 => host.upstreams[0].addr = hostile.to_string(),
+                1 => host.upstreams[0].task_id = hostile.to_string(),
+                2 => host.upstreams[0].node = hostile.to_string(),
+                3 => host.name = hostile.to_string(),
+                4 => host.context_root = Some(format!("/app{hostile}")),
+                _ => host.backend_options = vec![format!("x{hostile}")],
+            }
+            models.push(m);
+        }
+        for (i, m) in models.iter().enumerate() {
+            for kind in [ProxyKind::Nginx, ProxyKind::Haproxy] {
+                let err = render(kind, m, 1, &RenderOptions::default(), None).unwrap_err();
+                assert!(
+                    matches!(err, RenderError::Unsafe(_)),
+                    "{hostile:?} in field {i}: {err}"
+                );
+            }
+        }
+    }
+}

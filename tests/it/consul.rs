@@ -516,6 +516,14 @@ async fn bad_input(a: &str) {
         ("PUT", "/v1/kv/bad?cas=-1", b"v", 400),
         ("PUT", "/v1/kv/bad?recurce", b"v", 400),
         ("GET", "/v1/kv/bad?index=1&wait=soon", b"", 400),
+        (
+            "GET",
+            "/v1/kv/bad?index=1&wait=99999999999999999999999999999999999999h",
+            b"",
+            400,
+        ),
+        ("GET", "/v1/kv/bad?index=18446744073709551616", b"", 400),
+        ("PUT", "/v1/kv/bad?cas=18446744073709551616", b"v", 400),
         ("GET", "/v1/kv/bad?stale&consistent", b"", 400),
         ("PUT", "/v1/kv/", b"v", 400),
         ("PUT", "/v1/kv/bad?acquire=not-a-session", b"v", 400),
@@ -555,6 +563,11 @@ async fn bad_input(a: &str) {
         let r = expect(a, method, target, body, *status).await;
         assert!(!r.body.is_empty(), "{method} {target}: an error says why");
     }
+    // An index beyond any revision (u64::MAX) waits out its wait and answers with it: never
+    // an overflow that drops the connection.
+    let target = "/v1/kv/bad?index=18446744073709551615&wait=1s";
+    let r = expect(a, "GET", target, b"", 404).await;
+    assert_eq!(r.index(), u64::MAX);
     let foreign = "/v1/session/info/adf4238a-882b-9ddc-4a9d-5b6758e4159e";
     assert_eq!(expect(a, "GET", foreign, b"", 200).await.text(), "[]");
     let big = vec![b'x'; 512 * 1024 + 1];

@@ -24,12 +24,18 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 const UNPLACED_GRACE: Duration = Duration::from_secs(6);
 /// Beyond `stop`'s own timeout, how long the cluster may take to stop the container.
 const STOP_SLACK: Duration = Duration::from_secs(20);
+/// `stop` and `restart` without `?t=`: Docker's default grace period.
+const DEFAULT_STOP_SECS: u64 = 10;
+/// The longest `stop` waits for the cluster, whatever `?t=` says (a negative `t`, Docker's "no
+/// limit", included).
+const MAX_STOP_WAIT: Duration = Duration::from_secs(24 * 3600);
 /// Create bodies are small; anything larger is refused.
 pub(crate) const MAX_BODY: usize = 1 << 20;
 
 pub(crate) async fn create(api: &Api, q: &Query, body: &[u8]) -> Result<Response, DockerError> {
     let body: Value = serde_json::from_slice(body)
         .map_err(|e| DockerError::BadRequest(format!("invalid JSON body: {e}")))?;
+    api.policy.check_create(&body)?;
     let name = match q.get("name") {
         Some(n) if !n.is_empty() => {
             let n = n.trim_start_matches('/');
@@ -317,15 +323,35 @@ pub(crate) async fn start(api: &Api, query: &str) -> Result<Response, DockerErro
     )))
 }
 
+/// How long `stop` and `restart` wait for the cluster to stop the container: `?t=` as Docker
+/// reads it (a 64-bit integer; negative: no limit), plus the cluster's slack, at most
+/// `MAX_STOP_WAIT`. Anything else is a 400, never an overflow.
+fn stop_wait(q: &Query) -> Result<Duration, DockerError> {
+    let secs = match q.get("t").filter(|t| !t.is_empty()) {
+        None => DEFAULT_STOP_SECS,
+        Some(t) => {
+            let secs: i64 = t.parse().map_err(|_| {
+                DockerError::BadRequest(format!(
+                    "invalid value for t: {t:?} is not an integer number of seconds"
+                ))
+            })?;
+            u64::try_from(secs).unwrap_or(u64::MAX)
+        }
+    };
+    Ok(Duration::from_secs(secs)
+        .saturating_add(STOP_SLACK)
+        .min(MAX_STOP_WAIT))
+}
+
 pub(crate) async fn stop(api: &Api, query: &str, q: &Query) -> Result<Response, DockerError> {
-    let t: u64 = q.get("t").and_then(|t| t.parse().ok()).unwrap_or(10);
+    let wait = stop_wait(q)?;
     let view = api.objects.view().await?;
     let e = plain(&view, query)?;
     let id = e.id.clone();
     if !active(e.service, &tasks_of(&view, &id)) {
         return Ok(StatusCode::NOT_MODIFIED.into_response());
     }
-    stop_and_wait(api, &id, Duration::from_secs(t) + STOP_SLACK).await?;
+    stop_and_wait(api, &id, wait).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -395,12 +421,12 @@ pub(crate) async fn kill(api: &Api, query: &str, q: &Query) -> Result<Response, 
 }
 
 pub(crate) async fn restart(api: &Api, query: &str, q: &Query) -> Result<Response, DockerError> {
-    let t: u64 = q.get("t").and_then(|t| t.parse().ok()).unwrap_or(10);
+    let wait = stop_wait(q)?;
     let view = api.objects.view().await?;
     let e = plain(&view, query)?;
     let id = e.id.clone();
     if active(e.service, &tasks_of(&view, &id)) {
-        stop_and_wait(api, &id, Duration::from_secs(t) + STOP_SLACK).await?;
+        stop_and_wait(api, &id, wait).await?;
     }
     start(api, &id).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
@@ -422,7 +448,15 @@ pub(crate) async fn remove(api: &Api, query: &str, q: &Query) -> Result<Response
 }
 
 pub(crate) async fn wait(api: &Api, query: &str, q: &Query) -> Result<Response, DockerError> {
-    let condition = q.get("condition").unwrap_or("not-running").to_string();
+    let condition = match q.get("condition").filter(|c| !c.is_empty()) {
+        None => "not-running".to_string(),
+        Some(c @ ("not-running" | "next-exit" | "removed")) => c.to_string(),
+        Some(other) => {
+            return Err(DockerError::BadRequest(format!(
+                "invalid condition: {other:?} (expected not-running, next-exit or removed)"
+            )))
+        }
+    };
     let view = api.objects.view().await?;
     let e = view.resolve(query)?;
     if !e.is_plain() {
@@ -553,4 +587,38 @@ pub(crate) async fn forward(
     let (engine, engine_id) = engine_of(api, &e)?;
     let path = format!("/containers/{engine_id}/{suffix}");
     super::streams::relay(&engine, &path, req).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(raw: &str) -> Result<Duration, DockerError> {
+        stop_wait(&Query::parse(Some(raw)))
+    }
+
+    #[test]
+    fn stop_timeouts_never_overflow_and_bad_ones_are_refused() {
+        assert_eq!(t("").unwrap(), Duration::from_secs(10) + STOP_SLACK);
+        assert_eq!(t("t=0").unwrap(), STOP_SLACK);
+        assert_eq!(t("t=3").unwrap(), Duration::from_secs(3) + STOP_SLACK);
+        // Docker's "no limit", and numbers far beyond any clock: the longest wait.
+        for huge in ["t=-1", "t=9999999999999", "t=9223372036854775807"] {
+            assert_eq!(t(huge).unwrap(), MAX_STOP_WAIT, "{huge}");
+        }
+        for bad in [
+            "t=18446744073709551615",
+            "t=99999999999999999999999",
+            "t=1.5",
+            "t=ten",
+            "t=%00",
+        ] {
+            match t(bad) {
+                Err(DockerError::BadRequest(m)) => {
+                    assert!(m.contains("invalid value for t"), "{m}")
+                }
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
+    }
 }

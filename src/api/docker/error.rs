@@ -10,6 +10,9 @@ pub(crate) enum DockerError {
     /// 400: a malformed body, parameter or filter.
     #[error("{0}")]
     BadRequest(String),
+    /// 403: the operator's policy refuses it, or a browser's or foreign host's request.
+    #[error("{0}")]
+    Forbidden(String),
     /// 404: no such container, image, network, exec instance or endpoint.
     #[error("{0}")]
     NotFound(String),
@@ -37,6 +40,7 @@ impl DockerError {
     fn status(&self) -> StatusCode {
         match self {
             DockerError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            DockerError::Forbidden(_) => StatusCode::FORBIDDEN,
             DockerError::NotFound(_) => StatusCode::NOT_FOUND,
             DockerError::Conflict(_) => StatusCode::CONFLICT,
             DockerError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -44,6 +48,12 @@ impl DockerError {
             DockerError::Store(StoreError::Invalid(_)) => StatusCode::BAD_REQUEST,
             DockerError::Internal(_) | DockerError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
+    }
+}
+
+impl From<super::policy::Denied> for DockerError {
+    fn from(denied: super::policy::Denied) -> Self {
+        DockerError::Forbidden(denied.to_string())
     }
 }
 

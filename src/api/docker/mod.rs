@@ -18,6 +18,10 @@
 //! - **Versions.** Any `/vX.Y` prefix and unversioned paths are accepted; 1.44 is advertised.
 //! - **Errors** are `{"message": ...}` with Docker's status codes; endpoints of Docker's API
 //!   that shoal does not serve answer 501 naming the endpoint; unknown paths 404.
+//! - **Policy.** Create and exec bodies go through the operator's policy (`policy.rs`: no
+//!   privileged containers, host namespaces, devices, added capabilities or binds outside
+//!   the allowed paths unless allowed); requests through `guard.rs` (browsers' `Origin`,
+//!   foreign `Host` on plaintext loopback, JSON content type). Both refuse with 403/400.
 //!
 //! # Differences from Docker
 //! - `docker stop` then `docker start` runs a new engine container (the filesystem of the old
@@ -32,9 +36,11 @@ mod error;
 mod events;
 mod filters;
 pub(crate) mod forward;
+mod guard;
 mod images;
 mod networks;
 mod objects;
+mod policy;
 mod streams;
 mod system;
 mod view;
@@ -56,6 +62,8 @@ use self::error::DockerError;
 use self::objects::Objects;
 use self::streams::Execs;
 
+pub use self::policy::{DockerAllow, DockerPolicy};
+
 /// The API version shoal advertises.
 pub const API_VERSION: &str = "1.44";
 
@@ -65,26 +73,34 @@ pub(crate) struct Api {
     /// How to reach the agents' engine endpoints (this manager's credentials).
     engine_tls: Option<shoal_tls::net::Connector>,
     execs: Execs,
+    /// What containers created here may do to their node.
+    policy: std::sync::Arc<DockerPolicy>,
+    /// A plaintext loopback listener: requests must be addressed to this machine (`guard`).
+    check_host: bool,
 }
 
 /// Serves the Docker API on `listener` until `shutdown` resolves: over mutual TLS with `tls`
 /// (clients need a client or manager certificate of the cluster, as `docker --tlsverify`
 /// presents it), plaintext without. Node engines are always reached with the store's
-/// credentials.
+/// credentials. Container creates and execs go through `policy`.
 pub async fn serve(
     listener: TcpListener,
     index: crate::objects::Objects,
     tls: Option<Credentials>,
+    policy: DockerPolicy,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let store = index.store().clone();
     let engine_tls = store.tls().map(|creds| {
         shoal_tls::net::Connector::new(creds.client_config(&[Role::Worker], &[b"http/1.1"]))
     });
+    let check_host = tls.is_none() && listener.local_addr()?.ip().is_loopback();
     let api = Api {
         engine_tls,
         objects: Objects { store, index },
         execs: Execs::default(),
+        policy: std::sync::Arc::new(policy),
+        check_host,
     };
     let app = Router::new().fallback(dispatch).with_state(api);
     match tls {
@@ -92,7 +108,7 @@ pub async fn serve(
             let addr = listener.local_addr()?;
             let config = creds.server_config(Some(&[Role::Client, Role::Manager]), &[b"http/1.1"]);
             let incoming = shoal_tls::net::incoming(listener, config, "Docker API");
-            axum::serve(TlsListener { incoming, addr }, app)
+            axum::serve(crate::api::tls::TlsListener::new(incoming, addr), app)
                 .with_graceful_shutdown(shutdown)
                 .await
         }
@@ -104,36 +120,6 @@ pub async fn serve(
                 .with_graceful_shutdown(shutdown)
                 .await
         }
-    }
-}
-
-/// Connections whose TLS handshake is done, for axum.
-struct TlsListener {
-    incoming: tokio_stream::wrappers::ReceiverStream<std::io::Result<shoal_tls::net::TlsConn>>,
-    addr: std::net::SocketAddr,
-}
-
-impl axum::serve::Listener for TlsListener {
-    type Io = shoal_tls::net::TlsConn;
-    type Addr = std::net::SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        use tokio_stream::StreamExt;
-        loop {
-            match self.incoming.next().await {
-                Some(Ok(conn)) => {
-                    let remote = conn.info().remote;
-                    return (conn, remote);
-                }
-                Some(Err(_)) => continue,
-                // The accept loop is gone: serve what is open, accept nothing more.
-                None => std::future::pending::<()>().await,
-            }
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        Ok(self.addr)
     }
 }
 
@@ -215,6 +201,12 @@ async fn dispatch(State(api): State<Api>, req: Request) -> Response {
     response
 }
 
+/// A body dockerd reads as JSON: `Content-Type: application/json` required (`guard`).
+async fn json_body(req: Request, limit: usize) -> Result<Bytes, DockerError> {
+    guard::check_json(req.headers())?;
+    body(req, limit).await
+}
+
 async fn body(req: Request, limit: usize) -> Result<Bytes, DockerError> {
     let limited = http_body_util::Limited::new(req.into_body(), limit);
     match limited.collect().await {
@@ -250,6 +242,7 @@ const UNSERVED: &[&str] = &[
 ];
 
 async fn route(api: &Api, req: Request) -> Result<Response, DockerError> {
+    guard::check_headers(req.headers(), api.check_host)?;
     let method = req.method().clone();
     let path = strip_version(req.uri().path()).to_string();
     let q = Query::parse(req.uri().query());
@@ -273,7 +266,7 @@ async fn route(api: &Api, req: Request) -> Result<Response, DockerError> {
 
         (&M::GET, ["containers", "json"]) => containers::list(api, &q).await,
         (&M::POST, ["containers", "create"]) => {
-            let b = body(req, containers::MAX_BODY).await?;
+            let b = json_body(req, containers::MAX_BODY).await?;
             containers::create(api, &q, &b).await
         }
         (&M::GET, ["containers", id, "json"]) => containers::inspect(api, id).await,
@@ -289,7 +282,7 @@ async fn route(api: &Api, req: Request) -> Result<Response, DockerError> {
         }
         (&M::POST, ["containers", id, "exec"]) => {
             let id = id.to_string();
-            let b = body(req, containers::MAX_BODY).await?;
+            let b = json_body(req, containers::MAX_BODY).await?;
             streams::exec_create(api, &id, &b).await
         }
         (
@@ -302,6 +295,9 @@ async fn route(api: &Api, req: Request) -> Result<Response, DockerError> {
         }
         (&M::POST, ["exec", id, suffix @ ("start" | "resize")])
         | (&M::GET, ["exec", id, suffix @ "json"]) => {
+            if *suffix == "start" {
+                guard::check_json(req.headers())?;
+            }
             let (id, suffix) = (id.to_string(), suffix.to_string());
             streams::exec(api, &id, &suffix, req).await
         }
@@ -328,7 +324,7 @@ async fn route(api: &Api, req: Request) -> Result<Response, DockerError> {
 
         (&M::GET, ["networks"]) => networks::list(api, &q).await,
         (&M::POST, ["networks", "create"]) => {
-            let b = body(req, containers::MAX_BODY).await?;
+            let b = json_body(req, containers::MAX_BODY).await?;
             networks::create(api, &b).await
         }
         (&M::GET, ["networks", name @ ..]) if !name.is_empty() => {
@@ -337,7 +333,7 @@ async fn route(api: &Api, req: Request) -> Result<Response, DockerError> {
         (&M::DELETE, ["networks", id]) => networks::remove(api, id).await,
         (&M::POST, ["networks", id, verb @ ("connect" | "disconnect")]) => {
             let (id, connect) = (id.to_string(), *verb == "connect");
-            let b = body(req, containers::MAX_BODY).await?;
+            let b = json_body(req, containers::MAX_BODY).await?;
             networks::connect(api, &id, &b, connect).await
         }
 

@@ -150,7 +150,11 @@ impl Objects {
         timeout: Duration,
         mut done: impl FnMut(&View) -> Option<T>,
     ) -> Result<Option<T>, DockerError> {
-        let deadline = tokio::time::Instant::now() + timeout;
+        // A caller's timeout may come from a client's number: never overflow the clock.
+        let now = tokio::time::Instant::now();
+        let deadline = now
+            .checked_add(timeout)
+            .unwrap_or_else(|| now + Duration::from_secs(365 * 24 * 3600));
         let mut views = self.index.subscribe();
         let mut view = self.view().await?;
         loop {

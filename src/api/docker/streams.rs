@@ -270,6 +270,7 @@ pub(crate) async fn exec_create(
 ) -> Result<Response, DockerError> {
     let spec: Value = serde_json::from_slice(body)
         .map_err(|e| DockerError::BadRequest(format!("invalid JSON body: {e}")))?;
+    api.policy.check_exec(&spec)?;
     let view = api.objects.view().await?;
     let e = view.resolve(query)?;
     if !e.running() {

@@ -20,7 +20,8 @@ pub(crate) enum Woken {
 }
 
 impl Api {
-    /// Waits for the first change to `key` (or under it, with `prefix`) after revision `index`.
+    /// Waits for the first change to `key` (or under it, with `prefix`) after revision `index`
+    /// (any u64: an index beyond the last revision just waits for `wait`).
     pub(crate) async fn wait_change(
         &self,
         key: &[u8],
@@ -28,7 +29,10 @@ impl Api {
         index: u64,
         wait: Duration,
     ) -> Result<Woken, ApiError> {
-        let mut stream = match self.store.watch(key.to_vec(), prefix, index + 1) {
+        let mut stream = match self
+            .store
+            .watch(key.to_vec(), prefix, index.saturating_add(1))
+        {
             Ok(s) => s,
             Err(StoreError::Compacted { .. }) => return Ok(Woken::Changed),
             Err(e) => return Err(e.into()),

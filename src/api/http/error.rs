@@ -27,6 +27,9 @@ pub(crate) enum ApiError {
     /// `{"error": "..."}`, so that scripts can tell it from Consul's plain-text errors).
     #[error(transparent)]
     Forbidden(#[from] crate::security::policy::Denied),
+    /// 403: a web page's request, or one addressed to another host (`api::guard`).
+    #[error("{0}")]
+    Refused(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -39,7 +42,7 @@ impl ApiError {
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::Forbidden(_) | ApiError::Refused(_) => StatusCode::FORBIDDEN,
             ApiError::Store(StoreError::Invalid(
                 InvalidRequest::ValueTooLarge(_) | InvalidRequest::TxnTooLarge(_),
             )) => StatusCode::PAYLOAD_TOO_LARGE,

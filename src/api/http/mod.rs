@@ -35,7 +35,13 @@
 //! - **Catalog.** `/v1/catalog/nodes` lists the managers; agents join it in a later issue.
 //!   `/v1/status/leader` and `/peers` give managers' HTTP addresses (gRPC for one without).
 //! - **Health.** `/health` answers 200 while the manager knows a leader, else 503.
-//!   ACL tokens are ignored: the API has no authentication, hence its loopback default.
+//!   ACL tokens are ignored: the API has no authentication beyond TLS, hence its loopback
+//!   default.
+//! - **Transport.** Plaintext on loopback; beyond loopback mutual TLS with the cluster's
+//!   certificates (a client or manager certificate), unless the manager runs with
+//!   `--insecure-http` (warned at every start); `--http-tls` asks for TLS on loopback too.
+//!   Requests with a foreign `Origin` (a web page), and on plaintext loopback with a foreign
+//!   `Host` (DNS rebinding), answer 403.
 
 mod blocking;
 mod error;
@@ -50,6 +56,7 @@ use std::future::Future;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::header;
+use axum::http::HeaderMap;
 use axum::http::HeaderValue;
 use axum::http::Method;
 use axum::http::StatusCode;
@@ -60,6 +67,7 @@ use axum::serve::ListenerExt;
 use axum::Router;
 use serde::Serialize;
 use shoal_raft::Store;
+use shoal_tls::{Credentials, Role};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -72,31 +80,57 @@ use self::query::decode;
 pub(crate) struct Api {
     store: Store,
     stopping: watch::Receiver<bool>,
+    /// A plaintext loopback listener: requests must be addressed to this machine.
+    check_host: bool,
 }
 
-/// Serves the API on `listener` until `shutdown` resolves.
+/// Serves the API on `listener` until `shutdown` resolves: over mutual TLS with `tls` (clients
+/// need a client or manager certificate of the cluster), plaintext without.
 pub async fn serve(
     listener: TcpListener,
     store: Store,
+    tls: Option<Credentials>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let (stop_tx, stopping) = watch::channel(false);
-    let app = Router::new()
-        .fallback(dispatch)
-        .with_state(Api { store, stopping });
+    let addr = listener.local_addr()?;
+    let check_host = tls.is_none() && addr.ip().is_loopback();
+    let app = Router::new().fallback(dispatch).with_state(Api {
+        store,
+        stopping,
+        check_host,
+    });
+    let shutdown = async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    };
+    if let Some(creds) = tls {
+        let config = creds.server_config(Some(&[Role::Client, Role::Manager]), &[b"http/1.1"]);
+        let incoming = shoal_tls::net::incoming(listener, config, "HTTP API");
+        return axum::serve(crate::api::tls::TlsListener::new(incoming, addr), app)
+            .with_graceful_shutdown(shutdown)
+            .await;
+    }
     // Small request/response exchanges: without TCP_NODELAY, Nagle adds tens of milliseconds.
     let listener = listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);
     });
     axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            let _ = stop_tx.send(true);
-        })
+        .with_graceful_shutdown(shutdown)
         .await
 }
 
-async fn dispatch(State(api): State<Api>, method: Method, uri: Uri, body: Bytes) -> Response {
+async fn dispatch(
+    State(api): State<Api>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    // A web page's request (or a DNS-rebinding page's) never reaches a handler.
+    if let Err(e) = crate::api::guard::check_headers(&headers, api.check_host) {
+        return ApiError::Refused(e).into_response();
+    }
     let path = uri.path();
     let raw_query = uri.query();
     let result = route(&api, &method, path, raw_query, body).await;

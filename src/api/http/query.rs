@@ -236,7 +236,90 @@ mod tests {
         ));
         let q = Query::parse(Some("index=x"), &["index"]).unwrap();
         assert!(q.blocking().is_err());
+        // Extreme numbers are parsed or refused, never overflowed.
+        let q = Query::parse(
+            Some("index=18446744073709551615&wait=1s"),
+            &["index", "wait"],
+        );
+        assert_eq!(
+            q.unwrap().blocking().unwrap(),
+            Some((u64::MAX, Duration::from_secs(1)))
+        );
+        for bad in [
+            "index=18446744073709551616",
+            "index=-1",
+            "index=1&wait=9999999999999999999999999999999999999h",
+            "index=1&wait=1e400s",
+            "index=1&wait=-1s",
+        ] {
+            let q = Query::parse(Some(bad), &["index", "wait"]).unwrap();
+            assert!(
+                matches!(q.blocking(), Err(ApiError::BadRequest(_))),
+                "{bad}"
+            );
+        }
+        let q = Query::parse(Some("index=1&wait=9999999999999s"), &["index", "wait"]).unwrap();
+        assert_eq!(q.blocking().unwrap(), Some((1, MAX_WAIT)));
         let q = Query::parse(Some("stale&consistent"), &["stale", "consistent"]).unwrap();
         assert!(q.stale().is_err());
+    }
+}
+
+#[cfg(test)]
+mod random {
+    use rand::{Rng, SeedableRng};
+
+    use super::*;
+
+    /// Random query strings, numbers at and past their limits included: each parses or is a
+    /// 400, and a blocking wait is never longer than the cap.
+    #[test]
+    fn random_queries_are_parsed_or_refused_never_a_panic() {
+        const PARTS: &[&str] = &[
+            "index",
+            "wait",
+            "=",
+            "&",
+            "18446744073709551615",
+            "18446744073709551616",
+            "-1",
+            "0",
+            "1",
+            "9999999999999",
+            "e400",
+            ".",
+            "h",
+            "m",
+            "s",
+            "ms",
+            "%",
+            "%ff",
+            "+",
+            "1.5",
+            "recurse",
+            "dc",
+            "dc1",
+            "stale",
+            "consistent",
+        ];
+        let mut rng = rand::rngs::StdRng::seed_from_u64(19);
+        for _ in 0..20_000 {
+            let raw: String = (0..rng.random_range(0..12))
+                .map(|_| PARTS[rng.random_range(0..PARTS.len())])
+                .collect();
+            let Ok(q) = Query::parse(
+                Some(&raw),
+                &["index", "wait", "recurse", "stale", "consistent"],
+            ) else {
+                continue;
+            };
+            let _ = q.stale();
+            let _ = q.u64("index", "index");
+            match q.blocking() {
+                Ok(Some((_, wait))) => assert!(wait <= MAX_WAIT, "{raw:?}"),
+                Ok(None) => {}
+                Err(e) => assert!(matches!(e, ApiError::BadRequest(_)), "{raw:?}: {e}"),
+            }
+        }
     }
 }
