@@ -2,7 +2,8 @@
 //! with transactions, leases and watches. Modules follow openraft's seams: log storage, state
 //! machine, network (outbound) and peer service (inbound), plus the [`Store`] handle the rest of
 //! shoal uses.
-#![forbid(unsafe_code)]
+// Unsafe only where a system call has no safe wrapper (`runtime::favour_this_thread`).
+#![deny(unsafe_code)]
 
 mod codec;
 mod command;

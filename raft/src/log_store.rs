@@ -95,7 +95,10 @@ impl LogStore {
         };
         std::thread::Builder::new()
             .name("shoal-raft-log".into())
-            .spawn(move || thread.run(rx))
+            .spawn(move || {
+                crate::runtime::favour_this_thread();
+                thread.run(rx)
+            })
             .expect("spawning the Raft log writer thread");
         LogStore {
             db,
