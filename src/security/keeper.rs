@@ -91,7 +91,7 @@ impl ManagerKeeper {
         if self.store.leader() == Some(self.store.id()) && ca.phase != Phase::Stable {
             let kek = &self.kek;
             match state::update(&self.store, |s| {
-                s.advance(kek, state::now_ms(), ROTATION_WINDOW)
+                s.advance(kek, crate::host::now_ms(), ROTATION_WINDOW)
             })
             .await
             {

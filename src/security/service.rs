@@ -249,8 +249,10 @@ impl Ca for CaService {
     ) -> Result<Response<pb::RotateResponse>, Status> {
         self.authorize(&req, Method::CaRotate)?;
         let kek = &self.kek;
-        let (s, ()) =
-            state::update(&self.store, |s| s.start_rotation(kek, state::now_ms())).await?;
+        let (s, ()) = state::update(&self.store, |s| {
+            s.start_rotation(kek, crate::host::now_ms())
+        })
+        .await?;
         tracing::info!(generation = s.generation, "root CA rotation started");
         Ok(Response::new(pb::RotateResponse {
             generation: s.generation,

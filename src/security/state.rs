@@ -8,7 +8,6 @@
 
 use std::collections::HashSet;
 use std::time::Duration;
-use std::time::SystemTime;
 
 use base64::Engine as _;
 use serde::Deserialize;
@@ -30,6 +29,7 @@ use shoal_tls::token::JoinToken;
 use shoal_tls::Role;
 
 use super::SecurityError;
+use crate::host::now_ms;
 
 pub const CA_KEY: &str = "/shoal/ca";
 /// `/shoal/revoked/<role>/<name>`: certificates refused from then on.
@@ -95,13 +95,6 @@ struct Secrets {
     worker_secret: String,
     /// The managers' shared secret on peer calls (`SHOAL1-...`).
     raft_token: String,
-}
-
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or_default()
 }
 
 impl CaState {
