@@ -16,6 +16,7 @@ use std::sync::Mutex;
 use futures::Stream;
 use futures::TryStreamExt;
 use openraft::storage::EntryResponder;
+use openraft::storage::RaftSnapshotBuilder;
 use openraft::storage::RaftStateMachine;
 use openraft::EntryPayload;
 use openraft::OptionalSend;
@@ -306,10 +307,27 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Ok(())
     }
 
+    /// What openraft sends a follower that needs a snapshot (and reads at startup): only ever a
+    /// file that matches its checksum. A corrupt one is discarded and rebuilt from the state
+    /// machine on the spot.
     async fn get_current_snapshot(
         &mut self,
     ) -> Result<Option<openraft::alias::SnapshotOf<TypeConfig, SnapshotFile>>, io::Error> {
-        self.snapshots.current()
+        let store = self.snapshots.clone();
+        let checked = tokio::task::spawn_blocking(move || store.current())
+            .await
+            .map_err(io::Error::other)?;
+        match checked {
+            Err(e) if snapshot::is_corrupt(&e) => {
+                tracing::error!(error = %e, "the current snapshot is corrupt: rebuilding it");
+                self.snapshots.discard_current();
+                let mut builder =
+                    snapshot::Builder::start(self.db.clone(), self.snapshots.clone()).await?;
+                let rebuilt = builder.build_snapshot().await?;
+                Ok(Some(rebuilt))
+            }
+            other => other,
+        }
     }
 }
 
