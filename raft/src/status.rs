@@ -25,8 +25,8 @@ pub struct Status {
     pub quota_bytes: u64,
     /// Bytes the store holds, as the quota counts them (the same on every replica).
     pub used_bytes: u64,
-    /// Raised alarms, each `NAME: detail`; today only `NOSPACE`, raised when a write was refused
-    /// for want of space and cleared by the next write that fits.
+    /// Raised alarms, each `NAME ...`; today only `NOSPACE`, raised when a write was refused for
+    /// want of space and cleared once deletes have freed as much as that write lacked.
     pub alarms: Vec<String>,
 }
 

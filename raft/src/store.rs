@@ -402,21 +402,19 @@ impl Store {
         }
     }
 
-    /// Refuses, before it reaches the log, a write apply would refuse for want of space: one that
-    /// may add data while the NOSPACE alarm is up and nothing was freed since. Only a shortcut
-    /// (refused entries would fill the log): apply decides, on every replica alike.
+    /// Refuses, before it reaches the log, a write apply would likely refuse for want of space:
+    /// one that may add data while the NOSPACE alarm is up (nothing was freed since). Only a
+    /// shortcut (refused entries would fill the log): apply decides, on every replica alike.
     fn check_space(&self, cmd: &Command) -> Result<(), StoreError> {
         if !crate::state_machine::may_grow(cmd) {
             return Ok(());
         }
         let space = self.inner.shared.space();
         match space.alarm {
-            Some(alarm) if space.used >= alarm.used && space.quota() == Some(alarm.quota) => {
-                Err(StoreError::NoSpace {
-                    quota: alarm.quota,
-                    used: space.used,
-                })
-            }
+            Some(alarm) if space.quota() == Some(alarm.quota) => Err(StoreError::NoSpace {
+                quota: alarm.quota,
+                used: space.used,
+            }),
             _ => Ok(()),
         }
     }

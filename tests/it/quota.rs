@@ -91,7 +91,8 @@ async fn past_the_quota_writes_are_refused_deletes_go_on_and_no_manager_exits() 
     );
 
     // From the CLI: one error line naming the quota, exit code 1.
-    let out = c.cli(&["kv", "put", "q/cli", "x"]).await;
+    let big = "x".repeat(100 << 10);
+    let out = c.cli(&["kv", "put", "q/cli", &big]).await;
     assert_eq!(out.code, Some(1), "{out:?}");
     let lines: Vec<&str> = out
         .stderr
@@ -104,19 +105,19 @@ async fn past_the_quota_writes_are_refused_deletes_go_on_and_no_manager_exits() 
         "{out:?}"
     );
 
-    // A lease grant adds data: refused. Deletes go through.
+    // A lease grant adds data: refused while the alarm is up. Deletes go through, and clear it.
     let grant = bounded(kv.lease_grant(pb::LeaseGrantRequest { ttl_ms: 10_000 })).await;
     assert_eq!(
         grant.map(|_| ()).unwrap_err().code(),
         Code::ResourceExhausted
     );
-    for key in &stored[..4] {
+    for key in &stored[..6] {
         delete(&mut kv, key)
             .await
             .expect("a delete on a full store");
     }
 
-    // Room again: writes go through, and the alarm clears everywhere.
+    // Room again: writes go through; the alarm is cleared everywhere.
     put(&mut kv, "q/again", &value(1000))
         .await
         .expect("a write after deletes");

@@ -339,9 +339,9 @@ impl EntryTx<'_> {
                         revision: self.counters.revision,
                     });
                 }
+                // A change of the quota in force clears the alarm (see `finish`); the next
+                // write that does not fit raises it again.
                 self.space.quotas.insert(*member, *bytes);
-                // Whether the next write fits is for the new quota to say.
-                self.space.alarm = None;
                 Response::Empty {
                     revision: self.counters.revision,
                 }
@@ -404,6 +404,7 @@ impl EntryTx<'_> {
             let cf = self.db.cf_handle(CF_HISTORY).expect("cf history");
             let bytes = codec::encode(&self.events)?;
             self.space.grow(space::history_bytes(bytes.len()));
+            self.space.history += space::history_bytes(bytes.len());
             self.batch.put_cf(cf, be(self.next_rev), bytes);
             self.space.history_floor = self.space.history_floor.max(1);
             while self.space.history_floor + HISTORY_REVISIONS <= self.next_rev {
@@ -420,9 +421,14 @@ impl EntryTx<'_> {
                 return self.refuse(quota);
             }
         }
-        let wrote = !self.events.is_empty() || !self.leases.granted.is_empty();
-        if may_grow && wrote {
-            self.space.alarm = None;
+        // The alarm stays up until deletes or revokes freed room, so that it does not flap with
+        // every small write that happens to fit. History, which fills whatever room there is,
+        // does not count.
+        if let Some(alarm) = self.space.alarm {
+            let freed = self.space.live().saturating_add(alarm.short) <= alarm.live;
+            if freed || self.space.quota() != Some(alarm.quota) {
+                self.space.alarm = None;
+            }
         }
         let sm = self.db.cf_handle(CF_SM).expect("cf sm");
         self.batch
@@ -444,7 +450,9 @@ impl EntryTx<'_> {
         let cf = self.db.cf_handle(CF_HISTORY).expect("cf history");
         let rev = be(self.space.history_floor);
         if let Some(old) = self.db.get_pinned_cf(cf, rev).map_err(io_err)? {
-            self.space.shrink(space::history_bytes(old.len()));
+            let bytes = space::history_bytes(old.len());
+            self.space.shrink(bytes);
+            self.space.history = self.space.history.saturating_sub(bytes);
         }
         self.batch.delete_cf(cf, rev);
         self.space.history_floor += 1;
@@ -453,10 +461,13 @@ impl EntryTx<'_> {
 
     /// The entry changes nothing but raises the NOSPACE alarm.
     fn refuse(self, quota: u64) -> io::Result<Applied> {
+        let short = self.space.used - quota;
         let (counters, mut space) = self.start;
         space.alarm = Some(NoSpace {
             quota,
             used: space.used,
+            live: space.live(),
+            short,
             revision: counters.revision,
         });
         let mut batch = WriteBatch::default();
@@ -1268,16 +1279,33 @@ mod tests {
         assert_eq!((alarm.quota, alarm.revision), (quota, revision));
         // History gave way before anything was refused.
         assert!(sm.space.history_floor > 1);
-        // What still fits goes through (a 40-byte lease), and clears the alarm; a lease revoke
-        // and deletes always go through.
+        // What still fits goes through (a 40-byte lease), the alarm staying up; a lease revoke
+        // and deletes always go through, and what they free clears the alarm.
         let (r, _) = sm.apply(Command::LeaseGrant { ttl_ms: 1000 });
         assert!(matches!(r, Response::LeaseGranted { id: 1, .. }), "{r:?}");
-        assert_eq!(sm.space.alarm, None);
+        assert!(sm.space.alarm.is_some());
         assert!(matches!(
             sm.apply(Command::LeaseRevoke { ids: vec![1] }).0,
             Response::LeaseRevoked { .. }
         ));
-        for key in &stored[..3] {
+        assert!(
+            sm.space.alarm.is_some(),
+            "the grant's own lease freed nothing"
+        );
+        for key in &stored[..2] {
+            let (r, _) = sm.apply(Command::Delete(Delete {
+                key: key.as_bytes().to_vec(),
+                prefix: false,
+                prev_kv: false,
+            }));
+            assert!(matches!(r, Response::Delete { deleted: 1, .. }), "{r:?}");
+        }
+        assert_eq!(
+            sm.space.alarm, None,
+            "two deletes freed what the write lacked"
+        );
+        assert!(stored.len() >= 6, "{} values fit", stored.len());
+        for key in &stored[2..5] {
             let (r, _) = sm.apply(Command::Delete(Delete {
                 key: key.as_bytes().to_vec(),
                 prefix: false,
@@ -1286,7 +1314,7 @@ mod tests {
             assert!(matches!(r, Response::Delete { deleted: 1, .. }), "{r:?}");
         }
         assert!(sm.space.used <= quota);
-        // Room again: the write goes through and the alarm is cleared.
+        // Room again: writes go through.
         let (r, _) = sm.apply(put_value("k/again", 64 << 10));
         assert!(matches!(r, Response::Put { .. }), "{r:?}");
         assert_eq!(sm.space.alarm, None);

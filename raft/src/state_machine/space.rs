@@ -60,14 +60,16 @@ pub(crate) fn history_bytes(encoded: usize) -> u64 {
 pub(crate) struct Space {
     /// Bytes held, by this module's formula.
     pub used: u64,
+    /// The part of `used` that is change history, which gives way first when space runs out.
+    pub history: u64,
     /// Each member's `--quota-bytes`, as it last proposed it; the smallest governs. Dropped when
     /// the member leaves. Empty: no quota (a cluster none of whose managers has proposed one).
     pub quotas: BTreeMap<NodeId, u64>,
     /// The oldest revision history may still hold; every revision from here to the current one
     /// is held.
     pub history_floor: u64,
-    /// Raised when apply refused a write for want of space; cleared by the next write that
-    /// grows the store and fits, or by a quota change.
+    /// Raised when apply refused a write for want of space; cleared once deletes or revokes have
+    /// freed as much as that write lacked (history aside), or by a quota change.
     pub alarm: Option<NoSpace>,
 }
 
@@ -76,6 +78,10 @@ pub(crate) struct Space {
 pub(crate) struct NoSpace {
     pub quota: u64,
     pub used: u64,
+    /// [`Space::live`] then.
+    pub live: u64,
+    /// How many bytes the refused write lacked.
+    pub short: u64,
     pub revision: u64,
 }
 
@@ -96,6 +102,11 @@ impl Space {
 
     pub(crate) fn shrink(&mut self, n: u64) {
         self.used = self.used.saturating_sub(n);
+    }
+
+    /// What the store holds besides history: what only deletes and revokes free.
+    pub(crate) fn live(&self) -> u64 {
+        self.used.saturating_sub(self.history)
     }
 }
 
@@ -154,11 +165,14 @@ pub(crate) fn measure(db: &DB, revision: u64) -> io::Result<Space> {
         })?;
     }
     let mut first = None;
+    let mut history = 0u64;
     each(CF_HISTORY, &mut |k, v| {
         first = first.or(from_be(k));
-        used += history_bytes(v.len());
+        history += history_bytes(v.len());
         Ok(())
     })?;
+    space.history = history;
+    used += history;
     if let Some(first) = first {
         space.history_floor = first;
     }
