@@ -28,9 +28,11 @@ pub fn parse(input: &str) -> Result<u64, String> {
         "mb" => 1_000_000,
         "gb" => 1_000_000_000,
         "tb" => 1_000_000_000_000,
-        _ => return Err(format!(
+        _ => {
+            return Err(format!(
             "unknown unit {unit:?} in size {input:?} (use B, KiB, MiB, GiB, TiB, KB, MB, GB or TB)"
-        )),
+        ))
+        }
     };
     let bytes = n
         .checked_mul(scale)
