@@ -107,6 +107,11 @@ struct ManagerArgs {
     /// Restart this surviving manager as a one-member cluster with all its data.
     #[arg(long, conflicts_with_all = ["join", "token", "token_file"])]
     force_new_cluster: bool,
+    /// Storage quota: past it, writes that add data are refused (NOSPACE) while deletes go on.
+    /// A size with an optional unit: 2GiB, 512MiB, 8GB; at least 1MiB. The smallest quota of all
+    /// managers governs.
+    #[arg(long, value_name = "SIZE", default_value = "2GiB", value_parser = shoal::cli::bytes::parse_quota, env = "SHOAL_QUOTA_BYTES")]
+    quota_bytes: u64,
     /// Lifetime of node certificates, set for the cluster at bootstrap (renewed at 50-80%).
     #[arg(long, default_value = "90d", value_parser = shoal::cli::duration::parse, env = "SHOAL_CERT_LIFETIME")]
     cert_lifetime: std::time::Duration,
@@ -342,6 +347,7 @@ fn manager_config(args: ManagerArgs, token: Option<String>) -> anyhow::Result<Ma
         .map_err(anyhow::Error::msg)?,
         http_tls: args.http_tls,
         insecure_http: args.insecure_http,
+        quota_bytes: args.quota_bytes,
     })
 }
 

@@ -6,6 +6,8 @@ use std::fmt;
 use serde::Deserialize;
 use serde::Serialize;
 
+use crate::state_machine::MIN_QUOTA_BYTES;
+
 /// Largest key accepted, in bytes.
 pub const MAX_KEY_BYTES: usize = 4 * 1024;
 /// Largest value accepted, in bytes.
@@ -48,6 +50,7 @@ impl fmt::Display for Request {
             Command::LeaseRevoke { ids } => write!(f, "lease_revoke({ids:?})"),
             Command::AllocateMemberId => write!(f, "allocate_member_id"),
             Command::Batch(b) => write!(f, "batch({} writes)", b.writes.len()),
+            Command::SetQuota { member, bytes } => write!(f, "set_quota({member}: {bytes})"),
         }
     }
 }
@@ -69,6 +72,12 @@ pub enum Command {
     /// Many independent conditional writes in one entry, behind one fence (appended last: the
     /// variant index is part of the log's encoding).
     Batch(Batch),
+    /// Records `member`'s storage quota (its `--quota-bytes`); the smallest member's governs.
+    /// Each manager proposes its own when the replicated one differs.
+    SetQuota {
+        member: u64,
+        bytes: u64,
+    },
 }
 
 /// Conditional writes committed as one log entry at one revision: nothing applies unless every
@@ -286,6 +295,20 @@ pub enum Rejection {
     LockHeld { key: Vec<u8>, holder: u64 },
     #[error("key {} is not locked by lease {lease}", String::from_utf8_lossy(.key))]
     LockNotHeld { key: Vec<u8>, lease: u64 },
+    /// The entry would have grown the store past its quota (appended last: the variant index is
+    /// part of the encoding managers exchange).
+    #[error("{}", no_space_message(.quota, .used))]
+    NoSpace { quota: u64, used: u64 },
+}
+
+/// The one message a write refused for space carries, everywhere it is shown.
+pub(crate) fn no_space_message(quota: &u64, used: &u64) -> String {
+    use crate::state_machine::human;
+    format!(
+        "the store is full: {} used of its {} quota (--quota-bytes); writes that add data are refused until keys are deleted",
+        human(*used),
+        human(*quota)
+    )
 }
 
 /// Why a request was refused before it reached the log.
@@ -305,6 +328,8 @@ pub enum InvalidRequest {
     BatchTooLarge(usize),
     #[error("a batched write has failure operations; batched writes only have success operations")]
     BatchFailureOps,
+    #[error("a quota of {0} bytes is below the least accepted, {MIN_QUOTA_BYTES}")]
+    QuotaTooSmall(u64),
 }
 
 fn check_key(key: &[u8], prefix: bool) -> Result<(), InvalidRequest> {
@@ -390,7 +415,12 @@ impl Command {
                 }
                 Ok(())
             }
-            Command::LeaseRevoke { .. } | Command::AllocateMemberId => Ok(()),
+            Command::SetQuota { bytes, .. } if *bytes < MIN_QUOTA_BYTES => {
+                Err(InvalidRequest::QuotaTooSmall(*bytes))
+            }
+            Command::LeaseRevoke { .. } | Command::AllocateMemberId | Command::SetQuota { .. } => {
+                Ok(())
+            }
         }
     }
 }

@@ -42,6 +42,9 @@ pub enum StoreError {
     Storage(String),
     #[error("protocol error: {0}")]
     Protocol(String),
+    /// A write that adds data, refused because the store is at its quota (the NOSPACE alarm).
+    #[error("{}", crate::command::no_space_message(.quota, .used))]
+    NoSpace { quota: u64, used: u64 },
 }
 
 impl From<StoreError> for tonic::Status {
@@ -61,6 +64,7 @@ impl From<StoreError> for tonic::Status {
             StoreError::Unauthenticated(_) => Status::unauthenticated(msg),
             StoreError::WrongCluster { .. } => Status::permission_denied(msg),
             StoreError::Timeout(_) => Status::deadline_exceeded(msg),
+            StoreError::NoSpace { .. } => Status::resource_exhausted(msg),
             StoreError::DataDir { .. } | StoreError::Storage(_) | StoreError::Protocol(_) => {
                 Status::internal(msg)
             }

@@ -20,6 +20,14 @@ pub struct Status {
     pub snapshot_index: u64,
     pub purged_index: u64,
     pub members: Vec<MemberStatus>,
+    /// The storage quota in force (the smallest any manager set with `--quota-bytes`); 0: none
+    /// yet.
+    pub quota_bytes: u64,
+    /// Bytes the store holds, as the quota counts them (the same on every replica).
+    pub used_bytes: u64,
+    /// Raised alarms, each `NAME ...`; today only `NOSPACE`, raised when a write was refused for
+    /// want of space and cleared once deletes have freed as much as that write lacked.
+    pub alarms: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

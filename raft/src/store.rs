@@ -113,6 +113,9 @@ pub struct StoreConfig {
     pub tuning: RaftTuning,
     /// Follows every applied change (an in-memory index of the cluster's objects).
     pub observer: Option<Arc<dyn crate::ApplyObserver>>,
+    /// This manager's storage quota (`--quota-bytes`, at least [`crate::MIN_QUOTA_BYTES`]): it
+    /// proposes it through Raft, and the smallest quota of all managers governs.
+    pub quota_bytes: u64,
 }
 
 /// What `open` did, for the caller to report.
@@ -142,6 +145,7 @@ struct Inner {
     shared: Arc<Shared>,
     snapshots: Arc<SnapshotStore>,
     leases: LeaseClock,
+    quota_bytes: u64,
     peers: Mutex<BTreeMap<String, RaftServiceClient<Channel>>>,
     background: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// `Some(term)` while this manager is the leader of `term`.
@@ -274,6 +278,7 @@ impl Store {
                 shared,
                 snapshots,
                 leases: LeaseClock::default(),
+                quota_bytes: config.quota_bytes,
                 peers: Mutex::new(BTreeMap::new()),
                 background: Mutex::new(Vec::new()),
                 leading: tokio::sync::watch::channel(None).0,
@@ -282,6 +287,7 @@ impl Store {
         };
         store.spawn_lease_loop();
         store.spawn_leadership_watch();
+        store.spawn_quota_loop();
         Ok((store, opened))
     }
 
@@ -379,6 +385,7 @@ impl Store {
     /// Proposes a command through the leader and returns what applying it produced.
     pub async fn write(&self, cmd: Command) -> Result<Response, StoreError> {
         cmd.validate()?;
+        self.check_space(&cmd)?;
         let req = Request::now(cmd);
         match self.leader_call(LeaderRequest::Write(req)).await? {
             // A missing lease is an error of the request; a lock conflict is an answer.
@@ -386,8 +393,29 @@ impl Store {
                 reason: Rejection::LeaseNotFound(id),
                 ..
             }) => Err(StoreError::LeaseNotFound(id)),
+            LeaderResponse::Written(Response::Rejected {
+                reason: Rejection::NoSpace { quota, used },
+                ..
+            }) => Err(StoreError::NoSpace { quota, used }),
             LeaderResponse::Written(r) => Ok(r),
             other => Err(unexpected(other)),
+        }
+    }
+
+    /// Refuses, before it reaches the log, a write apply would likely refuse for want of space:
+    /// one that may add data while the NOSPACE alarm is up (nothing was freed since). Only a
+    /// shortcut (refused entries would fill the log): apply decides, on every replica alike.
+    fn check_space(&self, cmd: &Command) -> Result<(), StoreError> {
+        if !crate::state_machine::may_grow(cmd) {
+            return Ok(());
+        }
+        let space = self.inner.shared.space();
+        match space.alarm {
+            Some(alarm) if space.quota() == Some(alarm.quota) => Err(StoreError::NoSpace {
+                quota: alarm.quota,
+                used: space.used,
+            }),
+            _ => Ok(()),
         }
     }
 
@@ -498,6 +526,9 @@ impl Store {
                 revision: local.revision,
                 snapshot_index: local.snapshot_index,
                 purged_index: local.purged_index,
+                quota_bytes: local.quota_bytes,
+                used_bytes: local.used_bytes,
+                alarms: local.alarms,
                 ..*leader
             },
             _ => local,
@@ -613,7 +644,11 @@ impl Store {
                 }
             })
             .collect();
+        let space = self.inner.shared.space();
         Status {
+            quota_bytes: space.quota().unwrap_or(0),
+            used_bytes: space.used,
+            alarms: space.alarm.iter().map(|a| a.to_string()).collect(),
             cluster_id: self.inner.cluster_id.clone(),
             id: m.id,
             leader: m.current_leader,
@@ -847,6 +882,39 @@ impl Store {
                 if rx.changed().await.is_err() {
                     store.inner.leading.send_replace(None);
                     return;
+                }
+            }
+        });
+        self.inner.background.lock().expect("background").push(h);
+    }
+
+    /// Proposes this manager's quota whenever the replicated record of it differs (at the first
+    /// start, after a restart with another `--quota-bytes`, once a joining manager is a member).
+    fn spawn_quota_loop(&self) {
+        let store = self.clone();
+        let h = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(500));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let want = store.inner.quota_bytes;
+                let recorded = store
+                    .inner
+                    .shared
+                    .space()
+                    .quotas
+                    .get(&store.inner.id)
+                    .copied();
+                if recorded == Some(want) || !store.is_member() || store.leader().is_none() {
+                    continue;
+                }
+                let cmd = Command::SetQuota {
+                    member: store.inner.id,
+                    bytes: want,
+                };
+                match store.write(cmd).await {
+                    Ok(_) => tracing::info!(quota = want, "storage quota recorded"),
+                    Err(e) => tracing::debug!(error = %e, "recording the storage quota failed"),
                 }
             }
         });

@@ -53,7 +53,14 @@ pub(crate) fn watch(
     let mut live = shared.events.subscribe();
     let current = shared.revision();
     let next = if start == 0 { current + 1 } else { start };
-    let oldest = oldest_revision(current);
+    // History may have given way to the storage quota before its window ran out (a watch from
+    // now on reads no history to begin with).
+    let floor = if start == 0 {
+        0
+    } else {
+        shared.space().history_floor
+    };
+    let oldest = oldest_revision(current).max(floor);
     if next < oldest {
         return Err(StoreError::Compacted {
             requested: next,
@@ -204,6 +211,7 @@ mod tests {
             revision: AtomicU64::new(5),
             leases: Mutex::new(BTreeMap::new()),
             events,
+            space: Mutex::new(Default::default()),
         });
         let stream = watch(db, shared.clone(), b"k".to_vec(), false, u64::MAX).unwrap();
         tokio::time::sleep(Duration::from_millis(50)).await;

@@ -21,6 +21,11 @@ struct JsonStatus<'a> {
     revision: u64,
     snapshot_index: u64,
     purged_index: u64,
+    /// The storage quota in force (0: none recorded yet) and the bytes it counts.
+    quota_bytes: u64,
+    used_bytes: u64,
+    /// Raised alarms (`NOSPACE ...`); empty when all is well.
+    alarms: &'a [String],
     members: Vec<JsonMember<'a>>,
     /// Every running `shoal proxy`'s status.
     proxies: &'a [ProxyStatus],
@@ -132,6 +137,9 @@ fn json_status<'a>(s: &'a pb::StatusResponse, proxies: &'a [ProxyStatus]) -> Jso
         revision: s.revision,
         snapshot_index: s.snapshot_index,
         purged_index: s.purged_index,
+        quota_bytes: s.quota_bytes,
+        used_bytes: s.used_bytes,
+        alarms: &s.alarms,
         members: s
             .members
             .iter()
@@ -161,6 +169,22 @@ fn proxy_errors(proxies: &[ProxyStatus]) -> impl Iterator<Item = String> + '_ {
     })
 }
 
+/// Bytes for people: `1.5 GiB`.
+fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
 /// The human view: a summary, then one row per manager.
 fn table(s: &pb::StatusResponse) -> String {
     let leader = if s.leader_id == 0 {
@@ -168,10 +192,26 @@ fn table(s: &pb::StatusResponse) -> String {
     } else {
         format!("{} ({})", s.leader_id, s.leader_addr)
     };
+    let storage = if s.quota_bytes == 0 {
+        format!("{} used, no quota recorded yet", human_bytes(s.used_bytes))
+    } else {
+        format!(
+            "{} used of a {} quota",
+            human_bytes(s.used_bytes),
+            human_bytes(s.quota_bytes)
+        )
+    };
     let mut text = format!(
-        "cluster   {}\nleader    {leader}\nterm      {}\ncommit    {}\nrevision  {}\nanswered  by {} (applied {}, snapshot {}, purged {})\n\n",
-        s.cluster_id, s.term, s.commit_index, s.revision, s.member_id, s.applied_index, s.snapshot_index, s.purged_index,
+        "cluster   {}\nleader    {leader}\nterm      {}\ncommit    {}\nrevision  {}\nstorage   {storage}\n",
+        s.cluster_id, s.term, s.commit_index, s.revision,
     );
+    for alarm in &s.alarms {
+        text.push_str(&format!("alarm     {alarm}\n"));
+    }
+    text.push_str(&format!(
+        "answered  by {} (applied {}, snapshot {}, purged {})\n\n",
+        s.member_id, s.applied_index, s.snapshot_index, s.purged_index,
+    ));
     let mut rows = vec![["ID", "ADDRESS", "ROLE", "VOTER", "HEALTH", "APPLIED"].map(String::from)];
     for m in &s.members {
         rows.push([

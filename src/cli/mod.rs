@@ -3,6 +3,7 @@
 //! manager through [`crate::client`]; output goes to stdout (`--json`: one JSON document, or JSON
 //! lines for `kv watch`), errors are returned, never printed.
 
+pub mod bytes;
 mod cluster;
 pub mod duration;
 mod error;

@@ -44,6 +44,9 @@ impl Cluster for ClusterService {
             revision: s.revision,
             snapshot_index: s.snapshot_index,
             purged_index: s.purged_index,
+            quota_bytes: s.quota_bytes,
+            used_bytes: s.used_bytes,
+            alarms: s.alarms,
             members: s
                 .members
                 .into_iter()

@@ -67,6 +67,9 @@ pub struct ManagerConfig {
     pub http_tls: bool,
     /// Allow a plaintext HTTP API on an address beyond loopback (warned at every start).
     pub insecure_http: bool,
+    /// This manager's storage quota in bytes (`--quota-bytes`); the smallest of all managers'
+    /// governs.
+    pub quota_bytes: u64,
 }
 
 /// Where the Docker API listens without `--docker-api`.
@@ -226,6 +229,7 @@ pub async fn run(config: ManagerConfig, shutdown: impl Future<Output = ()>) -> a
         force_new_cluster: config.force_new_cluster,
         tuning: RaftTuning::default(),
         observer: Some(index.clone()),
+        quota_bytes: config.quota_bytes,
     })
     .await?;
     let objects = crate::objects::Objects::new(store.clone(), index);

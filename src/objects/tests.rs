@@ -99,6 +99,7 @@ impl Replicated {
                     ..tuning.clone()
                 },
                 observer: Some(index.clone()),
+                quota_bytes: shoal_raft::DEFAULT_QUOTA_BYTES,
             })
             .await;
             match opened {

@@ -36,6 +36,11 @@ async fn usage_errors_exit_with_code_2() {
             "not-an-address",
         ],
         &["frobnicate"],
+        &["manager", "--data-dir", "/tmp/x", "--quota-bytes", "0"],
+        &["manager", "--data-dir", "/tmp/x", "--quota-bytes=-1"],
+        &["manager", "--data-dir", "/tmp/x", "--quota-bytes", "2 gigs"],
+        &["manager", "--data-dir", "/tmp/x", "--quota-bytes", "1.5GiB"],
+        &["manager", "--data-dir", "/tmp/x", "--quota-bytes", "512KiB"],
     ] {
         let out = run_cli(args, None, &[]).await;
         assert_eq!(out.code, Some(2), "shoal {args:?}: {out:?}");

@@ -19,6 +19,7 @@ mod full_disk;
 mod http_tls;
 mod membership;
 mod proxy;
+mod quota;
 mod scheduling;
 mod security;
 mod snapshot;

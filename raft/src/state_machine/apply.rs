@@ -10,6 +10,9 @@ use rocksdb::DB;
 use serde::Deserialize;
 use serde::Serialize;
 
+use super::space;
+use super::space::NoSpace;
+use super::space::Space;
 use crate::codec;
 use crate::command::Command;
 use crate::command::Compare;
@@ -179,10 +182,16 @@ pub(crate) struct Applied {
     /// Events at `counters.revision`, empty if the entry changed no key.
     pub events: Vec<Event>,
     pub leases: LeaseChanges,
+    pub space: Space,
 }
 
-/// Applies one entry's request on top of `db` as it stands.
-pub(crate) fn apply_request(db: &DB, counters: Counters, req: &Request) -> io::Result<Applied> {
+/// Applies one entry's request on top of `db` as it stands, `space` being its space record.
+pub(crate) fn apply_request(
+    db: &DB,
+    counters: Counters,
+    space: &Space,
+    req: &Request,
+) -> io::Result<Applied> {
     let mut tx = EntryTx {
         db,
         batch: WriteBatch::default(),
@@ -191,9 +200,11 @@ pub(crate) fn apply_request(db: &DB, counters: Counters, req: &Request) -> io::R
         next_rev: counters.revision + 1,
         events: Vec::new(),
         leases: LeaseChanges::default(),
+        start: (counters, space.clone()),
+        space: space.clone(),
     };
     let response = tx.run(req)?;
-    Ok(tx.finish(response))
+    tx.finish(response, space::may_grow(&req.cmd))
 }
 
 struct EntryTx<'a> {
@@ -206,6 +217,10 @@ struct EntryTx<'a> {
     next_rev: u64,
     events: Vec<Event>,
     leases: LeaseChanges,
+    /// Counters and space before the entry: what a refused entry leaves in place.
+    start: (Counters, Space),
+    /// Space as the entry's changes so far leave it.
+    space: Space,
 }
 
 impl EntryTx<'_> {
@@ -269,6 +284,7 @@ impl EntryTx<'_> {
                 };
                 let cf = self.db.cf_handle(CF_LEASE).expect("cf lease");
                 self.batch.put_cf(cf, be(id), codec::encode(&rec)?);
+                self.space.grow(space::LEASE_BYTES);
                 self.leases.granted.push(rec);
                 Response::LeaseGranted {
                     revision: self.counters.revision,
@@ -308,6 +324,26 @@ impl EntryTx<'_> {
                     revision: self.result_revision(),
                     fenced,
                     applied,
+                }
+            }
+            Command::SetQuota { member, bytes } => {
+                // One proposed just before its manager was removed is not kept.
+                let sm = self.db.cf_handle(CF_SM).expect("cf sm");
+                let membership: crate::types::StoredMembership =
+                    match self.db.get_cf(sm, KEY_MEMBERSHIP).map_err(io_err)? {
+                        Some(bytes) => codec::decode(&bytes)?,
+                        None => Default::default(),
+                    };
+                if membership.membership().get_node(member).is_none() {
+                    return Ok(Response::Empty {
+                        revision: self.counters.revision,
+                    });
+                }
+                // A change of the quota in force clears the alarm (see `finish`); the next
+                // write that does not fit raises it again.
+                self.space.quotas.insert(*member, *bytes);
+                Response::Empty {
+                    revision: self.counters.revision,
                 }
             }
         })
@@ -358,30 +394,99 @@ impl EntryTx<'_> {
         }
     }
 
-    fn finish(mut self, response: Response) -> Applied {
+    /// Records the entry's history, keeps history within its window and the store within its
+    /// quota, and hands back what to write. An entry that `may_grow` and would leave the store
+    /// larger than it found it and past its quota is refused whole, once history has given up
+    /// all it can.
+    fn finish(mut self, response: Response, may_grow: bool) -> io::Result<Applied> {
         if !self.events.is_empty() {
             self.counters.revision = self.next_rev;
             let cf = self.db.cf_handle(CF_HISTORY).expect("cf history");
-            let bytes = codec::encode(&self.events).expect("events encode");
+            let bytes = codec::encode(&self.events)?;
+            self.space.grow(space::history_bytes(bytes.len()));
+            self.space.history += space::history_bytes(bytes.len());
             self.batch.put_cf(cf, be(self.next_rev), bytes);
-            if self.next_rev > HISTORY_REVISIONS {
-                self.batch
-                    .delete_cf(cf, be(self.next_rev - HISTORY_REVISIONS));
+            self.space.history_floor = self.space.history_floor.max(1);
+            while self.space.history_floor + HISTORY_REVISIONS <= self.next_rev {
+                self.trim_history()?;
+            }
+        }
+        if let Some(quota) = self.space.quota() {
+            // History gives way first: a watch that far behind must re-read, as after a
+            // compaction. The latest revision stays, for watches resuming from it.
+            while self.space.used > quota && self.space.history_floor < self.counters.revision {
+                self.trim_history()?;
+            }
+            if may_grow && self.space.used > quota && self.space.used > self.start.1.used {
+                return self.refuse(quota);
+            }
+        }
+        // The alarm stays up until deletes or revokes freed room, so that it does not flap with
+        // every small write that happens to fit. History, which fills whatever room there is,
+        // does not count.
+        if let Some(alarm) = self.space.alarm {
+            let freed = self.space.live().saturating_add(alarm.short) <= alarm.live;
+            if freed || self.space.quota() != Some(alarm.quota) {
+                self.space.alarm = None;
             }
         }
         let sm = self.db.cf_handle(CF_SM).expect("cf sm");
-        self.batch.put_cf(
-            sm,
-            KEY_COUNTERS,
-            codec::encode(&self.counters).expect("counters encode"),
-        );
-        Applied {
+        self.batch
+            .put_cf(sm, KEY_COUNTERS, codec::encode(&self.counters)?);
+        self.batch
+            .put_cf(sm, space::KEY_SPACE, codec::encode(&self.space)?);
+        Ok(Applied {
             batch: self.batch,
             response,
             counters: self.counters,
             events: self.events,
             leases: self.leases,
+            space: self.space,
+        })
+    }
+
+    /// Drops the oldest revision history holds.
+    fn trim_history(&mut self) -> io::Result<()> {
+        let cf = self.db.cf_handle(CF_HISTORY).expect("cf history");
+        let rev = be(self.space.history_floor);
+        if let Some(old) = self.db.get_pinned_cf(cf, rev).map_err(io_err)? {
+            let bytes = space::history_bytes(old.len());
+            self.space.shrink(bytes);
+            self.space.history = self.space.history.saturating_sub(bytes);
         }
+        self.batch.delete_cf(cf, rev);
+        self.space.history_floor += 1;
+        Ok(())
+    }
+
+    /// The entry changes nothing but raises the NOSPACE alarm.
+    fn refuse(self, quota: u64) -> io::Result<Applied> {
+        let short = self.space.used - quota;
+        let (counters, mut space) = self.start;
+        space.alarm = Some(NoSpace {
+            quota,
+            used: space.used,
+            live: space.live(),
+            short,
+            revision: counters.revision,
+        });
+        let mut batch = WriteBatch::default();
+        let sm = self.db.cf_handle(CF_SM).expect("cf sm");
+        batch.put_cf(sm, space::KEY_SPACE, codec::encode(&space)?);
+        Ok(Applied {
+            batch,
+            response: Response::Rejected {
+                revision: counters.revision,
+                reason: Rejection::NoSpace {
+                    quota,
+                    used: space.used,
+                },
+            },
+            counters,
+            events: Vec::new(),
+            leases: LeaseChanges::default(),
+            space,
+        })
     }
 
     fn get(&self, key: &[u8]) -> io::Result<Option<KeyValue>> {
@@ -507,25 +612,35 @@ impl EntryTx<'_> {
             lock,
             lock_index,
         };
+        let attachment = space::attachment_bytes(&p.key);
         if held != lock {
             let lock_cf = self.db.cf_handle(CF_LEASE_LOCK).expect("cf lease_lock");
             if held != 0 {
                 self.batch.delete_cf(lock_cf, lease_key(held, &p.key));
+                self.space.shrink(attachment);
             }
             if lock != 0 {
                 self.batch.put_cf(lock_cf, lease_key(lock, &p.key), []);
+                self.space.grow(attachment);
             }
         }
         let lease_cf = self.db.cf_handle(CF_LEASE_KEY).expect("cf lease_key");
-        if let Some(old) = prev
-            .as_ref()
-            .filter(|old| old.lease != 0 && old.lease != p.lease)
-        {
-            self.batch.delete_cf(lease_cf, lease_key(old.lease, &p.key));
+        let prev_lease = prev.as_ref().map_or(0, |kv| kv.lease);
+        if prev_lease != 0 && prev_lease != p.lease {
+            self.batch
+                .delete_cf(lease_cf, lease_key(prev_lease, &p.key));
+            self.space.shrink(attachment);
         }
         if p.lease != 0 {
             self.batch.put_cf(lease_cf, lease_key(p.lease, &p.key), []);
+            if prev_lease != p.lease {
+                self.space.grow(attachment);
+            }
         }
+        if let Some(prev) = &prev {
+            self.space.shrink(space::kv_bytes(prev));
+        }
+        self.space.grow(space::kv_bytes(&kv));
         let stored = KeyValue {
             key: Vec::new(),
             ..kv.clone()
@@ -562,13 +677,16 @@ impl EntryTx<'_> {
     fn remove(&mut self, kv: &KeyValue) {
         let cf = self.db.cf_handle(CF_KV).expect("cf kv");
         self.batch.delete_cf(cf, &kv.key);
+        self.space.shrink(space::kv_bytes(kv));
         if kv.lock != 0 {
             let lock_cf = self.db.cf_handle(CF_LEASE_LOCK).expect("cf lease_lock");
             self.batch.delete_cf(lock_cf, lease_key(kv.lock, &kv.key));
+            self.space.shrink(space::attachment_bytes(&kv.key));
         }
         if kv.lease != 0 {
             let lease_cf = self.db.cf_handle(CF_LEASE_KEY).expect("cf lease_key");
             self.batch.delete_cf(lease_cf, lease_key(kv.lease, &kv.key));
+            self.space.shrink(space::attachment_bytes(&kv.key));
         }
         self.overlay.insert(kv.key.clone(), None);
         self.events.push(Event {
@@ -590,6 +708,7 @@ impl EntryTx<'_> {
             return Ok(false);
         }
         self.batch.delete_cf(cf, be(id));
+        self.space.shrink(space::LEASE_BYTES);
         self.leases.revoked.push(id);
         // Keys attached to the lease go; keys merely locked by it stay, unlocked.
         for key in self.attached(CF_LEASE_KEY, id)? {
@@ -671,24 +790,49 @@ mod tests {
         _dir: tempfile::TempDir,
         db: std::sync::Arc<DB>,
         counters: Counters,
+        space: Space,
     }
 
     impl Sm {
         fn new() -> Self {
             let dir = tempfile::tempdir().unwrap();
             let db = crate::db::open(dir.path()).unwrap();
+            let space = space::read(&db, 0).unwrap();
             Sm {
                 _dir: dir,
                 db,
                 counters: Counters::default(),
+                space,
             }
         }
 
         fn apply(&mut self, cmd: Command) -> (Response, Vec<Event>) {
-            let a = apply_request(&self.db, self.counters, &Request { at_ms: 7, cmd }).unwrap();
+            let req = Request { at_ms: 7, cmd };
+            let a = apply_request(&self.db, self.counters, &self.space, &req).unwrap();
             self.db.write(a.batch).unwrap();
             self.counters = a.counters;
+            self.space = a.space;
             (a.response, a.events)
+        }
+
+        /// Records a membership of managers `ids`, as a membership entry would.
+        fn members(&mut self, ids: &[u64]) {
+            let nodes: BTreeMap<u64, crate::types::ManagerNode> = ids
+                .iter()
+                .map(|id| (*id, crate::types::ManagerNode::default()))
+                .collect();
+            let m =
+                openraft::Membership::new(vec![nodes.keys().copied().collect()], nodes).unwrap();
+            let stored = crate::types::StoredMembership::new(None, m);
+            let sm = self.db.cf_handle(CF_SM).unwrap();
+            self.db
+                .put_cf(sm, KEY_MEMBERSHIP, codec::encode(&stored).unwrap())
+                .unwrap();
+        }
+
+        /// Space as a replica measuring this store from scratch finds it.
+        fn measured(&self) -> Space {
+            space::measure(&self.db, self.counters.revision).unwrap()
         }
 
         fn put(&mut self, k: &str, v: &str, lease: u64) -> Response {
@@ -1047,5 +1191,162 @@ mod tests {
             })
             .collect();
         assert_eq!(ids, vec![2, 3, 4]);
+    }
+
+    fn put_value(k: &str, bytes: usize) -> Command {
+        Command::Put(Put {
+            key: k.into(),
+            value: vec![b'v'; bytes],
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn space_counted_entry_by_entry_is_what_a_measure_from_scratch_finds() {
+        let mut sm = Sm::new();
+        sm.apply(Command::LeaseGrant { ttl_ms: 1000 });
+        sm.apply(Command::LeaseGrant { ttl_ms: 1000 });
+        sm.put("a", "1", 1);
+        sm.put("a", "22", 2);
+        sm.put("b", "333", 1);
+        sm.put("c", "4444", 0);
+        sm.apply(Command::Put(Put {
+            key: b"lock".to_vec(),
+            value: b"x".to_vec(),
+            lock: Lock::Acquire(2),
+            ..Default::default()
+        }));
+        sm.apply(Command::Txn(Txn {
+            compare: vec![],
+            success: vec![put_op("d", "1"), put_op("d", "22"), put_op("e", "5")],
+            failure: vec![],
+        }));
+        sm.apply(Command::Delete(Delete {
+            key: b"c".to_vec(),
+            prefix: false,
+            prev_kv: false,
+        }));
+        sm.apply(Command::LeaseRevoke { ids: vec![2] });
+        let counted = sm.space.clone();
+        assert!(counted.used > 0);
+        assert_eq!(counted, sm.measured());
+    }
+
+    #[test]
+    fn past_the_quota_writes_that_add_data_are_refused_and_deletes_make_room() {
+        let mut sm = Sm::new();
+        sm.members(&[1, 2]);
+        let quota = crate::state_machine::MIN_QUOTA_BYTES;
+        sm.apply(Command::SetQuota {
+            member: 1,
+            bytes: 4 * quota,
+        });
+        sm.apply(Command::SetQuota {
+            member: 2,
+            bytes: quota,
+        });
+        // A manager that is not a member does not get a say.
+        sm.apply(Command::SetQuota {
+            member: 9,
+            bytes: 1,
+        });
+        assert_eq!(sm.space.quota(), Some(quota));
+
+        let mut stored = Vec::new();
+        let refused = loop {
+            let key = format!("k/{:03}", stored.len());
+            match sm.apply(put_value(&key, 64 << 10)).0 {
+                Response::Put { .. } => stored.push(key),
+                r => break r,
+            }
+            assert!(
+                stored.len() < 64,
+                "1 MiB holds fewer than 64 values of 64 KiB"
+            );
+        };
+        let revision = sm.counters.revision;
+        let Response::Rejected {
+            reason: Rejection::NoSpace { quota: q, used },
+            revision: r,
+        } = refused
+        else {
+            panic!("{refused:?}")
+        };
+        assert_eq!((q, r), (quota, revision));
+        assert!(used <= quota && sm.space.used <= quota, "{used} > {quota}");
+        assert!(refused_message(&refused).contains("1 MiB quota (--quota-bytes)"));
+        let alarm = sm.space.alarm.expect("the NOSPACE alarm");
+        assert_eq!((alarm.quota, alarm.revision), (quota, revision));
+        // History gave way before anything was refused.
+        assert!(sm.space.history_floor > 1);
+        // What still fits goes through (a 40-byte lease), the alarm staying up; a lease revoke
+        // and deletes always go through, and what they free clears the alarm.
+        let (r, _) = sm.apply(Command::LeaseGrant { ttl_ms: 1000 });
+        assert!(matches!(r, Response::LeaseGranted { id: 1, .. }), "{r:?}");
+        assert!(sm.space.alarm.is_some());
+        assert!(matches!(
+            sm.apply(Command::LeaseRevoke { ids: vec![1] }).0,
+            Response::LeaseRevoked { .. }
+        ));
+        assert!(
+            sm.space.alarm.is_some(),
+            "the grant's own lease freed nothing"
+        );
+        for key in &stored[..2] {
+            let (r, _) = sm.apply(Command::Delete(Delete {
+                key: key.as_bytes().to_vec(),
+                prefix: false,
+                prev_kv: false,
+            }));
+            assert!(matches!(r, Response::Delete { deleted: 1, .. }), "{r:?}");
+        }
+        assert_eq!(
+            sm.space.alarm, None,
+            "two deletes freed what the write lacked"
+        );
+        assert!(stored.len() >= 6, "{} values fit", stored.len());
+        for key in &stored[2..5] {
+            let (r, _) = sm.apply(Command::Delete(Delete {
+                key: key.as_bytes().to_vec(),
+                prefix: false,
+                prev_kv: false,
+            }));
+            assert!(matches!(r, Response::Delete { deleted: 1, .. }), "{r:?}");
+        }
+        assert!(sm.space.used <= quota);
+        // Room again: writes go through.
+        let (r, _) = sm.apply(put_value("k/again", 64 << 10));
+        assert!(matches!(r, Response::Put { .. }), "{r:?}");
+        assert_eq!(sm.space.alarm, None);
+        let measured = sm.measured();
+        assert_eq!(
+            (sm.space.used, sm.space.history_floor),
+            (measured.used, measured.history_floor)
+        );
+        // Full again; overwriting a value with a smaller one still goes through.
+        let mut n = 0;
+        while let (Response::Put { .. }, _) = sm.apply(put_value(&format!("k/y{n}"), 64 << 10)) {
+            n += 1;
+            assert!(n < 64);
+        }
+        let (r, _) = sm.apply(put_value(&stored[5], 10));
+        assert!(matches!(r, Response::Put { .. }), "{r:?}");
+    }
+
+    fn refused_message(r: &Response) -> String {
+        match r {
+            Response::Rejected { reason, .. } => reason.to_string(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn history_keeps_its_window_and_the_floor_follows() {
+        let mut sm = Sm::new();
+        for i in 0..5 {
+            sm.put("a", &i.to_string(), 0);
+        }
+        assert_eq!(sm.space.history_floor, 1);
+        assert_eq!(sm.space, sm.measured());
     }
 }

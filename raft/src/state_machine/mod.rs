@@ -1,8 +1,10 @@
 //! The state machine: applies committed entries to the revisioned KV in RocksDB, feeds watches
-//! with what changed, and builds and installs snapshots. It never reads a clock.
+//! with what changed, keeps the store within its quota (`space.rs`), and builds, checks and
+//! installs snapshots. It never reads a clock.
 
 mod apply;
 mod snapshot;
+mod space;
 
 use std::collections::BTreeMap;
 use std::io;
@@ -14,6 +16,7 @@ use std::sync::Mutex;
 use futures::Stream;
 use futures::TryStreamExt;
 use openraft::storage::EntryResponder;
+use openraft::storage::RaftSnapshotBuilder;
 use openraft::storage::RaftStateMachine;
 use openraft::EntryPayload;
 use openraft::OptionalSend;
@@ -29,6 +32,11 @@ pub(crate) use self::apply::HISTORY_REVISIONS;
 pub(crate) use self::apply::KEY_COUNTERS;
 pub use self::snapshot::SnapshotFile;
 pub(crate) use self::snapshot::SnapshotStore;
+pub(crate) use self::space::human;
+pub(crate) use self::space::may_grow;
+pub(crate) use self::space::Space;
+pub use self::space::DEFAULT_QUOTA_BYTES;
+pub use self::space::MIN_QUOTA_BYTES;
 use crate::codec;
 use crate::command::Event;
 use crate::command::Range;
@@ -57,11 +65,17 @@ pub(crate) struct Shared {
     /// Live leases, mirrored from the `lease` column family.
     pub leases: Mutex<BTreeMap<u64, LeaseRecord>>,
     pub events: broadcast::Sender<Arc<RevisionEvents>>,
+    /// The space record as of the last applied entry.
+    pub space: Mutex<Space>,
 }
 
 impl Shared {
     pub(crate) fn revision(&self) -> u64 {
         self.revision.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn space(&self) -> Space {
+        self.space.lock().expect("space").clone()
     }
 }
 
@@ -69,6 +83,7 @@ pub struct StateMachine {
     db: Arc<DB>,
     shared: Arc<Shared>,
     counters: Counters,
+    space: Space,
     snapshots: Arc<SnapshotStore>,
     observer: Option<Arc<dyn ApplyObserver>>,
 }
@@ -82,16 +97,19 @@ impl StateMachine {
     ) -> io::Result<(Self, Arc<Shared>)> {
         let snapshots = Arc::new(SnapshotStore::open(snapshot_dir)?);
         let counters = read_counters(&db)?;
+        let space = space::read(&db, counters.revision)?;
         let (events, _) = broadcast::channel(4096);
         let shared = Arc::new(Shared {
             revision: AtomicU64::new(counters.revision),
             leases: Mutex::new(read_leases(&db)?),
             events,
+            space: Mutex::new(space.clone()),
         });
         let sm = StateMachine {
             db,
             shared: shared.clone(),
             counters,
+            space,
             snapshots,
             observer,
         };
@@ -126,9 +144,18 @@ impl StateMachine {
         Ok(())
     }
 
+    fn set_space(&mut self, space: Space) {
+        if space != self.space {
+            *self.shared.space.lock().expect("space") = space.clone();
+            self.space = space;
+        }
+    }
+
     /// Re-reads everything cached in memory after the stored state was replaced.
     fn reload(&mut self) -> io::Result<()> {
         self.counters = read_counters(&self.db)?;
+        self.space = space::read(&self.db, self.counters.revision)?;
+        *self.shared.space.lock().expect("space") = self.space.clone();
         self.shared
             .revision
             .store(self.counters.revision, Ordering::Release);
@@ -177,14 +204,16 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     where
         S: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
     {
-        let sm_cf = self.db.cf_handle(CF_SM).expect("cf sm");
+        let db = self.db.clone();
+        let sm_cf = db.cf_handle(CF_SM).expect("cf sm");
         while let Some((entry, responder)) = entries.try_next().await? {
             let log_id = entry.log_id;
             let (mut batch, response, events, leases) = match &entry.payload {
                 EntryPayload::Blank => (WriteBatch::default(), empty(self.counters), vec![], None),
                 EntryPayload::Normal(req) => {
-                    let applied = apply::apply_request(&self.db, self.counters, req)?;
+                    let applied = apply::apply_request(&self.db, self.counters, &self.space, req)?;
                     self.counters = applied.counters;
+                    self.set_space(applied.space);
                     (
                         applied.batch,
                         applied.response,
@@ -201,6 +230,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     if self.counters.next_member <= max_id {
                         self.counters.next_member = max_id + 1;
                         batch.put_cf(sm_cf, KEY_COUNTERS, codec::encode(&self.counters)?);
+                    }
+                    // A manager that left no longer holds the cluster to its quota.
+                    let mut space = self.space.clone();
+                    space.retain_members(|id| m.get_node(&id).is_some());
+                    if space != self.space {
+                        batch.put_cf(sm_cf, space::KEY_SPACE, codec::encode(&space)?);
+                        self.set_space(space);
                     }
                     (batch, empty(self.counters), vec![], None)
                 }
@@ -271,10 +307,27 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Ok(())
     }
 
+    /// What openraft sends a follower that needs a snapshot (and reads at startup): only ever a
+    /// file that matches its checksum. A corrupt one is discarded and rebuilt from the state
+    /// machine on the spot.
     async fn get_current_snapshot(
         &mut self,
     ) -> Result<Option<openraft::alias::SnapshotOf<TypeConfig, SnapshotFile>>, io::Error> {
-        self.snapshots.current()
+        let store = self.snapshots.clone();
+        let checked = tokio::task::spawn_blocking(move || store.current())
+            .await
+            .map_err(io::Error::other)?;
+        match checked {
+            Err(e) if snapshot::is_corrupt(&e) => {
+                tracing::error!(error = %e, "the current snapshot is corrupt: rebuilding it");
+                self.snapshots.discard_current();
+                let mut builder =
+                    snapshot::Builder::start(self.db.clone(), self.snapshots.clone()).await?;
+                let rebuilt = builder.build_snapshot().await?;
+                Ok(Some(rebuilt))
+            }
+            other => other,
+        }
     }
 }
 

@@ -1,5 +1,7 @@
 //! Snapshots as files: built from a RocksDB snapshot on a thread of their own (apply goes on
-//! meanwhile), checksummed, published by rename, and installed in one atomic write batch.
+//! meanwhile), checksummed, published by rename, and installed in one atomic write batch. A file
+//! is checked against its checksum before it is handed out to be sent to a follower and before
+//! it is installed: a corrupt one is never shipped nor installed, and the leader's is rebuilt.
 //!
 //! File layout: magic `SHOALSNP`, a version byte, then records `[cf u8][klen u32][key][vlen u32]
 //! [value]` for every state-machine column family, then `[0xff][record count u64][crc32 u32]`
@@ -11,6 +13,7 @@ use std::io;
 use std::io::BufReader;
 use std::io::BufWriter;
 use std::io::Read;
+use std::io::Seek;
 use std::io::Write;
 use std::path::Path;
 use std::path::PathBuf;
@@ -117,15 +120,31 @@ impl SnapshotStore {
         self.current.lock().expect("snapshot lock").clone()
     }
 
+    /// The current snapshot, its file checked against its checksum and open at its start. A
+    /// corrupt file is an [`io::ErrorKind::InvalidData`] error (see [`is_corrupt`]).
     pub(crate) fn current(&self) -> io::Result<Option<Snapshot>> {
         let Some(meta) = self.current_meta() else {
             return Ok(None);
         };
         let path = self.dir.join(stem(&meta)).with_extension("snap");
+        let file = SnapshotFile::open(path)?;
+        verify(&file.file).map_err(|e| {
+            io::Error::new(e.kind(), format!("snapshot {}: {e}", file.path.display()))
+        })?;
         Ok(Some(Snapshot {
-            snapshot: SnapshotFile::open(path)?,
+            snapshot: file,
             meta,
         }))
+    }
+
+    /// Forgets the current snapshot and removes its files (it was found corrupt).
+    pub(crate) fn discard_current(&self) {
+        let mut current = self.current.lock().expect("snapshot lock");
+        if let Some(meta) = current.take() {
+            let base = self.dir.join(stem(&meta));
+            let _ = fs::remove_file(base.with_extension("meta"));
+            let _ = fs::remove_file(base.with_extension("snap"));
+        }
     }
 
     /// Makes the data at `tmp` the current snapshot, durably, and removes older ones.
@@ -309,16 +328,26 @@ fn corrupt(what: &str) -> io::Error {
     )
 }
 
-/// Replaces the state machine with the snapshot's content in one atomic, synced write, then
-/// makes the file the current snapshot.
-pub(crate) fn install(
-    db: &DB,
-    store: &SnapshotStore,
-    meta: &SnapshotMeta,
-    data: SnapshotFile,
+/// Whether `e` says a snapshot file is corrupt (bad checksum, bad structure, cut short), as
+/// opposed to unreadable.
+pub(crate) fn is_corrupt(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::InvalidData | io::ErrorKind::UnexpectedEof
+    )
+}
+
+/// Reads a snapshot file from its start, handing each record (column family index, key, value)
+/// to `record`, and checks the trailer: the record count and the checksum of everything before
+/// it. Leaves the file at its start again.
+fn read_records(
+    file: &File,
+    mut record: impl FnMut(usize, Vec<u8>, Vec<u8>) -> io::Result<()>,
 ) -> io::Result<()> {
+    let mut f = file;
+    f.rewind()?;
     let mut r = CrcReader {
-        inner: BufReader::new(&data.file),
+        inner: BufReader::new(file),
         crc: crc32fast::Hasher::new(),
     };
     if r.exact(MAGIC.len())? != MAGIC {
@@ -328,6 +357,57 @@ pub(crate) fn install(
     if version != FILE_VERSION {
         return Err(corrupt(&format!("unsupported version {version}")));
     }
+    let mut records = 0u64;
+    loop {
+        let tag = r.exact(1)?[0];
+        if tag == END {
+            break;
+        }
+        if tag as usize >= SM_CFS.len() {
+            return Err(corrupt("unknown column family"));
+        }
+        let klen = r.u32()? as usize;
+        if klen > MAX_KEY_BYTES + 16 {
+            return Err(corrupt("key too long"));
+        }
+        let key = r.exact(klen)?;
+        let vlen = r.u32()? as usize;
+        if vlen > 64 * 1024 * 1024 {
+            return Err(corrupt("value too long"));
+        }
+        let value = r.exact(vlen)?;
+        record(tag as usize, key, value)?;
+        records += 1;
+    }
+    let count = u64::from_le_bytes(r.exact(8)?.try_into().expect("8 bytes"));
+    let want = r.crc.clone().finalize();
+    let mut crc = [0u8; 4];
+    r.inner.read_exact(&mut crc)?;
+    if count != records || u32::from_le_bytes(crc) != want {
+        return Err(corrupt("checksum or record count mismatch"));
+    }
+    let mut rest = [0u8; 1];
+    if r.inner.read(&mut rest)? != 0 {
+        return Err(corrupt("trailing bytes after the checksum"));
+    }
+    f.rewind()?;
+    Ok(())
+}
+
+/// Checks a snapshot file against its checksum; leaves it at its start.
+pub(crate) fn verify(file: &File) -> io::Result<()> {
+    read_records(file, |_, _, _| Ok(()))
+}
+
+/// Replaces the state machine with the snapshot's content in one atomic, synced write, then
+/// makes the file the current snapshot. Nothing is written unless the whole file checks out
+/// against its checksum first.
+pub(crate) fn install(
+    db: &DB,
+    store: &SnapshotStore,
+    meta: &SnapshotMeta,
+    data: SnapshotFile,
+) -> io::Result<()> {
     let cfs: Vec<_> = SM_CFS
         .iter()
         .map(|n| db.cf_handle(n).expect("sm cf"))
@@ -338,35 +418,12 @@ pub(crate) fn install(
     for cf in &cfs {
         batch.delete_range_cf(*cf, [].as_slice(), top.as_slice());
     }
-    let mut records = 0u64;
-    loop {
-        let tag = r.exact(1)?[0];
-        if tag == END {
-            break;
-        }
-        let cf = cfs
-            .get(tag as usize)
-            .ok_or_else(|| corrupt("unknown column family"))?;
-        let klen = r.u32()? as usize;
-        if klen > top.len() {
-            return Err(corrupt("key too long"));
-        }
-        let key = r.exact(klen)?;
-        let vlen = r.u32()? as usize;
-        if vlen > 64 * 1024 * 1024 {
-            return Err(corrupt("value too long"));
-        }
-        let value = r.exact(vlen)?;
-        batch.put_cf(*cf, key, value);
-        records += 1;
-    }
-    let count = u64::from_le_bytes(r.exact(8)?.try_into().expect("8 bytes"));
-    let want = r.crc.clone().finalize();
-    let mut crc = [0u8; 4];
-    r.inner.read_exact(&mut crc)?;
-    if count != records || u32::from_le_bytes(crc) != want {
-        return Err(corrupt("checksum or record count mismatch"));
-    }
+    // The batch is only written once the trailer has been checked.
+    read_records(&data.file, |cf, key, value| {
+        batch.put_cf(cfs[cf], key, value);
+        Ok(())
+    })
+    .map_err(|e| io::Error::new(e.kind(), format!("snapshot {}: {e}", data.path.display())))?;
     // The meta openraft hands over is authoritative for the applied position.
     let sm = db.cf_handle(CF_SM).expect("cf sm");
     batch.put_cf(sm, KEY_APPLIED, codec::encode(&meta.last_log_id)?);
@@ -379,4 +436,158 @@ pub(crate) fn install(
     fs::copy(&data.path, &tmp)?;
     File::open(&tmp)?.sync_all()?;
     store.publish(meta, &tmp)
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::impls::leader_id_adv::LeaderId;
+    use openraft::storage::RaftStateMachine;
+
+    use super::*;
+    use crate::command::Command;
+    use crate::command::Put;
+    use crate::command::Request;
+    use crate::state_machine::apply;
+    use crate::state_machine::StateMachine;
+
+    /// A state machine holding `keys` keys, applied up to log index `keys`.
+    fn machine(dir: &Path, keys: u64) -> (Arc<DB>, StateMachine) {
+        let db = crate::db::open(dir).unwrap();
+        let mut counters = apply::Counters::default();
+        let mut space = crate::state_machine::space::read(&db, 0).unwrap();
+        for i in 0..keys {
+            let req = Request {
+                at_ms: 0,
+                cmd: Command::Put(Put {
+                    key: format!("k/{i}").into_bytes(),
+                    value: vec![b'v'; 100],
+                    ..Default::default()
+                }),
+            };
+            let a = apply::apply_request(&db, counters, &space, &req).unwrap();
+            (counters, space) = (a.counters, a.space);
+            db.write(a.batch).unwrap();
+        }
+        let applied = Some(LogId::new(
+            LeaderId {
+                term: 1,
+                node_id: 1,
+            },
+            keys,
+        ));
+        let sm_cf = db.cf_handle(CF_SM).unwrap();
+        db.put_cf(sm_cf, KEY_APPLIED, codec::encode(&applied).unwrap())
+            .unwrap();
+        let (sm, _) = StateMachine::open(db.clone(), dir.join("snapshots"), None).unwrap();
+        (db, sm)
+    }
+
+    /// Flips one byte in the middle of the file at `path`.
+    fn flip_a_byte(path: &Path) {
+        let mut bytes = fs::read(path).unwrap();
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0x5a;
+        fs::write(path, bytes).unwrap();
+    }
+
+    fn key_count(db: &DB) -> usize {
+        let cf = db.cf_handle(crate::db::CF_KV).unwrap();
+        db.iterator_cf(cf, rocksdb::IteratorMode::Start).count()
+    }
+
+    #[tokio::test]
+    async fn a_corrupt_snapshot_is_rebuilt_and_never_handed_out_to_send() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_db, mut sm) = machine(dir.path(), 50);
+        let built = sm
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        let path = built.snapshot.path.clone();
+        drop(built);
+        verify(&File::open(&path).unwrap()).unwrap();
+
+        flip_a_byte(&path);
+        let e = verify(&File::open(&path).unwrap()).unwrap_err();
+        assert!(is_corrupt(&e), "{e}");
+
+        // What openraft sends to a follower comes from here: a file that checks out, rebuilt.
+        let sent = sm
+            .get_current_snapshot()
+            .await
+            .unwrap()
+            .expect("a snapshot");
+        verify(&sent.snapshot.file).unwrap();
+        assert_eq!(sent.meta.last_log_id.map(|l| l.index), Some(50));
+        verify(&File::open(&sent.snapshot.path).unwrap()).unwrap();
+        // And it is the current one from now on.
+        let again = sm
+            .get_current_snapshot()
+            .await
+            .unwrap()
+            .expect("a snapshot");
+        assert_eq!(again.meta, sent.meta);
+        verify(&again.snapshot.file).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_cut_short_snapshot_is_rebuilt_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_db, mut sm) = machine(dir.path(), 20);
+        let built = sm
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        let path = built.snapshot.path.clone();
+        drop(built);
+        let bytes = fs::read(&path).unwrap();
+        fs::write(&path, &bytes[..bytes.len() - 3]).unwrap();
+        let sent = sm
+            .get_current_snapshot()
+            .await
+            .unwrap()
+            .expect("a snapshot");
+        verify(&sent.snapshot.file).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_corrupt_snapshot_is_not_installed() {
+        let source = tempfile::tempdir().unwrap();
+        let (_, mut leader) = machine(source.path(), 30);
+        let built = leader
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        let target = tempfile::tempdir().unwrap();
+        let (follower_db, mut follower) = machine(target.path(), 3);
+        let copy = target.path().join("received.snap");
+        fs::copy(&built.snapshot.path, &copy).unwrap();
+        flip_a_byte(&copy);
+
+        let e = follower
+            .install_snapshot(&built.meta, SnapshotFile::open(copy.clone()).unwrap())
+            .await
+            .unwrap_err();
+        assert!(is_corrupt(&e), "{e}");
+        // Nothing of it was written: the follower still has its own 3 keys and no snapshot.
+        assert_eq!(key_count(&follower_db), 3);
+        let (applied, _) = follower.applied_state().await.unwrap();
+        assert_eq!(applied.map(|l| l.index), Some(3));
+
+        // The intact file installs.
+        follower
+            .install_snapshot(
+                &built.meta,
+                SnapshotFile::open(built.snapshot.path.clone()).unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(key_count(&follower_db), 30);
+    }
 }

@@ -48,6 +48,8 @@ impl ApiError {
             )) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Store(StoreError::Invalid(_)) => StatusCode::BAD_REQUEST,
             ApiError::Store(StoreError::LeaseNotFound(_)) => StatusCode::NOT_FOUND,
+            // The NOSPACE alarm: WebDAV's "cannot store the representation".
+            ApiError::Store(StoreError::NoSpace { .. }) => StatusCode::INSUFFICIENT_STORAGE,
             ApiError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

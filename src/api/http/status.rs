@@ -226,6 +226,21 @@ pub(crate) async fn metrics(api: &Api) -> Result<Response, ApiError> {
         s.revision,
     );
     gauge(
+        "store_used_bytes",
+        "Bytes the store holds, as its quota counts them.",
+        s.used_bytes,
+    );
+    gauge(
+        "store_quota_bytes",
+        "The storage quota in force (0: none recorded yet).",
+        s.quota_bytes,
+    );
+    gauge(
+        "store_alarm_nospace",
+        "1 while the NOSPACE alarm is raised: writes that add data are refused.",
+        u64::from(s.alarms.iter().any(|a| a.starts_with("NOSPACE"))),
+    );
+    gauge(
         "managers",
         "Managers in the membership.",
         s.members.len() as u64,

@@ -316,6 +316,14 @@ pub(crate) async fn handle(api: &Api, q: Option<&str>, body: Bytes) -> Result<Re
                     key.as_slice()
                 }
                 Rejection::LeaseNotFound(_) => &[],
+                // Store::write turns this one into an error; never an answer here.
+                Rejection::NoSpace { quota, used } => {
+                    return Err(StoreError::NoSpace {
+                        quota: *quota,
+                        used: *used,
+                    }
+                    .into())
+                }
             };
             let i = ops
                 .iter()
