@@ -221,6 +221,8 @@ fn service(s: usize, image: String) -> Service {
         volumes_from: vec![],
         network_mode: None,
         container: None,
+        health: None,
+        stop_grace_ms: None,
     }
 }
 

@@ -1,5 +1,5 @@
 //! What a task's container is: its name, image, command, environment, labels, published ports,
-//! restart policy and limits, derived from the task and its service alone (no I/O).
+//! restart policy, health check and limits, derived from the task and its service alone (no I/O).
 
 use std::net::IpAddr;
 
@@ -43,6 +43,7 @@ pub(crate) fn spec(
         .map(|p| PortSpec::from_model(p, Some(host_ip)))
         .collect();
     spec.restart = service.restart;
+    spec.health = service.health.clone();
     let limit = |v: u64| (v != 0).then(|| i64::try_from(v).unwrap_or(i64::MAX));
     spec.memory_bytes = limit(service.reservations.memory_bytes);
     spec.nano_cpus = limit(service.reservations.nano_cpus);

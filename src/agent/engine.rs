@@ -90,7 +90,8 @@ pub(crate) async fn watch_events(docker: DockerRuntime, node_id: String, wake: A
         while let Some(event) = events.next().await {
             match event {
                 Ok(action) => {
-                    if EVENTS.contains(&action.as_str()) {
+                    // `health_status: healthy` and the like: the task's health changed.
+                    if EVENTS.contains(&action.as_str()) || action.starts_with("health_status") {
                         tracing::debug!(%action, "container event");
                         wake.notify_one();
                     }

@@ -5,10 +5,11 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::IpAddr;
+use std::time::Duration;
 
 use super::container;
 use super::runtime::{ContainerInfo, ContainerSpec, ContainerState};
-use crate::model::{Service, Task, TaskState, TaskStatus};
+use crate::model::{Health, Service, Task, TaskState, TaskStatus};
 
 /// One task of the node's assignment set, with its service (None if the service is gone).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,11 +42,14 @@ pub(crate) enum Action {
     Remove { container: String },
     /// Stop (gracefully) and, if `remove`, remove a container, then report `then` if any. A
     /// plain container's is kept while its task is listed (`docker ps -a`, logs, exit code).
+    /// `drain`: keep it running that long first (the task's drain delay: the proxies drop a
+    /// task asked to stop at once, its container goes only after they reloaded).
     Stop {
         container: String,
         name: String,
         then: Option<TaskStatus>,
         remove: bool,
+        drain: Duration,
     },
     /// Create and start a task's container: report ACCEPTED first (if `accept`), then RUNNING with
     /// the container's id and ports, or REJECTED with the engine's reason.
@@ -112,15 +116,22 @@ pub(crate) fn plan(
             continue;
         }
         if task.desired_state != TaskState::Running {
-            let mut done = status(task, TaskState::Shutdown, "stopped: no longer wanted");
-            match container {
+            // The orchestrator's reason (scaled down, unhealthy, ...), else a generic one.
+            let why = match task.message.as_str() {
+                "" => "stopped: no longer wanted".to_string(),
+                m => format!("stopped: {m}"),
+            };
+            let mut done = status(task, TaskState::Shutdown, why);
+            let action = match container {
                 Some(c) if a.is_container() => {
                     done.exit_code = exit_code(c);
-                    actions.push(halt(c, Some(done)));
+                    halt(c, Some(done))
                 }
-                Some(c) => actions.push(stop(c, Some(done))),
-                None => actions.push(Action::Report(done)),
-            }
+                Some(c) => stop(c, Some(done)),
+                None => Action::Report(done),
+            };
+            let up = container.is_some_and(|c| c.state.is_running());
+            actions.push(drained(action, task, up));
             continue;
         }
         match (container, &a.service) {
@@ -131,7 +142,9 @@ pub(crate) fn plan(
                 let rebound = c.state == ContainerState::Running
                     && !c.ports.is_empty()
                     && c.ports != task.ports;
-                if task.state != TaskState::Running || rebound {
+                // Health decides whether the proxies route to it and whether it is replaced.
+                let health = c.health != task.health;
+                if task.state != TaskState::Running || rebound || health {
                     actions.push(Action::Report(running(task, c)));
                 }
             }
@@ -184,6 +197,7 @@ fn stop(c: &ContainerInfo, then: Option<TaskStatus>) -> Action {
         name: c.name.clone(),
         then,
         remove: true,
+        drain: Duration::ZERO,
     }
 }
 
@@ -194,6 +208,31 @@ fn halt(c: &ContainerInfo, then: Option<TaskStatus>) -> Action {
         name: c.name.clone(),
         then,
         remove: false,
+        drain: Duration::ZERO,
+    }
+}
+
+/// The stop of a task asked to stop, after its drain delay if it may be in a proxy config
+/// (RUNNING and healthy or without a health check, as the proxy model reads it, and its
+/// container `up`); a task that never served, or whose container is already down, is stopped
+/// at once.
+fn drained(action: Action, task: &Task, up: bool) -> Action {
+    let serving = up && task.state == TaskState::Running && Health::serves(task.health);
+    match action {
+        Action::Stop {
+            container,
+            name,
+            then,
+            remove,
+            drain: _,
+        } if serving => Action::Stop {
+            container,
+            name,
+            then,
+            remove,
+            drain: Duration::from_millis(task.stop_grace_ms),
+        },
+        other => other,
     }
 }
 
@@ -212,18 +251,29 @@ fn status(task: &Task, state: TaskState, message: impl Into<String>) -> TaskStat
         container_id: task.container_id.clone(),
         ports: Vec::new(),
         exit_code: None,
+        health: None,
     }
 }
 
-/// RUNNING with the container and the ports Docker published.
+/// RUNNING with the container, the ports Docker published and its health (with what its last
+/// failed probe said, while it is not healthy).
 pub(crate) fn running(task: &Task, c: &ContainerInfo) -> TaskStatus {
     TaskStatus {
         task_id: task.id.clone(),
         state: TaskState::Running,
-        message: String::new(),
+        message: health_message(c),
         container_id: Some(c.id.clone()),
         ports: c.ports.clone(),
         exit_code: None,
+        health: c.health,
+    }
+}
+
+/// A RUNNING task's message: what the last failed probe of a container that is not healthy said.
+pub(crate) fn health_message(c: &ContainerInfo) -> String {
+    match (c.health, &c.health_output) {
+        (Some(Health::Starting | Health::Unhealthy), Some(out)) => out.clone(),
+        _ => String::new(),
     }
 }
 
@@ -252,6 +302,7 @@ fn ended(task: &Task, c: &ContainerInfo) -> TaskStatus {
         container_id: Some(c.id.clone()),
         ports: Vec::new(),
         exit_code: exit_code(c),
+        health: None,
     }
 }
 

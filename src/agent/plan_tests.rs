@@ -62,6 +62,8 @@ fn container(id: &str, task: Option<&str>, state: ContainerState) -> ContainerIn
             host_ip: "127.0.0.2".into(),
             host_port: 32768,
         }],
+        health: None,
+        health_output: None,
     }
 }
 
@@ -315,4 +317,81 @@ fn containers_of_other_nodes_are_never_touched() {
     let mut other = container("x", Some("x"), ContainerState::Running);
     other.owner.as_mut().unwrap().node = "node2".into();
     assert_eq!(run(&[], &[other]), vec![]);
+}
+
+#[test]
+fn health_changes_are_reported_with_the_failing_probe() {
+    let set = [running_task("t1")];
+    let mut c = container("t1", Some("t1"), ContainerState::Running);
+    c.health = Some(Health::Starting);
+    let actions = run(&set, std::slice::from_ref(&c));
+    let [Action::Report(s)] = actions.as_slice() else {
+        panic!("{actions:?}");
+    };
+    assert_eq!(
+        (s.state, s.health),
+        (TaskState::Running, Some(Health::Starting))
+    );
+    c.health = Some(Health::Unhealthy);
+    c.health_output = Some("connection refused".into());
+    let actions = run(&set, std::slice::from_ref(&c));
+    let [Action::Report(s)] = actions.as_slice() else {
+        panic!("{actions:?}");
+    };
+    assert_eq!(s.health, Some(Health::Unhealthy));
+    assert_eq!(s.message, "connection refused");
+    // Once the set holds what the container shows, nothing more to say.
+    let mut known = running_task("t1");
+    known.task.health = Some(Health::Unhealthy);
+    assert_eq!(run(&[known], &[c]), vec![]);
+}
+
+#[test]
+fn a_serving_task_asked_to_stop_drains_first_and_others_stop_at_once() {
+    let drain_of = |task: Assignment| {
+        let c = container(&task.task.id, Some(&task.task.id), ContainerState::Running);
+        let actions = run(&[task], &[c]);
+        match actions.as_slice() {
+            [Action::Stop { drain, then, .. }] => {
+                assert_eq!(then.as_ref().map(|t| t.state), Some(TaskState::Shutdown));
+                *drain
+            }
+            other => panic!("{other:?}"),
+        }
+    };
+    let stopping = |state: TaskState, health: Option<Health>| {
+        let mut a = assigned("t1", state, TaskState::Shutdown);
+        a.task.health = health;
+        a.task.stop_grace_ms = 3_000;
+        a
+    };
+    let grace = Duration::from_millis(3_000);
+    assert_eq!(drain_of(stopping(TaskState::Running, None)), grace);
+    assert_eq!(
+        drain_of(stopping(TaskState::Running, Some(Health::Healthy))),
+        grace
+    );
+    assert_eq!(
+        drain_of(stopping(TaskState::Running, Some(Health::Unhealthy))),
+        Duration::ZERO,
+        "an unhealthy task is out of the proxies already"
+    );
+    assert_eq!(
+        drain_of(stopping(TaskState::Running, Some(Health::Starting))),
+        Duration::ZERO
+    );
+    assert_eq!(
+        drain_of(stopping(TaskState::Starting, None)),
+        Duration::ZERO
+    );
+    let mut plain = stopping(TaskState::Running, None);
+    plain.task.stop_grace_ms = 0;
+    assert_eq!(drain_of(plain), Duration::ZERO);
+    // Killed already: nothing left to drain.
+    let killed = container("t1", Some("t1"), exited(137));
+    let actions = run(&[stopping(TaskState::Running, None)], &[killed]);
+    assert!(
+        matches!(actions.as_slice(), [Action::Stop { drain, .. }] if drain.is_zero()),
+        "{actions:?}"
+    );
 }

@@ -130,6 +130,7 @@ fn report(task: &str, state: TaskState) -> TaskStatus {
         container_id: None,
         ports: Vec::new(),
         exit_code: None,
+        health: None,
     }
 }
 

@@ -17,7 +17,7 @@ use super::plan::{self, Action, Node, Observed};
 use super::runtime::{ContainerSpec, DockerRuntime, RuntimeError};
 use super::session::Assignments;
 use super::throttle::Throttle;
-use crate::model::{PublishedPort, TaskState, TaskStatus};
+use crate::model::{Health, PublishedPort, TaskState, TaskStatus};
 
 /// Fallback for missed engine events: Docker is looked at again after this long without a change.
 const RESYNC: Duration = Duration::from_secs(2);
@@ -29,6 +29,8 @@ const REPORT_AGAIN: Duration = Duration::from_secs(5);
 
 /// A background stop finished: the container it concerned and the state to report then.
 type Stopped = (String, String, Option<TaskStatus>, Result<(), RuntimeError>);
+/// What was last queued for a task: state, published ports, health, and when.
+type Reported = (TaskState, Vec<PublishedPort>, Option<Health>, Instant);
 
 pub(crate) struct TaskRunner {
     docker: DockerRuntime,
@@ -42,8 +44,8 @@ pub(crate) struct TaskRunner {
     /// Containers being stopped in the background (a stop may take STOP_TIMEOUT).
     stopping: HashSet<String>,
     stops: JoinSet<Stopped>,
-    /// The last state (and published ports) queued per task, and when.
-    reported: HashMap<String, (TaskState, Vec<PublishedPort>, Instant)>,
+    /// The last state (and published ports and health) queued per task, and when.
+    reported: HashMap<String, Reported>,
     throttle: Throttle,
 }
 
@@ -135,7 +137,8 @@ impl TaskRunner {
                     name,
                     then,
                     remove,
-                } => self.stop(container, name, then, remove),
+                    drain,
+                } => self.stop(container, name, then, remove, drain),
                 Action::Start { task, spec, accept } => {
                     if accept {
                         self.report(accepted(&task));
@@ -155,26 +158,38 @@ impl TaskRunner {
     /// Queues `status` for the session, unless the same was queued a moment ago.
     fn report(&mut self, status: TaskStatus) {
         let now = Instant::now();
-        if let Some((state, ports, at)) = self.reported.get(&status.task_id) {
-            let same = *state == status.state && *ports == status.ports;
+        if let Some((state, ports, health, at)) = self.reported.get(&status.task_id) {
+            let same = *state == status.state && *ports == status.ports && *health == status.health;
             if same && now.duration_since(*at) < REPORT_AGAIN {
                 return;
             }
         }
-        tracing::info!(task = %status.task_id, state = %status.state, message = %status.message, "task state");
-        let queued = (status.state, status.ports.clone(), now);
+        let health = status.health.map_or("-", Health::as_str);
+        tracing::info!(task = %status.task_id, state = %status.state, %health, message = %status.message, "task state");
+        let queued = (status.state, status.ports.clone(), status.health, now);
         self.reported.insert(status.task_id.clone(), queued);
         // The session outlives the runner; a closed channel only happens while the agent stops.
         let _ = self.reports.send(status);
     }
 
-    fn stop(&mut self, container: String, name: String, then: Option<TaskStatus>, remove: bool) {
+    /// Stops (and removes) a container in the background, after `drain` (the task's drain
+    /// delay, counted from the first reconcile that asked for the stop; an agent restarted
+    /// meanwhile counts it again, which only keeps the container longer).
+    fn stop(
+        &mut self,
+        container: String,
+        name: String,
+        then: Option<TaskStatus>,
+        remove: bool,
+        drain: Duration,
+    ) {
         if !self.stopping.insert(container.clone()) {
             return;
         }
-        tracing::info!(%container, %name, remove, "stopping container");
+        tracing::info!(%container, %name, remove, drain_ms = drain.as_millis() as u64, "stopping container");
         let docker = self.docker.clone();
         self.stops.spawn(async move {
+            sleep(drain).await;
             let result = match docker.stop(&container, STOP_TIMEOUT).await {
                 Ok(()) | Err(RuntimeError::NotFound { .. }) if remove => {
                     docker.remove(&container).await
@@ -207,6 +222,7 @@ fn accepted(task: &str) -> TaskStatus {
         container_id: None,
         ports: Vec::new(),
         exit_code: None,
+        health: None,
     }
 }
 
@@ -221,6 +237,7 @@ async fn start(docker: &DockerRuntime, task: &str, spec: &ContainerSpec) -> Opti
         container_id: None,
         ports: Vec::new(),
         exit_code: None,
+        health: None,
     };
     let id = match docker.create_and_start(spec).await {
         Ok(id) => id,
@@ -234,10 +251,11 @@ async fn start(docker: &DockerRuntime, task: &str, spec: &ContainerSpec) -> Opti
         Ok(info) => Some(TaskStatus {
             task_id: task.to_string(),
             state: TaskState::Running,
-            message: String::new(),
+            message: plan::health_message(&info),
             container_id: Some(id),
             ports: info.ports,
             exit_code: None,
+            health: info.health,
         }),
         // RUNNING needs the ports; the next reconcile finds the container and reports it whole.
         Err(e) => {

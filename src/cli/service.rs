@@ -349,7 +349,7 @@ fn ps_table(tasks: &[Task], nodes: &[Node]) -> String {
                 t.slot.to_string(),
                 node_name,
                 t.desired_state.to_string(),
-                t.state.to_string(),
+                state_text(t),
                 container,
                 addresses(t, node),
                 t.message.clone(),
@@ -369,6 +369,14 @@ fn ps_table(tasks: &[Task], nodes: &[Node]) -> String {
         ],
         &rows,
     )
+}
+
+/// The task's state, with its container's health while it runs: `RUNNING (healthy)`.
+fn state_text(task: &Task) -> String {
+    match task.health {
+        Some(h) if task.state == TaskState::Running => format!("{} ({})", task.state, h.as_str()),
+        _ => task.state.to_string(),
+    }
 }
 
 /// `IP:PORT,...` of the task's published ports, the IP being its node's advertised one.
@@ -514,6 +522,7 @@ mod tests {
         ];
         let mut gone = task("t-gone", "s1", 2, 5, TaskState::Assigned);
         gone.node_id = Some("n9".into());
+        gone.health = Some(crate::model::Health::Unhealthy);
         let pending = task("t-p", "s1", 3, 30, TaskState::Pending);
         let other = task("t-x", "s2", 1, 1, TaskState::Running);
         let tasks = tasks_of(vec![old, gone, pending, new, other], "s1");
@@ -548,6 +557,20 @@ mod tests {
         assert_eq!(json[0]["ports"][0]["host_port"], 32768);
         assert!(json[2]["node_name"].is_null());
         assert_eq!(json[1]["state"], "failed");
+    }
+
+    #[test]
+    fn a_running_task_shows_its_health() {
+        use crate::model::Health;
+        let mut t = task("t", "s", 1, 1, TaskState::Running);
+        assert_eq!(state_text(&t), "RUNNING");
+        t.health = Some(Health::Healthy);
+        assert_eq!(state_text(&t), "RUNNING (healthy)");
+        t.health = Some(Health::Starting);
+        assert_eq!(state_text(&t), "RUNNING (starting)");
+        t.state = TaskState::Shutdown;
+        t.health = Some(Health::Unhealthy);
+        assert_eq!(state_text(&t), "SHUTDOWN", "the message says why it ended");
     }
 
     #[test]

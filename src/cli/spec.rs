@@ -5,8 +5,10 @@ use std::collections::BTreeMap;
 
 use clap::Args;
 
-use super::CliError;
-use crate::model::{Availability, Placement, PortSpec, Reservations, RestartPolicy, Service};
+use super::{duration, CliError};
+use crate::model::{
+    Availability, HealthCheck, Placement, PortSpec, Reservations, RestartPolicy, Service,
+};
 use crate::scheduler;
 
 /// `shoal service create ... IMAGE [CMD...]`
@@ -47,6 +49,13 @@ pub struct CreateArgs {
     /// for classic Swarm's plain containers).
     #[arg(long, value_name = "POLICY")]
     pub reschedule: Option<String>,
+    #[command(flatten)]
+    pub health: HealthArgs,
+    /// How long a task asked to stop keeps running after the proxies dropped it, so that no
+    /// request reaches a stopping container (default: 3s for a service with
+    /// interlock.hostname, else 0s).
+    #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
+    pub stop_grace: Option<String>,
     /// Print the created service as JSON instead of its id.
     #[arg(long)]
     pub json: bool,
@@ -55,6 +64,118 @@ pub struct CreateArgs {
     /// The command and its arguments (everything after IMAGE).
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     pub cmd: Vec<String>,
+}
+
+/// Docker's `--health-*` flags; what is not given keeps the image's `HEALTHCHECK` setting.
+#[derive(Debug, Clone, Default, Args)]
+pub struct HealthArgs {
+    /// The check: a command line run with /bin/sh in the container, or a JSON array run
+    /// as is (`["/whoami","check"]`, for images without a shell). Exit 0: healthy.
+    #[arg(long, value_name = "CMD")]
+    pub health_cmd: Option<String>,
+    /// Between checks (e.g. 5s; Docker's default 30s).
+    #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
+    pub health_interval: Option<String>,
+    /// How long one check may run (Docker's default 30s).
+    #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
+    pub health_timeout: Option<String>,
+    /// Failed checks in a row before the task is unhealthy, and replaced (Docker's default 3).
+    #[arg(long, value_name = "N", allow_hyphen_values = true)]
+    pub health_retries: Option<String>,
+    /// Time the container gets to start before failed checks count.
+    #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
+    pub health_start_period: Option<String>,
+    /// Disable any health check, the image's included.
+    #[arg(long)]
+    pub no_healthcheck: bool,
+}
+
+/// The health check `args` ask for; None when they set nothing (the image's own applies).
+pub(super) fn health_check(args: &HealthArgs) -> Result<Option<HealthCheck>, CliError> {
+    let tuned = args.health_cmd.is_some()
+        || args.health_interval.is_some()
+        || args.health_timeout.is_some()
+        || args.health_retries.is_some()
+        || args.health_start_period.is_some();
+    if args.no_healthcheck {
+        if tuned {
+            return Err(CliError::Usage(
+                "--no-healthcheck cannot be combined with --health-* flags",
+            ));
+        }
+        return Ok(Some(HealthCheck {
+            test: vec!["NONE".into()],
+            ..Default::default()
+        }));
+    }
+    if !tuned {
+        return Ok(None);
+    }
+    let test = match args.health_cmd.as_deref().map(str::trim) {
+        None => Vec::new(),
+        Some("") => return Err(invalid("--health-cmd", "", "expected a command")),
+        Some(json) if json.starts_with('[') => {
+            let words: Vec<String> = serde_json::from_str(json).map_err(|_| {
+                invalid(
+                    "--health-cmd",
+                    json,
+                    "expected a JSON array of strings such as [\"/bin/check\",\"--quick\"]",
+                )
+            })?;
+            if words.first().is_none_or(|w| w.is_empty()) {
+                return Err(invalid("--health-cmd", json, "the array names no program"));
+            }
+            std::iter::once("CMD".to_string()).chain(words).collect()
+        }
+        Some(line) => vec!["CMD-SHELL".into(), line.to_string()],
+    };
+    let retries = match args.health_retries.as_deref() {
+        None => 0,
+        Some(text) => match text.trim().parse::<u32>() {
+            Ok(n) if (1..=i32::MAX as u32).contains(&n) => n,
+            _ => {
+                return Err(invalid(
+                    "--health-retries",
+                    text,
+                    "expected a whole number of at least 1",
+                ))
+            }
+        },
+    };
+    let check = HealthCheck {
+        test,
+        interval_ms: health_duration("--health-interval", &args.health_interval, false)?,
+        timeout_ms: health_duration("--health-timeout", &args.health_timeout, false)?,
+        start_period_ms: health_duration("--health-start-period", &args.health_start_period, true)?,
+        retries,
+    };
+    check.validate()?;
+    Ok(Some(check))
+}
+
+/// A health-check duration in ms: at least 1ms (0 only where `zero_ok`), as Docker requires.
+fn health_duration(
+    flag: &'static str,
+    text: &Option<String>,
+    zero_ok: bool,
+) -> Result<u64, CliError> {
+    let Some(text) = text else { return Ok(0) };
+    let d = duration::parse(text).map_err(|e| invalid(flag, text, &e))?;
+    let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    if ms == 0 && !(zero_ok && d.is_zero()) {
+        return Err(invalid(flag, text, "expected at least 1ms"));
+    }
+    Ok(ms)
+}
+
+/// `--stop-grace`: a duration, 0s included.
+pub(super) fn stop_grace(text: &Option<String>) -> Result<Option<u64>, CliError> {
+    let Some(text) = text else { return Ok(None) };
+    let d = duration::parse(text).map_err(|e| invalid("--stop-grace", text, &e))?;
+    if d > std::time::Duration::from_secs(3600) {
+        return Err(invalid("--stop-grace", text, "expected at most 1h"));
+    }
+    Ok(Some(u64::try_from(d.as_millis()).unwrap_or(u64::MAX)))
 }
 
 /// The service `args` describe, with id `id`; the first invalid value is the error.
@@ -126,6 +247,8 @@ pub(super) fn service(args: &CreateArgs, id: String) -> Result<Service, CliError
         volumes_from: Vec::new(),
         network_mode: None,
         container: None,
+        health: health_check(&args.health)?,
+        stop_grace_ms: stop_grace(&args.stop_grace)?,
     };
     scheduler::validate(&service)?;
     crate::proxy::labels::host_of(&service.labels).map_err(CliError::ProxyLabel)?;
@@ -414,6 +537,98 @@ mod tests {
         }
         let err = build(&["--name", "web", "--affinity", "container", "x"]).unwrap_err();
         assert!(err.starts_with("invalid affinity \"container\""), "{err}");
+    }
+
+    #[test]
+    fn health_flags_and_stop_grace_are_read() {
+        let svc = build(&["--name", "web", "x"]).unwrap();
+        assert_eq!((svc.health, svc.stop_grace_ms), (None, None));
+        let svc = build(&[
+            "--name",
+            "web",
+            "--health-cmd",
+            "curl -f localhost",
+            "--health-interval",
+            "500ms",
+            "--health-retries",
+            "2",
+            "--stop-grace",
+            "0s",
+            "x",
+        ])
+        .unwrap();
+        let check = svc.health.unwrap();
+        assert_eq!(check.test, ["CMD-SHELL", "curl -f localhost"]);
+        assert_eq!(
+            (check.interval_ms, check.timeout_ms, check.retries),
+            (500, 0, 2)
+        );
+        assert_eq!(svc.stop_grace_ms, Some(0));
+        let exec = build(&[
+            "--name",
+            "web",
+            "--health-cmd",
+            r#"["/whoami","check"]"#,
+            "--health-start-period=0s",
+            "x",
+        ])
+        .unwrap();
+        assert_eq!(exec.health.unwrap().test, ["CMD", "/whoami", "check"]);
+        let only_interval = build(&["--name", "web", "--health-timeout", "1s", "x"]).unwrap();
+        assert!(
+            only_interval.health.unwrap().test.is_empty(),
+            "the image's test"
+        );
+        let none = build(&["--name", "web", "--no-healthcheck", "x"]).unwrap();
+        assert_eq!(none.health.unwrap().test, ["NONE"]);
+    }
+
+    #[test]
+    fn bad_health_flags_are_one_line_each() {
+        let cases: [(&[&str], &str); 10] = [
+            (
+                &["--health-interval=-1s"],
+                "invalid --health-interval \"-1s\"",
+            ),
+            (
+                &["--health-interval", "0s"],
+                "invalid --health-interval \"0s\": expected at least 1ms",
+            ),
+            (
+                &["--health-timeout", "10"],
+                "invalid --health-timeout \"10\"",
+            ),
+            (
+                &["--health-timeout", "soon"],
+                "invalid --health-timeout \"soon\"",
+            ),
+            (
+                &["--health-retries", "0"],
+                "invalid --health-retries \"0\": expected a whole number of at least 1",
+            ),
+            (&["--health-retries=-3"], "invalid --health-retries \"-3\""),
+            (&["--health-cmd", "[\"/x\""], "invalid --health-cmd"),
+            (
+                &["--health-cmd", "[]"],
+                "invalid --health-cmd \"[]\": the array names no program",
+            ),
+            (
+                &["--stop-grace", "forever"],
+                "invalid --stop-grace \"forever\"",
+            ),
+            (
+                &["--no-healthcheck", "--health-retries", "2"],
+                "--no-healthcheck cannot be combined",
+            ),
+        ];
+        for (flags, want) in cases {
+            let mut argv = vec!["--name", "web"];
+            argv.extend_from_slice(flags);
+            argv.push("x");
+            let err = build(&argv).unwrap_err();
+            assert!(err.starts_with(want), "{flags:?}: {err}");
+            assert!(!err.contains('\n'), "{err}");
+        }
     }
 
     #[test]

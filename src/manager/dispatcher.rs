@@ -483,6 +483,7 @@ mod tests {
                 host_port: 32768,
             }],
             exit_code: None,
+            health: None,
         };
         for ok in ["", "0.0.0.0", "::", "127.0.0.2"] {
             validate_status(&status(ok)).unwrap();

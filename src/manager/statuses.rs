@@ -11,7 +11,7 @@ use tokio::sync::{mpsc, oneshot};
 use tonic::Status;
 
 use crate::host::now_ms;
-use crate::model::{Actor, Task, TaskStatus};
+use crate::model::{Actor, Task, TaskState, TaskStatus};
 use crate::objects::{Commit, Expect, ObjectStore, View, Write};
 
 /// How long the batcher waits for more reports after the first one of a batch.
@@ -168,6 +168,12 @@ fn decide(
             if status.exit_code.is_some() {
                 task.exit_code = status.exit_code;
             }
+            // Health is a RUNNING container's; a task that ended keeps its last (an unhealthy
+            // end is a failure to the orchestrator). A change brings the agent's words on it.
+            if task.state == TaskState::Running && task.health != status.health {
+                task.health = status.health;
+                task.message.clone_from(&status.message);
+            }
             entry.2.push((r, s));
         }
     }
@@ -264,6 +270,49 @@ mod tests {
                 .await
                 .unwrap(),
             (0, 1)
+        );
+    }
+
+    #[tokio::test]
+    async fn health_is_written_while_running_and_kept_once_the_task_ended() {
+        use crate::model::Health;
+        let objects = MemoryObjects::new();
+        assert!(objects.claim(1).await.unwrap());
+        let mut t = Task::new("a".into(), "s".into(), 1, 0);
+        t.state = TaskState::Running;
+        t.node_id = Some("n1".into());
+        objects
+            .commit(
+                1,
+                vec![Write::Task {
+                    task: t,
+                    expect: Expect::Absent,
+                }],
+            )
+            .await
+            .unwrap();
+        let tx = start(objects.clone(), 1);
+        let with = |state: TaskState, health: Option<Health>, message: &str| {
+            let mut s = status("a", state);
+            s.health = health;
+            s.message = message.into();
+            s
+        };
+        let task = |objects: &MemoryObjects| objects.view().task("a").unwrap().value.clone();
+        let sick = with(TaskState::Running, Some(Health::Unhealthy), "exit code 1");
+        assert_eq!(send(&tx, "n1", vec![sick]).await.unwrap(), (1, 0));
+        let now = task(&objects);
+        assert_eq!(
+            (now.state, now.health),
+            (TaskState::Running, Some(Health::Unhealthy))
+        );
+        assert_eq!(now.message, "exit code 1");
+        let ended = with(TaskState::Shutdown, None, "stopped");
+        assert_eq!(send(&tx, "n1", vec![ended]).await.unwrap(), (1, 0));
+        let now = task(&objects);
+        assert_eq!(
+            (now.state, now.health),
+            (TaskState::Shutdown, Some(Health::Unhealthy))
         );
     }
 }

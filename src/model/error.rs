@@ -17,6 +17,9 @@ pub enum ModelError {
     #[error("invalid reschedule policy {0:?}: expected on-node-failure or off")]
     ReschedulePolicy(String),
 
+    #[error("invalid health check: {0}")]
+    HealthCheck(String),
+
     #[error("task {task}: the {actor} may not move it from {from} to {to}")]
     Transition {
         task: String,

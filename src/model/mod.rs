@@ -3,6 +3,7 @@
 
 mod container;
 mod error;
+mod health;
 pub mod keys;
 mod node;
 mod placement;
@@ -14,10 +15,11 @@ mod task_state;
 
 pub use self::container::Container;
 pub use self::error::ModelError;
+pub use self::health::{Health, HealthCheck};
 pub use self::node::{is_node_id, Availability, Node, NodeStatus, DEFAULT_HEARTBEAT_MS};
 pub use self::placement::Placement;
 pub use self::port::{PortSpec, Protocol};
 pub use self::proxy::{Balance, ProxyConfig, ProxyHost, ProxyModel, ProxyStatus, Upstream};
-pub use self::service::{Reservations, RestartPolicy, Service};
+pub use self::service::{Reservations, RestartPolicy, Service, DEFAULT_STOP_GRACE_MS};
 pub use self::task::{PublishedPort, Task, TaskStatus};
 pub use self::task_state::{Actor, TaskState};

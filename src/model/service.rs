@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::container::Container;
 use super::error::ModelError;
+use super::health::HealthCheck;
 use super::port::{PortSpec, Protocol};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -89,7 +90,20 @@ pub struct Service {
     /// Set for a plain container created through the Docker API (`docker run`, compose).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub container: Option<Container>,
+    /// `--health-*`: the check its containers run (None: the image's own `HEALTHCHECK`, if
+    /// any). A plain container's is in its create body instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<HealthCheck>,
+    /// `--stop-grace`: how long a task that may be in a proxy config keeps running after it
+    /// was asked to stop, so that the proxies drop it first (None: `DEFAULT_STOP_GRACE_MS` for
+    /// a service the proxy routes to, 0 for others).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_grace_ms: Option<u64>,
 }
+
+/// The drain delay of a routed service's tasks unless `--stop-grace` says otherwise: long
+/// enough for the leader to write the config and every proxy to validate and reload it.
+pub const DEFAULT_STOP_GRACE_MS: u64 = 3_000;
 
 impl Service {
     /// Whether this is a plain container rather than a replicated service.
@@ -161,6 +175,8 @@ mod tests {
             volumes_from: vec!["data:ro".into()],
             network_mode: Some("container:vpn".into()),
             container: None,
+            health: None,
+            stop_grace_ms: Some(1_500),
         }
     }
 

@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::error::ModelError;
+use super::health::Health;
 use super::port::Protocol;
 use super::task_state::{Actor, TaskState};
 
@@ -47,6 +48,16 @@ pub struct Task {
     /// The container's exit code once it has exited.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<i64>,
+    /// The container's health as its agent last reported it while RUNNING (None: it has no
+    /// health check). Kept once the task ended: an unhealthy end counts as a failure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<Health>,
+    /// The drain delay: once `desired_state` is SHUTDOWN, the agent keeps a serving container
+    /// running this long (measured on its own clock from when it saw the change) before it
+    /// stops it, so that the proxies drop the task first. Set by the orchestrator when it
+    /// creates the task, from its service.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub stop_grace_ms: u64,
     /// Milliseconds since the epoch, from the leader's clock when it proposed the task.
     pub created_ms: u64,
     /// Milliseconds since the epoch, from the clock of the writer of the last change.
@@ -68,6 +79,13 @@ pub struct TaskStatus {
     /// The exit code, for a container that exited.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<i64>,
+    /// The container's health (None: it has no health check); applied with a RUNNING report.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<Health>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl Task {
@@ -86,6 +104,8 @@ impl Task {
             failures: 0,
             start_seq: 0,
             exit_code: None,
+            health: None,
+            stop_grace_ms: 0,
             created_ms: now_ms,
             updated_ms: now_ms,
         }
@@ -94,6 +114,14 @@ impl Task {
     /// The container name of this task: `<service>.<slot>`.
     pub fn name(&self, service_name: &str) -> String {
         format!("{service_name}.{}", self.slot)
+    }
+
+    /// Whether the proxies may send it traffic: RUNNING, meant to run, and healthy or without
+    /// a health check. The node's readiness is the proxy model's to check.
+    pub fn serves(&self) -> bool {
+        self.state == TaskState::Running
+            && self.desired_state == TaskState::Running
+            && Health::serves(self.health)
     }
 
     /// Moves the task to `to` if `actor` owns that move (see `TaskState::may_move`).
@@ -137,8 +165,35 @@ mod tests {
         assert_eq!(json["state"], "new");
         assert_eq!(json["desired_state"], "running");
         assert_eq!(json["node_id"], "n1");
+        assert!(json.get("health").is_none() && json.get("stop_grace_ms").is_none());
         assert_eq!(serde_json::from_value::<Task>(json).unwrap(), task);
         assert_eq!(task.name("web"), "web.2");
+        task.health = Some(Health::Starting);
+        task.stop_grace_ms = 3_000;
+        let json = serde_json::to_value(&task).unwrap();
+        assert_eq!(
+            (json["health"].as_str(), json["stop_grace_ms"].as_u64()),
+            (Some("starting"), Some(3_000))
+        );
+        assert_eq!(serde_json::from_value::<Task>(json).unwrap(), task);
+    }
+
+    #[test]
+    fn only_running_tasks_meant_to_run_and_not_unhealthy_serve() {
+        let mut task = Task::new("t1".into(), "s1".into(), 1, 10);
+        assert!(!task.serves(), "NEW");
+        task.state = TaskState::Running;
+        assert!(task.serves(), "no health check");
+        for (health, serves) in [
+            (Health::Starting, false),
+            (Health::Healthy, true),
+            (Health::Unhealthy, false),
+        ] {
+            task.health = Some(health);
+            assert_eq!(task.serves(), serves, "{health:?}");
+        }
+        task.desired_state = TaskState::Shutdown;
+        assert!(!task.serves(), "asked to stop");
     }
 
     #[test]

@@ -1,11 +1,11 @@
-//! The proxy model from one read of the cluster: each RUNNING task (meant to run, on a READY
-//! node) of a service with `interlock.hostname` becomes an upstream server of its host, at its
+//! The proxy model from one read of the cluster: each RUNNING task (meant to run, healthy or
+//! without a health check, on a READY node) of a service with `interlock.hostname` becomes an upstream server of its host, at its
 //! node's address and the host port published for `interlock.port` (else its first published
 //! port). Deterministic: the same objects give the same model, whoever computes it.
 
 use std::collections::BTreeMap;
 
-use crate::model::{Node, NodeStatus, ProxyHost, ProxyModel, Service, Task, TaskState, Upstream};
+use crate::model::{Node, NodeStatus, ProxyHost, ProxyModel, Service, Task, Upstream};
 
 use super::{labels, safe};
 
@@ -15,8 +15,8 @@ pub fn build(nodes: &[&Node], services: &[&Service], tasks: &[&Task]) -> ProxyMo
     services.sort_by(|a, b| (&a.name, &a.id).cmp(&(&b.name, &b.id)));
     let mut by_service: BTreeMap<&str, Vec<&Task>> = BTreeMap::new();
     for t in tasks {
-        let serving = t.state == TaskState::Running && t.desired_state == TaskState::Running;
-        if serving {
+        // A task asked to stop leaves at once, before its agent stops it (the drain delay).
+        if t.serves() {
             by_service.entry(t.service_id.as_str()).or_default().push(t);
         }
     }
@@ -115,7 +115,7 @@ fn node_host(addr: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Protocol, PublishedPort};
+    use crate::model::{Health, Protocol, PublishedPort, TaskState};
 
     fn node(id: &str, status: NodeStatus) -> Node {
         serde_json::from_value(serde_json::json!({
@@ -187,6 +187,38 @@ mod tests {
                 node: "node-a".into()
             }]
         );
+    }
+
+    #[test]
+    fn only_healthy_running_tasks_meant_to_run_are_servers() {
+        let nodes = [node("a", NodeStatus::Ready)];
+        let web = service("s1", "web", &[("interlock.hostname", "test")]);
+        let with = |id: &str, port: u16, health: Option<Health>| {
+            let mut t = task(id, "s1", "a", TaskState::Running, &[(80, port)]);
+            t.health = health;
+            t
+        };
+        let mut stopping = with("t5", 5, Some(Health::Healthy));
+        stopping.desired_state = TaskState::Shutdown;
+        let tasks = [
+            with("t1", 1, None),
+            with("t2", 2, Some(Health::Starting)),
+            with("t3", 3, Some(Health::Healthy)),
+            with("t4", 4, Some(Health::Unhealthy)),
+            stopping,
+            task("t6", "s1", "a", TaskState::Starting, &[(80, 6)]),
+        ];
+        let m = build(
+            &nodes.iter().collect::<Vec<_>>(),
+            &[&web],
+            &tasks.iter().collect::<Vec<_>>(),
+        );
+        let servers: Vec<&str> = m.hosts[0]
+            .upstreams
+            .iter()
+            .map(|u| u.task_id.as_str())
+            .collect();
+        assert_eq!(servers, ["t1", "t3"]);
     }
 
     #[test]

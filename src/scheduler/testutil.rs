@@ -55,6 +55,8 @@ pub(crate) fn service(name: &str) -> Service {
         volumes_from: vec![],
         network_mode: None,
         container: None,
+        health: None,
+        stop_grace_ms: None,
     }
 }
 

@@ -16,6 +16,7 @@ mod engine_proxy;
 mod failover;
 mod fleet;
 mod full_disk;
+mod health;
 mod http_tls;
 mod membership;
 mod proxy;

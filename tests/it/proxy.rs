@@ -1,7 +1,8 @@
 //! Interlock rebuilt, end to end: the leader renders the nginx config from RUNNING tasks with
 //! Interlock labels, `shoal proxy` applies it to a real nginx (Debian's nginx-light) on a free
 //! port, and requests with `Host: test.local` reach the whoami backends, through scaling, killed
-//! containers, a killed leader and a broken operator template.
+//! containers, a killed leader and a broken operator template; a scale down drops no request
+//! even with nginx's retries turned off (tasks leave the config before they stop).
 
 use std::collections::BTreeSet;
 use std::os::unix::process::CommandExt;
@@ -376,4 +377,48 @@ async fn a_broken_template_keeps_the_previous_config_serving() {
     std::fs::copy(builtin, &template).unwrap();
     fleet.ok(&["service", "scale", "web=4"]).await;
     wait_backends(&fleet, &proxy, 4).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn scaling_down_under_load_fails_no_request_without_nginx_retries() {
+    let _serial = serial().await;
+    let fleet = Fleet::start(1, 2).await;
+    web(&fleet, 6).await;
+    fleet.wait_running("web", 6).await;
+    // The built-in template with nginx's retries off: a request sent to a stopped container
+    // would fail, so only draining (the task leaves the config, then stops) keeps them all.
+    let template = fleet.cluster.root().join("no-retries.conf.j2");
+    let builtin = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/src/proxy/templates/nginx.conf.j2"
+    ))
+    .unwrap();
+    let retries = "proxy_next_upstream error timeout http_502 http_503;";
+    assert!(builtin.contains(retries), "the template changed: {builtin}");
+    std::fs::write(
+        &template,
+        builtin.replace(retries, "proxy_next_upstream off;"),
+    )
+    .unwrap();
+    let proxy = Proxy::start(&fleet, "px1", Some(template.to_str().unwrap())).await;
+    wait_backends(&fleet, &proxy, 6).await;
+    let live = std::fs::read_to_string(proxy.dir.join("nginx.conf")).unwrap();
+    assert!(live.contains("proxy_next_upstream off;"), "{live}");
+
+    let load = Load::start(proxy.addr());
+    for replicas in [3, 1] {
+        fleet
+            .ok(&["service", "scale", &format!("web={replicas}")])
+            .await;
+        fleet.wait_running("web", replicas).await;
+        wait_backends(&fleet, &proxy, replicas).await;
+    }
+    let (sent, failed) = load.finish().await;
+    assert!(sent > 50, "the load ran: {sent}");
+    assert_eq!(
+        failed,
+        0,
+        "{failed} of {sent} requests failed\n{}",
+        proxy.logs()
+    );
 }

@@ -504,5 +504,6 @@ fn status(id: &str, state: TaskState, message: &str) -> TaskStatus {
         container_id: Some(format!("sim-{id}")),
         ports: Vec::new(),
         exit_code: None,
+        health: None,
     }
 }

@@ -4,11 +4,11 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 
-use bollard::models::{ContainerCreateBody, HostConfig, PortBinding};
+use bollard::models::{ContainerCreateBody, HealthConfig, HostConfig, PortBinding};
 
 use super::error::RuntimeError;
 use super::restart;
-use crate::model::RestartPolicy;
+use crate::model::{HealthCheck, RestartPolicy};
 
 pub const TASK_LABEL: &str = "shoal.task";
 pub const SERVICE_LABEL: &str = "shoal.service";
@@ -100,6 +100,8 @@ pub struct ContainerSpec {
     pub restart: RestartPolicy,
     pub memory_bytes: Option<i64>,
     pub nano_cpus: Option<i64>,
+    /// The health check, over the image's own (None: the image's, if any).
+    pub health: Option<HealthCheck>,
     /// A plain container's Docker create body, as its client sent it: the container is created
     /// from it (command, volumes, networks, restart policy...) with shoal's labels and
     /// environment added and its published ports bound to the node's address; `cmd`, `ports`,
@@ -125,6 +127,7 @@ impl ContainerSpec {
             restart: RestartPolicy::No,
             memory_bytes: None,
             nano_cpus: None,
+            health: None,
             base: None,
             alias: None,
             host_ip: None,
@@ -164,6 +167,7 @@ impl ContainerSpec {
             env: Some(env),
             labels: Some(labels),
             exposed_ports: Some(bindings.keys().cloned().collect()),
+            healthcheck: self.health.as_ref().map(health_config),
             host_config: Some(HostConfig {
                 port_bindings: Some(bindings),
                 restart_policy: Some(restart::to_docker(self.restart)),
@@ -241,6 +245,12 @@ impl ContainerSpec {
     }
 
     fn validate(&self) -> Result<(), RuntimeError> {
+        if let Some(Err(e)) = self.health.as_ref().map(HealthCheck::validate) {
+            return Err(RuntimeError::InvalidSpec(format!(
+                "container {}: {e}",
+                self.name
+            )));
+        }
         let invalid = |what: String| {
             Err(RuntimeError::InvalidSpec(format!(
                 "container {}: {what}",
@@ -263,6 +273,19 @@ impl ContainerSpec {
             ));
         }
         Ok(())
+    }
+}
+
+/// Docker's `HealthConfig`: zero fields keep the image's setting.
+fn health_config(check: &HealthCheck) -> HealthConfig {
+    let ns = |ms: u64| i64::try_from(ms.saturating_mul(1_000_000)).unwrap_or(i64::MAX);
+    HealthConfig {
+        test: (!check.test.is_empty()).then(|| check.test.clone()),
+        interval: Some(ns(check.interval_ms)),
+        timeout: Some(ns(check.timeout_ms)),
+        start_period: Some(ns(check.start_period_ms)),
+        retries: Some(i64::from(check.retries)),
+        start_interval: None,
     }
 }
 

@@ -118,3 +118,25 @@ fn reserved_labels_and_bad_env_names_are_refused() {
         Err(RuntimeError::InvalidSpec(_))
     ));
 }
+
+#[test]
+fn a_health_check_becomes_dockers_and_zeros_keep_the_images() {
+    let mut spec = ContainerSpec::new("web.1", "shoal/whoami", owner());
+    assert_eq!(spec.to_create_body().unwrap().healthcheck, None);
+    spec.health = Some(crate::model::HealthCheck {
+        test: vec![],
+        interval_ms: 250,
+        retries: 2,
+        ..Default::default()
+    });
+    let check = spec.to_create_body().unwrap().healthcheck.unwrap();
+    assert_eq!(check.test, None, "the image's test");
+    assert_eq!(check.interval, Some(250_000_000));
+    assert_eq!((check.timeout, check.retries), (Some(0), Some(2)));
+    spec.health = Some(crate::model::HealthCheck {
+        test: vec!["CMD".into()],
+        ..Default::default()
+    });
+    let err = spec.to_create_body().unwrap_err().to_string();
+    assert!(err.contains("needs a program"), "{err}");
+}

@@ -1,12 +1,14 @@
 //! What Docker says about the engine and a container, reduced to what the agent reports: state with
-//! exit code and OOM kill, owner labels, published host ports.
+//! exit code and OOM kill, health, owner labels, published host ports.
 
 use std::collections::BTreeMap;
 
-use bollard::models::{ContainerInspectResponse, ContainerStateStatusEnum, PortMap};
+use bollard::models::{
+    ContainerInspectResponse, ContainerStateStatusEnum, HealthStatusEnum, PortMap,
+};
 
 use super::spec::Owner;
-use crate::model::{Protocol, PublishedPort};
+use crate::model::{Health, Protocol, PublishedPort};
 
 /// The engine an agent registers its node with.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,6 +57,10 @@ pub struct ContainerInfo {
     pub restart_count: i64,
     /// The ports Docker published, as Docker bound them (an ephemeral host port resolved).
     pub ports: Vec<PublishedPort>,
+    /// `State.Health.Status`; None when the container has no health check.
+    pub health: Option<Health>,
+    /// What the last failed health probe printed (or its exit code), for the task's message.
+    pub health_output: Option<String>,
 }
 
 impl ContainerInfo {
@@ -63,6 +69,27 @@ impl ContainerInfo {
         let labels: BTreeMap<String, String> =
             config.labels.unwrap_or_default().into_iter().collect();
         let state = c.state.unwrap_or_default();
+        let probe = state.health.clone().unwrap_or_default();
+        let health = match probe.status {
+            Some(HealthStatusEnum::STARTING) => Some(Health::Starting),
+            Some(HealthStatusEnum::HEALTHY) => Some(Health::Healthy),
+            Some(HealthStatusEnum::UNHEALTHY) => Some(Health::Unhealthy),
+            _ => None,
+        };
+        let health_output = probe
+            .log
+            .unwrap_or_default()
+            .into_iter()
+            .rev()
+            .find(|r| r.exit_code.is_some_and(|c| c != 0))
+            .map(|r| {
+                let out = r.output.unwrap_or_default();
+                let out: String = out.split_whitespace().collect::<Vec<_>>().join(" ");
+                match out.is_empty() {
+                    true => format!("health check exit code {}", r.exit_code.unwrap_or(-1)),
+                    false => out.chars().take(200).collect(),
+                }
+            });
         let exit_code = state.exit_code.unwrap_or_default();
         let oom_killed = state.oom_killed.unwrap_or_default();
         let status = match state.status {
@@ -98,6 +125,8 @@ impl ContainerInfo {
             error: state.error.filter(|e| !e.is_empty()),
             restart_count: c.restart_count.unwrap_or_default(),
             ports: published(c.network_settings.and_then(|n| n.ports).unwrap_or_default()),
+            health,
+            health_output,
         }
     }
 

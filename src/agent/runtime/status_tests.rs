@@ -69,3 +69,51 @@ fn inspect_reduces_to_state_owner_and_ports() {
     );
     assert_eq!(info.host_port(81), None);
 }
+
+#[test]
+fn health_and_the_last_failed_probe_are_read() {
+    use bollard::models::{Health as DockerHealth, HealthcheckResult};
+    let probe = |code: i64, output: &str| HealthcheckResult {
+        exit_code: Some(code),
+        output: Some(output.into()),
+        ..Default::default()
+    };
+    let inspect = |health: Option<DockerHealth>| {
+        ContainerInfo::from_inspect(ContainerInspectResponse {
+            state: Some(DockerState {
+                status: Some(ContainerStateStatusEnum::RUNNING),
+                health,
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+    };
+    let none = inspect(None);
+    assert_eq!((none.health, none.health_output), (None, None));
+    let sick = inspect(Some(DockerHealth {
+        status: Some(HealthStatusEnum::UNHEALTHY),
+        log: Some(vec![
+            probe(1, "refused\n  port 80"),
+            probe(0, "ok"),
+            probe(2, ""),
+        ]),
+        ..Default::default()
+    }));
+    assert_eq!(sick.health, Some(Health::Unhealthy));
+    assert_eq!(
+        sick.health_output.as_deref(),
+        Some("health check exit code 2")
+    );
+    let first = inspect(Some(DockerHealth {
+        status: Some(HealthStatusEnum::STARTING),
+        log: Some(vec![probe(1, "refused\n  port 80")]),
+        ..Default::default()
+    }));
+    assert_eq!(first.health, Some(Health::Starting));
+    assert_eq!(first.health_output.as_deref(), Some("refused port 80"));
+    let well = inspect(Some(DockerHealth {
+        status: Some(HealthStatusEnum::HEALTHY),
+        ..Default::default()
+    }));
+    assert_eq!(well.health, Some(Health::Healthy));
+}

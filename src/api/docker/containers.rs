@@ -176,7 +176,7 @@ fn synthesized(e: &Entry<'_>) -> Value {
         .cloned()
         .unwrap_or_else(|| json!({}));
     let running = e.running();
-    json!({
+    let mut doc = json!({
         "Id": e.id,
         "Created": rfc3339_ms(e.created_ms()),
         "Path": "",
@@ -201,7 +201,12 @@ fn synthesized(e: &Entry<'_>) -> Value {
         "Config": cfg,
         "Mounts": [],
         "NetworkSettings": {"Networks": networks, "Ports": {}},
-    })
+    });
+    // The health the node last reported, as the engine's `State.Health` would show it.
+    if e.health() != "none" {
+        doc["State"]["Health"] = json!({"Status": e.health(), "FailingStreak": 0, "Log": []});
+    }
+    doc
 }
 
 pub(crate) fn rfc3339_ms(ms: u64) -> String {

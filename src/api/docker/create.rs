@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use super::error::DockerError;
 use crate::model::{
-    Container, Placement, PortSpec, Protocol, Reservations, RestartPolicy, Service,
+    Container, HealthCheck, Placement, PortSpec, Protocol, Reservations, RestartPolicy, Service,
 };
 use crate::scheduler;
 
@@ -60,6 +60,9 @@ pub(crate) fn container(
     let (placement, env) = Placement::extract(env, &labels).map_err(|e| bad(e.to_string()))?;
     body["Env"] = Value::from(env.clone());
 
+    if let Some(check) = body.get("Healthcheck") {
+        HealthCheck::check_docker(check).map_err(|e| bad(e.to_string()))?;
+    }
     let host = body.get("HostConfig").cloned().unwrap_or(Value::Null);
     let ports = port_bindings(&host)?;
     let restart = restart_policy(&host)?;
@@ -122,6 +125,9 @@ pub(crate) fn container(
             auto_remove,
             created_ms: now_ms,
         }),
+        // The body's `Healthcheck` is what the engine runs.
+        health: None,
+        stop_grace_ms: None,
     };
     scheduler::validate(&service).map_err(|e| bad(e.to_string()))?;
     Ok(service)
@@ -277,6 +283,10 @@ mod tests {
             err(json!({"Image": "a", "HostConfig": {"PortBindings": {"x/tcp": []}}}))
                 .contains("invalid port")
         );
+        assert!(err(json!({"Image": "a", "Healthcheck": {"Interval": -5}}))
+            .contains("invalid health check: Healthcheck.Interval -5 is negative"));
+        assert!(err(json!({"Image": "a", "Healthcheck": {"Test": ["CMD"]}}))
+            .contains("needs a program"));
         assert!(
             valid_name("web_1.a-b")
                 && !valid_name("-web")

@@ -15,6 +15,11 @@
 //! - **What only the engine knows** (logs, attach, exec, signals, live inspect, images) is
 //!   relayed to the agent's engine endpoint of the node that runs the container
 //!   (`forward.rs`); hijacked streams are spliced through.
+//! - **Health.** A create body's `Healthcheck` is checked as the engine would check it (a 400
+//!   naming the field) and run by the engine; `ps` shows `Up ... (healthy)` and filters on
+//!   `health=`, inspect shows `State.Health`. The proxies route only to healthy containers; an
+//!   unhealthy one keeps running, as with Docker. Stopping one that the proxy routes to
+//!   (`interlock.hostname`) waits for its drain delay (3 s): it leaves the config first.
 //! - **Versions.** Any `/vX.Y` prefix and unversioned paths are accepted; 1.44 is advertised.
 //! - **Errors** are `{"message": ...}` with Docker's status codes; endpoints of Docker's API
 //!   that shoal does not serve answer 501 naming the endpoint; unknown paths 404.

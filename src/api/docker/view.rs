@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 
 use super::error::DockerError;
 use super::filters::Filters;
-use crate::model::{Node, NodeStatus, Service, Task, TaskState};
+use crate::model::{Health, Node, NodeStatus, Service, Task, TaskState};
 use crate::objects::View as Objects;
 
 /// One container as the API shows it.
@@ -157,6 +157,15 @@ impl Entry<'_> {
         }
     }
 
+    /// Docker's `health` filter value: `starting`, `healthy`, `unhealthy`, or `none` (no check,
+    /// or not running).
+    pub(crate) fn health(&self) -> &'static str {
+        match self.task.filter(|t| t.state == TaskState::Running) {
+            Some(t) => t.health.map_or("none", Health::as_str),
+            None => "none",
+        }
+    }
+
     pub(crate) fn running(&self) -> bool {
         self.state() == "running"
     }
@@ -227,7 +236,14 @@ impl Entry<'_> {
     pub(crate) fn status_text(&self, now_ms: u64) -> String {
         let since = |ms: u64| human_duration(now_ms.saturating_sub(ms));
         match (self.state(), self.task) {
-            ("running", Some(t)) => format!("Up {}", since(t.updated_ms)),
+            ("running", Some(t)) => {
+                let up = format!("Up {}", since(t.updated_ms));
+                match t.health {
+                    None => up,
+                    Some(Health::Starting) => format!("{up} (health: starting)"),
+                    Some(h) => format!("{up} ({})", h.as_str()),
+                }
+            }
             ("exited", Some(t)) => {
                 format!("Exited ({}) {} ago", self.exit_code(), since(t.updated_ms))
             }
@@ -317,6 +333,16 @@ impl Entry<'_> {
                     }
                     values.iter().any(|v| v == self.state())
                 }
+                "health" => {
+                    for v in values {
+                        if !HEALTHS.contains(&v.as_str()) {
+                            return Err(DockerError::BadRequest(format!(
+                                "invalid filter 'health={v}'"
+                            )));
+                        }
+                    }
+                    values.iter().any(|v| v == self.health())
+                }
                 "node" => values
                     .iter()
                     .any(|v| self.node.is_some_and(|n| &n.name == v || &n.id == v)),
@@ -336,7 +362,7 @@ impl Entry<'_> {
                 }),
                 other => {
                     return Err(DockerError::BadRequest(format!(
-                        "invalid filter '{other}' (shoal supports id, name, label, status, node, exited, ancestor)"
+                        "invalid filter '{other}' (shoal supports id, name, label, status, health, node, exited, ancestor)"
                     )))
                 }
             };
@@ -350,18 +376,21 @@ impl Entry<'_> {
 
 /// The filters `GET /containers/json` understands.
 const FILTERS: &[&str] = &[
-    "id", "name", "label", "status", "node", "exited", "ancestor",
+    "id", "name", "label", "status", "health", "node", "exited", "ancestor",
 ];
 
 /// Refuses unknown filter names (even when there is nothing to filter).
 pub(crate) fn check_filters(filters: &Filters) -> Result<(), DockerError> {
     match filters.iter().find(|(k, _)| !FILTERS.contains(&k.as_str())) {
         Some((other, _)) => Err(DockerError::BadRequest(format!(
-            "invalid filter '{other}' (shoal supports id, name, label, status, node, exited, ancestor)"
+            "invalid filter '{other}' (shoal supports id, name, label, status, health, node, exited, ancestor)"
         ))),
         None => Ok(()),
     }
 }
+
+/// Docker's `health` filter values.
+const HEALTHS: &[&str] = &["starting", "healthy", "unhealthy", "none"];
 
 const STATUSES: &[&str] = &[
     "created",
@@ -410,6 +439,40 @@ pub(crate) fn human_duration(ms: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_running_containers_status_and_filter_show_its_health() {
+        let service: Service = serde_json::from_value(json!({
+            "id": "s", "name": "web", "image": "i", "replicas": 1,
+        }))
+        .unwrap();
+        let mut task = Task::new("t".into(), "s".into(), 1, 0);
+        task.state = TaskState::Running;
+        task.health = Some(Health::Healthy);
+        let entry = |task: &Task| {
+            let e = Entry {
+                id: "c".into(),
+                name: "web".into(),
+                service: &service,
+                task: Some(task),
+                node: None,
+            };
+            let filters = Filters::parse(Some(r#"{"health":["healthy"]}"#)).unwrap();
+            let matched = e.matches(&filters).unwrap();
+            (e.status_text(5_000), e.health(), matched)
+        };
+        assert_eq!(
+            entry(&task),
+            ("Up 5 seconds (healthy)".into(), "healthy", true)
+        );
+        task.health = Some(Health::Starting);
+        assert_eq!(
+            entry(&task),
+            ("Up 5 seconds (health: starting)".into(), "starting", false)
+        );
+        task.health = None;
+        assert_eq!(entry(&task), ("Up 5 seconds".into(), "none", false));
+    }
 
     #[test]
     fn durations_read_like_dockers() {

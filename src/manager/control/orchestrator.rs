@@ -1,15 +1,17 @@
 //! The orchestrator: keeps every service at its replica count. From one read of the store it
 //! decides which tasks to create (a slot without a live task, as the restart policy allows and
 //! after a backoff for failing slots), which to stop (scale down, drained node, service removed,
-//! a duplicate in a slot), which to orphan (their node is DOWN) and which finished tasks to
+//! a duplicate in a slot, an unhealthy container: a failure, as a crash is), which to orphan (their node is DOWN) and which finished tasks to
 //! forget. Pure: no store, no clock; the driver in `control` commits the plan.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::model::{
-    Actor, Availability, Node, NodeStatus, RestartPolicy, Service, Task, TaskState,
+    Actor, Availability, Health, Node, NodeStatus, RestartPolicy, Service, Task, TaskState,
+    DEFAULT_STOP_GRACE_MS,
 };
 use crate::objects::{Expect, Versioned, View, Write};
+use crate::proxy::labels;
 
 use super::Plan;
 
@@ -25,6 +27,28 @@ pub fn backoff_ms(failures: u32) -> u64 {
         0 | 1 => 0,
         n => (1_000u64 << (n - 2).min(16)).min(MAX_BACKOFF_MS),
     }
+}
+
+/// The drain delay a new task of `service` carries: `--stop-grace` if given, else the default
+/// for a service the proxy routes to (its tasks may be in a proxy config) and none for others.
+pub fn stop_grace_ms(service: &Service) -> u64 {
+    match service.stop_grace_ms {
+        Some(ms) => ms,
+        None if service.labels.contains_key(labels::HOSTNAME) => DEFAULT_STOP_GRACE_MS,
+        None => 0,
+    }
+}
+
+/// Whether a task ended, or is ending, as a failure: FAILED, REJECTED, or (a service's) stopped
+/// because its container became unhealthy.
+fn failed(task: &Task, service: &Service) -> bool {
+    matches!(task.state, TaskState::Failed | TaskState::Rejected) || unhealthy(task, service)
+}
+
+/// A service's task whose container is unhealthy: a failure. A plain container's is not, as
+/// with Docker (whose engine leaves an unhealthy container running): it only loses its traffic.
+fn unhealthy(task: &Task, service: &Service) -> bool {
+    task.health == Some(Health::Unhealthy) && !service.is_container()
 }
 
 /// Decides the orchestrator's writes for `state` at `now_ms`; `new_id` names new tasks.
@@ -224,6 +248,17 @@ impl<'a> Round<'a> {
             } else if task.desired_state == TaskState::Shutdown && task.state <= TaskState::Assigned
             {
                 self.stop(t, "shut down");
+            } else if task.desired_state == TaskState::Running && unhealthy(task, service) {
+                // A failure, as a crash is: stopped, and its slot refilled as the restart
+                // policy says (see `slot`).
+                let mut task = task.clone();
+                task.desired_state = TaskState::Shutdown;
+                // The agent's words on it are what its last failed probe said.
+                task.message = match task.message.as_str() {
+                    "" => "unhealthy".into(),
+                    probe => format!("unhealthy: {probe}"),
+                };
+                self.update(t, task);
             } else if task.state == TaskState::New {
                 let mut task = task.clone();
                 let _ = task.transition(TaskState::Pending, Actor::Orchestrator, "", self.now_ms);
@@ -322,8 +357,13 @@ impl<'a> Round<'a> {
             // `docker start` since this task was created: run again, at once.
             Some(task) if task.start_seq < service.start_seq() => 0,
             Some(task) => {
-                let failed = matches!(task.state, TaskState::Failed | TaskState::Rejected);
-                let restart = match (task.state, service.restart) {
+                let failed = failed(task, service);
+                // An unhealthy task is a failure whatever state its stop leaves it in.
+                let state = match failed {
+                    true => TaskState::Failed,
+                    false => task.state,
+                };
+                let restart = match (state, service.restart) {
                     // Stopped or orphaned by the cluster itself: the slot still needs a task.
                     (TaskState::Shutdown | TaskState::Orphaned, _) => true,
                     (TaskState::Complete, policy) => policy == RestartPolicy::Always,
@@ -348,6 +388,7 @@ impl<'a> Round<'a> {
         let mut task = Task::new(new_id(), service.id.clone(), slot, self.now_ms);
         task.failures = failures;
         task.start_seq = service.start_seq();
+        task.stop_grace_ms = stop_grace_ms(service);
         let _ = task.transition(TaskState::Pending, Actor::Orchestrator, "", self.now_ms);
         self.writes.push(Write::Task {
             task,

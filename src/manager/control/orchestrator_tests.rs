@@ -550,3 +550,93 @@ fn incremental_rounds_decide_what_full_rounds_decide() {
         }
     }
 }
+
+#[test]
+fn an_unhealthy_task_is_stopped_and_replaced_as_a_failure() {
+    let unhealthy = |failures: u32| {
+        let mut t = task("a", 1, Running, Some("n1"));
+        t.value.health = Some(crate::model::Health::Unhealthy);
+        t.value.message = "connection refused".into();
+        t.value.failures = failures;
+        t
+    };
+    // Always: stopped, and a new task in its slot, counting the failure.
+    let p = run(
+        &state(vec![service(1, RestartPolicy::Always)], vec![unhealthy(0)]),
+        1000,
+    );
+    let (puts, _) = summary(&p);
+    assert_eq!(
+        puts,
+        vec![
+            ("a".into(), 1, Running, Shutdown),
+            ("new1".into(), 1, Pending, Running)
+        ]
+    );
+    let written = |p: &Plan, id: &str| -> Task {
+        p.writes
+            .iter()
+            .find_map(|w| match w {
+                Write::Task { task, .. } if task.id == id => Some(task.clone()),
+                _ => None,
+            })
+            .unwrap()
+    };
+    assert_eq!(written(&p, "a").message, "unhealthy: connection refused");
+    assert_eq!(written(&p, "new1").failures, 1);
+    // on-failure:1 after one failure already, and no: stopped, not replaced.
+    for policy in [RestartPolicy::OnFailure { max: Some(1) }, RestartPolicy::No] {
+        let p = run(&state(vec![service(1, policy)], vec![unhealthy(1)]), 1000);
+        let (puts, _) = summary(&p);
+        assert_eq!(puts, vec![("a".into(), 1, Running, Shutdown)], "{policy:?}");
+    }
+    // Once it has stopped, its end still counts as a failure: no replacement for `no`.
+    let mut ended = unhealthy(0);
+    ended.value.state = Shutdown;
+    ended.value.desired_state = Shutdown;
+    let p = run(
+        &state(vec![service(1, RestartPolicy::No)], vec![ended]),
+        1000,
+    );
+    assert!(p.writes.is_empty(), "{:?}", p.writes);
+    // A second failure in a row waits out the backoff.
+    let p = run(
+        &state(vec![service(1, RestartPolicy::Always)], vec![unhealthy(1)]),
+        100,
+    );
+    assert_eq!(summary(&p).0, vec![("a".into(), 1, Running, Shutdown)]);
+    assert_eq!(p.wake_at_ms, Some(100 + backoff_ms(2)));
+}
+
+#[test]
+fn a_healthy_or_starting_task_is_left_alone() {
+    for health in [
+        crate::model::Health::Healthy,
+        crate::model::Health::Starting,
+    ] {
+        let mut t = task("a", 1, Running, Some("n1"));
+        t.value.health = Some(health);
+        let p = run(
+            &state(vec![service(1, RestartPolicy::Always)], vec![t]),
+            1000,
+        );
+        assert!(p.writes.is_empty(), "{health:?}: {:?}", p.writes);
+    }
+}
+
+#[test]
+fn new_tasks_carry_the_drain_delay_of_their_service() {
+    let mut routed = service(1, RestartPolicy::Always);
+    routed
+        .value
+        .labels
+        .insert("interlock.hostname".into(), "test".into());
+    let grace = |s: Versioned<Service>| match &run(&state(vec![s], vec![]), 1000).writes[0] {
+        Write::Task { task, .. } => task.stop_grace_ms,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(grace(service(1, RestartPolicy::Always)), 0, "not routed");
+    assert_eq!(grace(routed.clone()), DEFAULT_STOP_GRACE_MS);
+    routed.value.stop_grace_ms = Some(750);
+    assert_eq!(grace(routed), 750);
+}

@@ -117,10 +117,18 @@ fn loses_a_server(old: &ProxyModel, new: &ProxyModel) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Node, NodeStatus, Protocol, PublishedPort, Service, Task, TaskState};
+    use crate::model::{
+        Health, Node, NodeStatus, Protocol, PublishedPort, Service, Task, TaskState,
+    };
     use crate::objects::Versioned;
 
     fn state(running: &[(&str, u16)]) -> View {
+        let tasks: Vec<_> = running.iter().map(|&(id, port)| (id, port, None)).collect();
+        state_with(&tasks)
+    }
+
+    /// Tasks (id, host port, health), all RUNNING on a READY node and meant to run.
+    fn state_with(running: &[(&str, u16, Option<Health>)]) -> View {
         let node: Node = serde_json::from_value(serde_json::json!({
             "id": "n1", "name": "node-1", "addr": "127.0.0.2", "cpus": 1, "memory_bytes": 1,
             "status": NodeStatus::Ready,
@@ -133,8 +141,9 @@ mod tests {
         .unwrap();
         let tasks = running
             .iter()
-            .map(|(id, port)| {
+            .map(|(id, port, health)| {
                 let mut t = Task::new(id.to_string(), "s".into(), 1, 0);
+                t.health = *health;
                 t.node_id = Some("n1".into());
                 t.state = TaskState::Running;
                 t.ports = vec![PublishedPort {
@@ -222,5 +231,41 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn only_healthy_tasks_are_servers_and_one_turning_unhealthy_leaves_at_once() {
+        let servers = |config: &ProxyConfig| -> Vec<String> {
+            config.model.hosts[0]
+                .upstreams
+                .iter()
+                .map(|u| u.task_id.clone())
+                .collect()
+        };
+        let mut gen = ProxyGen::default();
+        let s = state_with(&[
+            ("a", 1, Some(Health::Healthy)),
+            ("b", 2, Some(Health::Starting)),
+            ("c", 3, None),
+        ]);
+        gen.plan(&s, 0);
+        let config = written(&gen.plan(&s, QUIET_MS)).unwrap().clone();
+        assert_eq!(servers(&config), ["a", "c"], "b has not passed a check yet");
+        assert!(!config.nginx.contains("127.0.0.2:2 "), "{}", config.nginx);
+        let mut s = state_with(&[
+            ("a", 1, Some(Health::Unhealthy)),
+            ("b", 2, Some(Health::Healthy)),
+            ("c", 3, None),
+        ]);
+        s.put_record(
+            crate::model::keys::PROXY_CONFIG,
+            &serde_json::to_vec(&config).unwrap(),
+            10,
+        );
+        // a leaves and b joins: a change that loses a server is written at once.
+        let p = gen.plan(&s, 1_000);
+        let next = written(&p).expect("written at once");
+        assert_eq!(servers(next), ["b", "c"]);
+        assert_eq!(next.generation, config.generation + 1);
     }
 }

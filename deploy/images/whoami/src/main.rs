@@ -1,7 +1,9 @@
 //! whoami: the test image's HTTP server. Every request gets a plain-text body naming the task, service,
 //! node and container it reached; `GET /health` answers "ok". Invoked as `cat`, it is one. Std only, one
 //! thread per connection, built statically so that the image can be `FROM scratch`. `whoami echo
-//! WORDS` prints them and `whoami exit N` exits with N, for attached runs in tests.
+//! WORDS` prints them and `whoami exit N` exits with N, for attached runs in tests; `whoami check`
+//! asks the server in its own container for `/health` (exit 0 on a 200), a health check for an image
+//! without a shell.
 
 mod http;
 mod signal;
@@ -72,6 +74,34 @@ fn cat() -> ! {
     }
 }
 
+/// `whoami check`: `GET /health` on this container's own server; exit 0 on a 200, else 1 with why.
+fn check() -> ! {
+    use std::io::{Read, Write};
+    let addr = SocketAddr::from(([127, 0, 0, 1], port()));
+    let attempt = || -> std::io::Result<String> {
+        let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+        s.set_read_timeout(Some(Duration::from_secs(2)))?;
+        s.write_all(b"GET /health HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+        let mut answer = String::new();
+        s.read_to_string(&mut answer)?;
+        Ok(answer)
+    };
+    match attempt() {
+        Ok(answer) if answer.starts_with("HTTP/1.1 200") || answer.starts_with("HTTP/1.0 200") => {
+            println!("ok");
+            std::process::exit(0)
+        }
+        Ok(answer) => {
+            println!("{}", answer.lines().next().unwrap_or("no answer"));
+            std::process::exit(1)
+        }
+        Err(e) => {
+            println!("{addr}: {e}");
+            std::process::exit(1)
+        }
+    }
+}
+
 fn main() {
     let argv0 = std::env::args_os().next().unwrap_or_default();
     if std::path::Path::new(&argv0).file_name() == Some("cat".as_ref()) {
@@ -86,6 +116,7 @@ fn main() {
             std::process::exit(0)
         }
         Some("exit") => std::process::exit(args.get(1).and_then(|c| c.parse().ok()).unwrap_or(1)),
+        Some("check") => check(),
         _ => {}
     }
     signal::exit_on_term();
