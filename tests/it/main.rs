@@ -25,4 +25,5 @@ mod scheduling;
 mod security;
 mod snapshot;
 mod ttl;
+mod update;
 mod watch;
