@@ -24,6 +24,7 @@ mod quota;
 mod scheduling;
 mod security;
 mod snapshot;
+mod swarm_api;
 mod ttl;
 mod update;
 mod watch;
