@@ -390,6 +390,15 @@ async fn route(api: &Api, req: Request) -> Result<Response, DockerError> {
         (&M::GET, ["volumes", name]) => {
             Err(DockerError::NotFound(format!("get {name}: no such volume")))
         }
+        // Nor secrets or configs yet (`docker inspect NAME` asks for them of a swarm manager).
+        (&M::GET, ["secrets" | "configs"]) => Ok(error::json_response(
+            axum::http::StatusCode::OK,
+            &serde_json::json!([]),
+        )),
+        (&M::GET, [kind @ ("secrets" | "configs"), name]) => Err(DockerError::NotFound(format!(
+            "{} {name} not found",
+            kind.trim_end_matches('s')
+        ))),
         (&M::GET, ["plugins", name @ .., "json"]) if !name.is_empty() => Err(
             DockerError::NotFound(format!("plugin \"{}\" not found", name.join("/"))),
         ),
