@@ -1,7 +1,8 @@
 //! The agent's session with the leader's Dispatcher: register the node, heartbeat, receive the full
 //! assignment set after every change, send the task states the task runner observed. It follows
-//! leadership by itself (see `follow`), keeps unsent reports for the next leader, and gives up only
-//! when a manager refuses its certificate. It never touches Docker.
+//! leadership by itself (see `follow`), pauses between failed attempts with jittered exponential
+//! backoff (`backoff`), keeps unsent reports for the next leader, and gives up only when a manager
+//! refuses its certificate. It never touches Docker.
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -18,8 +19,9 @@ use tokio::time::{sleep, sleep_until, Instant};
 use tonic::transport::Channel;
 use tonic::{Code, Status, Streaming};
 
+use super::backoff::Backoff;
 use super::error::AgentError;
-use super::follow::Follow;
+use super::follow::{Follow, Next};
 use super::plan::Assignment;
 use super::runtime::EngineInfo;
 use super::throttle::Throttle;
@@ -29,8 +31,6 @@ use crate::model::{Service, Task, TaskStatus};
 pub(crate) const LEADER_HEADER: &str = "x-shoal-leader";
 /// Bound on every unary call (and on opening the assignment stream): a dead leader is left fast.
 const CALL_TIMEOUT: Duration = Duration::from_secs(2);
-/// Before registering again with a leader that forgot the node: short, yet never a spin.
-const REREGISTER_PAUSE: Duration = Duration::from_millis(20);
 /// Assignment sets can be large (a task and its service per assignment).
 const MAX_MESSAGE: usize = 64 * 1024 * 1024;
 
@@ -66,6 +66,8 @@ pub(crate) struct Session {
     me: Identity,
     tls: Option<Credentials>,
     follow: Follow,
+    /// Pauses between failed attempts.
+    backoff: Backoff,
     channels: HashMap<String, Channel>,
     engine: watch::Receiver<EngineInfo>,
     assignments: watch::Sender<Assignments>,
@@ -97,6 +99,7 @@ impl Session {
             me,
             tls,
             follow: Follow::new(join.to_vec()),
+            backoff: Backoff::new(),
             channels,
             engine,
             assignments,
@@ -114,14 +117,14 @@ impl Session {
                 Ok(channel) => self.session(&addr, channel, &mut throttle).await,
                 Err(reason) => End::Failed(format!("invalid address: {reason}")),
             };
-            let pause = match end {
+            let next = match end {
                 End::Refused(message) => return AgentError::Refused { addr, message },
                 End::NotRegistered => {
                     let line = format!("the leader at {addr} does not know this node");
                     if throttle.should_log(&line) {
                         tracing::info!("{line}; registering again");
                     }
-                    REREGISTER_PAUSE
+                    Next::Pause
                 }
                 End::NotLeader(leader) => {
                     let leader = leader.unwrap_or_default();
@@ -136,7 +139,9 @@ impl Session {
                     self.follow.failed()
                 }
             };
-            sleep(pause).await;
+            if next == Next::Pause {
+                sleep(self.backoff.failed(Instant::now())).await;
+            }
         }
     }
 
@@ -183,6 +188,7 @@ impl Session {
             Err(end) => return end,
         };
         self.follow.connected();
+        self.backoff.connected(Instant::now());
         if throttle.clear() {
             tracing::info!(leader = %addr, node = %self.me.node_id, "registered again");
         } else {

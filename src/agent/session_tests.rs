@@ -203,6 +203,8 @@ mod against_fake_managers {
         refuse: bool,
         /// Answer UpdateTaskStatus as a deposed leader naming this one.
         deposed_for: Option<String>,
+        /// End every assignment stream right after its first set (a leader that keeps failing).
+        end_streams: bool,
         seen: Arc<Mutex<Seen>>,
     }
 
@@ -267,7 +269,11 @@ mod against_fake_managers {
                 }],
                 ..Default::default()
             };
-            let stream = tokio_stream::iter([Ok(set)]).chain(tokio_stream::pending());
+            let first = tokio_stream::iter([Ok(set)]);
+            if self.end_streams {
+                return Ok(tonic::Response::new(Box::pin(first)));
+            }
+            let stream = first.chain(tokio_stream::pending());
             Ok(tonic::Response::new(Box::pin(stream)))
         }
 
@@ -310,6 +316,7 @@ mod against_fake_managers {
             not_leader: None,
             refuse: false,
             deposed_for: None,
+            end_streams: false,
             seen: Arc::default(),
         }
     }
@@ -428,5 +435,24 @@ mod against_fake_managers {
             .unwrap();
         assert_eq!(seen.lock().unwrap().registers, 1);
         agent.session.abort();
+    }
+
+    #[tokio::test]
+    async fn a_leader_that_keeps_dropping_the_session_is_retried_ever_more_slowly() {
+        let (addr, seen) = serve(Fake {
+            end_streams: true,
+            ..leader()
+        })
+        .await;
+        let agent = start_agent(vec![addr]);
+        sleep(Duration::from_millis(2500)).await;
+        let registers = seen.lock().unwrap().registers;
+        agent.session.abort();
+        // Pauses of 50..200, 100..400, 200..800, 400..1600, 800..3200 ms: at most 6 sessions
+        // in 2.5 s, at least 3 (a fixed 150 ms pause made 15).
+        assert!(
+            (3..=6).contains(&registers),
+            "{registers} sessions in 2.5 s"
+        );
     }
 }
