@@ -3,7 +3,8 @@
 //! - propagation: for every task a scale-up adds, the time from the task being RUNNING in the
 //!   store to the first request through nginx that it answers;
 //! - dropped requests: failed requests of a closed-loop load through nginx during a scale
-//!   1 → 8 → 1, and during a kill -9 of the leader (restarted afterwards).
+//!   1 → 8 → 1, during a kill -9 of the leader (restarted afterwards), and during the
+//!   zero-downtime changes: a rolling update, a rollback and a drain (with their durations).
 //!
 //! Everything it starts (managers, agents, nginx, `shoal proxy`) runs in its own process group
 //! and is SIGKILLed when the bench ends, fails or gets Ctrl-C; the agents' containers are removed.
@@ -55,6 +56,12 @@ pub(crate) struct ProxyArgs {
     /// Concurrent clients of the load loop, each sending its next request when the last answers.
     #[arg(long, default_value_t = 4)]
     clients: usize,
+    /// Replicas during the rolling update, the rollback and the drain.
+    #[arg(long, default_value_t = 8)]
+    update_replicas: u64,
+    /// `--update-parallelism` of the rolling update and the rollback.
+    #[arg(long, default_value_t = 2)]
+    update_parallelism: u64,
     /// Image the service runs; it must be in the local engine (`deploy/images/build`).
     #[arg(long, default_value = "shoal/whoami:latest")]
     image: String,
@@ -156,7 +163,7 @@ impl Latency {
 
 #[derive(Debug, Serialize)]
 struct Window {
-    window: &'static str,
+    window: String,
     requests: u64,
     failed: u64,
     seconds: f64,
@@ -700,6 +707,25 @@ async fn scale(exe: &Path, hosts: &str, tls_dir: &Path, replicas: u64) -> Result
     Ok(())
 }
 
+/// Until web's update (`service inspect`) is in `state`.
+async fn update_done(exe: &Path, hosts: &str, tls_dir: &Path, state: &str) -> Result<()> {
+    let deadline = Instant::now() + STEP_TIMEOUT;
+    loop {
+        let out = cli(exe, hosts, tls_dir, &["service", "inspect", "web"]).await?;
+        let inspected: Value = serde_json::from_str(&out)?;
+        if inspected[0]["update"]["state"] == state {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "web's update never reached {state}: {}",
+                inspected[0]["update"]
+            );
+        }
+        sleep(Duration::from_millis(100)).await;
+    }
+}
+
 async fn until(what: &str, within: Duration, mut check: impl FnMut() -> bool) -> Result<()> {
     let deadline = Instant::now() + within;
     while !check() {
@@ -785,7 +811,7 @@ fn ms(d: Duration) -> f64 {
     (d.as_secs_f64() * 1e4).round() / 10.0
 }
 
-fn window(name: &'static str, before: &Counters, after: &Counters, start: Instant) -> Window {
+fn window(name: impl Into<String>, before: &Counters, after: &Counters, start: Instant) -> Window {
     let mut errors = after.errors.clone();
     for (kind, n) in &before.errors {
         if let Some(m) = errors.get_mut(kind) {
@@ -794,7 +820,7 @@ fn window(name: &'static str, before: &Counters, after: &Counters, start: Instan
     }
     errors.retain(|_, n| *n > 0);
     Window {
-        window: name,
+        window: name.into(),
         requests: after.sent - before.sent,
         failed: after.failed - before.failed,
         seconds: (start.elapsed().as_secs_f64() * 100.0).round() / 100.0,
@@ -1009,6 +1035,64 @@ async fn measure(args: &ProxyArgs, exe: &Path, dir: &Path) -> Result<()> {
         start,
     );
 
+    // 3. Zero-downtime changes: a rolling update of every task (`--force`), a rollback, and a
+    // drain of node-2 (start-first), each timed until done.
+    let join = hosts(&addrs);
+    let n = args.update_replicas;
+    scale(exe, &join, &tls_dir, n).await?;
+    all_answering(&poll, &load, n as usize, None).await?;
+    let parallelism = args.update_parallelism.to_string();
+    let mut changes = Vec::new();
+    for (name, command, done) in [
+        (
+            format!("rolling update of {n} (parallelism {parallelism})"),
+            vec![
+                "service",
+                "update",
+                "web",
+                "--force",
+                "--update-parallelism",
+                &parallelism,
+                "--update-monitor",
+                "0s",
+            ],
+            Some("completed"),
+        ),
+        (
+            format!("rollback of {n}"),
+            vec!["service", "rollback", "web"],
+            Some("rollback_completed"),
+        ),
+        (
+            format!("drain node-2 of {n} (--wait)"),
+            vec![
+                "node",
+                "update",
+                "--availability",
+                "drain",
+                "--wait",
+                "node-2",
+            ],
+            None,
+        ),
+    ] {
+        let (start, before) = (Instant::now(), load.counters());
+        cli(exe, &join, &tls_dir, &command).await?;
+        if let Some(state) = done {
+            update_done(exe, &join, &tls_dir, state).await?;
+        }
+        all_answering(&poll, &load, n as usize, Some(start)).await?;
+        eprintln!("{name}: done after {:.0} ms", ms(start.elapsed()));
+        changes.push(window(name, &before, &load.counters(), start));
+    }
+    cli(
+        exe,
+        &join,
+        &tls_dir,
+        &["node", "update", "--availability", "active", "node-2"],
+    )
+    .await?;
+
     let loadavg_end = loadavg();
     drop(load);
     drop(poll);
@@ -1027,7 +1111,10 @@ async fn measure(args: &ProxyArgs, exe: &Path, dir: &Path) -> Result<()> {
         step: args.step,
         poll_ms: POLL.as_millis() as u64,
         propagation,
-        windows: vec![scaling, failover_window],
+        windows: [scaling, failover_window]
+            .into_iter()
+            .chain(changes)
+            .collect(),
     };
     print(&report);
     report::emit_json(&report, args.json.as_deref())?;

@@ -223,6 +223,10 @@ fn service(s: usize, image: String) -> Service {
         container: None,
         health: None,
         stop_grace_ms: None,
+        version: 0,
+        update_policy: Default::default(),
+        update: None,
+        previous: None,
     }
 }
 

@@ -175,10 +175,19 @@ pub(crate) fn plan(
     actions
 }
 
+/// Starts the task's container on the spec version it was created from (a rolling update
+/// runs two side by side).
 fn start(task: &Task, service: &Service, node: Node<'_>) -> Action {
+    let Some(spec) = service.spec_for(task.spec_version) else {
+        let message = format!(
+            "its spec (version {}) was replaced twice before it started",
+            task.spec_version
+        );
+        return Action::Report(status(task, TaskState::Rejected, message));
+    };
     Action::Start {
         task: task.id.clone(),
-        spec: Box::new(container::spec(task, service, node.id, node.host_ip)),
+        spec: Box::new(container::spec(task, spec, node.id, node.host_ip)),
         accept: task.state < TaskState::Accepted,
     }
 }

@@ -139,6 +139,28 @@ fn an_assigned_task_is_accepted_and_started_with_its_spec() {
 }
 
 #[test]
+fn a_task_starts_on_the_spec_version_it_was_created_from() {
+    let mut edited = service();
+    edited.image = "shoal/whoami:v2".into();
+    let updated = service().updated_to(edited, 0);
+    let image_of = |version: u64| {
+        let mut a = assigned("t1", TaskState::Assigned, TaskState::Running);
+        a.task.spec_version = version;
+        a.service = Some(updated.clone());
+        match run(&[a], &[]).as_slice() {
+            [Action::Start { spec, .. }] => Ok(spec.image.clone()),
+            other => Err(reports(other)),
+        }
+    };
+    assert_eq!(image_of(1), Ok("shoal/whoami:v2".to_string()));
+    assert_eq!(image_of(0), Ok("shoal/whoami:latest".to_string()));
+    // A version the service no longer keeps: refused, for the orchestrator to replace.
+    let refused = image_of(5).unwrap_err();
+    assert_eq!(refused[0].1, TaskState::Rejected);
+    assert!(refused[0].2.contains("version 5"), "{refused:?}");
+}
+
+#[test]
 fn adopted_running_containers_are_kept_not_restarted() {
     let set = [running_task("t1"), running_task("t2")];
     let containers = [

@@ -42,6 +42,10 @@ pub enum NodeCommand {
         /// Print the node as written instead of its id.
         #[arg(long)]
         json: bool,
+        /// With --availability drain: return once no task runs on the node any more (each was
+        /// replaced elsewhere first, then stopped).
+        #[arg(long)]
+        wait: bool,
         /// Node name, id or unique id prefix.
         node: String,
     },
@@ -97,20 +101,41 @@ pub(super) async fn run(global: &GlobalArgs, command: NodeCommand) -> Result<(),
             label_add,
             label_rm,
             json,
+            wait,
             node,
         } => {
             let changes = changes(availability.as_deref(), &label_add, &label_rm)?;
+            if wait && changes.availability != Some(Availability::Drain) {
+                return Err(CliError::Usage("--wait goes with --availability drain"));
+            }
             let client = &mut global.connect().await?;
             let written: Node = objects::update(client, keys::NODES, &node, |n: &mut Node| {
                 apply(&changes, n)
             })
             .await?;
+            if wait {
+                wait_drained(client, &written.id).await?;
+            }
             if json {
                 out(pretty(&written))
             } else {
                 out(&written.id)
             }
         }
+    }
+}
+
+/// Polls until no task on node `id` is still live.
+async fn wait_drained(client: &mut crate::client::Client, id: &str) -> Result<(), CliError> {
+    loop {
+        let tasks: Vec<Versioned<Task>> = objects::list(client, keys::TASKS).await?;
+        let left = tasks
+            .iter()
+            .any(|t| t.value.node_id.as_deref() == Some(id) && !t.value.state.is_terminal());
+        if !left {
+            return Ok(());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
     }
 }
 

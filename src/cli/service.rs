@@ -1,6 +1,6 @@
-//! `shoal service create|ls|ps|scale|rm`: services as the operator sees them. This only writes
-//! the desired state (the service record and its name key); tasks are created and shut down by
-//! the leader's orchestrator, never here.
+//! `shoal service create|ls|ps|inspect|scale|update|rollback|rm`: services as the operator sees
+//! them. This only writes the desired state (the service record and its name key); tasks are
+//! created, replaced and shut down by the leader's orchestrator, never here.
 
 use std::collections::HashMap;
 
@@ -9,7 +9,7 @@ use rand::Rng;
 use serde::Serialize;
 
 use super::objects::{self, Versioned};
-use super::spec::{self, CreateArgs};
+use super::spec::{self, CreateArgs, UpdateArgs};
 use super::{out, table, CliError, GlobalArgs};
 use crate::client::Client;
 use crate::model::{keys, Node, PortSpec, Service, Task, TaskState};
@@ -30,6 +30,25 @@ pub enum ServiceCommand {
         /// Service name, id or unique id prefix.
         service: String,
         /// A JSON array of the tasks, each with its `node_name`.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Services as JSON (a JSON array), with their update policy and where their latest update
+    /// stands (`update.state`: updating, paused, completed, rollback_started, ...).
+    Inspect {
+        /// Service names, ids or unique id prefixes.
+        #[arg(required = true)]
+        services: Vec<String>,
+    },
+    /// Change a service; a change to what its tasks run rolls out slot by slot as its update
+    /// policy says (`--update-*`), pausing or rolling back on failures.
+    Update(Box<UpdateArgs>),
+    /// Go back to the service's previous spec, slot by slot (the spec before the latest update
+    /// becomes the previous one).
+    Rollback {
+        /// Service name, id or unique id prefix.
+        service: String,
+        /// Print the service as written, as JSON.
         #[arg(long)]
         json: bool,
     },
@@ -69,6 +88,13 @@ pub(super) async fn run(global: &GlobalArgs, command: ServiceCommand) -> Result<
             rm(&mut global.connect().await?, &services, json).await
         }
         ServiceCommand::Ls { json } => ls(&mut global.connect().await?, json).await,
+        ServiceCommand::Inspect { services } => {
+            inspect(&mut global.connect().await?, &services).await
+        }
+        ServiceCommand::Update(args) => update(&mut global.connect().await?, &args).await,
+        ServiceCommand::Rollback { service, json } => {
+            rollback(&mut global.connect().await?, &service, json).await
+        }
         ServiceCommand::Ps { service, json } => {
             ps(&mut global.connect().await?, &service, json).await
         }
@@ -136,6 +162,66 @@ async fn scale(
         out(pretty(&written))?;
     }
     Ok(())
+}
+
+async fn inspect(client: &mut Client, queries: &[String]) -> Result<(), CliError> {
+    let services: Vec<Versioned<Service>> = objects::list(client, keys::SERVICES).await?;
+    let found = queries
+        .iter()
+        .map(|q| objects::resolve(&services, q).map(|s| &s.value))
+        .collect::<Result<Vec<_>, _>>()?;
+    out(pretty(&found))
+}
+
+/// Edits the service; a new spec becomes a new version, whose rollout the orchestrator runs.
+/// The update's start time is left to the leader (0 here), so that every time an update
+/// compares comes from one clock.
+async fn update(client: &mut Client, args: &UpdateArgs) -> Result<(), CliError> {
+    let written: Service = objects::update(client, keys::SERVICES, &args.service, |s| {
+        refuse_container(s)?;
+        let edited = spec::edit(s, args)?;
+        *s = match args.force || !edited.same_spec(s) {
+            true => s.updated_to(edited, 0),
+            false => edited,
+        };
+        Ok(())
+    })
+    .await?;
+    match args.json {
+        true => out(pretty(&written)),
+        false => out(&written.name),
+    }
+}
+
+async fn rollback(client: &mut Client, query: &str, json: bool) -> Result<(), CliError> {
+    let written: Service = objects::update(client, keys::SERVICES, query, |s: &mut Service| {
+        refuse_container(s)?;
+        *s = s
+            .rolled_back(0, "rollback requested".into())
+            .ok_or_else(|| CliError::Invalid {
+                what: "service",
+                value: s.name.clone(),
+                reason: "it has no previous spec to roll back to".into(),
+            })?;
+        Ok(())
+    })
+    .await?;
+    match json {
+        true => out(pretty(&written)),
+        false => out(&written.name),
+    }
+}
+
+/// A plain container (`docker run`) is recreated, never updated in place.
+fn refuse_container(service: &Service) -> Result<(), CliError> {
+    match service.is_container() {
+        true => Err(CliError::Invalid {
+            what: "service",
+            value: service.name.clone(),
+            reason: "it is a plain container (docker run): recreate it instead".into(),
+        }),
+        false => Ok(()),
+    }
 }
 
 /// Writes the service and its name key in one txn, only if the name is free.

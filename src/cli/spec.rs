@@ -7,7 +7,8 @@ use clap::Args;
 
 use super::{duration, CliError};
 use crate::model::{
-    Availability, HealthCheck, Placement, PortSpec, Reservations, RestartPolicy, Service,
+    parse_failure_ratio, Availability, HealthCheck, Placement, PortSpec, Reservations,
+    RestartPolicy, Service, UpdatePolicy,
 };
 use crate::scheduler;
 
@@ -56,6 +57,8 @@ pub struct CreateArgs {
     /// interlock.hostname, else 0s).
     #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
     pub stop_grace: Option<String>,
+    #[command(flatten)]
+    pub policy: UpdatePolicyArgs,
     /// Print the created service as JSON instead of its id.
     #[arg(long)]
     pub json: bool,
@@ -64,6 +67,193 @@ pub struct CreateArgs {
     /// The command and its arguments (everything after IMAGE).
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     pub cmd: Vec<String>,
+}
+
+/// `shoal service update SERVICE ...`: what changes. A change to what tasks run (image,
+/// environment, labels, health check, drain delay, or `--force`) starts a rolling update; the
+/// replica count and the update policy alone do not.
+#[derive(Debug, Clone, Args)]
+pub struct UpdateArgs {
+    /// Service name, id or unique id prefix.
+    pub service: String,
+    /// The image to run.
+    #[arg(long)]
+    pub image: Option<String>,
+    /// Add or replace an environment variable.
+    #[arg(long = "env-add", value_name = "K=V")]
+    pub env_add: Vec<String>,
+    /// Remove an environment variable.
+    #[arg(long = "env-rm", value_name = "K")]
+    pub env_rm: Vec<String>,
+    /// Add or replace a label.
+    #[arg(long = "label-add", value_name = "K=V")]
+    pub label_add: Vec<String>,
+    /// Remove a label.
+    #[arg(long = "label-rm", value_name = "K")]
+    pub label_rm: Vec<String>,
+    /// How many tasks to keep running.
+    #[arg(long, value_name = "N", allow_hyphen_values = true)]
+    pub replicas: Option<String>,
+    #[command(flatten)]
+    pub health: HealthArgs,
+    /// See `service create --stop-grace`.
+    #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
+    pub stop_grace: Option<String>,
+    #[command(flatten)]
+    pub policy: UpdatePolicyArgs,
+    /// Replace every task even if nothing else changed.
+    #[arg(long)]
+    pub force: bool,
+    /// Print the service as written, as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Docker's `--update-*` flags: how a rolling update replaces tasks.
+#[derive(Debug, Clone, Default, Args)]
+pub struct UpdatePolicyArgs {
+    /// Slots replaced at a time (0: all at once; default 1).
+    #[arg(long, value_name = "N", allow_hyphen_values = true)]
+    pub update_parallelism: Option<String>,
+    /// Wait after a slot came to serve before the next starts (e.g. 10s; default 0s).
+    #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
+    pub update_delay: Option<String>,
+    /// stop-first (default: never more tasks than replicas) or start-first (never fewer
+    /// serving).
+    #[arg(long, value_name = "ORDER")]
+    pub update_order: Option<String>,
+    /// What a failing update does: pause (default), rollback or continue.
+    #[arg(long, value_name = "ACTION")]
+    pub update_failure_action: Option<String>,
+    /// How long after the last slot serves failures still count (default 5s).
+    #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
+    pub update_monitor: Option<String>,
+    /// The fraction of new tasks that may fail, 0 to 1 (default 0).
+    #[arg(long, value_name = "RATIO", allow_hyphen_values = true)]
+    pub update_max_failure_ratio: Option<String>,
+}
+
+impl UpdatePolicyArgs {
+    fn is_empty(&self) -> bool {
+        self.update_parallelism.is_none()
+            && self.update_delay.is_none()
+            && self.update_order.is_none()
+            && self.update_failure_action.is_none()
+            && self.update_monitor.is_none()
+            && self.update_max_failure_ratio.is_none()
+    }
+}
+
+/// `base` with what `args` set.
+pub(super) fn update_policy(
+    args: &UpdatePolicyArgs,
+    base: UpdatePolicy,
+) -> Result<UpdatePolicy, CliError> {
+    let mut policy = base;
+    if let Some(text) = &args.update_parallelism {
+        policy.parallelism = text.trim().parse().map_err(|_| {
+            invalid(
+                "--update-parallelism",
+                text,
+                "expected a whole number (0: all at once)",
+            )
+        })?;
+    }
+    if let Some(text) = &args.update_delay {
+        policy.delay_ms = policy_duration("--update-delay", text)?;
+    }
+    if let Some(text) = &args.update_monitor {
+        policy.monitor_ms = policy_duration("--update-monitor", text)?;
+    }
+    if let Some(text) = &args.update_order {
+        policy.order = text.parse()?;
+    }
+    if let Some(text) = &args.update_failure_action {
+        policy.failure_action = text.parse()?;
+    }
+    if let Some(text) = &args.update_max_failure_ratio {
+        policy.max_failure_permille = parse_failure_ratio(text)?;
+    }
+    Ok(policy)
+}
+
+/// An update-policy duration in ms, at most a day.
+fn policy_duration(flag: &'static str, text: &str) -> Result<u64, CliError> {
+    let d = duration::parse(text).map_err(|e| invalid(flag, text, &e))?;
+    if d > std::time::Duration::from_secs(86_400) {
+        return Err(invalid(flag, text, "expected at most 24h"));
+    }
+    Ok(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// `service` as `args` edit it, validated; the caller decides whether that is a new version.
+pub(super) fn edit(service: &Service, args: &UpdateArgs) -> Result<Service, CliError> {
+    let mut next = service.clone();
+    if let Some(image) = &args.image {
+        check_image(image)?;
+        next.image = image.clone();
+    }
+    for key in &args.env_rm {
+        next.env
+            .retain(|e| e.split_once('=').map_or(e.as_str(), |(k, _)| k) != key);
+    }
+    for entry in &args.env_add {
+        let (key, _) = key_value("environment variable", entry)?;
+        next.env
+            .retain(|e| e.split_once('=').map_or(e.as_str(), |(k, _)| k) != key);
+        next.env.push(entry.clone());
+    }
+    for key in &args.label_rm {
+        next.labels.remove(key);
+    }
+    for entry in &args.label_add {
+        let (key, value) = key_value("label", entry)?;
+        next.labels.insert(key, value);
+    }
+    if let Some(text) = &args.replicas {
+        next.replicas = text
+            .trim()
+            .parse()
+            .map_err(|_| invalid("--replicas", text, "expected a whole number"))?;
+    }
+    if let Some(check) = health_check(&args.health)? {
+        next.health = Some(check);
+    }
+    if let Some(grace) = stop_grace(&args.stop_grace)? {
+        next.stop_grace_ms = Some(grace);
+    }
+    next.update_policy = update_policy(&args.policy, service.update_policy)?;
+    let unchanged = next == *service;
+    let nothing_asked = args.image.is_none()
+        && args.env_add.is_empty()
+        && args.env_rm.is_empty()
+        && args.label_add.is_empty()
+        && args.label_rm.is_empty()
+        && args.replicas.is_none()
+        && args.stop_grace.is_none()
+        && args.policy.is_empty()
+        && health_check(&args.health)?.is_none()
+        && !args.force;
+    if unchanged && nothing_asked {
+        return Err(CliError::Usage(
+            "nothing to update: give --image, --env-add, --label-add, --replicas, --update-* \
+             or another change (or --force to replace every task as it is)",
+        ));
+    }
+    scheduler::validate(&next)?;
+    crate::proxy::labels::host_of(&next.labels).map_err(CliError::ProxyLabel)?;
+    Ok(next)
+}
+
+fn check_image(image: &str) -> Result<(), CliError> {
+    if image.trim().is_empty() || image.contains(char::is_whitespace) {
+        return Err(invalid(
+            "image",
+            image,
+            "expected an image reference such as nginx:latest",
+        ));
+    }
+    Ok(())
 }
 
 /// Docker's `--health-*` flags; what is not given keeps the image's `HEALTHCHECK` setting.
@@ -181,13 +371,7 @@ pub(super) fn stop_grace(text: &Option<String>) -> Result<Option<u64>, CliError>
 /// The service `args` describe, with id `id`; the first invalid value is the error.
 pub(super) fn service(args: &CreateArgs, id: String) -> Result<Service, CliError> {
     check_name(&args.name)?;
-    if args.image.trim().is_empty() || args.image.contains(char::is_whitespace) {
-        return Err(invalid(
-            "image",
-            &args.image,
-            "expected an image reference such as nginx:latest",
-        ));
-    }
+    check_image(&args.image)?;
     let ports = args
         .publish
         .iter()
@@ -249,6 +433,10 @@ pub(super) fn service(args: &CreateArgs, id: String) -> Result<Service, CliError
         container: None,
         health: health_check(&args.health)?,
         stop_grace_ms: stop_grace(&args.stop_grace)?,
+        version: 0,
+        update_policy: update_policy(&args.policy, UpdatePolicy::default())?,
+        update: None,
+        previous: None,
     };
     scheduler::validate(&service)?;
     crate::proxy::labels::host_of(&service.labels).map_err(CliError::ProxyLabel)?;
@@ -668,5 +856,123 @@ mod tests {
             key_value("label", "a=b=c").unwrap(),
             ("a".to_string(), "b=c".to_string())
         );
+    }
+
+    #[derive(Parser)]
+    struct UpdateCmd {
+        #[command(flatten)]
+        args: UpdateArgs,
+    }
+
+    fn edited(service: &Service, argv: &[&str]) -> Result<Service, String> {
+        let mut full = vec!["update", "web"];
+        full.extend_from_slice(argv);
+        let args = UpdateCmd::try_parse_from(full).expect("parses").args;
+        edit(service, &args).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn an_update_edits_the_spec_and_its_policy() {
+        let web = build(&[
+            "--name", "web", "-e", "A=1", "-e", "B=2", "-l", "x=1", "img:v1",
+        ])
+        .unwrap();
+        let next = edited(
+            &web,
+            &[
+                "--image",
+                "img:v2",
+                "--env-add",
+                "A=9",
+                "--env-rm",
+                "B",
+                "--label-add",
+                "y=2",
+                "--label-rm",
+                "x",
+                "--replicas",
+                "3",
+                "--update-parallelism",
+                "2",
+                "--update-delay",
+                "1s",
+                "--update-order",
+                "start-first",
+                "--update-failure-action",
+                "rollback",
+                "--update-monitor",
+                "0s",
+                "--update-max-failure-ratio",
+                "0.5",
+            ],
+        )
+        .unwrap();
+        assert_eq!(next.image, "img:v2");
+        assert_eq!(next.env, vec!["A=9".to_string()]);
+        assert_eq!(
+            next.labels,
+            BTreeMap::from([("y".to_string(), "2".to_string())])
+        );
+        assert_eq!(next.replicas, 3);
+        let policy = next.update_policy;
+        assert_eq!(
+            (policy.parallelism, policy.delay_ms, policy.monitor_ms),
+            (2, 1_000, 0)
+        );
+        assert_eq!(policy.order, crate::model::UpdateOrder::StartFirst);
+        assert_eq!(policy.failure_action, crate::model::FailureAction::Rollback);
+        assert_eq!(policy.max_failure_permille, 500);
+        assert!(!next.same_spec(&web));
+        // The replica count and the policy alone are no new spec.
+        let scaled = edited(&web, &["--replicas", "5", "--update-parallelism", "0"]).unwrap();
+        assert!(scaled.same_spec(&web));
+        // Flags create takes too.
+        let created = build(&["--name", "w", "--update-order", "start-first", "img"]).unwrap();
+        assert_eq!(
+            created.update_policy.order,
+            crate::model::UpdateOrder::StartFirst
+        );
+    }
+
+    #[test]
+    fn a_bad_update_is_one_error_naming_the_value() {
+        let web = build(&["--name", "web", "img:v1"]).unwrap();
+        let err = edited(&web, &[]).unwrap_err();
+        assert!(err.starts_with("nothing to update"), "{err}");
+        for (argv, needle) in [
+            (&["--image", "two words"][..], "invalid image"),
+            (&["--replicas", "-1"][..], "invalid --replicas \"-1\""),
+            (
+                &["--update-parallelism", "x"][..],
+                "invalid --update-parallelism",
+            ),
+            (&["--update-delay", "5"][..], "invalid --update-delay"),
+            (&["--update-monitor", "48h"][..], "at most 24h"),
+            (
+                &["--update-order", "sideways"][..],
+                "expected stop-first or start-first",
+            ),
+            (
+                &["--update-failure-action", "panic"][..],
+                "expected pause, rollback or continue",
+            ),
+            (
+                &["--update-max-failure-ratio", "2"][..],
+                "max failure ratio",
+            ),
+            (&["--env-add", "=x"][..], "invalid environment variable"),
+            (
+                &[
+                    "--label-add",
+                    "interlock.hostname=test",
+                    "--label-add",
+                    "interlock.port=http",
+                ][..],
+                "interlock.port",
+            ),
+        ] {
+            let err = edited(&web, argv).unwrap_err();
+            assert!(err.contains(needle), "{argv:?}: {err}");
+        }
     }
 }

@@ -20,6 +20,9 @@ pub enum ModelError {
     #[error("invalid health check: {0}")]
     HealthCheck(String),
 
+    #[error("invalid update policy: {0}")]
+    UpdatePolicy(String),
+
     #[error("task {task}: the {actor} may not move it from {from} to {to}")]
     Transition {
         task: String,

@@ -12,6 +12,7 @@ mod proxy;
 mod service;
 mod task;
 mod task_state;
+mod update;
 
 pub use self::container::Container;
 pub use self::error::ModelError;
@@ -23,3 +24,7 @@ pub use self::proxy::{Balance, ProxyConfig, ProxyHost, ProxyModel, ProxyStatus, 
 pub use self::service::{Reservations, RestartPolicy, Service, DEFAULT_STOP_GRACE_MS};
 pub use self::task::{PublishedPort, Task, TaskStatus};
 pub use self::task_state::{Actor, TaskState};
+pub use self::update::{
+    parse_failure_ratio, FailureAction, UpdateOrder, UpdatePolicy, UpdateState, UpdateStatus,
+    DEFAULT_MONITOR_MS,
+};

@@ -10,6 +10,7 @@ use super::container::Container;
 use super::error::ModelError;
 use super::health::HealthCheck;
 use super::port::{PortSpec, Protocol};
+use super::update::{UpdatePolicy, UpdateState, UpdateStatus};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(tag = "policy", rename_all = "snake_case")]
@@ -99,6 +100,24 @@ pub struct Service {
     /// a service the proxy routes to, 0 for others).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop_grace_ms: Option<u64>,
+    /// The version of what its tasks run: a new one at each `service update` that changes it
+    /// (a scale does not). Each task records the version it was created from.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub version: u64,
+    /// `--update-*`: how an update replaces its tasks.
+    #[serde(default, skip_serializing_if = "UpdatePolicy::is_default")]
+    pub update_policy: UpdatePolicy,
+    /// Where its latest update stands (None: never updated).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update: Option<UpdateStatus>,
+    /// The spec before the latest update, with its version: what the tasks not yet updated
+    /// still run, and what `service rollback` returns to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<Box<Service>>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// The drain delay of a routed service's tasks unless `--stop-grace` says otherwise: long
@@ -140,6 +159,76 @@ impl Service {
             .collect()
     }
 
+    /// The spec a task created from `version` runs: this one, or the previous one while the
+    /// service keeps it (None: replaced twice since).
+    pub fn spec_for(&self, version: u64) -> Option<&Service> {
+        if version == self.version {
+            return Some(self);
+        }
+        self.previous.as_deref().filter(|p| p.version == version)
+    }
+
+    /// Whether `other` runs its tasks as this does: everything but the replica count, the
+    /// update policy and the update's bookkeeping is the same.
+    pub fn same_spec(&self, other: &Service) -> bool {
+        self.bare_spec() == other.bare_spec()
+    }
+
+    fn bare_spec(&self) -> Service {
+        Service {
+            replicas: 0,
+            version: 0,
+            update_policy: UpdatePolicy::default(),
+            update: None,
+            previous: None,
+            ..self.clone()
+        }
+    }
+
+    /// This spec as a later one's `previous`.
+    fn as_previous(&self) -> Service {
+        Service {
+            update: None,
+            previous: None,
+            ..self.clone()
+        }
+    }
+
+    /// This service moved to `next`'s spec (`next` is this service edited): a new version, this
+    /// spec kept as the previous one, and an update started at `now_ms`.
+    pub fn updated_to(&self, next: Service, now_ms: u64) -> Service {
+        let newest = self.previous.as_ref().map_or(0, |p| p.version);
+        Service {
+            version: self.version.max(newest) + 1,
+            previous: Some(Box::new(self.as_previous())),
+            update: Some(UpdateStatus {
+                state: UpdateState::Updating,
+                started_ms: now_ms,
+                completed_ms: None,
+                message: String::new(),
+            }),
+            ..next
+        }
+    }
+
+    /// This service back on its previous spec and version, with its current replica count and
+    /// update policy, the current spec becoming the previous one; None if it has none.
+    pub fn rolled_back(&self, now_ms: u64, message: String) -> Option<Service> {
+        let previous = self.previous.as_deref()?;
+        Some(Service {
+            replicas: self.replicas,
+            update_policy: self.update_policy,
+            previous: Some(Box::new(self.as_previous())),
+            update: Some(UpdateStatus {
+                state: UpdateState::RollbackStarted,
+                started_ms: now_ms,
+                completed_ms: None,
+                message,
+            }),
+            ..previous.clone()
+        })
+    }
+
     /// Host ports each task needs for itself (ephemeral ones excluded).
     pub fn host_ports(&self) -> impl Iterator<Item = (u16, Protocol)> + '_ {
         self.ports
@@ -177,7 +266,49 @@ mod tests {
             container: None,
             health: None,
             stop_grace_ms: Some(1_500),
+            version: 0,
+            update_policy: UpdatePolicy::default(),
+            update: None,
+            previous: None,
         }
+    }
+
+    #[test]
+    fn an_update_keeps_the_spec_it_replaces_and_a_rollback_swaps_them() {
+        let v0 = web();
+        let mut edited = v0.clone();
+        edited.image = "shoal/whoami:v2".into();
+        assert!(!edited.same_spec(&v0));
+        let v1 = v0.updated_to(edited, 100);
+        assert_eq!(v1.version, 1);
+        assert_eq!(v1.update.as_ref().unwrap().state, UpdateState::Updating);
+        assert_eq!(v1.spec_for(1).unwrap().image, "shoal/whoami:v2");
+        assert_eq!(v1.spec_for(0).unwrap().image, "shoal/whoami:latest");
+        assert!(v1.spec_for(7).is_none());
+        // A scale is not a new spec.
+        let mut scaled = v1.clone();
+        scaled.replicas = 9;
+        assert!(scaled.same_spec(&v1));
+
+        let back = scaled.rolled_back(200, "manual".into()).unwrap();
+        assert_eq!(
+            (back.version, back.image.as_str()),
+            (0, "shoal/whoami:latest")
+        );
+        assert_eq!(back.replicas, 9, "a rollback keeps the replica count");
+        assert_eq!(
+            back.update.as_ref().unwrap().state,
+            UpdateState::RollbackStarted
+        );
+        assert_eq!(back.spec_for(1).unwrap().image, "shoal/whoami:v2");
+        assert!(back.previous.as_ref().unwrap().previous.is_none());
+        // The next update gets a version never used before.
+        let mut edited = back.clone();
+        edited.image = "shoal/whoami:v3".into();
+        let v2 = back.updated_to(edited, 300);
+        assert_eq!(v2.version, 2);
+        assert_eq!(v2.spec_for(0).unwrap().image, "shoal/whoami:latest");
+        assert!(web().rolled_back(1, String::new()).is_none());
     }
 
     #[test]

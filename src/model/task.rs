@@ -58,6 +58,9 @@ pub struct Task {
     /// creates the task, from its service.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub stop_grace_ms: u64,
+    /// The version of its service's spec it runs (`Service::spec_for`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub spec_version: u64,
     /// Milliseconds since the epoch, from the leader's clock when it proposed the task.
     pub created_ms: u64,
     /// Milliseconds since the epoch, from the clock of the writer of the last change.
@@ -106,6 +109,7 @@ impl Task {
             exit_code: None,
             health: None,
             stop_grace_ms: 0,
+            spec_version: 0,
             created_ms: now_ms,
             updated_ms: now_ms,
         }

@@ -5,7 +5,7 @@
 use serde::Serialize;
 use shoal_raft::{Batch, Compare, CompareOp, CompareTarget, Delete, Op, Put, Txn};
 
-use crate::model::{keys, Node, ProxyConfig, Task};
+use crate::model::{keys, Node, ProxyConfig, Service, Task};
 
 /// What a write expects of the key it writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,6 +24,11 @@ pub enum Write {
     },
     Node {
         node: Node,
+        expect: Expect,
+    },
+    /// A service's update status, as the orchestrator moves it on (paused, rolled back, done).
+    Service {
+        service: Box<Service>,
         expect: Expect,
     },
     DeleteTask {
@@ -69,6 +74,7 @@ impl Write {
         match self {
             Write::Task { task, .. } => keys::task(&task.id),
             Write::Node { node, .. } => keys::node(&node.id),
+            Write::Service { service, .. } => keys::service(&service.id),
             Write::DeleteTask { id, .. } => keys::task(id),
             Write::DeleteService { id, .. } => keys::service(id),
             Write::Proxy { .. } => keys::PROXY_CONFIG.to_string(),
@@ -80,6 +86,7 @@ impl Write {
         match self {
             Write::Task { expect, .. }
             | Write::Node { expect, .. }
+            | Write::Service { expect, .. }
             | Write::Proxy { expect, .. } => match expect {
                 Expect::Absent => 0,
                 Expect::ModRevision(r) => *r,
@@ -95,6 +102,7 @@ impl Write {
         match self {
             Write::Task { task, .. } => Some(json(task)),
             Write::Node { node, .. } => Some(json(node)),
+            Write::Service { service, .. } => Some(json(service)),
             Write::Proxy { config, .. } => Some(json(config)),
             Write::DeleteTask { .. } | Write::DeleteService { .. } => None,
         }

@@ -57,6 +57,10 @@ pub(crate) fn service(name: &str) -> Service {
         container: None,
         health: None,
         stop_grace_ms: None,
+        version: 0,
+        update_policy: Default::default(),
+        update: None,
+        previous: None,
     }
 }
 

@@ -31,6 +31,37 @@ pub fn whoami_image() -> &'static str {
     })
 }
 
+/// An image built from the test image with its own `HEALTHCHECK` running `/whoami CHECK...`
+/// every 300 ms (unhealthy after 2 failures), with Docker's classic builder (no registry, no
+/// buildx); `docker build` caches it, so each test may build it again.
+pub fn whoami_with_check(tag: &str, check: &[&str]) {
+    whoami_image();
+    let dir = tempfile::tempdir().unwrap();
+    let words: Vec<String> = std::iter::once("/whoami")
+        .chain(check.iter().copied())
+        .map(|w| format!("{w:?}"))
+        .collect();
+    std::fs::write(
+        dir.path().join("Dockerfile"),
+        format!(
+            "FROM {WHOAMI}\nHEALTHCHECK --interval=300ms --timeout=2s --retries=2 CMD [{}]\n",
+            words.join(", ")
+        ),
+    )
+    .unwrap();
+    let out = Command::new("docker")
+        .args(["build", "--quiet", "--tag", tag])
+        .arg(dir.path())
+        .env("DOCKER_BUILDKIT", "0")
+        .output()
+        .expect("docker build");
+    assert!(
+        out.status.success(),
+        "docker build: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// One `shoal agent` process (or its data dir while it is down).
 pub struct Agent {
     pub name: String,

@@ -8,33 +8,13 @@ use std::process::Command;
 use serde_json::Value;
 
 use crate::cluster::serial;
-use crate::fleet::{whoami_image, Fleet, WHOAMI};
+use crate::fleet::{whoami_with_check, Fleet, WHOAMI};
 
-/// An image with its own `HEALTHCHECK` (the whoami server asked for `/health`), built from the
-/// test image with Docker's classic builder (no registry, no buildx).
+/// An image with its own `HEALTHCHECK`: the whoami server asked for `/health`.
 const CHECKED: &str = "shoal/whoami-checked:it";
 
 fn build_checked_image() {
-    whoami_image();
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("Dockerfile"),
-        format!(
-            "FROM {WHOAMI}\nHEALTHCHECK --interval=300ms --timeout=2s --retries=2 CMD [\"/whoami\", \"check\"]\n"
-        ),
-    )
-    .unwrap();
-    let out = Command::new("docker")
-        .args(["build", "--quiet", "--tag", CHECKED])
-        .arg(dir.path())
-        .env("DOCKER_BUILDKIT", "0")
-        .output()
-        .expect("docker build");
-    assert!(
-        out.status.success(),
-        "docker build: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    whoami_with_check(CHECKED, &["check"]);
 }
 
 /// `docker -H tcp://HOST ARGS`; stdout, trimmed, asserting success.

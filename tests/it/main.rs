@@ -26,4 +26,5 @@ mod scheduling;
 mod security;
 mod snapshot;
 mod ttl;
+mod update;
 mod watch;

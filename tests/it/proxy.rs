@@ -24,15 +24,15 @@ use crate::cluster::{free_port, serial, tail, SHOAL};
 use crate::fleet::Fleet;
 
 /// nginx and `shoal proxy` next to it, in a temp dir of the cluster's.
-struct Proxy {
+pub struct Proxy {
     port: u16,
-    dir: PathBuf,
+    pub dir: PathBuf,
     nginx: Option<Child>,
     proxy: Option<Child>,
 }
 
 impl Proxy {
-    async fn start(fleet: &Fleet, name: &str, template: Option<&str>) -> Proxy {
+    pub async fn start(fleet: &Fleet, name: &str, template: Option<&str>) -> Proxy {
         let dir = fleet.cluster.root().join(name);
         let run = dir.join("run");
         std::fs::create_dir_all(&run).unwrap();
@@ -102,11 +102,40 @@ impl Proxy {
         }
     }
 
-    fn addr(&self) -> String {
+    /// The built-in template with nginx's retries off: a request sent to a stopped container
+    /// fails, so only draining (a task leaves the config, then stops) keeps them all.
+    pub async fn without_retries(fleet: &Fleet, name: &str) -> Proxy {
+        let template = fleet
+            .cluster
+            .root()
+            .join(format!("{name}-no-retries.conf.j2"));
+        let builtin = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/src/proxy/templates/nginx.conf.j2"
+        ))
+        .unwrap();
+        let retries = "proxy_next_upstream error timeout http_502 http_503;";
+        assert!(builtin.contains(retries), "the template changed: {builtin}");
+        std::fs::write(
+            &template,
+            builtin.replace(retries, "proxy_next_upstream off;"),
+        )
+        .unwrap();
+        let proxy = Proxy::start(fleet, name, Some(template.to_str().unwrap())).await;
+        fleet
+            .wait_for("the proxy to run the template without retries", || async {
+                let live = std::fs::read_to_string(proxy.dir.join("nginx.conf")).ok()?;
+                live.contains("proxy_next_upstream off;").then_some(())
+            })
+            .await;
+        proxy
+    }
+
+    pub fn addr(&self) -> String {
         format!("127.0.0.1:{}", self.port)
     }
 
-    fn logs(&self) -> String {
+    pub fn logs(&self) -> String {
         let read = |f: &str| tail(&std::fs::read_to_string(self.dir.join(f)).unwrap_or_default());
         format!(
             "---- proxy ----\n{}\n---- nginx ----\n{}\n{}",
@@ -128,7 +157,7 @@ impl Drop for Proxy {
 }
 
 /// One `GET /` with `Host: host`; the body of a 200 answer, else None.
-async fn get(addr: &str, host: &str) -> Option<String> {
+pub async fn get(addr: &str, host: &str) -> Option<String> {
     let attempt = async {
         let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
         let req = format!("GET / HTTP/1.0\r\nHost: {host}\r\n\r\n");
@@ -145,14 +174,14 @@ async fn get(addr: &str, host: &str) -> Option<String> {
 }
 
 /// The task id a whoami answer names.
-fn task_of(body: &str) -> Option<String> {
+pub fn task_of(body: &str) -> Option<String> {
     body.lines()
         .find_map(|l| l.strip_prefix("task:").or_else(|| l.strip_prefix("task=")))
         .map(|t| t.trim().to_string())
 }
 
 /// Requests in a closed loop until stopped: how many, and how many failed.
-struct Load {
+pub struct Load {
     stop: Arc<AtomicBool>,
     sent: Arc<AtomicU64>,
     failed: Arc<AtomicU64>,
@@ -160,7 +189,7 @@ struct Load {
 }
 
 impl Load {
-    fn start(addr: String) -> Load {
+    pub fn start(addr: String) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let sent = Arc::new(AtomicU64::new(0));
         let failed = Arc::new(AtomicU64::new(0));
@@ -182,7 +211,7 @@ impl Load {
         }
     }
 
-    async fn finish(self) -> (u64, u64) {
+    pub async fn finish(self) -> (u64, u64) {
         self.stop.store(true, Ordering::Relaxed);
         let _ = self.handle.await;
         (
@@ -193,7 +222,7 @@ impl Load {
 }
 
 /// Waits until `n` requests through the proxy reach exactly `want` distinct tasks.
-async fn wait_backends(fleet: &Fleet, proxy: &Proxy, want: usize) -> BTreeSet<String> {
+pub async fn wait_backends(fleet: &Fleet, proxy: &Proxy, want: usize) -> BTreeSet<String> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let mut seen = BTreeSet::new();
@@ -385,25 +414,8 @@ async fn scaling_down_under_load_fails_no_request_without_nginx_retries() {
     let fleet = Fleet::start(1, 2).await;
     web(&fleet, 6).await;
     fleet.wait_running("web", 6).await;
-    // The built-in template with nginx's retries off: a request sent to a stopped container
-    // would fail, so only draining (the task leaves the config, then stops) keeps them all.
-    let template = fleet.cluster.root().join("no-retries.conf.j2");
-    let builtin = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/src/proxy/templates/nginx.conf.j2"
-    ))
-    .unwrap();
-    let retries = "proxy_next_upstream error timeout http_502 http_503;";
-    assert!(builtin.contains(retries), "the template changed: {builtin}");
-    std::fs::write(
-        &template,
-        builtin.replace(retries, "proxy_next_upstream off;"),
-    )
-    .unwrap();
-    let proxy = Proxy::start(&fleet, "px1", Some(template.to_str().unwrap())).await;
+    let proxy = Proxy::without_retries(&fleet, "px1").await;
     wait_backends(&fleet, &proxy, 6).await;
-    let live = std::fs::read_to_string(proxy.dir.join("nginx.conf")).unwrap();
-    assert!(live.contains("proxy_next_upstream off;"), "{live}");
 
     let load = Load::start(proxy.addr());
     for replicas in [3, 1] {

@@ -128,6 +128,10 @@ pub(crate) fn container(
         // The body's `Healthcheck` is what the engine runs.
         health: None,
         stop_grace_ms: None,
+        version: 0,
+        update_policy: Default::default(),
+        update: None,
+        previous: None,
     };
     scheduler::validate(&service).map_err(|e| bad(e.to_string()))?;
     Ok(service)

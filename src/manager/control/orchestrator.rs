@@ -1,19 +1,21 @@
-//! The orchestrator: keeps every service at its replica count. From one read of the store it
-//! decides which tasks to create (a slot without a live task, as the restart policy allows and
-//! after a backoff for failing slots), which to stop (scale down, drained node, service removed,
-//! a duplicate in a slot, an unhealthy container: a failure, as a crash is), which to orphan (their node is DOWN) and which finished tasks to
-//! forget. Pure: no store, no clock; the driver in `control` commits the plan.
+//! The orchestrator: keeps every service at its replica count and on its spec. From one read of
+//! the store it decides which tasks to create (a slot without a live task, as the restart policy
+//! allows and after a backoff for failing slots; a slot a rolling update replaces), which to stop
+//! (scale down, service removed, a duplicate in a slot, an unhealthy container: a failure, as a
+//! crash is; an outdated task, or one on a drained node, once its replacement serves), which to
+//! orphan (their node is DOWN) and which finished tasks to forget. Pure: no store, no clock; the driver in
+//! `control` commits the plan.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::model::{
     Actor, Availability, Health, Node, NodeStatus, RestartPolicy, Service, Task, TaskState,
-    DEFAULT_STOP_GRACE_MS,
+    UpdateOrder, DEFAULT_STOP_GRACE_MS,
 };
 use crate::objects::{Expect, Versioned, View, Write};
 use crate::proxy::labels;
 
-use super::Plan;
+use super::{rollout, Plan};
 
 /// Finished tasks kept per slot, newest first, for `service ps`.
 pub const RETAINED_PER_SLOT: usize = 5;
@@ -80,7 +82,7 @@ pub fn plan_services<'a>(
         let tasks: Vec<&Versioned<Task>> = state.tasks_of_service(id).collect();
         match state.service(id) {
             Some(service) => {
-                round.service(&service.value, &tasks, new_id);
+                round.service(service, &tasks, new_id);
                 round.auto_remove(service, &tasks);
             }
             // Tasks whose service was removed: stop what runs, forget what finished.
@@ -179,6 +181,11 @@ impl<'a> Round<'a> {
             .map(|n| &n.value)
     }
 
+    fn on_drained_node(&self, task: &Task) -> bool {
+        self.node_of(task)
+            .is_some_and(|n| n.availability == Availability::Drain)
+    }
+
     /// Whether the task's node can no longer report on it: DOWN, or gone from the store.
     fn node_lost(&self, task: &Task) -> Option<String> {
         let id = task.node_id.as_deref()?;
@@ -210,12 +217,17 @@ impl<'a> Round<'a> {
         self.update(t, task);
     }
 
+    fn wake_at(&mut self, at_ms: u64) {
+        self.wake_at_ms = Some(self.wake_at_ms.map_or(at_ms, |w| w.min(at_ms)));
+    }
+
     fn service(
         &mut self,
-        service: &Service,
+        versioned: &Versioned<Service>,
         tasks: &[&'a Versioned<Task>],
         new_id: &mut dyn FnMut() -> String,
     ) {
+        let service = &versioned.value;
         // Per task: lost nodes, drained nodes, slots beyond the replica count, and finishing
         // what was already asked to stop.
         for t in tasks {
@@ -240,10 +252,8 @@ impl<'a> Round<'a> {
             }
             if task.slot > service.replicas {
                 self.stop(t, "scaled down");
-            } else if self
-                .node_of(task)
-                .is_some_and(|n| n.availability == Availability::Drain)
-            {
+            } else if self.on_drained_node(task) && (service.is_container() || !task.serves()) {
+                // A service's serving task waits for its replacement instead (see `slot`).
                 self.stop(t, "node drained");
             } else if task.desired_state == TaskState::Shutdown && task.state <= TaskState::Assigned
             {
@@ -266,6 +276,33 @@ impl<'a> Round<'a> {
             }
         }
 
+        // A rolling update: the slots it replaces now, and its status moved on.
+        let mut step = rollout::Step::default();
+        if service
+            .update
+            .as_ref()
+            .is_some_and(|u| u.state.is_rolling())
+        {
+            let current: Vec<Task> = tasks.iter().map(|t| self.current(t).clone()).collect();
+            let current: Vec<&Task> = current.iter().collect();
+            step = rollout::step(service, &current, self.now_ms, |t| failed(t, service));
+        }
+        if let Some(at) = step.wake_at_ms {
+            self.wake_at(at);
+        }
+        let moved_on = step.service.take();
+        if let Some(moved_on) = &moved_on {
+            self.writes.push(Write::Service {
+                service: Box::new(moved_on.clone()),
+                expect: Expect::ModRevision(versioned.mod_revision),
+            });
+        }
+        // Rolled back: slots refilled this round already run the spec rolled back to.
+        let service = match &moved_on {
+            Some(back) if back.version != service.version => back,
+            _ => service,
+        };
+
         // The tasks by slot, each slot's in the order given.
         let mut by_slot: Vec<&'a Versioned<Task>> = tasks.to_vec();
         by_slot.sort_by_key(|t| t.value.slot);
@@ -276,7 +313,11 @@ impl<'a> Round<'a> {
         for slot in 1..=service.replicas {
             while next.next_if(|s| s[0].value.slot < slot).is_some() {}
             let in_slot = next.next_if(|s| s[0].value.slot == slot).copied();
-            self.slot(service, slot, in_slot.unwrap_or(&[]), new_id);
+            let replace = step
+                .replace
+                .contains(&slot)
+                .then_some(service.update_policy.order);
+            self.slot(service, slot, in_slot.unwrap_or(&[]), replace, new_id);
         }
         // Forget finished tasks: beyond the replica count all of them, else the oldest. A
         // plain container keeps its newest (a stopped container is still listed, with its exit
@@ -317,11 +358,14 @@ impl<'a> Round<'a> {
         }
     }
 
+    /// Keeps one live task in `slot`: removes duplicates, replaces its task when a rolling
+    /// update says so (`replace`, in that order), or starts one as the restart policy allows.
     fn slot(
         &mut self,
         service: &Service,
         slot: u64,
         tasks: &[&'a Versioned<Task>],
+        replace: Option<UpdateOrder>,
         new_id: &mut dyn FnMut() -> String,
     ) {
         let mut live: Vec<&'a Versioned<Task>> = tasks
@@ -332,6 +376,38 @@ impl<'a> Round<'a> {
                 !task.state.is_terminal() && task.desired_state == TaskState::Running
             })
             .collect();
+        // A drain is start-first: a serving task on a drained node stays until a replacement
+        // elsewhere serves.
+        let (drained, staying): (Vec<&'a Versioned<Task>>, Vec<_>) = live
+            .iter()
+            .copied()
+            .partition(|t| self.on_drained_node(self.current(t)));
+        if !drained.is_empty() {
+            if staying.iter().any(|t| self.current(t).serves()) {
+                for t in drained {
+                    self.stop(t, "node drained");
+                }
+            } else if staying.is_empty() {
+                self.create(service, slot, 0, new_id);
+                return;
+            }
+            live = staying;
+        }
+        // An updated task and older ones: the older give way once it serves (start-first), and
+        // stay until then.
+        let (updated, older): (Vec<&'a Versioned<Task>>, Vec<_>) = live
+            .iter()
+            .copied()
+            .partition(|t| self.current(t).spec_version == service.version);
+        if !updated.is_empty() && !older.is_empty() {
+            if updated.iter().any(|t| self.current(t).serves()) {
+                let why = format!("updated to version {}", service.version);
+                for t in older {
+                    self.stop(t, &why);
+                }
+            }
+            live = updated;
+        }
         if live.len() > 1 {
             // Keep the most advanced (then the newest); the others are duplicates.
             live.sort_by(|a, b| {
@@ -344,7 +420,14 @@ impl<'a> Round<'a> {
             }
             return;
         }
-        if !live.is_empty() {
+        if let [only] = live[..] {
+            if let Some(order) = replace {
+                if order == UpdateOrder::StopFirst {
+                    let why = format!("updated to version {}", service.version);
+                    self.stop(only, &why);
+                }
+                self.create(service, slot, 0, new_id);
+            }
             return;
         }
         // The slot's latest task decides whether, and when, it is replaced.
@@ -379,16 +462,28 @@ impl<'a> Round<'a> {
                 let failures = if failed { task.failures + 1 } else { 0 };
                 let due = task.updated_ms.saturating_add(backoff_ms(failures));
                 if due > self.now_ms {
-                    self.wake_at_ms = Some(self.wake_at_ms.map_or(due, |w| w.min(due)));
+                    self.wake_at(due);
                     return;
                 }
                 failures
             }
         };
+        self.create(service, slot, failures, new_id);
+    }
+
+    /// A new task in `slot`, on the service's current spec.
+    fn create(
+        &mut self,
+        service: &Service,
+        slot: u64,
+        failures: u32,
+        new_id: &mut dyn FnMut() -> String,
+    ) {
         let mut task = Task::new(new_id(), service.id.clone(), slot, self.now_ms);
         task.failures = failures;
         task.start_seq = service.start_seq();
         task.stop_grace_ms = stop_grace_ms(service);
+        task.spec_version = service.version;
         let _ = task.transition(TaskState::Pending, Actor::Orchestrator, "", self.now_ms);
         self.writes.push(Write::Task {
             task,

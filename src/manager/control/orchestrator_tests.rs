@@ -177,17 +177,37 @@ fn tasks_of_a_down_node_are_orphaned_and_replaced_in_their_slot() {
 }
 
 #[test]
-fn draining_a_node_stops_its_tasks_and_replaces_them() {
+fn draining_a_node_replaces_its_tasks_before_stopping_them() {
     let mut s = state(
         vec![service(1, RestartPolicy::Always)],
         vec![task("a", 1, Running, Some("n1"))],
+    );
+    s.put_node(node("n1", NodeStatus::Ready, Availability::Drain));
+    // Start-first: the replacement first, the drained task keeps serving.
+    let (puts, _) = summary(&run(&s, 1000));
+    assert_eq!(puts, vec![("new1".into(), 1, Pending, Running)]);
+    // While the replacement is on its way, nothing moves.
+    s.put_task(task("b", 1, Starting, Some("n2")));
+    let (puts, _) = summary(&run(&s, 1000));
+    assert_eq!(puts, vec![]);
+    // Once it serves, the drained one stops.
+    s.put_task(task("b", 1, Running, Some("n2")));
+    let (puts, _) = summary(&run(&s, 1000));
+    assert_eq!(puts, vec![("a".into(), 1, Running, Shutdown)]);
+}
+
+#[test]
+fn a_drained_task_that_does_not_serve_stops_at_once() {
+    let mut s = state(
+        vec![service(1, RestartPolicy::Always)],
+        vec![task("a", 1, Assigned, Some("n1"))],
     );
     s.put_node(node("n1", NodeStatus::Ready, Availability::Drain));
     let (puts, _) = summary(&run(&s, 1000));
     assert_eq!(
         puts,
         vec![
-            ("a".into(), 1, Running, Shutdown),
+            ("a".into(), 1, Shutdown, Shutdown),
             ("new1".into(), 1, Pending, Running),
         ]
     );
