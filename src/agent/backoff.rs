@@ -6,6 +6,12 @@
 //! ceiling ("full jitter" with a floor, so that it never spins). A session that stayed up for
 //! [`STABLE`] starts the next series from the beginning again.
 //!
+//! The cap must also leave time to reach a new leader before it declares the node DOWN (3
+//! heartbeat periods after it took over): the session lowers it to half the heartbeat period in
+//! force ([`Backoff::cap`]). In a small cluster (500 ms periods) that keeps pauses under 250 ms;
+//! the leader stretches the periods of large clusters (2.5 s at 5,000 nodes), and with them the
+//! cap, which is where spreading matters.
+//!
 //! Pure: time comes in as arguments and the randomness is the caller's (a seeded one in tests).
 
 use std::time::Duration;
@@ -16,7 +22,7 @@ use tokio::time::Instant;
 
 /// The ceiling of the first pause (the first pause is 50..200 ms).
 pub(crate) const INITIAL: Duration = Duration::from_millis(200);
-/// The highest ceiling: an agent tries again at least every 5 s.
+/// The highest ceiling: an agent tries again at least every 5 s, whatever its heartbeat period.
 pub(crate) const MAX: Duration = Duration::from_secs(5);
 /// How long a session must have stayed up for its end to count as a new failure, not another
 /// one of a series (a leader that takes the session and then drops it must not be hammered).
@@ -25,7 +31,10 @@ pub(crate) const STABLE: Duration = Duration::from_secs(5);
 #[derive(Debug)]
 pub(crate) struct Backoff<R = StdRng> {
     initial: Duration,
+    /// The highest ceiling the policy allows.
     max: Duration,
+    /// The highest ceiling now (at most `max`, at least `initial`).
+    cap: Duration,
     /// Failures in a row so far.
     failures: u32,
     /// When the current session came up, if it is up.
@@ -44,13 +53,21 @@ impl Backoff<StdRng> {
 impl<R: Rng> Backoff<R> {
     /// Ceilings from `initial` doubling up to `max` (at least `initial`), pauses drawn with `rng`.
     pub(crate) fn with_rng(initial: Duration, max: Duration, rng: R) -> Backoff<R> {
+        let max = max.max(initial);
         Backoff {
             initial,
-            max: max.max(initial),
+            max,
+            cap: max,
             failures: 0,
             up_since: None,
             rng,
         }
+    }
+
+    /// Lowers (or raises back) the highest ceiling to `cap`, kept within the initial ceiling and
+    /// the policy's maximum.
+    pub(crate) fn cap(&mut self, cap: Duration) {
+        self.cap = cap.clamp(self.initial, self.max);
     }
 
     /// A session is up (registered, assignments flowing) since `now`.
@@ -76,7 +93,7 @@ impl<R: Rng> Backoff<R> {
     pub(crate) fn ceiling(&self) -> Duration {
         // 2^16 times any sensible initial pause is past any sensible cap.
         let doubled = self.initial.saturating_mul(1u32 << self.failures.min(16));
-        doubled.min(self.max)
+        doubled.min(self.cap)
     }
 }
 
@@ -186,6 +203,31 @@ mod tests {
         // A failure with no session in between never resets.
         b.failed(start + Duration::from_secs(600));
         assert_eq!(b.ceiling(), ms(800));
+    }
+
+    #[test]
+    fn the_cap_follows_the_heartbeat_period_within_the_policy() {
+        let now = Instant::now();
+        let mut b = backoff(11);
+        // Half of a 500 ms period: pauses stay within reach of a new leader's grace.
+        b.cap(ms(250));
+        let ceilings: Vec<Duration> = (0..4)
+            .map(|_| {
+                let c = b.ceiling();
+                assert!(b.failed(now) <= c);
+                c
+            })
+            .collect();
+        assert_eq!(ceilings, [ms(200), ms(250), ms(250), ms(250)]);
+        // A large cluster's stretched period lets the series grow on (four failures so far),
+        // up to the policy's cap.
+        b.cap(Duration::from_secs(60));
+        assert_eq!(b.ceiling(), ms(3200));
+        b.failed(now);
+        assert_eq!(b.ceiling(), MAX);
+        // Never below the first ceiling: a tiny heartbeat does not make agents spin.
+        b.cap(ms(5));
+        assert_eq!(b.ceiling(), INITIAL);
     }
 
     #[test]

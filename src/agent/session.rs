@@ -68,6 +68,8 @@ pub(crate) struct Session {
     follow: Follow,
     /// Pauses between failed attempts.
     backoff: Backoff,
+    /// The heartbeat period in force: the configured one until a leader sets another.
+    period: Duration,
     channels: HashMap<String, Channel>,
     engine: watch::Receiver<EngineInfo>,
     assignments: watch::Sender<Assignments>,
@@ -95,11 +97,13 @@ impl Session {
             })?;
             channels.insert(addr.clone(), channel);
         }
+        let period = me.heartbeat;
         Ok(Session {
             me,
             tls,
             follow: Follow::new(join.to_vec()),
             backoff: Backoff::new(),
+            period,
             channels,
             engine,
             assignments,
@@ -140,6 +144,9 @@ impl Session {
                 }
             };
             if next == Next::Pause {
+                // A new leader declares the node DOWN 3 periods after it took over unless it
+                // hears from it: try again at least every half period (a hop may follow).
+                self.backoff.cap(self.period / 2);
                 sleep(self.backoff.failed(Instant::now())).await;
             }
         }
@@ -197,7 +204,7 @@ impl Session {
         let heartbeat = heartbeat(
             client.clone(),
             caller.clone(),
-            self.me.heartbeat,
+            &mut self.period,
             self.engine.clone(),
             engine.images,
         );
@@ -278,15 +285,15 @@ fn describe(status: &Status) -> String {
     }
 }
 
-/// Heartbeats every period (the leader may change it), with the image list when it changed.
+/// Heartbeats every `period` (the leader may change it), with the image list when it changed.
 async fn heartbeat(
     mut client: DispatcherClient<Channel>,
     caller: Caller,
-    mut period: Duration,
+    period: &mut Duration,
     engine: watch::Receiver<EngineInfo>,
     mut images_sent: Vec<String>,
 ) -> End {
-    let mut next = Instant::now() + period;
+    let mut next = Instant::now() + *period;
     loop {
         sleep_until(next).await;
         let images = engine.borrow().images.clone();
@@ -302,13 +309,13 @@ async fn heartbeat(
                     images_sent = images;
                 }
                 if response.period_ms != 0 {
-                    period = Duration::from_millis(response.period_ms.clamp(10, 60_000));
+                    *period = Duration::from_millis(response.period_ms.clamp(10, 60_000));
                 }
             }
             Err(end) => return end,
         }
         // A late heartbeat is not followed by a burst of catch-up ones.
-        next = (next + period).max(Instant::now());
+        next = (next + *period).max(Instant::now());
     }
 }
 

@@ -328,6 +328,10 @@ mod against_fake_managers {
     }
 
     fn start_agent(join: Vec<String>) -> Agent {
+        start_agent_beating(join, Duration::from_millis(50))
+    }
+
+    fn start_agent_beating(join: Vec<String>, heartbeat: Duration) -> Agent {
         let engine = EngineInfo {
             name: "host".into(),
             version: "27.0.0".into(),
@@ -345,7 +349,7 @@ mod against_fake_managers {
             addr: "127.0.0.2".into(),
             engine_addr: "127.0.0.2:2376".into(),
             labels: BTreeMap::new(),
-            heartbeat: Duration::from_millis(50),
+            heartbeat,
         };
         let session = Session::new(me, &join, None, engine_rx, assignments_tx, reports_rx).unwrap();
         Agent {
@@ -444,7 +448,8 @@ mod against_fake_managers {
             ..leader()
         })
         .await;
-        let agent = start_agent(vec![addr]);
+        // A 10 s heartbeat (a large cluster's): the cap, half of it, is the policy's 5 s.
+        let agent = start_agent_beating(vec![addr], Duration::from_secs(10));
         sleep(Duration::from_millis(2500)).await;
         let registers = seen.lock().unwrap().registers;
         agent.session.abort();
@@ -454,5 +459,21 @@ mod against_fake_managers {
             (3..=6).contains(&registers),
             "{registers} sessions in 2.5 s"
         );
+    }
+
+    #[tokio::test]
+    async fn with_a_short_heartbeat_retries_stay_within_a_new_leaders_grace() {
+        let (addr, seen) = serve(Fake {
+            end_streams: true,
+            ..leader()
+        })
+        .await;
+        // 500 ms periods: pauses stay under 250 ms, so a new leader (which waits 1.5 s) hears
+        // from the node in time.
+        let agent = start_agent_beating(vec![addr], Duration::from_millis(500));
+        sleep(Duration::from_millis(2500)).await;
+        let registers = seen.lock().unwrap().registers;
+        agent.session.abort();
+        assert!(registers >= 10, "{registers} sessions in 2.5 s");
     }
 }
