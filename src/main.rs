@@ -113,7 +113,7 @@ struct ManagerArgs {
     #[arg(long, value_name = "SIZE", default_value = "2GiB", value_parser = shoal::cli::bytes::parse_quota, env = "SHOAL_QUOTA_BYTES")]
     quota_bytes: u64,
     /// Lifetime of node certificates, set for the cluster at bootstrap (renewed at 50-80%).
-    #[arg(long, default_value = "90d", value_parser = shoal::cli::duration::parse, env = "SHOAL_CERT_LIFETIME")]
+    #[arg(long, default_value = "90d", value_parser = shoal::duration::parse, env = "SHOAL_CERT_LIFETIME")]
     cert_lifetime: std::time::Duration,
     /// Serve the Docker API over mutual TLS on a loopback address too (always beyond loopback).
     #[arg(long, env = "SHOAL_DOCKER_TLS")]
@@ -192,7 +192,7 @@ struct AgentArgs {
     #[arg(long, value_name = "ADDR", env = "SHOAL_ENGINE_LISTEN")]
     engine_listen: Option<std::net::SocketAddr>,
     /// Heartbeat period; the node is DOWN after 3 missed periods.
-    #[arg(long, default_value = "500ms", value_parser = shoal::cli::duration::parse, env = "SHOAL_HEARTBEAT")]
+    #[arg(long, default_value = "500ms", value_parser = shoal::duration::parse, env = "SHOAL_HEARTBEAT")]
     heartbeat: std::time::Duration,
 }
 
