@@ -380,7 +380,7 @@ fn parse_max_connections(text: &str) -> Result<usize, String> {
 
 /// `--api-idle-timeout`: a duration from 100ms to 1h.
 fn parse_idle_timeout(text: &str) -> Result<std::time::Duration, String> {
-    let d = shoal::cli::duration::parse(text)?;
+    let d = shoal::duration::parse(text)?;
     if d < std::time::Duration::from_millis(100) || d > std::time::Duration::from_secs(3600) {
         return Err(format!(
             "idle timeout {text:?} out of range: expected 100ms to 1h"
