@@ -8,6 +8,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod dev;
+pub mod duration;
 pub mod host;
 pub mod manager;
 pub mod model;

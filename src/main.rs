@@ -113,7 +113,7 @@ struct ManagerArgs {
     #[arg(long, value_name = "SIZE", default_value = "2GiB", value_parser = shoal::cli::bytes::parse_quota, env = "SHOAL_QUOTA_BYTES")]
     quota_bytes: u64,
     /// Lifetime of node certificates, set for the cluster at bootstrap (renewed at 50-80%).
-    #[arg(long, default_value = "90d", value_parser = shoal::cli::duration::parse, env = "SHOAL_CERT_LIFETIME")]
+    #[arg(long, default_value = "90d", value_parser = shoal::duration::parse, env = "SHOAL_CERT_LIFETIME")]
     cert_lifetime: std::time::Duration,
     /// Serve the Docker API over mutual TLS on a loopback address too (always beyond loopback).
     #[arg(long, env = "SHOAL_DOCKER_TLS")]
@@ -147,6 +147,15 @@ struct ManagerArgs {
     /// and write every key. Warned at every start.
     #[arg(long, env = "SHOAL_INSECURE_HTTP")]
     insecure_http: bool,
+    /// Connections each HTTP surface (Docker API, HTTP API) keeps open at once; one more is
+    /// answered 503 and closed. TLS handshakes and attach/exec streams count.
+    #[arg(long, value_name = "N", default_value_t = shoal::api::DEFAULT_MAX_CONNECTIONS, value_parser = parse_max_connections, env = "SHOAL_API_MAX_CONNECTIONS")]
+    api_max_connections: usize,
+    /// How long a connection to an HTTP surface may go without sending a request (or finishing
+    /// its TLS handshake) before it is closed; a request in progress (a blocking query, an event
+    /// or log stream) is never cut.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_idle_timeout, env = "SHOAL_API_IDLE_TIMEOUT")]
+    api_idle_timeout: std::time::Duration,
 }
 
 #[derive(Debug, Args)]
@@ -183,7 +192,7 @@ struct AgentArgs {
     #[arg(long, value_name = "ADDR", env = "SHOAL_ENGINE_LISTEN")]
     engine_listen: Option<std::net::SocketAddr>,
     /// Heartbeat period; the node is DOWN after 3 missed periods.
-    #[arg(long, default_value = "500ms", value_parser = shoal::cli::duration::parse, env = "SHOAL_HEARTBEAT")]
+    #[arg(long, default_value = "500ms", value_parser = shoal::duration::parse, env = "SHOAL_HEARTBEAT")]
     heartbeat: std::time::Duration,
 }
 
@@ -348,7 +357,36 @@ fn manager_config(args: ManagerArgs, token: Option<String>) -> anyhow::Result<Ma
         http_tls: args.http_tls,
         insecure_http: args.insecure_http,
         quota_bytes: args.quota_bytes,
+        api_limits: shoal::api::ConnLimits {
+            max_connections: args.api_max_connections,
+            idle_timeout: args.api_idle_timeout,
+        },
     })
+}
+
+/// `--api-max-connections`: 1 to 1,000,000 (a semaphore's permits, and sockets the process can
+/// hold).
+fn parse_max_connections(text: &str) -> Result<usize, String> {
+    let n: usize = text.trim().parse().map_err(|_| {
+        format!("invalid connection count {text:?}: expected a number from 1 to 1000000")
+    })?;
+    if !(1..=1_000_000).contains(&n) {
+        return Err(format!(
+            "connection count {n} out of range: expected 1 to 1000000"
+        ));
+    }
+    Ok(n)
+}
+
+/// `--api-idle-timeout`: a duration from 100ms to 1h.
+fn parse_idle_timeout(text: &str) -> Result<std::time::Duration, String> {
+    let d = shoal::duration::parse(text)?;
+    if d < std::time::Duration::from_millis(100) || d > std::time::Duration::from_secs(3600) {
+        return Err(format!(
+            "idle timeout {text:?} out of range: expected 100ms to 1h"
+        ));
+    }
+    Ok(d)
 }
 
 fn agent_config(args: AgentArgs, token: String) -> shoal::agent::AgentConfig {

@@ -303,11 +303,11 @@ pub enum Rejection {
 
 /// The one message a write refused for space carries, everywhere it is shown.
 pub(crate) fn no_space_message(quota: &u64, used: &u64) -> String {
-    use crate::state_machine::human;
+    use crate::state_machine::human_bytes;
     format!(
         "the store is full: {} used of its {} quota (--quota-bytes); writes that add data are refused until keys are deleted",
-        human(*used),
-        human(*quota)
+        human_bytes(*used),
+        human_bytes(*quota)
     )
 }
 

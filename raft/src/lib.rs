@@ -55,6 +55,7 @@ pub use network::connect;
 pub use network::TOKEN_HEADER;
 pub use network::WINDOW_BYTES;
 pub use observer::ApplyObserver;
+pub use state_machine::human_bytes;
 pub use state_machine::DEFAULT_QUOTA_BYTES;
 pub use state_machine::MIN_QUOTA_BYTES;
 pub use status::MemberStatus;

@@ -64,7 +64,27 @@ type Unwritten = Arc<Mutex<Pending>>;
 pub struct LogStore {
     db: Arc<DB>,
     unwritten: Unwritten,
-    writer: mpsc::Sender<Job>,
+    writer: Arc<WriterThread>,
+}
+
+/// The writer thread's queue and handle. When the last log store handle goes, the queue closes
+/// and the thread is joined: it never outlives the store still holding the database (a process
+/// that exited while it was closing RocksDB aborted in RocksDB's static destructors).
+struct WriterThread {
+    jobs: Option<mpsc::Sender<Job>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for WriterThread {
+    fn drop(&mut self) {
+        drop(self.jobs.take());
+        // (Never the writer joining itself, should the last handle go on that thread.)
+        if let Some(thread) = self.thread.take() {
+            if thread.thread().id() != std::thread::current().id() {
+                let _ = thread.join();
+            }
+        }
+    }
 }
 
 /// Work for the writer thread, done in the order sent.
@@ -93,7 +113,7 @@ impl LogStore {
             db: db.clone(),
             unwritten: unwritten.clone(),
         };
-        std::thread::Builder::new()
+        let handle = std::thread::Builder::new()
             .name("shoal-raft-log".into())
             .spawn(move || {
                 crate::runtime::favour_this_thread();
@@ -103,7 +123,10 @@ impl LogStore {
         LogStore {
             db,
             unwritten,
-            writer,
+            writer: Arc::new(WriterThread {
+                jobs: Some(writer),
+                thread: Some(handle),
+            }),
         }
     }
 
@@ -117,6 +140,9 @@ impl LogStore {
 
     fn send(&self, job: Job) -> io::Result<()> {
         self.writer
+            .jobs
+            .as_ref()
+            .expect("the queue closes only when the store goes")
             .send(job)
             .map_err(|_| io::Error::other("the Raft log writer thread has stopped"))
     }

@@ -4,6 +4,7 @@
 //! should run (the leader's control loops do) and never stops its containers when it stops itself: a
 //! restarted agent adopts them.
 
+mod backoff;
 mod container;
 mod engine;
 mod engine_proxy;

@@ -1,7 +1,8 @@
 //! The agent's session with the leader's Dispatcher: register the node, heartbeat, receive the full
 //! assignment set after every change, send the task states the task runner observed. It follows
-//! leadership by itself (see `follow`), keeps unsent reports for the next leader, and gives up only
-//! when a manager refuses its certificate. It never touches Docker.
+//! leadership by itself (see `follow`), pauses between failed attempts with jittered exponential
+//! backoff (`backoff`), keeps unsent reports for the next leader, and gives up only when a manager
+//! refuses its certificate. It never touches Docker.
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -18,8 +19,9 @@ use tokio::time::{sleep, sleep_until, Instant};
 use tonic::transport::Channel;
 use tonic::{Code, Status, Streaming};
 
+use super::backoff::Backoff;
 use super::error::AgentError;
-use super::follow::Follow;
+use super::follow::{Follow, Next};
 use super::plan::Assignment;
 use super::runtime::EngineInfo;
 use super::throttle::Throttle;
@@ -29,8 +31,6 @@ use crate::model::{Service, Task, TaskStatus};
 pub(crate) const LEADER_HEADER: &str = "x-shoal-leader";
 /// Bound on every unary call (and on opening the assignment stream): a dead leader is left fast.
 const CALL_TIMEOUT: Duration = Duration::from_secs(2);
-/// Before registering again with a leader that forgot the node: short, yet never a spin.
-const REREGISTER_PAUSE: Duration = Duration::from_millis(20);
 /// Assignment sets can be large (a task and its service per assignment).
 const MAX_MESSAGE: usize = 64 * 1024 * 1024;
 
@@ -66,6 +66,10 @@ pub(crate) struct Session {
     me: Identity,
     tls: Option<Credentials>,
     follow: Follow,
+    /// Pauses between failed attempts.
+    backoff: Backoff,
+    /// The heartbeat period in force: the configured one until a leader sets another.
+    period: Duration,
     channels: HashMap<String, Channel>,
     engine: watch::Receiver<EngineInfo>,
     assignments: watch::Sender<Assignments>,
@@ -93,10 +97,13 @@ impl Session {
             })?;
             channels.insert(addr.clone(), channel);
         }
+        let period = me.heartbeat;
         Ok(Session {
             me,
             tls,
             follow: Follow::new(join.to_vec()),
+            backoff: Backoff::new(),
+            period,
             channels,
             engine,
             assignments,
@@ -114,14 +121,14 @@ impl Session {
                 Ok(channel) => self.session(&addr, channel, &mut throttle).await,
                 Err(reason) => End::Failed(format!("invalid address: {reason}")),
             };
-            let pause = match end {
+            let next = match end {
                 End::Refused(message) => return AgentError::Refused { addr, message },
                 End::NotRegistered => {
                     let line = format!("the leader at {addr} does not know this node");
                     if throttle.should_log(&line) {
                         tracing::info!("{line}; registering again");
                     }
-                    REREGISTER_PAUSE
+                    Next::Pause
                 }
                 End::NotLeader(leader) => {
                     let leader = leader.unwrap_or_default();
@@ -136,7 +143,12 @@ impl Session {
                     self.follow.failed()
                 }
             };
-            sleep(pause).await;
+            if next == Next::Pause {
+                // A new leader declares the node DOWN 3 periods after it took over unless it
+                // hears from it: try again at least every half period (a hop may follow).
+                self.backoff.cap(self.period / 2);
+                sleep(self.backoff.failed(Instant::now())).await;
+            }
         }
     }
 
@@ -183,6 +195,7 @@ impl Session {
             Err(end) => return end,
         };
         self.follow.connected();
+        self.backoff.connected(Instant::now());
         if throttle.clear() {
             tracing::info!(leader = %addr, node = %self.me.node_id, "registered again");
         } else {
@@ -191,7 +204,7 @@ impl Session {
         let heartbeat = heartbeat(
             client.clone(),
             caller.clone(),
-            self.me.heartbeat,
+            &mut self.period,
             self.engine.clone(),
             engine.images,
         );
@@ -272,15 +285,15 @@ fn describe(status: &Status) -> String {
     }
 }
 
-/// Heartbeats every period (the leader may change it), with the image list when it changed.
+/// Heartbeats every `period` (the leader may change it), with the image list when it changed.
 async fn heartbeat(
     mut client: DispatcherClient<Channel>,
     caller: Caller,
-    mut period: Duration,
+    period: &mut Duration,
     engine: watch::Receiver<EngineInfo>,
     mut images_sent: Vec<String>,
 ) -> End {
-    let mut next = Instant::now() + period;
+    let mut next = Instant::now() + *period;
     loop {
         sleep_until(next).await;
         let images = engine.borrow().images.clone();
@@ -296,13 +309,13 @@ async fn heartbeat(
                     images_sent = images;
                 }
                 if response.period_ms != 0 {
-                    period = Duration::from_millis(response.period_ms.clamp(10, 60_000));
+                    *period = Duration::from_millis(response.period_ms.clamp(10, 60_000));
                 }
             }
             Err(end) => return end,
         }
         // A late heartbeat is not followed by a burst of catch-up ones.
-        next = (next + period).max(Instant::now());
+        next = (next + *period).max(Instant::now());
     }
 }
 

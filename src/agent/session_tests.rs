@@ -203,6 +203,8 @@ mod against_fake_managers {
         refuse: bool,
         /// Answer UpdateTaskStatus as a deposed leader naming this one.
         deposed_for: Option<String>,
+        /// End every assignment stream right after its first set (a leader that keeps failing).
+        end_streams: bool,
         seen: Arc<Mutex<Seen>>,
     }
 
@@ -267,7 +269,11 @@ mod against_fake_managers {
                 }],
                 ..Default::default()
             };
-            let stream = tokio_stream::iter([Ok(set)]).chain(tokio_stream::pending());
+            let first = tokio_stream::iter([Ok(set)]);
+            if self.end_streams {
+                return Ok(tonic::Response::new(Box::pin(first)));
+            }
+            let stream = first.chain(tokio_stream::pending());
             Ok(tonic::Response::new(Box::pin(stream)))
         }
 
@@ -310,6 +316,7 @@ mod against_fake_managers {
             not_leader: None,
             refuse: false,
             deposed_for: None,
+            end_streams: false,
             seen: Arc::default(),
         }
     }
@@ -321,6 +328,10 @@ mod against_fake_managers {
     }
 
     fn start_agent(join: Vec<String>) -> Agent {
+        start_agent_beating(join, Duration::from_millis(50))
+    }
+
+    fn start_agent_beating(join: Vec<String>, heartbeat: Duration) -> Agent {
         let engine = EngineInfo {
             name: "host".into(),
             version: "27.0.0".into(),
@@ -338,7 +349,7 @@ mod against_fake_managers {
             addr: "127.0.0.2".into(),
             engine_addr: "127.0.0.2:2376".into(),
             labels: BTreeMap::new(),
-            heartbeat: Duration::from_millis(50),
+            heartbeat,
         };
         let session = Session::new(me, &join, None, engine_rx, assignments_tx, reports_rx).unwrap();
         Agent {
@@ -428,5 +439,41 @@ mod against_fake_managers {
             .unwrap();
         assert_eq!(seen.lock().unwrap().registers, 1);
         agent.session.abort();
+    }
+
+    #[tokio::test]
+    async fn a_leader_that_keeps_dropping_the_session_is_retried_ever_more_slowly() {
+        let (addr, seen) = serve(Fake {
+            end_streams: true,
+            ..leader()
+        })
+        .await;
+        // A 10 s heartbeat (a large cluster's): the cap, half of it, is the policy's 5 s.
+        let agent = start_agent_beating(vec![addr], Duration::from_secs(10));
+        sleep(Duration::from_millis(2500)).await;
+        let registers = seen.lock().unwrap().registers;
+        agent.session.abort();
+        // Pauses of 50..200, 100..400, 200..800, 400..1600, 800..3200 ms: at most 6 sessions
+        // in 2.5 s, at least 3 (a fixed 150 ms pause made 15).
+        assert!(
+            (3..=6).contains(&registers),
+            "{registers} sessions in 2.5 s"
+        );
+    }
+
+    #[tokio::test]
+    async fn with_a_short_heartbeat_retries_stay_within_a_new_leaders_grace() {
+        let (addr, seen) = serve(Fake {
+            end_streams: true,
+            ..leader()
+        })
+        .await;
+        // 500 ms periods: pauses stay under 250 ms, so a new leader (which waits 1.5 s) hears
+        // from the node in time.
+        let agent = start_agent_beating(vec![addr], Duration::from_millis(500));
+        sleep(Duration::from_millis(2500)).await;
+        let registers = seen.lock().unwrap().registers;
+        agent.session.abort();
+        assert!(registers >= 10, "{registers} sessions in 2.5 s");
     }
 }

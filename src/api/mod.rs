@@ -1,7 +1,11 @@
 //! The APIs a manager serves besides gRPC. Each surface is a thin translation onto the store:
 //! it owns wire formats and status codes, never state of its own.
 
+mod conn;
 pub mod docker;
 mod guard;
 pub mod http;
-mod tls;
+
+pub use self::conn::{
+    ApiConns, ConnLimits, ConnStats, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS,
+};

@@ -3,6 +3,7 @@
 
 use serde::Serialize;
 use shoal_proto::v1 as pb;
+use shoal_raft::human_bytes;
 
 use super::{out, CliError, ClusterCommand};
 use crate::client::Client;
@@ -167,22 +168,6 @@ fn proxy_errors(proxies: &[ProxyStatus]) -> impl Iterator<Item = String> + '_ {
             p.name, p.kind, p.applied_generation
         ))
     })
-}
-
-/// Bytes for people: `1.5 GiB`.
-fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = n as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{n} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
 }
 
 /// The human view: a summary, then one row per manager.

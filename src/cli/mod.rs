@@ -5,7 +5,6 @@
 
 pub mod bytes;
 mod cluster;
-pub mod duration;
 mod error;
 mod kv;
 mod node;
@@ -35,7 +34,7 @@ pub struct GlobalArgs {
     pub host: Vec<String>,
 
     /// Bound on each request to a manager (e.g. 15s, 500ms).
-    #[arg(long, global = true, env = "SHOAL_TIMEOUT", value_parser = duration::parse, default_value = "15s")]
+    #[arg(long, global = true, env = "SHOAL_TIMEOUT", value_parser = crate::duration::parse, default_value = "15s")]
     pub timeout: Duration,
 
     /// The certificate to present: a directory with ca.pem, cert.pem and key.pem (from
@@ -82,7 +81,7 @@ pub enum KvCommand {
         key: String,
         value: Option<String>,
         /// Attach the key to a new lease with this TTL (e.g. 2s, 500ms, 1m): it dies with it.
-        #[arg(long, value_parser = duration::parse)]
+        #[arg(long, value_parser = crate::duration::parse)]
         ttl: Option<Duration>,
         /// Only if the key's mod revision is REV (0: only if the key does not exist).
         #[arg(long, value_name = "REV")]

@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 
 use clap::Args;
 
-use super::{duration, CliError};
+use super::CliError;
+use crate::duration;
 use crate::model::{
     parse_failure_ratio, Availability, HealthCheck, Placement, PortSpec, Reservations,
     RestartPolicy, Service, UpdatePolicy,

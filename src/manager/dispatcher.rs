@@ -160,14 +160,13 @@ impl Dispatcher for DispatcherService {
         let leading = self.admit(&req, Method::DispatcherRegister, &req.get_ref().node_id)?;
         let r = req.into_inner();
         validate_register(&r)?;
-        // The store, not this manager's revocation cache, which lags by up to a second.
-        let revoked = crate::security::state::revoked(&self.store)
-            .await
-            .map_err(Status::from)?;
-        if revoked.contains(&shoal_tls::creds::revocation_name(
-            shoal_tls::Role::Worker,
-            &r.node_id,
-        )) {
+        // The store, not this manager's revocation cache, which lags by up to a second; this
+        // node's key only: after a failover every agent registers at once.
+        let revoked =
+            crate::security::state::is_revoked(&self.store, shoal_tls::Role::Worker, &r.node_id)
+                .await
+                .map_err(Status::from)?;
+        if revoked {
             return Err(Status::permission_denied(format!(
                 "node {} was removed from the cluster",
                 r.node_id
@@ -192,7 +191,7 @@ impl Dispatcher for DispatcherService {
             let mut images = r.images.clone();
             images.sort();
             images.dedup();
-            Ok(Some(Node {
+            let node = Node {
                 id: r.node_id.clone(),
                 name: r.name.clone(),
                 addr: r.addr.clone(),
@@ -207,7 +206,11 @@ impl Dispatcher for DispatcherService {
                 availability,
                 heartbeat_ms: r.heartbeat_ms,
                 message: String::new(),
-            }))
+            };
+            // An agent registering again after a failover usually finds its record as it
+            // left it: no Raft write then (were the index behind on a DOWN, liveness marks
+            // the node READY again at its next heartbeat).
+            Ok((current != Some(&node)).then_some(node))
         })
         .await?;
         leading

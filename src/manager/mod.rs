@@ -70,6 +70,8 @@ pub struct ManagerConfig {
     /// This manager's storage quota in bytes (`--quota-bytes`); the smallest of all managers'
     /// governs.
     pub quota_bytes: u64,
+    /// Connection limit and idle timeout of each HTTP surface (Docker API, HTTP API).
+    pub api_limits: crate::api::ConnLimits,
 }
 
 /// Where the Docker API listens without `--docker-api`.
@@ -283,11 +285,20 @@ pub async fn run(config: ManagerConfig, shutdown: impl Future<Output = ()>) -> a
         });
     let mut server = tokio::spawn(server);
     let (http_stop, http_stopped) = tokio::sync::oneshot::channel::<()>();
+    let conns = crate::api::ApiConns::default();
     let http = http.map(|l| {
         let tls = http_tls.then(|| creds.clone());
-        let serve = crate::api::http::serve(l, store.clone(), tls, async move {
+        let stopped = async move {
             let _ = http_stopped.await;
-        });
+        };
+        let serve = crate::api::http::serve(
+            l,
+            store.clone(),
+            tls,
+            config.api_limits,
+            conns.clone(),
+            stopped,
+        );
         tokio::spawn(async move {
             if let Err(e) = serve.await {
                 tracing::error!(error = %e, "HTTP API server failed");
@@ -300,9 +311,18 @@ pub async fn run(config: ManagerConfig, shutdown: impl Future<Output = ()>) -> a
         let tls = docker_tls.then(|| creds.clone());
         let policy = config.docker_policy.clone();
         tracing::info!("Docker API policy: {}", policy.describe());
-        let serve = crate::api::docker::serve(l, objects.clone(), tls, policy, async move {
+        let stopped = async move {
             let _ = docker_stopped.await;
-        });
+        };
+        let serve = crate::api::docker::serve(
+            l,
+            objects.clone(),
+            tls,
+            policy,
+            config.api_limits,
+            conns.docker.clone(),
+            stopped,
+        );
         tokio::spawn(async move {
             if let Err(e) = serve.await {
                 tracing::error!(error = %e, "Docker API server failed");

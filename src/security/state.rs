@@ -368,6 +368,22 @@ pub async fn revoked(store: &Store) -> Result<HashSet<String>, SecurityError> {
         .collect())
 }
 
+/// Whether `role`/`name` is revoked, as this replica has it: one key read, for the calls made
+/// for every agent (registering), where reading every revocation would cost O(revoked) each.
+pub async fn is_revoked(store: &Store, role: Role, name: &str) -> Result<bool, SecurityError> {
+    let range = Range {
+        key: format!(
+            "{REVOKED_PREFIX}{}",
+            shoal_tls::creds::revocation_name(role, name)
+        )
+        .into_bytes(),
+        keys_only: true,
+        ..Default::default()
+    };
+    let (res, _) = store.range(&range, true).await?;
+    Ok(!res.kvs.is_empty())
+}
+
 /// `/shoal/managers/<member id>`: the name in that manager's certificate, for revoking it when
 /// the manager is removed.
 pub const MANAGER_NAMES: &str = "/shoal/managers/";

@@ -91,7 +91,7 @@ async fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
 }
 
 /// One raw HTTP/1.0 request; (status code, content type, body).
-pub(crate) async fn raw(host: &str, method: &str, path: &str, body: &str) -> (u16, String, String) {
+pub async fn raw(host: &str, method: &str, path: &str, body: &str) -> (u16, String, String) {
     let mut s = tokio::net::TcpStream::connect(host).await.unwrap();
     let req = format!(
         "{method} {path} HTTP/1.0\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",

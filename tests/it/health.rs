@@ -8,6 +8,7 @@ use std::process::Command;
 use serde_json::Value;
 
 use crate::cluster::serial;
+use crate::docker_api::raw;
 use crate::fleet::{whoami_with_check, Fleet, WHOAMI};
 
 /// An image with its own `HEALTHCHECK`: the whoami server asked for `/health`.
@@ -165,7 +166,7 @@ async fn bad_health_settings_are_refused_in_one_line() {
         r#"{"Image":"x","Healthcheck":{"Test":["CMD"],"Retries":1}}"#,
         r#"{"Image":"x","Healthcheck":{"Retries":-1}}"#,
     ] {
-        let (code, text) = post(&api, "/v1.44/containers/create", body).await;
+        let (code, _, text) = raw(&api, "POST", "/v1.44/containers/create", body).await;
         let json: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
         assert!(
             code == 400
@@ -176,24 +177,4 @@ async fn bad_health_settings_are_refused_in_one_line() {
             "{body}: {code} {text}"
         );
     }
-}
-
-/// One raw JSON POST; (status code, body).
-async fn post(host: &str, path: &str, body: &str) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(host).await.unwrap();
-    let req = format!(
-        "POST {path} HTTP/1.0\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).await.unwrap();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let code = head
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (code, body.to_string())
 }

@@ -15,6 +15,7 @@ mod docker_runtime;
 mod engine_proxy;
 mod failover;
 mod fleet;
+mod flood;
 mod full_disk;
 mod health;
 mod http_tls;

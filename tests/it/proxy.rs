@@ -211,7 +211,19 @@ impl Load {
         }
     }
 
-    pub async fn finish(self) -> (u64, u64) {
+    /// Stops the load and asserts that it ran and that no request failed.
+    pub async fn finish_without_failures(self, proxy: &Proxy) {
+        let (sent, failed) = self.finish().await;
+        assert!(sent > 50, "the load ran: {sent}");
+        assert_eq!(
+            failed,
+            0,
+            "{failed} of {sent} requests failed\n{}",
+            proxy.logs()
+        );
+    }
+
+    async fn finish(self) -> (u64, u64) {
         self.stop.store(true, Ordering::Relaxed);
         let _ = self.handle.await;
         (
@@ -296,14 +308,7 @@ async fn nginx_reaches_every_backend_and_drops_no_request_while_scaling() {
     fleet.ok(&["service", "scale", "web=1"]).await;
     fleet.wait_running("web", 1).await;
     wait_backends(&fleet, &proxy, 1).await;
-    let (sent, failed) = load.finish().await;
-    assert!(sent > 50, "the load ran: {sent}");
-    assert_eq!(
-        failed,
-        0,
-        "{failed} of {sent} requests failed\n{}",
-        proxy.logs()
-    );
+    load.finish_without_failures(&proxy).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -347,14 +352,7 @@ async fn a_dead_backend_leaves_the_upstream_and_a_leader_kill_drops_nothing() {
     fleet.ok(&["service", "scale", "web=5"]).await;
     fleet.wait_running("web", 5).await;
     wait_backends(&fleet, &proxy, 5).await;
-    let (sent, failed) = load.finish().await;
-    assert!(sent > 50, "the load ran: {sent}");
-    assert_eq!(
-        failed,
-        0,
-        "{failed} of {sent} requests failed\n{}",
-        proxy.logs()
-    );
+    load.finish_without_failures(&proxy).await;
     let stored: Value = fleet.json(&["proxy", "config", "--json"]).await;
     fleet
         .wait_for("the proxy to apply the latest generation", || async {
@@ -425,12 +423,5 @@ async fn scaling_down_under_load_fails_no_request_without_nginx_retries() {
         fleet.wait_running("web", replicas).await;
         wait_backends(&fleet, &proxy, replicas).await;
     }
-    let (sent, failed) = load.finish().await;
-    assert!(sent > 50, "the load ran: {sent}");
-    assert_eq!(
-        failed,
-        0,
-        "{failed} of {sent} requests failed\n{}",
-        proxy.logs()
-    );
+    load.finish_without_failures(&proxy).await;
 }

@@ -40,6 +40,9 @@ pub const CA_FILE: &str = "ca.pem";
 pub const CERT_FILE: &str = "cert.pem";
 pub const KEY_FILE: &str = "key.pem";
 
+/// Reads of a credentials dir that a renewal may be rewriting: 10 × 20 ms.
+const LOAD_ATTEMPTS: u32 = 10;
+
 /// A process's credentials; clones share them.
 #[derive(Clone)]
 pub struct Credentials {
@@ -146,8 +149,21 @@ impl Credentials {
             let path = dir.join(name);
             std::fs::read_to_string(&path).map_err(|e| TlsError::file(&path, e))
         };
-        let (ca, cert, key) = (read(CA_FILE)?, read(CERT_FILE)?, read(KEY_FILE)?);
-        Credentials::with_cert(&ca, &cert, &key).map_err(|e| TlsError::file(dir, e))
+        // A running manager renews by writing key.pem, then cert.pem (`save_dir`): a reader in
+        // between holds a key and a certificate that do not belong together. Read again for a
+        // moment before calling the files bad.
+        let mut attempts = 0;
+        loop {
+            let (ca, cert, key) = (read(CA_FILE)?, read(CERT_FILE)?, read(KEY_FILE)?);
+            match Credentials::with_cert(&ca, &cert, &key) {
+                Ok(creds) => return Ok(creds),
+                Err(_) if attempts < LOAD_ATTEMPTS => {
+                    attempts += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => return Err(TlsError::file(dir, e)),
+            }
+        }
     }
 
     /// Writes `ca.pem`, `cert.pem` and `key.pem` (0600) to `dir`, each atomically and synced.

@@ -169,8 +169,7 @@ pub fn incoming(
     what: &'static str,
 ) -> ReceiverStream<Result<TlsConn, std::io::Error>> {
     let (tx, rx) = tokio::sync::mpsc::channel(64);
-    let acceptor = tokio_rustls::TlsAcceptor::from(config);
-    let log = Arc::new(LogOnce::default());
+    let acceptor = Acceptor::new(config, what);
     tokio::spawn(async move {
         loop {
             let accepted = tokio::select! {
@@ -187,29 +186,65 @@ pub fn incoming(
                 }
             };
             let _ = tcp.set_nodelay(true);
-            let (acceptor, tx, log) = (acceptor.clone(), tx.clone(), log.clone());
+            let (acceptor, tx) = (acceptor.clone(), tx.clone());
             tokio::spawn(async move {
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(acceptor, tcp, remote))
-                    .await
-                {
-                    Ok(Ok(conn)) => {
-                        let _ = tx.send(Ok(conn)).await;
-                    }
-                    Ok(Err(reason)) => {
-                        if log.first(remote.ip(), &reason) {
-                            tracing::warn!(server = what, peer = %remote, "connection refused: {reason} (further refusals of this peer for this reason are not logged)");
-                        }
-                    }
-                    Err(_) => {
-                        if log.first(remote.ip(), "handshake timeout") {
-                            tracing::warn!(server = what, peer = %remote, "connection refused: no TLS handshake within {HANDSHAKE_TIMEOUT:?}");
-                        }
-                    }
+                if let Some(conn) = acceptor.accept(tcp, remote).await {
+                    let _ = tx.send(Ok(conn)).await;
                 }
             });
         }
     });
     ReceiverStream::new(rx)
+}
+
+/// Finishes the TLS handshakes of one server's accepted connections (for servers that run their
+/// own accept loop): each within a deadline, refusals logged once per peer and reason.
+#[derive(Clone)]
+pub struct Acceptor {
+    acceptor: tokio_rustls::TlsAcceptor,
+    what: &'static str,
+    log: Arc<LogOnce>,
+    timeout: Duration,
+}
+
+impl Acceptor {
+    /// For the server called `what` (in log lines), with a 10 s handshake deadline.
+    pub fn new(config: Arc<rustls::ServerConfig>, what: &'static str) -> Acceptor {
+        Acceptor {
+            acceptor: tokio_rustls::TlsAcceptor::from(config),
+            what,
+            log: Arc::new(LogOnce::default()),
+            timeout: HANDSHAKE_TIMEOUT,
+        }
+    }
+
+    /// The handshake deadline, at most the default 10 s.
+    pub fn with_timeout(mut self, timeout: Duration) -> Acceptor {
+        self.timeout = timeout.min(HANDSHAKE_TIMEOUT);
+        self
+    }
+
+    /// The connection once its handshake is done; None (logged) if it failed or timed out.
+    pub async fn accept(&self, tcp: TcpStream, remote: SocketAddr) -> Option<TlsConn> {
+        let what = self.what;
+        match tokio::time::timeout(self.timeout, handshake(self.acceptor.clone(), tcp, remote))
+            .await
+        {
+            Ok(Ok(conn)) => Some(conn),
+            Ok(Err(reason)) => {
+                if self.log.first(remote.ip(), &reason) {
+                    tracing::warn!(server = what, peer = %remote, "connection refused: {reason} (further refusals of this peer for this reason are not logged)");
+                }
+                None
+            }
+            Err(_) => {
+                if self.log.first(remote.ip(), "handshake timeout") {
+                    tracing::warn!(server = what, peer = %remote, "connection refused: no TLS handshake within {:?}", self.timeout);
+                }
+                None
+            }
+        }
+    }
 }
 
 /// What a plaintext HTTP/1 client is told before the connection closes (as Go's servers do).

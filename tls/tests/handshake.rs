@@ -159,3 +159,31 @@ async fn revocation_renewal_and_new_roots_apply_to_the_next_connection() {
         .unwrap();
     echo(&worker, &[Role::Manager], &addr).await.unwrap();
 }
+
+/// A renewal rewrites key.pem, then cert.pem: a reader in between must wait for the pair, not
+/// fail (a client that then fell back to no credentials at all was refused by every manager).
+#[test]
+fn a_dir_read_in_the_middle_of_a_renewal_loads_the_new_pair() {
+    let ca = RootCa::generate(CLUSTER, 1).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    creds(&ca, CLUSTER, Role::Manager, "m1")
+        .save_dir(dir.path())
+        .unwrap();
+    let renewed = creds(&ca, CLUSTER, Role::Manager, "m1");
+    let scratch = tempfile::tempdir().unwrap();
+    renewed.save_dir(scratch.path()).unwrap();
+    // Halfway: the new key beside the old certificate.
+    std::fs::copy(scratch.path().join("key.pem"), dir.path().join("key.pem")).unwrap();
+    let (cert_from, cert_to) = (scratch.path().join("cert.pem"), dir.path().join("cert.pem"));
+    let writer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(60));
+        std::fs::copy(cert_from, cert_to).unwrap();
+    });
+    let loaded = Credentials::load_dir(dir.path()).expect("the pair, once whole");
+    writer.join().unwrap();
+    let serial = |c: &Credentials| c.identity().unwrap().serial;
+    assert_eq!(serial(&loaded), serial(&renewed));
+    // Files that stay broken are still an error.
+    std::fs::write(dir.path().join("key.pem"), "not a key").unwrap();
+    assert!(Credentials::load_dir(dir.path()).is_err());
+}

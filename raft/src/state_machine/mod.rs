@@ -32,7 +32,7 @@ pub(crate) use self::apply::HISTORY_REVISIONS;
 pub(crate) use self::apply::KEY_COUNTERS;
 pub use self::snapshot::SnapshotFile;
 pub(crate) use self::snapshot::SnapshotStore;
-pub(crate) use self::space::human;
+pub use self::space::human_bytes;
 pub(crate) use self::space::may_grow;
 pub(crate) use self::space::Space;
 pub use self::space::DEFAULT_QUOTA_BYTES;

@@ -181,7 +181,7 @@ pub(crate) fn measure(db: &DB, revision: u64) -> io::Result<Space> {
 }
 
 /// Bytes for people: `2 GiB`, `1.5 MiB`, `512 B`.
-pub(crate) fn human(n: u64) -> String {
+pub fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut value = n as f64;
     let mut unit = 0;
@@ -202,8 +202,8 @@ impl fmt::Display for NoSpace {
             f,
             "NOSPACE since revision {}: {} held of a {} quota",
             self.revision,
-            human(self.used),
-            human(self.quota)
+            human_bytes(self.used),
+            human_bytes(self.quota)
         )
     }
 }
@@ -214,10 +214,10 @@ mod tests {
 
     #[test]
     fn sizes_read_as_people_write_them() {
-        assert_eq!(human(512), "512 B");
-        assert_eq!(human(2 << 30), "2 GiB");
-        assert_eq!(human(3 << 19), "1.5 MiB");
-        assert_eq!(human(1024), "1 KiB");
+        assert_eq!(human_bytes(512), "512 B");
+        assert_eq!(human_bytes(2 << 30), "2 GiB");
+        assert_eq!(human_bytes(3 << 19), "1.5 MiB");
+        assert_eq!(human_bytes(1024), "1 KiB");
     }
 
     #[test]

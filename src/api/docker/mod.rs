@@ -32,6 +32,9 @@
 //!   the allowed paths unless allowed), and so do services' container specs; requests
 //!   through `guard.rs` (browsers' `Origin`, foreign `Host` on plaintext loopback, JSON content
 //!   type). Both refuse with 403/400.
+//! - **Connections** go through `api::conn`: at most `--api-max-connections` open (one more
+//!   gets a 503), closed when idle for `--api-idle-timeout` (never while a request, such as
+//!   `docker events`, is served; hijacked streams leave the timeout but keep their place).
 //!
 //! # Differences from Docker
 //! - `docker stop` then `docker start` runs a new engine container (the filesystem of the old
@@ -60,17 +63,19 @@ mod system;
 mod view;
 
 use std::future::Future;
+use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderValue, Method};
 use axum::response::{IntoResponse, Response};
-use axum::serve::ListenerExt;
 use axum::Router;
 use http_body_util::BodyExt;
 use shoal_tls::Credentials;
 use shoal_tls::Role;
 use tokio::net::TcpListener;
+
+use crate::api::conn::{self, ConnLimits, ConnStats};
 
 use self::error::DockerError;
 use self::objects::Objects;
@@ -95,13 +100,16 @@ pub(crate) struct Api {
 
 /// Serves the Docker API on `listener` until `shutdown` resolves: over mutual TLS with `tls`
 /// (clients need a client or manager certificate of the cluster, as `docker --tlsverify`
-/// presents it), plaintext without. Node engines are always reached with the store's
-/// credentials. Container creates and execs go through `policy`.
+/// presents it), plaintext without; with `limits` on its connections, counted in `stats`. Node
+/// engines are always reached with the store's credentials. Container creates and execs go
+/// through `policy`.
 pub async fn serve(
     listener: TcpListener,
     index: crate::objects::Objects,
     tls: Option<Credentials>,
     policy: DockerPolicy,
+    limits: ConnLimits,
+    stats: Arc<ConnStats>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let store = index.store().clone();
@@ -117,24 +125,17 @@ pub async fn serve(
         check_host,
     };
     let app = Router::new().fallback(dispatch).with_state(api);
-    match tls {
-        Some(creds) => {
-            let addr = listener.local_addr()?;
-            let config = creds.server_config(Some(&[Role::Client, Role::Manager]), &[b"http/1.1"]);
-            let incoming = shoal_tls::net::incoming(listener, config, "Docker API");
-            axum::serve(crate::api::tls::TlsListener::new(incoming, addr), app)
-                .with_graceful_shutdown(shutdown)
-                .await
-        }
-        None => {
-            let listener = listener.tap_io(|tcp| {
-                let _ = tcp.set_nodelay(true);
-            });
-            axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown)
-                .await
-        }
-    }
+    let tls = tls.map(|creds| {
+        let config = creds.server_config(Some(&[Role::Client, Role::Manager]), &[b"http/1.1"]);
+        shoal_tls::net::Acceptor::new(config, "Docker API")
+    });
+    let server = conn::Server {
+        what: "Docker API",
+        limits,
+        stats,
+        tls,
+    };
+    conn::serve(listener, app, server, shutdown).await
 }
 
 /// A request's decoded query parameters.

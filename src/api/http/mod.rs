@@ -41,7 +41,9 @@
 //!   certificates (a client or manager certificate), unless the manager runs with
 //!   `--insecure-http` (warned at every start); `--http-tls` asks for TLS on loopback too.
 //!   Requests with a foreign `Origin` (a web page), and on plaintext loopback with a foreign
-//!   `Host` (DNS rebinding), answer 403.
+//!   `Host` (DNS rebinding), answer 403. Connections go through `api::conn`: at most
+//!   `--api-max-connections` open (one more gets a 503), closed when idle for
+//!   `--api-idle-timeout` (never while a blocking query waits).
 
 mod blocking;
 mod error;
@@ -63,13 +65,14 @@ use axum::http::StatusCode;
 use axum::http::Uri;
 use axum::response::IntoResponse;
 use axum::response::Response;
-use axum::serve::ListenerExt;
 use axum::Router;
 use serde::Serialize;
 use shoal_raft::Store;
 use shoal_tls::{Credentials, Role};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+
+use crate::api::conn::{self, ApiConns, ConnLimits};
 
 use self::error::ApiError;
 use self::query::decode;
@@ -82,42 +85,46 @@ pub(crate) struct Api {
     stopping: watch::Receiver<bool>,
     /// A plaintext loopback listener: requests must be addressed to this machine.
     check_host: bool,
+    /// Both HTTP surfaces' connection counters, for `/metrics`.
+    conns: ApiConns,
 }
 
 /// Serves the API on `listener` until `shutdown` resolves: over mutual TLS with `tls` (clients
-/// need a client or manager certificate of the cluster), plaintext without.
+/// need a client or manager certificate of the cluster), plaintext without; with `limits` on
+/// its connections, counted in `conns.http`.
 pub async fn serve(
     listener: TcpListener,
     store: Store,
     tls: Option<Credentials>,
+    limits: ConnLimits,
+    conns: ApiConns,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let (stop_tx, stopping) = watch::channel(false);
     let addr = listener.local_addr()?;
     let check_host = tls.is_none() && addr.ip().is_loopback();
+    let stats = conns.http.clone();
     let app = Router::new().fallback(dispatch).with_state(Api {
         store,
         stopping,
         check_host,
+        conns,
     });
     let shutdown = async move {
         shutdown.await;
         let _ = stop_tx.send(true);
     };
-    if let Some(creds) = tls {
+    let tls = tls.map(|creds| {
         let config = creds.server_config(Some(&[Role::Client, Role::Manager]), &[b"http/1.1"]);
-        let incoming = shoal_tls::net::incoming(listener, config, "HTTP API");
-        return axum::serve(crate::api::tls::TlsListener::new(incoming, addr), app)
-            .with_graceful_shutdown(shutdown)
-            .await;
-    }
-    // Small request/response exchanges: without TCP_NODELAY, Nagle adds tens of milliseconds.
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
+        shoal_tls::net::Acceptor::new(config, "HTTP API")
     });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+    let server = conn::Server {
+        what: "HTTP API",
+        limits,
+        stats,
+        tls,
+    };
+    conn::serve(listener, app, server, shutdown).await
 }
 
 async fn dispatch(

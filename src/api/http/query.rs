@@ -131,8 +131,8 @@ impl Query {
         };
         let wait = match self.get("wait") {
             None => DEFAULT_WAIT,
-            Some(v) => parse_duration(v)
-                .ok_or_else(|| {
+            Some(v) => crate::duration::parse_unbounded(v)
+                .map_err(|_| {
                     ApiError::BadRequest(format!(
                         "Invalid wait time: {v:?} is not a duration such as 30s, 5m or 1m30s"
                     ))
@@ -143,77 +143,9 @@ impl Query {
     }
 }
 
-/// Parses a Go duration (`300ms`, `1.5h`, `2h45m`, a bare `0`). Negative durations are refused.
-pub(crate) fn parse_duration(s: &str) -> Option<Duration> {
-    if s == "0" {
-        return Some(Duration::ZERO);
-    }
-    let mut rest = s;
-    let mut total = 0f64;
-    if rest.is_empty() {
-        return None;
-    }
-    while !rest.is_empty() {
-        let num_len = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(rest.len());
-        let number: f64 = rest[..num_len].parse().ok()?;
-        rest = &rest[num_len..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(rest.len());
-        let scale = match &rest[..unit_len] {
-            "ns" => 1e-9,
-            "us" | "µs" => 1e-6,
-            "ms" => 1e-3,
-            "s" => 1.0,
-            "m" => 60.0,
-            "h" => 3600.0,
-            _ => return None,
-        };
-        rest = &rest[unit_len..];
-        total += number * scale;
-    }
-    Duration::try_from_secs_f64(total).ok()
-}
-
-/// Formats a duration as Go does for whole seconds and above (`10s`, `1m30s`, `24h0m0s`).
-pub(crate) fn format_duration(d: Duration) -> String {
-    let secs = d.as_secs();
-    let (h, m, s) = (secs / 3600, secs / 60 % 60, secs % 60);
-    let frac = d.subsec_millis();
-    let s = if frac > 0 {
-        format!("{s}.{frac:03}").trim_end_matches('0').to_string()
-    } else {
-        s.to_string()
-    };
-    if h > 0 {
-        format!("{h}h{m}m{s}s")
-    } else if m > 0 {
-        format!("{m}m{s}s")
-    } else {
-        format!("{s}s")
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn go_durations() {
-        assert_eq!(parse_duration("30s"), Some(Duration::from_secs(30)));
-        assert_eq!(parse_duration("1m30s"), Some(Duration::from_secs(90)));
-        assert_eq!(parse_duration("100ms"), Some(Duration::from_millis(100)));
-        assert_eq!(parse_duration("1.5h"), Some(Duration::from_secs(5400)));
-        assert_eq!(parse_duration("0"), Some(Duration::ZERO));
-        for bad in ["", "10", "-5s", "5x", "s", "1..2s"] {
-            assert_eq!(parse_duration(bad), None, "{bad}");
-        }
-        assert_eq!(format_duration(Duration::from_secs(10)), "10s");
-        assert_eq!(format_duration(Duration::from_secs(86400)), "24h0m0s");
-        assert_eq!(format_duration(Duration::from_millis(1500)), "1.5s");
-    }
 
     #[test]
     fn queries() {

@@ -23,11 +23,10 @@ use super::error::ApiError;
 use super::json;
 use super::kv::bool_response;
 use super::kv::unexpected;
-use super::query::format_duration;
-use super::query::parse_duration;
 use super::query::Query;
 use super::status::node_name;
 use super::Api;
+use crate::duration::{format_go as format_duration, parse_unbounded as parse_duration};
 
 /// Where session records live (hidden nowhere: `shoal kv ls /shoal/consul/` shows them).
 pub(crate) const SESSIONS: &str = "/shoal/consul/sessions/";
@@ -250,7 +249,7 @@ fn parse_create(body: &[u8], default_node: String) -> Result<(Record, Option<Dur
     let ttl = if ttl_text.is_empty() {
         None
     } else {
-        let ttl = parse_duration(&ttl_text).ok_or_else(|| {
+        let ttl = parse_duration(&ttl_text).map_err(|_| {
             ApiError::BadRequest(format!("Request decode failed: invalid TTL {ttl_text:?}"))
         })?;
         if !(MIN_TTL..=MAX_TTL).contains(&ttl) {
@@ -264,7 +263,7 @@ fn parse_create(body: &[u8], default_node: String) -> Result<(Record, Option<Dur
     };
     let lock_delay = match field(&obj, "LockDelay") {
         None => DEFAULT_LOCK_DELAY,
-        Some(Value::String(s)) => parse_duration(s).ok_or_else(|| {
+        Some(Value::String(s)) => parse_duration(s).map_err(|_| {
             ApiError::BadRequest(format!("Request decode failed: invalid LockDelay {s:?}"))
         })?,
         // Consul reads small numbers as seconds and large ones as nanoseconds.

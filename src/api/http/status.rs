@@ -12,6 +12,8 @@ use serde_json::json;
 use shoal_raft::MemberStatus;
 use shoal_raft::NodeId;
 
+use crate::api::conn::{ApiConns, ConnStats};
+
 use super::error::ApiError;
 use super::json;
 use super::query::Query;
@@ -250,10 +252,51 @@ pub(crate) async fn metrics(api: &Api) -> Result<Response, ApiError> {
         "Voting managers.",
         s.members.iter().filter(|m| m.voter).count() as u64,
     );
+    connection_metrics(&mut out, &api.conns);
     Ok((
         StatusCode::OK,
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         out,
     )
         .into_response())
+}
+
+/// A metric's name, kind, help and reading.
+type Metric = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&ConnStats) -> u64,
+);
+
+/// The HTTP surfaces' connection counters, labelled by surface (`api="docker"`, `api="http"`).
+fn connection_metrics(out: &mut String, conns: &ApiConns) {
+    let surfaces = [("docker", &conns.docker), ("http", &conns.http)];
+    let metrics: [Metric; 3] = [
+        (
+            "api_connections_open",
+            "gauge",
+            "Connections open on a manager's HTTP surface (TLS handshakes and hijacked streams included).",
+            ConnStats::open,
+        ),
+        (
+            "api_connections_accepted_total",
+            "counter",
+            "Connections a manager's HTTP surface took.",
+            ConnStats::accepted,
+        ),
+        (
+            "api_connections_refused_total",
+            "counter",
+            "Connections closed at once because the surface had --api-max-connections open.",
+            ConnStats::refused,
+        ),
+    ];
+    for (name, kind, help, value) in metrics {
+        let _ = writeln!(out, "# HELP shoal_{name} {help}");
+        let _ = writeln!(out, "# TYPE shoal_{name} {kind}");
+        for (api, stats) in surfaces {
+            let _ = writeln!(out, "shoal_{name}{{api=\"{api}\"}} {}", value(stats));
+        }
+    }
 }

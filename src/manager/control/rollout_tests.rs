@@ -1,12 +1,8 @@
 //! Rolling updates on hand-built states: the step alone, then the orchestrator applying it.
 
-use std::collections::BTreeMap;
-
 use super::*;
 use crate::manager::control::orchestrator;
-use crate::model::{
-    Availability, Health, Node, NodeStatus, TaskState, UpdateOrder, UpdatePolicy, UpdateState,
-};
+use crate::model::{Health, TaskState, UpdateOrder, UpdatePolicy, UpdateState};
 use crate::objects::{Versioned, View, Write};
 
 const STARTED_MS: u64 = 1_000;
@@ -260,22 +256,7 @@ fn continue_keeps_updating_through_failures() {
 // The orchestrator applying the steps.
 
 fn view(service: Service, tasks: Vec<Task>) -> View {
-    let node = Node {
-        id: "n1".into(),
-        name: "node-1".into(),
-        addr: "127.0.0.2".into(),
-        engine_addr: String::new(),
-        labels: BTreeMap::new(),
-        operator_labels: BTreeMap::new(),
-        cpus: 2,
-        memory_bytes: 1 << 30,
-        engine_version: String::new(),
-        images: vec![],
-        status: NodeStatus::Ready,
-        availability: Availability::Active,
-        heartbeat_ms: 500,
-        message: String::new(),
-    };
+    let node = crate::scheduler::testutil::node(1, &[]);
     let versioned = |value| Versioned {
         value,
         mod_revision: 5,
