@@ -227,6 +227,8 @@ fn service(s: usize, image: String) -> Service {
         update_policy: Default::default(),
         update: None,
         previous: None,
+        service_labels: Default::default(),
+        created_ms: 0,
     }
 }
 

@@ -74,7 +74,8 @@ pub enum ServiceCommand {
 pub(super) async fn run(global: &GlobalArgs, command: ServiceCommand) -> Result<(), CliError> {
     match command {
         ServiceCommand::Create(args) => {
-            let service = spec::service(&args, new_id())?;
+            let mut service = spec::service(&args, new_id())?;
+            service.created_ms = crate::host::now_ms();
             create(&mut global.connect().await?, service, args.json).await
         }
         ServiceCommand::Scale { targets, json } => {
@@ -180,10 +181,7 @@ async fn update(client: &mut Client, args: &UpdateArgs) -> Result<(), CliError> 
     let written: Service = objects::update(client, keys::SERVICES, &args.service, |s| {
         refuse_container(s)?;
         let edited = spec::edit(s, args)?;
-        *s = match args.force || !edited.same_spec(s) {
-            true => s.updated_to(edited, 0),
-            false => edited,
-        };
+        *s = s.edited(edited, args.force, 0);
         Ok(())
     })
     .await?;

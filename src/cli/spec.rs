@@ -181,7 +181,7 @@ pub(super) fn update_policy(
 /// An update-policy duration in ms, at most a day.
 fn policy_duration(flag: &'static str, text: &str) -> Result<u64, CliError> {
     let d = duration::parse(text).map_err(|e| invalid(flag, text, &e))?;
-    if d > std::time::Duration::from_secs(86_400) {
+    if d > std::time::Duration::from_millis(crate::model::MAX_POLICY_MS) {
         return Err(invalid(flag, text, "expected at most 24h"));
     }
     Ok(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
@@ -247,14 +247,7 @@ pub(super) fn edit(service: &Service, args: &UpdateArgs) -> Result<Service, CliE
 }
 
 fn check_image(image: &str) -> Result<(), CliError> {
-    if image.trim().is_empty() || image.contains(char::is_whitespace) {
-        return Err(invalid(
-            "image",
-            image,
-            "expected an image reference such as nginx:latest",
-        ));
-    }
-    Ok(())
+    Ok(crate::model::check_image(image)?)
 }
 
 /// Docker's `--health-*` flags; what is not given keeps the image's `HEALTHCHECK` setting.
@@ -438,6 +431,8 @@ pub(super) fn service(args: &CreateArgs, id: String) -> Result<Service, CliError
         update_policy: update_policy(&args.policy, UpdatePolicy::default())?,
         update: None,
         previous: None,
+        service_labels: BTreeMap::new(),
+        created_ms: 0,
     };
     scheduler::validate(&service)?;
     crate::proxy::labels::host_of(&service.labels).map_err(CliError::ProxyLabel)?;
@@ -447,17 +442,7 @@ pub(super) fn service(args: &CreateArgs, id: String) -> Result<Service, CliError
 /// Docker's container-name syntax, `[a-zA-Z0-9][a-zA-Z0-9_.-]*`: names end up in keys and in
 /// container names (`web.3`).
 pub(super) fn check_name(name: &str) -> Result<(), CliError> {
-    let mut chars = name.chars();
-    let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric());
-    if first_ok && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')) {
-        Ok(())
-    } else {
-        Err(invalid(
-            "service name",
-            name,
-            "expected letters, digits, '_', '.' and '-', starting with a letter or a digit",
-        ))
-    }
+    Ok(crate::model::check_service_name(name)?)
 }
 
 /// `K=V` with a non-empty K (V may be empty).

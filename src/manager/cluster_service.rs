@@ -91,32 +91,10 @@ impl Cluster for ClusterService {
     ) -> Result<Response<pb::RemoveNodeResponse>, Status> {
         security::admit(&self.creds, &req, Method::ClusterRemoveNode)?;
         let r = req.into_inner();
-        let key = crate::model::keys::node(&r.id);
-        let range = shoal_raft::Range {
-            key: key.clone().into_bytes(),
-            ..Default::default()
-        };
-        let (found, _) = self.store.range(&range, false).await?;
-        let Some(kv) = found.kvs.into_iter().next() else {
-            return Err(Status::not_found(format!("no node {}", r.id)));
-        };
-        let node: crate::model::Node = serde_json::from_slice(&kv.value)
-            .map_err(|e| Status::internal(format!("node {}: {e}", r.id)))?;
-        if node.status == crate::model::NodeStatus::Ready && !r.force {
-            return Err(Status::failed_precondition(format!(
-                "node {} ({}) is READY: stop its agent first, or remove it with --force",
-                r.id, node.name
-            )));
+        match security::state::remove_node(&self.store, &r.id, r.force).await? {
+            Some(_) => {}
+            None => return Err(Status::not_found(format!("no node {}", r.id))),
         }
-        // Revoked before the record goes: the agent cannot register it again.
-        security::state::revoke(&self.store, Role::Worker, &r.id).await?;
-        self.store
-            .write(shoal_raft::Command::Delete(shoal_raft::Delete {
-                key: key.into_bytes(),
-                ..Default::default()
-            }))
-            .await?;
-        tracing::info!(node = %r.id, name = %node.name, "node removed; its certificate is revoked");
         Ok(Response::new(pb::RemoveNodeResponse {}))
     }
 

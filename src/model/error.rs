@@ -23,6 +23,14 @@ pub enum ModelError {
     #[error("invalid update policy: {0}")]
     UpdatePolicy(String),
 
+    /// A malformed name, image or other value of a spec; `what` names it.
+    #[error("invalid {what} {value:?}: {reason}")]
+    Invalid {
+        what: &'static str,
+        value: String,
+        reason: String,
+    },
+
     #[error("task {task}: the {actor} may not move it from {from} to {to}")]
     Transition {
         task: String,

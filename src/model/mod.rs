@@ -21,10 +21,12 @@ pub use self::node::{is_node_id, Availability, Node, NodeStatus, DEFAULT_HEARTBE
 pub use self::placement::Placement;
 pub use self::port::{PortSpec, Protocol};
 pub use self::proxy::{Balance, ProxyConfig, ProxyHost, ProxyModel, ProxyStatus, Upstream};
-pub use self::service::{Reservations, RestartPolicy, Service, DEFAULT_STOP_GRACE_MS};
+pub use self::service::{
+    check_image, check_service_name, Reservations, RestartPolicy, Service, DEFAULT_STOP_GRACE_MS,
+};
 pub use self::task::{PublishedPort, Task, TaskStatus};
 pub use self::task_state::{Actor, TaskState};
 pub use self::update::{
     parse_failure_ratio, FailureAction, UpdateOrder, UpdatePolicy, UpdateState, UpdateStatus,
-    DEFAULT_MONITOR_MS,
+    DEFAULT_MONITOR_MS, MAX_POLICY_MS,
 };

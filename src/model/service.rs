@@ -114,10 +114,47 @@ pub struct Service {
     /// still run, and what `service rollback` returns to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous: Option<Box<Service>>,
+    /// Swarm mode's service labels (`docker service create --label`): on the service only,
+    /// never on its containers (those are `labels`); changing them replaces no task.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub service_labels: BTreeMap<String, String>,
+    /// Milliseconds since the epoch when it was created, from the creating client's or
+    /// manager's clock (0: created before it was recorded).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub created_ms: u64,
 }
 
 fn is_zero(n: &u64) -> bool {
     *n == 0
+}
+
+/// Docker's container-name syntax, `[a-zA-Z0-9][a-zA-Z0-9_.-]*`: service names end up in keys
+/// and in container names (`web.3`).
+pub fn check_service_name(name: &str) -> Result<(), ModelError> {
+    let mut chars = name.chars();
+    let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric());
+    if first_ok && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')) {
+        Ok(())
+    } else {
+        Err(ModelError::Invalid {
+            what: "service name",
+            value: name.to_string(),
+            reason: "expected letters, digits, '_', '.' and '-', starting with a letter or a digit"
+                .into(),
+        })
+    }
+}
+
+/// An image reference: not empty, no white space.
+pub fn check_image(image: &str) -> Result<(), ModelError> {
+    if image.trim().is_empty() || image.contains(char::is_whitespace) {
+        return Err(ModelError::Invalid {
+            what: "image",
+            value: image.to_string(),
+            reason: "expected an image reference such as nginx:latest".into(),
+        });
+    }
+    Ok(())
 }
 
 /// The drain delay of a routed service's tasks unless `--stop-grace` says otherwise: long
@@ -181,7 +218,19 @@ impl Service {
             update_policy: UpdatePolicy::default(),
             update: None,
             previous: None,
+            service_labels: BTreeMap::new(),
+            created_ms: 0,
             ..self.clone()
+        }
+    }
+
+    /// This service edited into `next` (a replica count, a policy, a new spec): a new spec, or
+    /// `force`, starts an update at `now_ms` (0: the leader stamps it); anything else is
+    /// written as is.
+    pub fn edited(&self, next: Service, force: bool, now_ms: u64) -> Service {
+        match force || !next.same_spec(self) {
+            true => self.updated_to(next, now_ms),
+            false => next,
         }
     }
 
@@ -270,6 +319,8 @@ mod tests {
             update_policy: UpdatePolicy::default(),
             update: None,
             previous: None,
+            service_labels: BTreeMap::new(),
+            created_ms: 0,
         }
     }
 
@@ -309,6 +360,38 @@ mod tests {
         assert_eq!(v2.version, 2);
         assert_eq!(v2.spec_for(0).unwrap().image, "shoal/whoami:latest");
         assert!(web().rolled_back(1, String::new()).is_none());
+    }
+
+    #[test]
+    fn an_edit_is_an_update_only_for_a_new_spec_or_when_forced() {
+        let v0 = web();
+        let mut scaled = v0.clone();
+        scaled.replicas = 7;
+        scaled.service_labels.insert("team".into(), "a".into());
+        let written = v0.edited(scaled.clone(), false, 0);
+        assert_eq!(
+            written, scaled,
+            "a scale and service labels replace no task"
+        );
+        let forced = v0.edited(scaled, true, 5);
+        assert_eq!((forced.version, forced.replicas), (1, 7));
+        let mut edited = v0.clone();
+        edited.labels.insert("b".into(), "2".into());
+        assert_eq!(v0.edited(edited, false, 0).version, 1);
+    }
+
+    #[test]
+    fn names_and_images_are_checked() {
+        assert!(check_service_name("web_1.a-b").is_ok());
+        for bad in ["", "-web", "a/b", "a b"] {
+            let err = check_service_name(bad).unwrap_err().to_string();
+            assert!(
+                err.starts_with(&format!("invalid service name {bad:?}")),
+                "{err}"
+            );
+        }
+        assert!(check_image("nginx:latest").is_ok());
+        assert!(check_image("two words").is_err() && check_image(" ").is_err());
     }
 
     #[test]

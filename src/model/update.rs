@@ -62,6 +62,9 @@ pub struct UpdatePolicy {
 /// Docker's default `--update-monitor`.
 pub const DEFAULT_MONITOR_MS: u64 = 5_000;
 
+/// The longest delay or monitor period a policy may have: a day.
+pub const MAX_POLICY_MS: u64 = 86_400_000;
+
 fn one() -> u64 {
     1
 }

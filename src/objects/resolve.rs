@@ -42,6 +42,16 @@ impl<T: Named> Named for Versioned<T> {
     }
 }
 
+impl<T: Named> Named for &T {
+    const KIND: &'static str = T::KIND;
+    fn id(&self) -> &str {
+        (*self).id()
+    }
+    fn name(&self) -> &str {
+        (*self).name()
+    }
+}
+
 /// Why a query designates no single object.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Unresolved {

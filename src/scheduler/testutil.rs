@@ -61,6 +61,8 @@ pub(crate) fn service(name: &str) -> Service {
         update_policy: Default::default(),
         update: None,
         previous: None,
+        service_labels: Default::default(),
+        created_ms: 0,
     }
 }
 

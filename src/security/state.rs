@@ -445,6 +445,42 @@ pub async fn revoke(store: &Store, role: Role, name: &str) -> Result<(), Securit
     Ok(())
 }
 
+/// Removes node `id` (`shoal node rm`, `docker node rm`): its certificate is revoked first, so
+/// that its agent cannot register it again, then its record is deleted. A READY node needs
+/// `force` (a `Conflict` otherwise). None: there is no such node.
+pub async fn remove_node(
+    store: &Store,
+    id: &str,
+    force: bool,
+) -> Result<Option<crate::model::Node>, SecurityError> {
+    let key = crate::model::keys::node(id);
+    let range = Range {
+        key: key.clone().into_bytes(),
+        ..Default::default()
+    };
+    let (found, _) = store.range(&range, false).await?;
+    let Some(kv) = found.kvs.into_iter().next() else {
+        return Ok(None);
+    };
+    let node: crate::model::Node = serde_json::from_slice(&kv.value)
+        .map_err(|e| SecurityError::Corrupt(format!("node {id}: {e}")))?;
+    if node.status == crate::model::NodeStatus::Ready && !force {
+        return Err(SecurityError::Conflict(format!(
+            "node {id} ({}) is READY: stop its agent first, or remove it with --force",
+            node.name
+        )));
+    }
+    revoke(store, Role::Worker, id).await?;
+    store
+        .write(Command::Delete(shoal_raft::Delete {
+            key: key.into_bytes(),
+            ..Default::default()
+        }))
+        .await?;
+    tracing::info!(node = %id, name = %node.name, "node removed; its certificate is revoked");
+    Ok(Some(node))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -14,14 +14,14 @@ use crate::cluster::{serial, WAIT};
 use crate::fleet::{remove_node_containers, Fleet, WHOAMI};
 
 /// What a client command printed and how it exited.
-struct Out {
-    code: i32,
-    stdout: String,
-    stderr: String,
+pub(crate) struct Out {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
 }
 
 /// Runs `docker -H tcp://HOST ARGS` (stdin from `input`), with a timeout.
-fn docker(host: &str, args: &[&str], input: Option<&str>) -> Out {
+pub(crate) fn docker(host: &str, args: &[&str], input: Option<&str>) -> Out {
     client("docker", &["-H", &format!("tcp://{host}")], args, input)
 }
 
@@ -73,7 +73,7 @@ fn client(program: &str, pre: &[&str], args: &[&str], input: Option<&str>) -> Ou
 
 /// Asserts success; returns trimmed stdout.
 #[track_caller]
-fn ok(out: Out, what: &str) -> String {
+pub(crate) fn ok(out: Out, what: &str) -> String {
     assert_eq!(out.code, 0, "{what} failed: {}\n{}", out.stderr, out.stdout);
     out.stdout.trim().to_string()
 }

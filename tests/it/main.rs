@@ -25,6 +25,7 @@ mod quota;
 mod scheduling;
 mod security;
 mod snapshot;
+mod swarm_api;
 mod ttl;
 mod update;
 mod watch;

@@ -79,7 +79,7 @@ pub(crate) async fn create(api: &Api, q: &Query, body: &[u8]) -> Result<Response
 
 /// With no registry, a container whose image no node has can never run: refuse it as Docker
 /// refuses a missing image (the docker CLI then tries `pull`, which says why per node).
-async fn check_image(api: &Api, view: &View, image: &str) -> Result<(), DockerError> {
+pub(crate) async fn check_image(api: &Api, view: &View, image: &str) -> Result<(), DockerError> {
     let nodes = view.ready_nodes();
     if image.contains('@') || image.starts_with("sha256:") || nodes.is_empty() {
         return Ok(());

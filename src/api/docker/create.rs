@@ -132,6 +132,8 @@ pub(crate) fn container(
         update_policy: Default::default(),
         update: None,
         previous: None,
+        service_labels: Default::default(),
+        created_ms: now_ms,
     };
     scheduler::validate(&service).map_err(|e| bad(e.to_string()))?;
     Ok(service)

@@ -23,10 +23,15 @@
 //! - **Versions.** Any `/vX.Y` prefix and unversioned paths are accepted; 1.44 is advertised.
 //! - **Errors** are `{"message": ...}` with Docker's status codes; endpoints of Docker's API
 //!   that shoal does not serve answer 501 naming the endpoint; unknown paths 404.
+//! - **Swarm mode.** Every manager is a swarm manager to the docker CLI (`Swarm: active/manager`
+//!   on `/_ping`, a `Swarm` section in `/info`): `/services` and `/tasks` serve shoal's services
+//!   (`services.rs`, `service_spec.rs`), `/nodes` its agents' hosts (`nodes.rs`). A spec field
+//!   shoal cannot honour is a 400 naming it.
 //! - **Policy.** Create and exec bodies go through the operator's policy (`policy.rs`: no
 //!   privileged containers, host namespaces, devices, added capabilities or binds outside
-//!   the allowed paths unless allowed); requests through `guard.rs` (browsers' `Origin`,
-//!   foreign `Host` on plaintext loopback, JSON content type). Both refuse with 403/400.
+//!   the allowed paths unless allowed), and so do services' container specs; requests
+//!   through `guard.rs` (browsers' `Origin`, foreign `Host` on plaintext loopback, JSON content
+//!   type). Both refuse with 403/400.
 //! - **Connections** go through `api::conn`: at most `--api-max-connections` open (one more
 //!   gets a 503), closed when idle for `--api-idle-timeout` (never while a request, such as
 //!   `docker events`, is served; hijacked streams leave the timeout but keep their place).
@@ -36,7 +41,8 @@
 //!   one is not kept); its id in the API does not change.
 //! - Networks are cluster objects created as a bridge on each node that needs them; without an
 //!   overlay, containers on different nodes do not share a network.
-//! - Volumes, builds, commits, swarm-mode objects and plugins are not served (501).
+//! - Volumes, builds, commits, secrets, configs, `/swarm` and plugins are not served (501);
+//!   services are replicated only, their ports published on each task's node (no routing mesh).
 
 mod containers;
 mod create;
@@ -47,8 +53,11 @@ pub(crate) mod forward;
 mod guard;
 mod images;
 mod networks;
+mod nodes;
 mod objects;
 mod policy;
+mod service_spec;
+mod services;
 mod streams;
 mod system;
 mod view;
@@ -343,6 +352,36 @@ async fn route(api: &Api, req: Request) -> Result<Response, DockerError> {
             networks::connect(api, &id, &b, connect).await
         }
 
+        (&M::GET, ["services"]) => services::list(api, &q).await,
+        (&M::POST, ["services", "create"]) => {
+            let b = json_body(req, containers::MAX_BODY).await?;
+            services::create(api, &b).await
+        }
+        (&M::GET, ["services", id]) => services::inspect(api, id).await,
+        (&M::DELETE, ["services", id]) => services::remove(api, id).await,
+        (&M::POST, ["services", id, "update"]) => {
+            let id = id.to_string();
+            let b = json_body(req, containers::MAX_BODY).await?;
+            services::update(api, &id, &q, &b).await
+        }
+        (&M::GET, [kind @ ("services" | "tasks"), _, "logs"]) => {
+            Err(DockerError::NotImplemented(format!(
+                "docker {} logs is not served by shoal yet: read each container's logs with \
+                 docker logs (docker service ps NAME lists them)",
+                kind.trim_end_matches('s')
+            )))
+        }
+        (&M::GET, ["tasks"]) => services::tasks(api, &q).await,
+        (&M::GET, ["tasks", id]) => services::task(api, id).await,
+        (&M::GET, ["nodes"]) => nodes::list(api, &q).await,
+        (&M::GET, ["nodes", id]) => nodes::inspect(api, id).await,
+        (&M::DELETE, ["nodes", id]) => nodes::remove(api, id, &q).await,
+        (&M::POST, ["nodes", id, "update"]) => {
+            let id = id.to_string();
+            let b = json_body(req, containers::MAX_BODY).await?;
+            nodes::update(api, &id, &q, &b).await
+        }
+
         // No volumes or plugins are managed: empty lists and "no such" answers are the truth
         // (`docker inspect NAME` asks every object type in turn).
         (&M::GET, ["volumes"]) => Ok(error::json_response(
@@ -352,6 +391,15 @@ async fn route(api: &Api, req: Request) -> Result<Response, DockerError> {
         (&M::GET, ["volumes", name]) => {
             Err(DockerError::NotFound(format!("get {name}: no such volume")))
         }
+        // Nor secrets or configs yet (`docker inspect NAME` asks for them of a swarm manager).
+        (&M::GET, ["secrets" | "configs"]) => Ok(error::json_response(
+            axum::http::StatusCode::OK,
+            &serde_json::json!([]),
+        )),
+        (&M::GET, [kind @ ("secrets" | "configs"), name]) => Err(DockerError::NotFound(format!(
+            "{} {name} not found",
+            kind.trim_end_matches('s')
+        ))),
         (&M::GET, ["plugins", name @ .., "json"]) if !name.is_empty() => Err(
             DockerError::NotFound(format!("plugin \"{}\" not found", name.join("/"))),
         ),

@@ -56,27 +56,56 @@ impl Objects {
     pub(crate) async fn update_service(
         &self,
         id: &str,
-        mut change: impl FnMut(&mut Service) -> Result<bool, DockerError>,
+        change: impl FnMut(&mut Service) -> Result<bool, DockerError>,
     ) -> Result<Service, DockerError> {
-        let key = keys::service(id);
+        let missing = || DockerError::no_such_container(id);
+        self.update_at(&keys::service(id), "container", None, missing, change)
+            .await
+    }
+
+    /// Applies `change` to the object at `key` by a read-modify-write conditioned on the
+    /// revision read. With `expected` (swarm mode's `?version=`), the object must still be at
+    /// that revision, or it is a 409 and nothing is written; without, a contended write is
+    /// tried again. `change` returning false writes nothing.
+    pub(crate) async fn update_at<T: Serialize + DeserializeOwned>(
+        &self,
+        key: &str,
+        kind: &str,
+        expected: Option<u64>,
+        missing: impl Fn() -> DockerError,
+        mut change: impl FnMut(&mut T) -> Result<bool, DockerError>,
+    ) -> Result<T, DockerError> {
+        let stale = |rev: u64, at: u64| {
+            DockerError::Conflict(format!(
+                "update out of sequence: the {kind} is at version {rev}, not {at}; \
+                 inspect it again and retry"
+            ))
+        };
         for _ in 0..ATTEMPTS {
-            let Some((mut service, rev)) = self.get::<Service>(&key).await? else {
-                return Err(DockerError::no_such_container(id));
+            let Some((mut value, rev)) = self.get::<T>(key).await? else {
+                return Err(missing());
             };
-            if !change(&mut service)? {
-                return Ok(service);
+            if let Some(at) = expected.filter(|at| *at != rev) {
+                return Err(stale(rev, at));
+            }
+            if !change(&mut value)? {
+                return Ok(value);
             }
             let txn = Txn {
-                compare: vec![unchanged(&key, rev)],
-                success: vec![put_json(&key, &service)],
+                compare: vec![unchanged(key, rev)],
+                success: vec![put_json(key, &value)],
                 failure: Vec::new(),
             };
             if self.commit(txn).await? {
-                return Ok(service);
+                return Ok(value);
+            }
+            if let Some(at) = expected {
+                let now = self.get::<T>(key).await?.map_or(0, |(_, rev)| rev);
+                return Err(stale(now, at));
             }
         }
         Err(DockerError::Conflict(format!(
-            "container {id} changed {ATTEMPTS} times while being updated; try again"
+            "{kind} {key} changed {ATTEMPTS} times while being updated; try again"
         )))
     }
 

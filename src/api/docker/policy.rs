@@ -170,6 +170,36 @@ impl DockerPolicy {
         self.check_binds(host)
     }
 
+    /// Checks a swarm-mode service's `TaskTemplate.ContainerSpec` as the create body of the
+    /// containers it would run: its mounts, added capabilities and privileges.
+    pub(crate) fn check_service(&self, container_spec: &Value) -> Result<(), Denied> {
+        let get = |key: &str| container_spec.get(key).cloned().unwrap_or(Value::Null);
+        let privileges = get("Privileges");
+        let mut security = Vec::new();
+        let mode = |pointer: &str| {
+            privileges
+                .pointer(pointer)
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string()
+        };
+        if mode("/Seccomp/Mode") == "unconfined" {
+            security.push("seccomp=unconfined".to_string());
+        }
+        if mode("/AppArmor/Mode") == "disabled" {
+            security.push("apparmor=unconfined".to_string());
+        }
+        if truthy(privileges.pointer("/SELinuxContext/Disable")) {
+            security.push("label=disable".to_string());
+        }
+        let body = serde_json::json!({"HostConfig": {
+            "Mounts": get("Mounts"),
+            "CapAdd": get("CapabilityAdd"),
+            "SecurityOpt": security,
+        }});
+        self.check_create(&body)
+    }
+
     /// Checks a `POST /containers/{id}/exec` body.
     pub(crate) fn check_exec(&self, body: &Value) -> Result<(), Denied> {
         if !self.allows(DockerAllow::Privileged) && truthy(body.get("Privileged")) {

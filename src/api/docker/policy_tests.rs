@@ -271,3 +271,29 @@ fn random_bodies_are_answered_never_a_panic_and_the_default_lets_no_privilege_th
         }
     }
 }
+
+#[test]
+fn a_services_container_spec_is_held_to_the_same_rules() {
+    let default = DockerPolicy::default();
+    let binds = DockerPolicy::new([], &["/srv".into()]).unwrap();
+    let spec = |v: Value| v;
+    let bind = spec(json!({"Mounts": [{"Type": "bind", "Source": "/etc", "Target": "/x"}]}));
+    let err = default.check_service(&bind).unwrap_err().to_string();
+    assert!(err.contains("bind mounts of \"/etc\""), "{err}");
+    assert!(binds
+        .check_service(&json!({"Mounts": [{"Type": "bind", "Source": "/srv/a", "Target": "/x"}]}))
+        .is_ok());
+    let err = default
+        .check_service(&json!({"CapabilityAdd": ["NET_ADMIN"]}))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("--docker-allow cap-add"), "{err}");
+    let err = default
+        .check_service(&json!({"Privileges": {"Seccomp": {"Mode": "unconfined"}}}))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("--docker-allow security-opt"), "{err}");
+    assert!(default
+        .check_service(&json!({"Image": "x", "Mounts": [{"Type": "volume", "Target": "/d"}]}))
+        .is_ok());
+}

@@ -30,6 +30,9 @@ pub(crate) fn ping(head: bool) -> Response {
     h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
     h.insert("Docker-Experimental", HeaderValue::from_static("false"));
     h.insert("Ostype", HeaderValue::from_static("linux"));
+    // Every manager is a swarm manager to the docker CLI, which enables `docker service` and
+    // `docker node` only then.
+    h.insert("Swarm", HeaderValue::from_static("active/manager"));
     response
 }
 
@@ -65,6 +68,55 @@ fn bytes(n: u64) -> String {
     } else {
         format!("{v:.3} {}", UNITS[unit])
     }
+}
+
+/// Swarm mode's view of the cluster: this manager controls it, every manager is one of its
+/// managers, every agent's host one of its nodes (a worker).
+async fn swarm(api: &Api, nodes: usize) -> Value {
+    let store = &api.objects.store;
+    let status = store.status().await;
+    let managers: Vec<Value> = status
+        .members
+        .iter()
+        .filter(|m| m.voter)
+        .map(|m| json!({"NodeID": m.id.to_string(), "Addr": m.node.grpc}))
+        .collect();
+    let addr = status
+        .members
+        .iter()
+        .find(|m| m.id == store.id())
+        .map(|m| m.node.grpc.clone())
+        .unwrap_or_default();
+    let ns = |ms: u64| ms.saturating_mul(1_000_000);
+    json!({
+        "NodeID": "",
+        "NodeAddr": addr,
+        "LocalNodeState": "active",
+        "ControlAvailable": true,
+        "Error": "",
+        "RemoteManagers": managers,
+        "Nodes": nodes,
+        "Managers": managers.len(),
+        "Cluster": {
+            "ID": store.cluster_id(),
+            "Version": {"Index": store.revision()},
+            "Spec": {
+                "Name": "default",
+                "Labels": {},
+                "Orchestration": {},
+                "Raft": {},
+                "Dispatcher": {"HeartbeatPeriod": ns(crate::model::DEFAULT_HEARTBEAT_MS)},
+                "CAConfig": {},
+                "TaskDefaults": {},
+                "EncryptionConfig": {"AutoLockManagers": false},
+            },
+            "TLSInfo": {},
+            "RootRotationInProgress": false,
+            "DataPathPort": 0,
+            "DefaultAddrPool": [],
+            "SubnetSize": 0,
+        },
+    })
 }
 
 pub(crate) async fn info(api: &Api) -> Result<Response, DockerError> {
@@ -176,7 +228,7 @@ pub(crate) async fn info(api: &Api) -> Result<Response, DockerError> {
         "ServerVersion": SERVER_VERSION,
         "Runtimes": {},
         "DefaultRuntime": "",
-        "Swarm": {"NodeID": "", "NodeAddr": "", "LocalNodeState": "inactive", "ControlAvailable": false, "Error": "", "RemoteManagers": null},
+        "Swarm": swarm(api, view.state.node_count()).await,
         "LiveRestoreEnabled": false,
         "Isolation": "",
         "InitBinary": "",
