@@ -8,6 +8,7 @@ mod dockerrun;
 mod etcd;
 mod failover;
 mod fanout;
+mod footprint;
 mod kv;
 mod load;
 mod proxy;
@@ -48,6 +49,8 @@ enum Command {
     Scale(scale::ScaleArgs),
     /// The pure scheduler alone on synthetic clusters in memory: decisions per CPU second.
     Sched(sched::SchedArgs),
+    /// The leader's long-lived in-memory structures at 100,000 tasks, built in process: bytes per task.
+    Footprint(footprint::FootprintArgs),
     /// `docker run -d` through a follower next to the same command straight against the engine.
     DockerRun(dockerrun::DockerRunArgs),
     /// With real agents, nginx and `shoal proxy`: RUNNING → first request, failed requests.
@@ -65,6 +68,7 @@ async fn main() -> ExitCode {
             Command::Proxy(args) => proxy::run(args).await,
             Command::Scale(args) => scale::run(args).await,
             Command::Sched(args) => sched::run(args),
+            Command::Footprint(args) => footprint::run(args),
             Command::DockerRun(args) => dockerrun::run(args).await,
         }
     };

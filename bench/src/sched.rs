@@ -118,9 +118,11 @@ pub(crate) fn run(args: SchedArgs) -> Result<()> {
 fn one(args: &SchedArgs, n: usize) -> Run {
     let image = |s: usize| format!("bench/app-{}:1", s % 10);
     let nodes: Vec<Node> = (0..n)
-        .map(|i| node(i, args.services.min(10), &image))
+        .map(|i| bench_node(i, args.services.min(10), &image))
         .collect();
-    let services: Vec<Service> = (0..args.services).map(|s| service(s, image(s))).collect();
+    let services: Vec<Service> = (0..args.services)
+        .map(|s| bench_service(s, image(s)))
+        .collect();
     let tasks: Vec<Task> = services
         .iter()
         .enumerate()
@@ -178,7 +180,7 @@ fn one(args: &SchedArgs, n: usize) -> Run {
 }
 
 /// 4, 8 or 16 CPUs with 4 GiB each, a zone label, and the first `images` service images.
-fn node(i: usize, images: usize, image: &dyn Fn(usize) -> String) -> Node {
+pub(crate) fn bench_node(i: usize, images: usize, image: &dyn Fn(usize) -> String) -> Node {
     let cpus = [4, 8, 16][i % 3];
     Node {
         id: format!("node-{i:05}"),
@@ -199,7 +201,7 @@ fn node(i: usize, images: usize, image: &dyn Fn(usize) -> String) -> Node {
 }
 
 /// A service reserving a little CPU and memory, so spread and binpack both have loads to rank.
-fn service(s: usize, image: String) -> Service {
+pub(crate) fn bench_service(s: usize, image: String) -> Service {
     Service {
         id: format!("svc-{s:04}"),
         name: format!("bench-{s:04}"),
