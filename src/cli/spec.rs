@@ -132,6 +132,16 @@ pub struct UpdatePolicyArgs {
     /// The fraction of new tasks that may fail, 0 to 1 (default 0).
     #[arg(long, value_name = "RATIO", allow_hyphen_values = true)]
     pub update_max_failure_ratio: Option<String>,
+    /// Spread the service again when nodes join or come back, a task at a time (at most
+    /// --update-parallelism), start-first; --rebalance=false turns it off.
+    #[arg(
+        long,
+        value_name = "BOOL",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true"
+    )]
+    pub rebalance: Option<bool>,
 }
 
 impl UpdatePolicyArgs {
@@ -142,6 +152,7 @@ impl UpdatePolicyArgs {
             && self.update_failure_action.is_none()
             && self.update_monitor.is_none()
             && self.update_max_failure_ratio.is_none()
+            && self.rebalance.is_none()
     }
 }
 
@@ -174,6 +185,9 @@ pub(super) fn update_policy(
     }
     if let Some(text) = &args.update_max_failure_ratio {
         policy.max_failure_permille = parse_failure_ratio(text)?;
+    }
+    if let Some(rebalance) = args.rebalance {
+        policy.rebalance = rebalance;
     }
     Ok(policy)
 }

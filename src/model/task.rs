@@ -61,6 +61,10 @@ pub struct Task {
     /// The version of its service's spec it runs (`Service::spec_for`).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub spec_version: u64,
+    /// Set on a task that moves its slot off this node for a rebalance (`--rebalance`): the
+    /// scheduler never places it there, and the slot's task on that node stops once it serves.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub moves_from: Option<String>,
     /// Milliseconds since the epoch, from the leader's clock when it proposed the task.
     pub created_ms: u64,
     /// Milliseconds since the epoch, from the clock of the writer of the last change.
@@ -110,6 +114,7 @@ impl Task {
             health: None,
             stop_grace_ms: 0,
             spec_version: 0,
+            moves_from: None,
             created_ms: now_ms,
             updated_ms: now_ms,
         }

@@ -57,6 +57,14 @@ pub struct UpdatePolicy {
     /// `--update-max-failure-ratio` 0.1 is 100): more is a failure of the update.
     #[serde(default)]
     pub max_failure_permille: u16,
+    /// `--rebalance`: spread the service again when nodes join or come back, moving a task at
+    /// a time (`parallelism` at most) start-first.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub rebalance: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// Docker's default `--update-monitor`.
@@ -82,6 +90,7 @@ impl Default for UpdatePolicy {
             failure_action: FailureAction::default(),
             monitor_ms: DEFAULT_MONITOR_MS,
             max_failure_permille: 0,
+            rebalance: false,
         }
     }
 }
@@ -276,9 +285,11 @@ mod tests {
             failure_action: FailureAction::Rollback,
             monitor_ms: 0,
             max_failure_permille: 100,
+            rebalance: true,
         };
         let json = serde_json::to_value(custom).unwrap();
         assert_eq!(json["order"], "start-first");
+        assert_eq!(json["rebalance"], true);
         assert_eq!(json["failure_action"], "rollback");
         assert_eq!(
             serde_json::from_value::<UpdatePolicy>(json).unwrap(),

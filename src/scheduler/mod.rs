@@ -77,6 +77,9 @@ impl<'a> Snapshot<'a> {
     }
 }
 
+/// How the reason for a task no node may take begins (`Decision::Unschedulable`).
+pub const NO_SUITABLE_NODE: &str = "no suitable node";
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
     /// Move the task to ASSIGNED on this node.
@@ -91,6 +94,18 @@ pub fn validate(service: &Service) -> Result<(), ExprError> {
     view::parse_all(expr::Kind::Constraint, &service.constraints)?;
     view::parse_all(expr::Kind::Affinity, &service.affinities)?;
     Ok(())
+}
+
+/// Whether a task of `service` may run on `node` for what the node is (ready and active, its
+/// engine's images, its attributes against the service's hard constraints), whatever else runs
+/// there: the nodes a rebalance spreads a service over.
+pub fn admits(service: &Service, node: &Node) -> bool {
+    let probe = Task::new(String::new(), service.id.clone(), 0, 0);
+    let Ok(request) = view::Request::new(&probe, service) else {
+        return false;
+    };
+    let images = std::sync::Arc::new(view::engine_images(node));
+    filter::admits(&request, &view::NodeInfo::bare(node, images))
 }
 
 /// Decides a node for each of `pending`, in order, as one batch: each placement counts for the
@@ -139,7 +154,9 @@ pub fn schedule_on<R: Rng + ?Sized>(
         let len = rest
             .iter()
             .take_while(|t| {
-                t.service_id == first.service_id && view::host_ports(t, Some(service)) == ports
+                t.service_id == first.service_id
+                    && t.moves_from == first.moves_from
+                    && view::host_ports(t, Some(service)) == ports
             })
             .count();
         let (group, tail) = rest.split_at(len);

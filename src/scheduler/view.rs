@@ -179,10 +179,15 @@ impl<'a> NodeInfo<'a> {
     /// A node nothing runs on yet.
     #[cfg(test)]
     pub fn new(node: &'a Node) -> NodeInfo<'a> {
+        NodeInfo::bare(node, Arc::new(engine_images(node)))
+    }
+
+    /// A node nothing runs on yet, with its engine's images as Docker names them.
+    pub fn bare(node: &'a Node, engine_images: Arc<HashSet<String>>) -> NodeInfo<'a> {
         NodeInfo {
             node,
             held: Held::default(),
-            engine_images: Arc::new(engine_images(node)),
+            engine_images,
         }
     }
 
@@ -231,6 +236,8 @@ pub(crate) struct Request {
     pub constraints: Vec<Expr>,
     pub affinities: Vec<Expr>,
     pub dependencies: Vec<String>,
+    /// The node a rebalancing task leaves (`Task::moves_from`).
+    pub moves_from: Option<String>,
 }
 
 impl Request {
@@ -248,6 +255,7 @@ impl Request {
                 .into_iter()
                 .map(String::from)
                 .collect(),
+            moves_from: task.moves_from.clone(),
         })
     }
 

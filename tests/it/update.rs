@@ -2,7 +2,8 @@
 //! update under load drops no request and ends with every task on the new image; an update to
 //! an image whose health check fails stops after its first slot and rolls back, dropping
 //! nothing; kill -9 of the leader in the middle of an update: the next leader carries on, no
-//! slot updated twice, none skipped.
+//! slot updated twice, none skipped; a service with `--rebalance` spreads onto a node that
+//! joins, start-first, dropping nothing.
 
 use std::collections::BTreeMap;
 use std::process::Command;
@@ -275,4 +276,63 @@ async fn a_drain_under_load_starts_replacements_first_and_drops_no_request() {
         .cli(&["node", "update", "--wait", "--label-add", "a=b", "node-1"])
         .await;
     assert!(!out.ok() && out.stderr.contains("--wait goes with --availability drain"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rebalance_spreads_onto_a_new_node_under_load_and_drops_no_request() {
+    let _serial = serial().await;
+    images();
+    let mut fleet = Fleet::start(1, 1).await;
+    web(&fleet, 4, GOOD, &["--rebalance"]).await;
+    let tasks = fleet.wait_running("web", 4).await;
+    assert_eq!(node_names(&tasks), ["node-1"; 4]);
+    assert_eq!(inspect(&fleet).await["update_policy"]["rebalance"], true);
+    let proxy = Proxy::without_retries(&fleet, "px1").await;
+    wait_backends(&fleet, &proxy, 4).await;
+
+    let load = Load::start(proxy.addr());
+    fleet.add_agent("node-2", vec![]);
+    fleet.wait_nodes_ready(2).await;
+    fleet
+        .wait_for("web to spread over both nodes", || async {
+            let tasks = fleet.tasks("web").await;
+            let live: Vec<Value> = tasks.into_iter().filter(is_live).collect();
+            let running = live.iter().all(|t| t["state"] == "running");
+            (running && node_names(&live) == ["node-1", "node-1", "node-2", "node-2"]).then_some(())
+        })
+        .await;
+    wait_backends(&fleet, &proxy, 4).await;
+    load.finish_without_failures(&proxy).await;
+    // Two moves, each of its own slot, each replacing a task on node-1 that stopped.
+    let tasks = fleet.tasks("web").await;
+    let movers: Vec<&Value> = tasks
+        .iter()
+        .filter(|t| !t["moves_from"].is_null())
+        .collect();
+    assert_eq!(movers.len(), 2, "{tasks:#?}");
+    for m in &movers {
+        assert!(is_live(m) && m["node_name"] == "node-2", "{tasks:#?}");
+        let replaced = tasks
+            .iter()
+            .find(|t| t["slot"] == m["slot"] && t["id"] != m["id"]);
+        let replaced = replaced.unwrap_or_else(|| panic!("{tasks:#?}"));
+        assert_eq!(
+            (
+                replaced["node_name"].as_str(),
+                replaced["desired_state"].as_str()
+            ),
+            (Some("node-1"), Some("shutdown")),
+            "{tasks:#?}"
+        );
+    }
+    assert_ne!(movers[0]["slot"], movers[1]["slot"]);
+
+    // Turned off, a crowded node stays as it is.
+    fleet
+        .ok(&["service", "update", "web", "--rebalance=false"])
+        .await;
+    assert_eq!(
+        inspect(&fleet).await["update_policy"]["rebalance"],
+        Value::Null
+    );
 }

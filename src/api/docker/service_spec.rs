@@ -121,6 +121,8 @@ pub(crate) fn read(spec: &Value, base: &Service) -> Result<Read, DockerError> {
             ));
         }
     }
+    // Docker has no rebalance policy: a spec sent through the Docker API keeps shoal's.
+    s.update_policy.rebalance = base.update_policy.rebalance;
     s.ports = ports(top)?;
 
     crate::scheduler::validate(&s).map_err(|e| bad(e.to_string()))?;
@@ -349,6 +351,7 @@ fn policy(map: &Object, at: &str) -> Result<UpdatePolicy, DockerError> {
         },
         monitor_ms: duration("Monitor")?,
         max_failure_permille: (ratio * 1_000.0).round() as u16,
+        rebalance: false,
     })
 }
 

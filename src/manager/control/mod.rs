@@ -8,6 +8,7 @@ mod liveness;
 mod orchestrator;
 mod placement;
 mod proxygen;
+mod rebalance;
 mod rollout;
 
 use std::time::Duration;

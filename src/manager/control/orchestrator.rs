@@ -14,8 +14,18 @@ use crate::model::{
 };
 use crate::objects::{Expect, Versioned, View, Write};
 use crate::proxy::labels;
+use crate::scheduler::NO_SUITABLE_NODE;
 
-use super::{rollout, Plan};
+use super::{rebalance, rollout, Plan};
+
+/// Why a slot's live task is replaced by a new one this round.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Replace {
+    /// A rolling update, in its order.
+    Update(UpdateOrder),
+    /// A rebalance, off this node, start-first.
+    Move(String),
+}
 
 /// Finished tasks kept per slot, newest first, for `service ps`.
 pub const RETAINED_PER_SLOT: usize = 5;
@@ -140,10 +150,21 @@ fn dirty_services(state: &View, last: &View) -> BTreeSet<String> {
             dirty.insert(t.value.service_id.clone());
         }
     }
+    let mut nodes_changed = false;
     for c in state.node_changes(last) {
         let n = c.current().or(c.previous()).expect("a change has a side");
         for t in state.tasks_of_node(&n.value.id) {
             dirty.insert(t.value.service_id.clone());
+        }
+        nodes_changed = true;
+    }
+    // A node that joins, comes back or gets the image: services that rebalance may spread
+    // onto it (node records change seldom: registrations, status, availability, images).
+    if nodes_changed {
+        for s in state.services() {
+            if s.value.update_policy.rebalance {
+                dirty.insert(s.value.id.clone());
+            }
         }
     }
     dirty
@@ -303,6 +324,19 @@ impl<'a> Round<'a> {
             _ => service,
         };
 
+        // A rebalance, on a settled service only: slots that move off crowded nodes now.
+        let moves = match step.replace.is_empty() && moved_on.is_none() {
+            true => {
+                let current: Vec<&Task> = tasks.iter().map(|t| self.current(t)).collect();
+                let nodes = self.state.nodes().map(|n| &n.value);
+                rebalance::moves(service, &current, nodes, self.now_ms)
+            }
+            false => rebalance::Moves::default(),
+        };
+        if let Some(at) = moves.wake_at_ms {
+            self.wake_at(at);
+        }
+
         // The tasks by slot, each slot's in the order given.
         let mut by_slot: Vec<&'a Versioned<Task>> = tasks.to_vec();
         by_slot.sort_by_key(|t| t.value.slot);
@@ -313,10 +347,13 @@ impl<'a> Round<'a> {
         for slot in 1..=service.replicas {
             while next.next_if(|s| s[0].value.slot < slot).is_some() {}
             let in_slot = next.next_if(|s| s[0].value.slot == slot).copied();
-            let replace = step
-                .replace
-                .contains(&slot)
-                .then_some(service.update_policy.order);
+            let replace = match moves.slots.iter().find(|(s, _)| *s == slot) {
+                Some((_, from)) => Some(Replace::Move(from.clone())),
+                None => step
+                    .replace
+                    .contains(&slot)
+                    .then_some(Replace::Update(service.update_policy.order)),
+            };
             self.slot(service, slot, in_slot.unwrap_or(&[]), replace, new_id);
         }
         // Forget finished tasks: beyond the replica count all of them, else the oldest. A
@@ -359,13 +396,13 @@ impl<'a> Round<'a> {
     }
 
     /// Keeps one live task in `slot`: removes duplicates, replaces its task when a rolling
-    /// update says so (`replace`, in that order), or starts one as the restart policy allows.
+    /// update or a rebalance says so (`replace`), or starts one as the restart policy allows.
     fn slot(
         &mut self,
         service: &Service,
         slot: u64,
         tasks: &[&'a Versioned<Task>],
-        replace: Option<UpdateOrder>,
+        replace: Option<Replace>,
         new_id: &mut dyn FnMut() -> String,
     ) {
         let mut live: Vec<&'a Versioned<Task>> = tasks
@@ -392,6 +429,39 @@ impl<'a> Round<'a> {
                 return;
             }
             live = staying;
+        }
+        // A rebalance move: the task it replaces gives way once it serves; a move that finds
+        // no node is called off.
+        let current: Vec<&Task> = live.iter().map(|t| self.current(t)).collect();
+        if let Some(mover) = live
+            .iter()
+            .copied()
+            .find(|t| rebalance::in_flight(self.current(t), &current))
+        {
+            let task = self.current(mover);
+            let from = task.moves_from.clone();
+            if task.serves() {
+                let why = match task.node_id.as_deref().and_then(|n| self.state.node(n)) {
+                    Some(n) => format!("rebalanced to node {}", n.value.name),
+                    None => "rebalanced".to_string(),
+                };
+                let left: Vec<_> = live
+                    .iter()
+                    .copied()
+                    .filter(|t| t.value.id != mover.value.id && self.current(t).node_id == from)
+                    .collect();
+                for t in &left {
+                    self.stop(t, &why);
+                }
+                live.retain(|t| !left.iter().any(|l| l.value.id == t.value.id));
+            } else if task.state == TaskState::Pending && task.message.starts_with(NO_SUITABLE_NODE)
+            {
+                let why = format!("rebalance called off: {}", task.message);
+                self.stop(mover, &why);
+                live.retain(|t| t.value.id != mover.value.id);
+            } else {
+                return;
+            }
         }
         // An updated task and older ones: the older give way once it serves (start-first), and
         // stay until then.
@@ -421,12 +491,25 @@ impl<'a> Round<'a> {
             return;
         }
         if let [only] = live[..] {
-            if let Some(order) = replace {
-                if order == UpdateOrder::StopFirst {
-                    let why = format!("updated to version {}", service.version);
-                    self.stop(only, &why);
+            match replace {
+                Some(Replace::Update(order)) => {
+                    if order == UpdateOrder::StopFirst {
+                        let why = format!("updated to version {}", service.version);
+                        self.stop(only, &why);
+                    }
+                    self.create(service, slot, 0, new_id);
                 }
-                self.create(service, slot, 0, new_id);
+                Some(Replace::Move(from)) => {
+                    let task = self.new_task(service, slot, 0, new_id);
+                    self.writes.push(Write::Task {
+                        task: Task {
+                            moves_from: Some(from),
+                            ..task
+                        },
+                        expect: Expect::Absent,
+                    });
+                }
+                None => {}
             }
             return;
         }
@@ -479,16 +562,27 @@ impl<'a> Round<'a> {
         failures: u32,
         new_id: &mut dyn FnMut() -> String,
     ) {
+        let task = self.new_task(service, slot, failures, new_id);
+        self.writes.push(Write::Task {
+            task,
+            expect: Expect::Absent,
+        });
+    }
+
+    fn new_task(
+        &self,
+        service: &Service,
+        slot: u64,
+        failures: u32,
+        new_id: &mut dyn FnMut() -> String,
+    ) -> Task {
         let mut task = Task::new(new_id(), service.id.clone(), slot, self.now_ms);
         task.failures = failures;
         task.start_seq = service.start_seq();
         task.stop_grace_ms = stop_grace_ms(service);
         task.spec_version = service.version;
         let _ = task.transition(TaskState::Pending, Actor::Orchestrator, "", self.now_ms);
-        self.writes.push(Write::Task {
-            task,
-            expect: Expect::Absent,
-        });
+        task
     }
 
     fn forget_finished(&mut self, tasks: &[&Versioned<Task>], keep: usize) {

@@ -17,7 +17,7 @@ fn node(id: &str, status: NodeStatus, availability: Availability) -> Versioned<N
             cpus: 2,
             memory_bytes: 1 << 30,
             engine_version: String::new(),
-            images: vec![],
+            images: vec!["img".into()],
             status,
             availability,
             heartbeat_ms: 500,
@@ -506,6 +506,7 @@ fn incremental_rounds_decide_what_full_rounds_decide() {
                     RestartPolicy::No,
                     RestartPolicy::OnFailure { max: Some(2) },
                 ][rng.random_range(0..3)];
+                s.value.update_policy.rebalance = rng.random_bool(0.5);
                 s
             })
             .collect();
@@ -659,4 +660,128 @@ fn new_tasks_carry_the_drain_delay_of_their_service() {
     assert_eq!(grace(routed.clone()), DEFAULT_STOP_GRACE_MS);
     routed.value.stop_grace_ms = Some(750);
     assert_eq!(grace(routed), 750);
+}
+
+/// Three ready nodes that have the service's image, and `tasks`, of a service of `replicas`
+/// that rebalances.
+fn rebalancing(replicas: u64, tasks: Vec<Versioned<Task>>) -> View {
+    let mut svc = service(replicas, RestartPolicy::Always);
+    svc.value.update_policy.rebalance = true;
+    let nodes = ["n1", "n2", "n3"].map(|id| node(id, NodeStatus::Ready, Availability::Active));
+    View::build(20, nodes, vec![svc], tasks, None)
+}
+
+/// The tasks the plan creates, as (slot, the node each leaves).
+fn moves(plan: &Plan) -> Vec<(u64, Option<String>)> {
+    plan.writes
+        .iter()
+        .filter_map(|w| match w {
+            Write::Task {
+                task,
+                expect: Expect::Absent,
+            } => Some((task.slot, task.moves_from.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_rebalance_moves_one_task_at_a_time_off_the_crowded_node_start_first() {
+    let on_n1: Vec<_> = (1..=4)
+        .map(|slot| task(&format!("t{slot}"), slot, Running, Some("n1")))
+        .collect();
+    // Everything on n1, nothing on n2 and n3: slot 4 moves first, and nothing stops yet.
+    let p = run(&rebalancing(4, on_n1.clone()), 1_000);
+    assert_eq!(moves(&p), vec![(4, Some("n1".into()))]);
+    assert_eq!(p.writes.len(), 1, "{:?}", p.writes);
+
+    // The move is on its way: nothing else moves, the old task stays.
+    let mut mover = task("m4", 4, Assigned, Some("n2"));
+    mover.value.moves_from = Some("n1".into());
+    let mut tasks = on_n1.clone();
+    tasks.push(mover.clone());
+    assert!(run(&rebalancing(4, tasks.clone()), 1_000).writes.is_empty());
+
+    // It serves: the task it replaces stops, and only then may the next move start.
+    mover.value.state = Running;
+    tasks.pop();
+    tasks.push(mover.clone());
+    let p = run(&rebalancing(4, tasks), 1_000);
+    let (puts, _) = summary(&p);
+    assert_eq!(puts, vec![("t4".into(), 4, Running, Shutdown)]);
+    assert!(moves(&p).is_empty());
+    let stopped = p.writes.iter().find_map(|w| match w {
+        Write::Task { task, .. } if task.id == "t4" => Some(task.message.clone()),
+        _ => None,
+    });
+    assert_eq!(stopped.as_deref(), Some("rebalanced to node node-n2"));
+
+    // Once it stopped: 3 on n1, 1 on n2, none on n3, so slot 3 moves.
+    let mut tasks: Vec<_> = on_n1[..3].to_vec();
+    tasks.push(mover);
+    assert_eq!(
+        moves(&run(&rebalancing(4, tasks.clone()), 1_000)),
+        vec![(3, Some("n1".into()))]
+    );
+    // Even (2, 1, 1): nothing moves.
+    let mut moved = task("m3", 3, Running, Some("n3"));
+    moved.value.moves_from = Some("n1".into());
+    tasks.retain(|t| t.value.id != "t3");
+    tasks.push(moved);
+    assert!(run(&rebalancing(4, tasks), 1_000).writes.is_empty());
+}
+
+#[test]
+fn a_rebalance_waits_for_a_settled_service_and_its_policy() {
+    let mut tasks: Vec<_> = (1..=3)
+        .map(|slot| task(&format!("t{slot}"), slot, Running, Some("n1")))
+        .collect();
+    tasks.push(task("t4", 4, Starting, Some("n1")));
+    // A task still starting: no move yet.
+    assert!(moves(&run(&rebalancing(4, tasks.clone()), 1_000)).is_empty());
+    // Without the policy, a crowded node stays as it is.
+    tasks[3].value.state = Running;
+    let mut still = rebalancing(4, tasks.clone());
+    let mut svc = still.service("s").unwrap().clone();
+    svc.value.update_policy.rebalance = false;
+    still.put_service(svc);
+    assert!(run(&still, 1_000).writes.is_empty());
+    // With it, and parallelism 2, two moves at once.
+    let mut two = rebalancing(4, tasks);
+    let mut svc = two.service("s").unwrap().clone();
+    svc.value.update_policy.parallelism = 2;
+    two.put_service(svc);
+    assert_eq!(
+        moves(&run(&two, 1_000)),
+        vec![(3, Some("n1".into())), (4, Some("n1".into()))]
+    );
+}
+
+#[test]
+fn a_move_that_finds_no_node_is_called_off_and_retried_later() {
+    let mut tasks: Vec<_> = (1..=4)
+        .map(|slot| task(&format!("t{slot}"), slot, Running, Some("n1")))
+        .collect();
+    let mut mover = task("m4", 4, Pending, None);
+    mover.value.moves_from = Some("n1".into());
+    mover.value.message = "no suitable node: host port 80/tcp free: 0 of 3 nodes match".into();
+    tasks.push(mover.clone());
+    let p = run(&rebalancing(4, tasks.clone()), 5_000);
+    let (puts, _) = summary(&p);
+    assert_eq!(puts, vec![("m4".into(), 4, Shutdown, Shutdown)]);
+    assert!(moves(&p).is_empty());
+
+    // Called off at 5 s: no new move before 15 s, and the orchestrator wakes up then.
+    mover.value.state = Shutdown;
+    mover.value.desired_state = Shutdown;
+    mover.value.updated_ms = 5_000;
+    tasks.pop();
+    tasks.push(mover);
+    let p = run(&rebalancing(4, tasks.clone()), 6_000);
+    assert!(p.writes.is_empty());
+    assert_eq!(p.wake_at_ms, Some(5_000 + rebalance::RETRY_AFTER_MS));
+    assert_eq!(
+        moves(&run(&rebalancing(4, tasks), 15_000)),
+        vec![(4, Some("n1".into()))]
+    );
 }

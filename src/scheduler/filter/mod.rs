@@ -8,11 +8,13 @@ mod dependency;
 mod health;
 mod image;
 pub(crate) use image::normalize as normalize_image;
+mod moving;
 mod port;
 mod resources;
 mod slots;
 
 use super::view::{NodeInfo, Request};
+use super::NO_SUITABLE_NODE;
 
 pub(crate) trait Filter {
     /// Pushes each rule `node` breaks for `req`, worded as the condition it fails
@@ -31,8 +33,9 @@ pub(crate) trait Filter {
     }
 }
 
-const FILTERS: [&dyn Filter; 8] = [
+const FILTERS: [&dyn Filter; 9] = [
     &health::Health,
+    &moving::Moving,
     &image::Image,
     &port::Port,
     &slots::ContainerSlots,
@@ -46,7 +49,7 @@ const FILTERS: [&dyn Filter; 8] = [
 /// meet the most soft preferences (none met: preferences are ignored). Err: why none fits.
 pub(crate) fn candidates(req: &Request, nodes: &[NodeInfo]) -> Result<Vec<usize>, String> {
     if nodes.is_empty() {
-        return Err("no suitable node: the cluster has no nodes".to_string());
+        return Err(format!("{NO_SUITABLE_NODE}: the cluster has no nodes"));
     }
     let mut passing = Vec::new();
     // Each broken rule with the number of nodes breaking it.
@@ -75,13 +78,23 @@ pub(crate) fn candidates(req: &Request, nodes: &[NodeInfo]) -> Result<Vec<usize>
             .iter()
             .map(|(rule, n)| format!("{rule}: {} of {total} nodes match", total - n))
             .collect();
-        return Err(format!("no suitable node: {}", detail.join("; ")));
+        return Err(format!("{NO_SUITABLE_NODE}: {}", detail.join("; ")));
     }
     let score =
         |i: &usize| -> usize { FILTERS.iter().map(|f| f.preference(req, &nodes[*i])).sum() };
     let best = passing.iter().map(score).max().unwrap_or(0);
     passing.retain(|i| score(i) == best);
     Ok(passing)
+}
+
+/// Whether `req` may go to `node` for what the node is (its health, engine images and
+/// attributes), whatever runs on it.
+pub(crate) fn admits(req: &Request, node: &NodeInfo) -> bool {
+    let mut broken = Vec::new();
+    FILTERS.iter().filter(|f| !f.reads_placements()).all(|f| {
+        f.check(req, node, &mut broken);
+        broken.is_empty()
+    })
 }
 
 /// Whether `node`, which passed every filter for `req`, still does after a placement on it.
