@@ -1,7 +1,8 @@
 //! The proxy model from one read of the cluster: each RUNNING task (meant to run, healthy or
 //! without a health check, on a READY node) of a service with `interlock.hostname` becomes an upstream server of its host, at its
 //! node's address and the host port published for `interlock.port` (else its first published
-//! port). Deterministic: the same objects give the same model, whoever computes it.
+//! port). During an update, a task still on the previous spec is routed by that spec's labels.
+//! Deterministic: the same objects give the same model, whoever computes it.
 
 use std::collections::BTreeMap;
 
@@ -22,8 +23,8 @@ pub fn build(nodes: &[&Node], services: &[&Service], tasks: &[&Task]) -> ProxyMo
     }
     let mut hosts: BTreeMap<String, ProxyHost> = BTreeMap::new();
     let mut errors = Vec::new();
-    for service in services {
-        let (template, port) = match labels::host_of(&service.labels) {
+    for (service, spec) in services.iter().flat_map(|s| specs(s)) {
+        let (template, port) = match labels::host_of(&spec.labels) {
             Ok(Some(found)) => found,
             Ok(None) => continue,
             Err(e) => {
@@ -35,7 +36,14 @@ pub fn build(nodes: &[&Node], services: &[&Service], tasks: &[&Task]) -> ProxyMo
         let host = hosts
             .entry(template.name.clone())
             .or_insert_with(|| template.clone());
-        for task in by_service.get(service.id.as_str()).into_iter().flatten() {
+        let of_spec = by_service
+            .get(service.id.as_str())
+            .into_iter()
+            .flatten()
+            .filter(|t| {
+                service.spec_for(t.spec_version).unwrap_or(service).version == spec.version
+            });
+        for task in of_spec {
             let Some(node) = task
                 .node_id
                 .as_deref()
@@ -95,6 +103,14 @@ pub fn build(nodes: &[&Node], services: &[&Service], tasks: &[&Task]) -> ProxyMo
         e.retain(|c| !c.is_control());
     }
     ProxyModel { hosts, errors }
+}
+
+/// A service with each spec its tasks may run: its own, and during an update the previous one,
+/// whose labels route the tasks not yet updated (a task whose version is gone runs the current).
+fn specs(service: &Service) -> impl Iterator<Item = (&Service, &Service)> {
+    std::iter::once(service)
+        .chain(service.previous.as_deref())
+        .map(move |spec| (service, spec))
 }
 
 /// The host of a node address that may carry a port (`10.0.0.1`, `10.0.0.1:7946`,
@@ -249,5 +265,32 @@ mod tests {
         assert_eq!(m.hosts[0].upstreams[0].addr, "127.0.0.9:2");
         assert_eq!(m.errors.len(), 1);
         assert!(m.errors[0].starts_with("service bad: label interlock.port=\"x\""));
+    }
+
+    #[test]
+    fn during_an_update_tasks_on_the_previous_spec_are_routed_by_its_labels() {
+        let nodes = [node("a", NodeStatus::Ready)];
+        let v1 = service(
+            "s1",
+            "api",
+            &[("interlock.hostname", "api"), ("interlock.port", "80")],
+        );
+        let mut v2 = service(
+            "s1",
+            "api",
+            &[("interlock.hostname", "api"), ("interlock.port", "8080")],
+        );
+        v2 = v1.updated_to(v2, 1);
+        let old = task("old", "s1", "a", TaskState::Running, &[(80, 1)]);
+        let mut new = task("new", "s1", "a", TaskState::Running, &[(8080, 2)]);
+        new.spec_version = v2.version;
+        let m = build(&nodes.iter().collect::<Vec<_>>(), &[&v2], &[&old, &new]);
+        assert_eq!(m.errors, Vec::<String>::new());
+        let servers: Vec<(&str, &str)> = m.hosts[0]
+            .upstreams
+            .iter()
+            .map(|u| (u.task_id.as_str(), u.addr.as_str()))
+            .collect();
+        assert_eq!(servers, [("old", "127.0.0.9:1"), ("new", "127.0.0.9:2")]);
     }
 }

@@ -69,7 +69,9 @@ impl View {
                     service_tasks.push(Entry {
                         id: task.container_id.clone().unwrap_or_else(|| task.id.clone()),
                         name: format!("{}.{short}", task.name(&service.name)),
-                        service,
+                        // During an update a task still on the previous spec shows that spec
+                        // (its image, labels, ports), as its container runs it.
+                        service: service.spec_for(task.spec_version).unwrap_or(service),
                         task: Some(task),
                         node: self.node(task.node_id.as_deref()),
                     });

@@ -5,7 +5,7 @@
 //! node is DOWN) is written at once. A new leader computes the same model from the same objects,
 //! so a failover writes nothing.
 
-use crate::model::{ProxyConfig, ProxyModel};
+use crate::model::{ProxyConfig, ProxyModel, Service};
 use crate::objects::{Expect, View, Write};
 use crate::proxy::labels;
 use crate::proxy::model::build;
@@ -39,7 +39,12 @@ impl ProxyGen {
         // the error) can be in the model.
         let tasks: Vec<_> = services
             .iter()
-            .filter(|s| s.labels.contains_key(labels::HOSTNAME))
+            .filter(|s| {
+                let s: &Service = s;
+                std::iter::once(s)
+                    .chain(s.previous.as_deref())
+                    .any(|spec| spec.labels.contains_key(labels::HOSTNAME))
+            })
             .flat_map(|s| state.tasks_of_service(&s.id))
             .map(|t| &t.value)
             .collect();
