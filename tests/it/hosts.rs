@@ -199,6 +199,22 @@ async fn hosts_get_images_reach_out_and_leave_nothing_behind() {
     }
 }
 
+/// Stops a `shoal dev` that a failed assertion left running (SIGTERM, so that it removes its
+/// hosts; waits up to 30 s). A no-op once the test stopped it itself.
+struct StopOnDrop(i32);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        if kill(Pid::from_raw(self.0), Signal::SIGTERM).is_err() {
+            return;
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while alive(self.0 as u64) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
 /// The agents of `shoal dev --hosts 2`: READY nodes labelled by host.
 async fn wait_host_nodes(envs: &[(&str, &str)]) -> Vec<Value> {
     let deadline = Instant::now() + WAIT;
@@ -222,6 +238,7 @@ async fn dev_hosts_run_a_service_on_both_engines_and_stop_clean() {
     let dir_str = dir.path().join("cluster").to_str().unwrap().to_string();
     let started = Instant::now();
     let (child, doc) = start_dev_with(&dir_str, None, &["--managers", "1", "--hosts", "2"]).await;
+    let _stop = StopOnDrop(child.id().unwrap() as i32);
     println!("shoal dev --hosts 2 ready after {:?}", started.elapsed());
     let hosts = doc["hosts"].as_array().unwrap().clone();
     assert_eq!(hosts.len(), 2, "{doc}");
