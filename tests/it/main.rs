@@ -18,6 +18,7 @@ mod fleet;
 mod flood;
 mod full_disk;
 mod health;
+mod hosts;
 mod http_tls;
 mod membership;
 mod proxy;
