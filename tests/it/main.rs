@@ -20,6 +20,7 @@ mod full_disk;
 mod health;
 mod http_tls;
 mod membership;
+mod metrics;
 mod proxy;
 mod quota;
 mod scheduling;
