@@ -181,7 +181,7 @@ impl TaskRunner {
     fn publish_states(&self) {
         let mut counts: std::collections::BTreeMap<String, i64> = Default::default();
         for (state, ..) in self.reported.values() {
-            *counts.entry(state.to_string()).or_default() += 1;
+            *counts.entry(state.to_string().to_lowercase()).or_default() += 1;
         }
         crate::metrics::families::AGENT_TASKS
             .replace(counts.into_iter().map(|(state, n)| (vec![state], n)));

@@ -181,7 +181,9 @@ impl ManagerMetrics {
         let view = self.objects.view();
         let mut by_state: BTreeMap<String, u64> = BTreeMap::new();
         for t in view.tasks() {
-            *by_state.entry(t.value.state.to_string()).or_default() += 1;
+            *by_state
+                .entry(t.value.state.to_string().to_lowercase())
+                .or_default() += 1;
         }
         out.family("shoal_tasks", "gauge", "Tasks in the cluster, by state.");
         for (state, n) in &by_state {
