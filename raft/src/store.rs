@@ -551,7 +551,8 @@ impl Store {
             .iter()
             .chain(crate::db::RAFT_CFS.iter())
             .map(|cf| {
-                prop(cf, "rocksdb.total-sst-files-size") + prop(cf, "rocksdb.cur-size-all-mem-tables")
+                prop(cf, "rocksdb.total-sst-files-size")
+                    + prop(cf, "rocksdb.cur-size-all-mem-tables")
             })
             .sum();
         s

@@ -157,7 +157,10 @@ fn certificate_names(
         None => advertise.to_string(),
     };
     sans.push(host);
-    for addr in [Some(local), docker_api, http, metrics].into_iter().flatten() {
+    for addr in [Some(local), docker_api, http, metrics]
+        .into_iter()
+        .flatten()
+    {
         if !addr.ip().is_unspecified() {
             sans.push(addr.ip().to_string());
         }

@@ -47,10 +47,21 @@ impl ManagerMetrics {
         let stats = self.store.stats();
         let b = |v: bool| if v { 1.0 } else { 0.0 };
         let g = |out: &mut Text, name: &str, help: &str, v: f64| out.single(name, "gauge", help, v);
-        let c =
-            |out: &mut Text, name: &str, help: &str, v: u64| out.single(name, "counter", help, v as f64);
-        g(out, "shoal_is_leader", "1 if this manager is the Raft leader.", b(s.leader == Some(id)));
-        g(out, "shoal_has_leader", "1 if this manager knows a leader.", b(s.leader.is_some()));
+        let c = |out: &mut Text, name: &str, help: &str, v: u64| {
+            out.single(name, "counter", help, v as f64)
+        };
+        g(
+            out,
+            "shoal_is_leader",
+            "1 if this manager is the Raft leader.",
+            b(s.leader == Some(id)),
+        );
+        g(
+            out,
+            "shoal_has_leader",
+            "1 if this manager knows a leader.",
+            b(s.leader.is_some()),
+        );
         g(
             out,
             "shoal_leader_id",
@@ -130,17 +141,42 @@ impl ManagerMetrics {
             "Size of the latest snapshot file this manager built (0: none yet).",
             stats.snapshot_bytes as f64,
         );
-        g(out, "shoal_managers", "Managers in the membership.", s.members.len() as f64);
+        g(
+            out,
+            "shoal_managers",
+            "Managers in the membership.",
+            s.members.len() as f64,
+        );
         g(
             out,
             "shoal_voters",
             "Voting managers.",
             s.members.iter().filter(|m| m.voter).count() as f64,
         );
-        g(out, "shoal_store_revision", "Store revision this manager has applied.", s.revision as f64);
-        g(out, "shoal_store_keys", "Live keys (RocksDB's estimate).", stats.keys as f64);
-        g(out, "shoal_store_leases", "Leases (RocksDB's estimate).", stats.leases as f64);
-        g(out, "shoal_store_watches", "Watches open on this manager.", stats.watches as f64);
+        g(
+            out,
+            "shoal_store_revision",
+            "Store revision this manager has applied.",
+            s.revision as f64,
+        );
+        g(
+            out,
+            "shoal_store_keys",
+            "Live keys (RocksDB's estimate).",
+            stats.keys as f64,
+        );
+        g(
+            out,
+            "shoal_store_leases",
+            "Leases (RocksDB's estimate).",
+            stats.leases as f64,
+        );
+        g(
+            out,
+            "shoal_store_watches",
+            "Watches open on this manager.",
+            stats.watches as f64,
+        );
         g(
             out,
             "shoal_store_db_size_bytes",
@@ -303,7 +339,10 @@ pub(crate) fn tls(out: &mut Text, creds: &Credentials) {
         "gauge",
         "When a certificate this process holds expires (seconds since the epoch), by role (its own; root: the cluster's roots).",
     );
-    let secs = |t: SystemTime| t.duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
+    let secs = |t: SystemTime| {
+        t.duration_since(UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64())
+    };
     if let Some(id) = creds.identity() {
         out.sample(
             name,
@@ -317,7 +356,12 @@ pub(crate) fn tls(out: &mut Text, creds: &Credentials) {
 }
 
 /// A metric's name, kind, help and reading.
-type ConnMetric = (&'static str, &'static str, &'static str, fn(&ConnStats) -> u64);
+type ConnMetric = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&ConnStats) -> u64,
+);
 
 /// The HTTP surfaces' connection counters, labelled by surface (`api="docker"`, `api="http"`).
 fn connections(out: &mut Text, conns: &ApiConns) {

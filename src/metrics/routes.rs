@@ -4,15 +4,65 @@
 /// Docker API paths (version prefix already stripped): `/containers/{id}/logs`.
 pub fn docker(path: &str) -> &'static str {
     const TOP: &[&str] = &[
-        "_ping", "version", "info", "events", "system", "containers", "images", "networks",
-        "volumes", "exec", "services", "tasks", "nodes", "swarm", "secrets", "configs", "plugins",
-        "distribution", "session", "build", "auth", "commit",
+        "_ping",
+        "version",
+        "info",
+        "events",
+        "system",
+        "containers",
+        "images",
+        "networks",
+        "volumes",
+        "exec",
+        "services",
+        "tasks",
+        "nodes",
+        "swarm",
+        "secrets",
+        "configs",
+        "plugins",
+        "distribution",
+        "session",
+        "build",
+        "auth",
+        "commit",
     ];
     const VERBS: &[&str] = &[
-        "json", "create", "prune", "start", "stop", "restart", "kill", "wait", "logs", "attach",
-        "resize", "top", "stats", "changes", "export", "archive", "update", "rename", "pause",
-        "unpause", "tag", "history", "push", "connect", "disconnect", "search", "load", "get",
-        "df", "exec", "init", "join", "leave", "unlock", "unlockkey",
+        "json",
+        "create",
+        "prune",
+        "start",
+        "stop",
+        "restart",
+        "kill",
+        "wait",
+        "logs",
+        "attach",
+        "resize",
+        "top",
+        "stats",
+        "changes",
+        "export",
+        "archive",
+        "update",
+        "rename",
+        "pause",
+        "unpause",
+        "tag",
+        "history",
+        "push",
+        "connect",
+        "disconnect",
+        "search",
+        "load",
+        "get",
+        "df",
+        "exec",
+        "init",
+        "join",
+        "leave",
+        "unlock",
+        "unlockkey",
     ];
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     let Some(top) = TOP.iter().find(|t| **t == segments[0]) else {
@@ -56,7 +106,11 @@ pub fn consul(path: &str) -> &'static str {
             None => "other",
         };
     }
-    FIXED.iter().find(|f| **f == path).copied().unwrap_or("other")
+    FIXED
+        .iter()
+        .find(|f| **f == path)
+        .copied()
+        .unwrap_or("other")
 }
 
 /// One `&'static str` per route: there are finitely many, each leaked once.

@@ -73,7 +73,10 @@ fn unlabelled_families_show_zero_before_any_event_and_gauges_track_guards() {
 #[test]
 fn every_family_of_the_binary_has_a_conventional_name() {
     let mut t = Text::new();
-    for f in super::families::MANAGER.iter().chain(super::families::AGENT) {
+    for f in super::families::MANAGER
+        .iter()
+        .chain(super::families::AGENT)
+    {
         f.encode(&mut t);
     }
     let text = t.finish();

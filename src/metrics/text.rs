@@ -46,13 +46,7 @@ impl Text {
 
     /// One histogram series: `b.counts` per bucket of `bounds` (one more past the last), written
     /// cumulatively. Empty counts are all zero.
-    pub fn histogram(
-        &mut self,
-        name: &str,
-        labels: &[(&str, &str)],
-        bounds: &[f64],
-        b: &Buckets,
-    ) {
+    pub fn histogram(&mut self, name: &str, labels: &[(&str, &str)], bounds: &[f64], b: &Buckets) {
         let mut total = 0u64;
         for (i, bound) in bounds.iter().enumerate() {
             total += b.counts.get(i).copied().unwrap_or(0);

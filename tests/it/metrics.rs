@@ -35,7 +35,10 @@ impl Prometheus {
         let out = std::fs::File::create(&log).unwrap();
         let child = Command::new("prometheus")
             .arg(format!("--config.file={}", config.display()))
-            .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
             .arg(format!("--web.listen-address={addr}"))
             .stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())
@@ -95,7 +98,12 @@ fn cert_args(dir: &Path, with_cert: bool) -> Vec<String> {
     let file = |f: &str| dir.join(f).display().to_string();
     let mut args = vec!["--cacert".to_string(), file("ca.pem")];
     if with_cert {
-        args.extend(["--cert".into(), file("cert.pem"), "--key".into(), file("key.pem")]);
+        args.extend([
+            "--cert".into(),
+            file("cert.pem"),
+            "--key".into(),
+            file("key.pem"),
+        ]);
     }
     args
 }
@@ -131,7 +139,10 @@ fn families() -> Vec<(&'static str, fn(f64) -> bool)> {
         ("max(shoal_scheduler_pending_tasks)", any),
         ("sum(shoal_tasks)", positive),
         ("sum(shoal_scheduler_placements_total)", positive),
-        ("sum(shoal_scheduler_placement_latency_seconds_count)", positive),
+        (
+            "sum(shoal_scheduler_placement_latency_seconds_count)",
+            positive,
+        ),
         (
             "sum(shoal_control_pass_duration_seconds_count{loop=\"scheduler\"})",
             positive,
@@ -159,7 +170,9 @@ fn families() -> Vec<(&'static str, fn(f64) -> bool)> {
         ("max(shoal_proxy_generation{proxy=\"edge\"})", positive),
         ("sum(shoal_proxy_reloads_total{proxy=\"edge\"})", positive),
         ("sum(shoal_proxy_reload_failures_total)", any),
-        ("max(shoal_proxy_config_age_seconds{proxy=\"edge\"})", |v| v >= 0.0),
+        ("max(shoal_proxy_config_age_seconds{proxy=\"edge\"})", |v| {
+            v >= 0.0
+        }),
         // TLS
         (
             "min(shoal_tls_cert_expiry_timestamp_seconds{role=\"manager\"}) - time()",
@@ -203,7 +216,10 @@ fn dashboard_metrics() -> Vec<String> {
         .collect();
     names.sort();
     names.dedup();
-    assert!(names.len() >= 15, "the dashboard graphs too little: {names:?}");
+    assert!(
+        names.len() >= 15,
+        "the dashboard graphs too little: {names:?}"
+    );
     names
 }
 
@@ -212,12 +228,8 @@ async fn prometheus_scrapes_every_family_of_a_running_cluster() {
     let _serial = serial().await;
     let m1_metrics = format!("127.0.0.1:{}", free_port());
     let http = format!("127.0.0.1:{}", free_port());
-    let mut fleet = Fleet::start_with(
-        1,
-        0,
-        &["--metrics-addr", &m1_metrics, "--http", &http],
-    )
-    .await;
+    let mut fleet =
+        Fleet::start_with(1, 0, &["--metrics-addr", &m1_metrics, "--http", &http]).await;
     let m2_metrics = format!("127.0.0.1:{}", free_port());
     let mut m2 = Manager::new(fleet.cluster.root(), "m2");
     let (join, token) = (fleet.cluster.hosts(), fleet.cluster.token.clone());
@@ -289,7 +301,8 @@ async fn prometheus_scrapes_every_family_of_a_running_cluster() {
     )
     .unwrap();
     std::fs::write(dir.join("agents.json"), targets(&[&agent_metrics])).unwrap();
-    let deploy = std::fs::read_to_string(format!("{ROOT}/deploy/prometheus/prometheus.yml")).unwrap();
+    let deploy =
+        std::fs::read_to_string(format!("{ROOT}/deploy/prometheus/prometheus.yml")).unwrap();
     assert!(deploy.contains(DEPLOY_DIR));
     let config = dir.join("prometheus.yml");
     std::fs::write(
