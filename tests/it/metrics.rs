@@ -110,7 +110,10 @@ fn cert_args(dir: &Path, with_cert: bool) -> Vec<String> {
 
 /// Every family the issue lists, as a PromQL query that must return a series, with what the
 /// value must satisfy.
-fn families() -> Vec<(&'static str, fn(f64) -> bool)> {
+/// A PromQL query and the test its value must pass.
+type Check = (&'static str, fn(f64) -> bool);
+
+fn families() -> Vec<Check> {
     let any: fn(f64) -> bool = |_| true;
     let positive: fn(f64) -> bool = |v| v > 0.0;
     vec![
