@@ -21,6 +21,7 @@ mod health;
 mod hosts;
 mod http_tls;
 mod membership;
+mod metrics;
 mod proxy;
 mod quota;
 mod scheduling;
