@@ -11,6 +11,7 @@ pub mod dev;
 pub mod duration;
 pub mod host;
 pub mod manager;
+pub mod metrics;
 pub mod model;
 pub mod objects;
 pub mod proxy;

@@ -156,6 +156,10 @@ struct ManagerArgs {
     /// or log stream) is never cut.
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_idle_timeout, env = "SHOAL_API_IDLE_TIMEOUT")]
     api_idle_timeout: std::time::Duration,
+    /// Serve Prometheus metrics at https://ADDR/metrics, mutual TLS: an operator's (`cluster
+    /// client-cert`) or a manager's certificate required (default: not served).
+    #[arg(long, value_name = "ADDR", env = "SHOAL_METRICS_ADDR")]
+    metrics_addr: Option<SocketAddr>,
 }
 
 #[derive(Debug, Args)]
@@ -194,6 +198,10 @@ struct AgentArgs {
     /// Heartbeat period; the node is DOWN after 3 missed periods.
     #[arg(long, default_value = "500ms", value_parser = shoal::duration::parse, env = "SHOAL_HEARTBEAT")]
     heartbeat: std::time::Duration,
+    /// Serve Prometheus metrics at https://ADDR/metrics, mutual TLS: an operator's (`cluster
+    /// client-cert`) or a manager's certificate required (default: not served).
+    #[arg(long, value_name = "ADDR", env = "SHOAL_METRICS_ADDR")]
+    metrics_addr: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Args)]
@@ -361,6 +369,7 @@ fn manager_config(args: ManagerArgs, token: Option<String>) -> anyhow::Result<Ma
             max_connections: args.api_max_connections,
             idle_timeout: args.api_idle_timeout,
         },
+        metrics_addr: args.metrics_addr,
     })
 }
 
@@ -403,6 +412,7 @@ fn agent_config(args: AgentArgs, token: String) -> shoal::agent::AgentConfig {
         .engine_listen
         .unwrap_or(std::net::SocketAddr::new(args.advertise_addr, 0));
     config.heartbeat = args.heartbeat;
+    config.metrics_addr = args.metrics_addr;
     config
 }
 

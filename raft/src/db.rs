@@ -41,7 +41,7 @@ pub(crate) const SM_CFS: [&str; 6] = [
 ];
 
 /// Raft's own column families; with [`SM_CFS`], every column family of the database.
-const RAFT_CFS: [&str; 2] = [CF_RAFT, CF_LOG];
+pub(crate) const RAFT_CFS: [&str; 2] = [CF_RAFT, CF_LOG];
 
 /// All memtables together (RocksDB flushes the largest beyond it). Each column family would
 /// otherwise keep up to 2 x 64 MiB: with eight, a busy manager's memory was mostly memtables.

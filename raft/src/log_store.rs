@@ -226,6 +226,7 @@ impl Writer {
     /// order, syncs the WAL once, then acknowledges every append among them.
     fn run(self, rx: mpsc::Receiver<Job>) {
         while let Ok(first) = rx.recv() {
+            let started = Instant::now();
             let mut group = Group::default();
             let mut failed: Option<String> = None;
             for job in std::iter::once(first).chain(rx.try_iter()) {
@@ -241,6 +242,9 @@ impl Writer {
                 None if group.callbacks.is_empty() => Ok(()),
                 None => self.sync(),
             };
+            if !group.callbacks.is_empty() {
+                crate::stats::COUNTERS.append.observe(started.elapsed());
+            }
             for cb in group.callbacks {
                 cb.io_completed(synced.clone().map_err(io::Error::other));
             }
@@ -326,6 +330,7 @@ impl Writer {
         let started = Instant::now();
         let res = self.db.flush_wal(true).map_err(|e| e.into_string());
         let took = started.elapsed();
+        crate::stats::COUNTERS.fsync.observe(took);
         if took > SLOW_SYNC {
             tracing::warn!(
                 ms = took.as_millis() as u64,

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::collections::BTreeSet;
 use std::path::PathBuf;
+use std::sync::atomic::Ordering as AtomicOrdering;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -535,6 +536,28 @@ impl Store {
         }
     }
 
+    /// This process's replica counters and this replica's sizes now, for metrics.
+    pub fn stats(&self) -> crate::StoreStats {
+        let mut s = crate::stats::read();
+        let db = &self.inner.db;
+        let prop = |cf: &str, name: &str| {
+            db.cf_handle(cf)
+                .and_then(|h| db.property_int_value_cf(h, name).ok().flatten())
+                .unwrap_or(0)
+        };
+        s.keys = prop(crate::db::CF_KV, "rocksdb.estimate-num-keys");
+        s.leases = prop(crate::db::CF_LEASE, "rocksdb.estimate-num-keys");
+        s.db_bytes = crate::db::SM_CFS
+            .iter()
+            .chain(crate::db::RAFT_CFS.iter())
+            .map(|cf| {
+                prop(cf, "rocksdb.total-sst-files-size")
+                    + prop(cf, "rocksdb.cur-size-all-mem-tables")
+            })
+            .sum();
+        s
+    }
+
     /// Removes a manager from the cluster. Its id is never handed out again.
     pub async fn remove_member(&self, id: NodeId) -> Result<Vec<NodeId>, StoreError> {
         match self.leader_call(LeaderRequest::Remove(id)).await? {
@@ -849,7 +872,13 @@ impl Store {
     /// Appends `req` to the log on this manager, which must lead; the one place writes enter
     /// Raft. "Not leader" means the entry was never appended, so the caller may route it again.
     async fn propose(&self, req: Request) -> Result<Response, StoreError> {
-        match self.inner.raft.client_write(req).await {
+        let stats = &crate::stats::COUNTERS;
+        stats.proposals.fetch_add(1, AtomicOrdering::Relaxed);
+        let res = self.inner.raft.client_write(req).await;
+        if res.is_err() {
+            stats.proposals_failed.fetch_add(1, AtomicOrdering::Relaxed);
+        }
+        match res {
             Ok(resp) => Ok(resp.data),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
                 Err(StoreError::NotLeader {
@@ -869,11 +898,23 @@ impl Store {
         let store = self.clone();
         let h = tokio::spawn(async move {
             let mut rx = store.inner.raft.metrics();
+            let mut known_leader = None;
             loop {
-                let leading = {
+                let (leading, leader) = {
                     let m = rx.borrow_watched();
-                    (m.state == ServerState::Leader).then_some(m.current_term)
+                    (
+                        (m.state == ServerState::Leader).then_some(m.current_term),
+                        m.current_leader,
+                    )
                 };
+                if leader != known_leader {
+                    if known_leader.is_some() || leader.is_some() {
+                        crate::stats::COUNTERS
+                            .leader_changes
+                            .fetch_add(1, AtomicOrdering::Relaxed);
+                    }
+                    known_leader = leader;
+                }
                 store.inner.leading.send_if_modified(|cur| {
                     let changed = *cur != leading;
                     *cur = leading;

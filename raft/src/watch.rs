@@ -76,6 +76,7 @@ pub(crate) fn watch(
         next,
     };
     tokio::spawn(async move {
+        let _open = crate::stats::WatchGauge::open();
         if w.next <= current && !w.catch_up(w.next..=current).await {
             return;
         }

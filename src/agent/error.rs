@@ -24,6 +24,12 @@ pub enum AgentError {
     #[error("invalid --docker URL {url:?}: {reason}")]
     BadDockerUrl { url: String, reason: String },
 
+    #[error("cannot listen on {addr} for metrics (--metrics-addr): {source}")]
+    MetricsListen {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+
     #[error("cannot listen on {addr} for the engine endpoint (--engine-listen): {source}")]
     EngineListen {
         addr: std::net::SocketAddr,

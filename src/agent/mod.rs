@@ -55,6 +55,8 @@ pub struct AgentConfig {
     pub engine_listen: SocketAddr,
     /// Heartbeat period; the leader declares the node DOWN after 3 missed periods.
     pub heartbeat: Duration,
+    /// Where to serve `/metrics` over mutual TLS (`--metrics-addr`); None: not served.
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 impl AgentConfig {
@@ -71,6 +73,7 @@ impl AgentConfig {
             docker: None,
             engine_listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0),
             heartbeat: Duration::from_millis(crate::model::DEFAULT_HEARTBEAT_MS),
+            metrics_addr: None,
         }
     }
 }
@@ -114,6 +117,14 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> any
             source,
         })?;
     let engine_addr = advertised(bound, config.advertise_addr);
+    let metrics = match config.metrics_addr {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| AgentError::MetricsListen { addr, source })?,
+        ),
+        None => None,
+    };
     tracing::info!(addr = %engine_addr, "engine endpoint listening");
 
     let (docker, engine) = tokio::select! {
@@ -136,6 +147,28 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> any
 
     let mut background = JoinSet::new();
     background.spawn(endpoint.run());
+    for op in ["list", "start", "stop", "remove"] {
+        crate::metrics::families::AGENT_ENGINE_ERRORS.add(&[op], 0);
+    }
+    if let Some(listener) = metrics {
+        if let Ok(addr) = listener.local_addr() {
+            tracing::info!(%addr, "metrics on https://{addr}/metrics");
+        }
+        let page = creds.clone();
+        let render: crate::metrics::serve::Render = Arc::new(move || {
+            let text = crate::metrics::agent::render(&page);
+            Box::pin(async move { text })
+        });
+        let server = crate::metrics::MetricsServer {
+            creds: creds.clone(),
+            render,
+        };
+        background.spawn(async move {
+            if let Err(e) = crate::metrics::serve(listener, server, std::future::pending()).await {
+                tracing::error!(error = %e, "metrics server failed");
+            }
+        });
+    }
     background.spawn(crate::security::keeper::run_node(
         config.join.clone(),
         creds.clone(),

@@ -196,6 +196,8 @@ impl Session {
         };
         self.follow.connected();
         self.backoff.connected(Instant::now());
+        crate::metrics::families::AGENT_SESSIONS.inc(&[]);
+        let _connected = crate::metrics::families::AGENT_CONNECTED.track(&[]);
         if throttle.clear() {
             tracing::info!(leader = %addr, node = %self.me.node_id, "registered again");
         } else {

@@ -17,6 +17,7 @@ use super::plan::{self, Action, Node, Observed};
 use super::runtime::{ContainerSpec, DockerRuntime, RuntimeError};
 use super::session::Assignments;
 use super::throttle::Throttle;
+use crate::metrics::families::AGENT_ENGINE_ERRORS as ENGINE_ERRORS;
 use crate::model::{Health, PublishedPort, TaskState, TaskStatus};
 
 /// Fallback for missed engine events: Docker is looked at again after this long without a change.
@@ -100,6 +101,7 @@ impl TaskRunner {
         let containers = match self.docker.adopt(&self.node_id).await {
             Ok(containers) => containers,
             Err(e) => {
+                ENGINE_ERRORS.inc(&["list"]);
                 let line = e.to_string();
                 if self.throttle.should_log(&line) {
                     tracing::warn!("{line}; will retry");
@@ -114,6 +116,7 @@ impl TaskRunner {
         let in_set: HashSet<&str> = set.iter().map(|a| a.task.id.as_str()).collect();
         self.reported
             .retain(|task, _| in_set.contains(task.as_str()));
+        self.publish_states();
         self.started.retain(|task| in_set.contains(task.as_str()));
         let observed = Observed {
             containers: &containers,
@@ -129,6 +132,7 @@ impl TaskRunner {
                 Action::Report(status) => self.report(status),
                 Action::Remove { container } => {
                     if let Err(e) = self.docker.remove(&container).await {
+                        ENGINE_ERRORS.inc(&["remove"]);
                         tracing::warn!(%container, "removing a container that never started: {e}");
                     }
                 }
@@ -168,8 +172,19 @@ impl TaskRunner {
         tracing::info!(task = %status.task_id, state = %status.state, %health, message = %status.message, "task state");
         let queued = (status.state, status.ports.clone(), status.health, now);
         self.reported.insert(status.task_id.clone(), queued);
+        self.publish_states();
         // The session outlives the runner; a closed channel only happens while the agent stops.
         let _ = self.reports.send(status);
+    }
+
+    /// The tasks of this node by the state last reported, for metrics.
+    fn publish_states(&self) {
+        let mut counts: std::collections::BTreeMap<String, i64> = Default::default();
+        for (state, ..) in self.reported.values() {
+            *counts.entry(state.to_string().to_lowercase()).or_default() += 1;
+        }
+        crate::metrics::families::AGENT_TASKS
+            .replace(counts.into_iter().map(|(state, n)| (vec![state], n)));
     }
 
     /// Stops (and removes) a container in the background, after `drain` (the task's drain
@@ -209,7 +224,10 @@ impl TaskRunner {
                     self.report(status);
                 }
             }
-            Err(e) => tracing::warn!(%container, %name, "stopping container: {e}; will retry"),
+            Err(e) => {
+                ENGINE_ERRORS.inc(&["stop"]);
+                tracing::warn!(%container, %name, "stopping container: {e}; will retry")
+            }
         }
     }
 }
@@ -245,7 +263,10 @@ async fn start(docker: &DockerRuntime, task: &str, spec: &ContainerSpec) -> Opti
             tracing::warn!(%task, container = %name, "container already exists; adopting it");
             return None;
         }
-        Err(e) => return Some(rejected(e)),
+        Err(e) => {
+            ENGINE_ERRORS.inc(&["start"]);
+            return Some(rejected(e));
+        }
     };
     match docker.inspect(&id).await {
         Ok(info) => Some(TaskStatus {

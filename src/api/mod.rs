@@ -1,7 +1,7 @@
 //! The APIs a manager serves besides gRPC. Each surface is a thin translation onto the store:
 //! it owns wire formats and status codes, never state of its own.
 
-mod conn;
+pub(crate) mod conn;
 pub mod docker;
 mod guard;
 pub mod http;

@@ -278,6 +278,9 @@ mod tests {
             applied_revision: 30,
             error: error.map(String::from),
             updated_ms: 1,
+            reloads: 0,
+            failures: 0,
+            applied_ms: 0,
         };
         let proxies = [
             proxy("edge-1", None),

@@ -125,6 +125,9 @@ mod tests {
             applied_revision: 120,
             error: error.map(String::from),
             updated_ms: 1,
+            reloads: 0,
+            failures: 0,
+            applied_ms: 0,
         };
         let text = status_table(&[
             status("edge-1", None),

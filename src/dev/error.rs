@@ -50,6 +50,9 @@ pub enum DevError {
     #[error("{}: {reason}", dir.display())]
     Existing { dir: PathBuf, reason: String },
 
+    #[error(transparent)]
+    Hosts(#[from] super::hosts::HostsError),
+
     #[error("every manager has exited; see the logs in {}", logs.display())]
     AllExited { logs: PathBuf },
 }

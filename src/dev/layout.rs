@@ -21,6 +21,9 @@ pub struct ClusterFile {
     pub managers: Vec<ManagerEntry>,
     #[serde(default)]
     pub agents: Vec<AgentEntry>,
+    /// With `--hosts N`: the hosts (namespaces with their own engine); their agents are in `agents`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<HostEntry>,
     pub proxy: Option<serde_json::Value>,
 }
 
@@ -45,6 +48,21 @@ pub struct AgentEntry {
     pub log: PathBuf,
 }
 
+/// One host of `--hosts N`: a network namespace with its own Docker engine.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostEntry {
+    /// `h1`...; its agent's node is `host-1`..., labelled `host=h1`.
+    pub name: String,
+    /// The host's engine as DOCKER_HOST takes it (`unix:///run/shoal-hosts/.../docker.sock`).
+    pub docker_host: String,
+    /// The host's address (its namespace's IP on the hosts' bridge).
+    pub addr: String,
+    /// The network namespace (`ip netns exec NS ...`, `nsenter --net=/var/run/netns/NS`).
+    pub netns: String,
+    pub dockerd_pid: u32,
+    pub dockerd_log: PathBuf,
+}
+
 /// The most agents `shoal dev` runs: each needs its own 127.0.0.x address, from 127.0.0.2.
 pub const MAX_AGENTS: u32 = 253;
 
@@ -58,6 +76,8 @@ pub(crate) struct AgentSlot {
     pub(crate) labels: Vec<String>,
     pub(crate) data_dir: PathBuf,
     pub(crate) log: PathBuf,
+    /// Another engine than the local one (`--docker`), and where to serve it to the managers.
+    pub(crate) engine: Option<(String, String)>,
 }
 
 impl AgentSlot {
@@ -78,6 +98,14 @@ impl AgentSlot {
         for label in &self.labels {
             args.extend(["--label".into(), label.clone()]);
         }
+        if let Some((docker, listen)) = &self.engine {
+            args.extend([
+                "--docker".into(),
+                docker.clone(),
+                "--engine-listen".into(),
+                listen.clone(),
+            ]);
+        }
         args
     }
 }
@@ -97,6 +125,33 @@ pub(crate) fn agent_slots(dir: &Path, count: u32) -> Vec<AgentSlot> {
                 data_dir: dir.join(format!("a{i}")),
                 log: dir.join("logs").join(format!("{name}.log")),
                 name,
+                engine: None,
+            }
+        })
+        .collect()
+}
+
+/// The agents of `--hosts N`, one per host (`(name, address, DOCKER_HOST)`): `host-I` advertising
+/// the host's address (its tasks' ports are published there, inside the namespace), driving the
+/// host's engine and serving it to the managers on loopback; labelled `host=hI`, host-1 also
+/// `storage=ssd` as the seed's first host. Data in `DIR/hI`, so a restart keeps the node ids.
+pub(crate) fn host_agent_slots(dir: &Path, hosts: &[(String, Ipv4Addr, String)]) -> Vec<AgentSlot> {
+    hosts
+        .iter()
+        .enumerate()
+        .map(|(i, (host, addr, docker))| {
+            let name = format!("host-{}", i + 1);
+            let mut labels = vec![format!("host={host}")];
+            if i == 0 {
+                labels.push("storage=ssd".into());
+            }
+            AgentSlot {
+                addr: *addr,
+                labels,
+                data_dir: dir.join(host),
+                log: dir.join("logs").join(format!("{name}.log")),
+                name,
+                engine: Some((docker.clone(), "127.0.0.1:0".into())),
             }
         })
         .collect()
@@ -265,6 +320,7 @@ mod tests {
                 })
                 .collect(),
             agents: vec![],
+            hosts: vec![],
             proxy: None,
         };
         write_cluster_file(dir.path(), &file).unwrap();
@@ -303,6 +359,33 @@ mod tests {
             Ipv4Addr::new(127, 0, 0, 254)
         );
         assert!(agent_slots(dir, 0).is_empty());
+    }
+
+    #[test]
+    fn host_agents_drive_their_host_engine_and_carry_its_label() {
+        let dir = Path::new("/tmp/x");
+        let hosts = vec![
+            (
+                "h1".to_string(),
+                Ipv4Addr::new(10, 214, 3, 11),
+                "unix:///r/1.sock".to_string(),
+            ),
+            (
+                "h2".to_string(),
+                Ipv4Addr::new(10, 214, 3, 12),
+                "unix:///r/2.sock".to_string(),
+            ),
+        ];
+        let slots = host_agent_slots(dir, &hosts);
+        assert_eq!(slots[1].name, "host-2");
+        assert_eq!(slots[1].data_dir, dir.join("h2"));
+        assert_eq!(
+            slots[1].agent_args(&["m:1".to_string()], "tok").join(" "),
+            "agent --data-dir /tmp/x/h2 --join m:1 --token tok --name host-2 \
+             --advertise-addr 10.214.3.12 --label host=h2 \
+             --docker unix:///r/2.sock --engine-listen 127.0.0.1:0"
+        );
+        assert_eq!(slots[0].labels, ["host=h1", "storage=ssd"]);
     }
 
     #[test]

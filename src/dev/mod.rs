@@ -2,10 +2,14 @@
 //! first bootstraps, the others join it), M agents once the managers are voters, with `--proxy` an
 //! nginx and a `shoal proxy` beside it, `DIR/cluster.json` once every agent is a READY node and the
 //! proxy reports, and a clean stop on Ctrl-C. It never deletes anything in DIR: run it again and
-//! the same cluster restarts.
+//! the same cluster restarts. With `--hosts N` it first builds N hosts (`hosts`: network namespaces
+//! with their own Docker engine), runs one agent per host and keeps the services' images loaded
+//! into them (`images`); the hosts are removed on exit, or swept at the next start after a crash.
 
 mod agents;
 mod error;
+pub mod hosts;
+mod images;
 mod layout;
 mod procs;
 mod proxy;
@@ -19,7 +23,8 @@ use clap::Args;
 use crate::client::{Client, ClientConfig};
 pub use error::DevError;
 use layout::Slot;
-pub use layout::{AgentEntry, ClusterFile, ManagerEntry, MAX_AGENTS};
+pub use layout::{AgentEntry, ClusterFile, HostEntry, ManagerEntry, MAX_AGENTS};
+pub(crate) use procs::last_log_line;
 use procs::Group;
 pub use proxy::ProxyEntry;
 use proxy::ProxySlot;
@@ -36,6 +41,11 @@ pub struct DevArgs {
     /// node-2, ... on 127.0.0.2, 127.0.0.3, ...
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=i64::from(MAX_AGENTS)))]
     pub agents: u32,
+    /// How many hosts to build (needs root): network namespaces, each with its own Docker engine
+    /// and an agent `host-I` (labelled host=hI; host-1 also storage=ssd). Images of services
+    /// reach them from the local engine. Everything is removed on exit (or at the next start).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u16).range(0..=hosts::MAX_HOSTS as i64))]
+    pub hosts: u16,
     /// Also run nginx (Debian nginx-light) on a free port, with a `shoal proxy` applying the
     /// cluster's proxy config to it.
     #[arg(long)]
@@ -98,38 +108,116 @@ pub async fn run(args: DevArgs, shutdown: impl Future<Output = ()>) -> Result<()
         }
     };
 
-    let agent_slots = layout::agent_slots(&dir, args.agents);
+    tokio::pin!(shutdown);
+    let logs = dir.join("logs");
+    let hosts = if args.hosts > 0 {
+        let created = hosts::Hosts::create(usize::from(args.hosts), &logs);
+        tokio::select! {
+            created = created => Some(created?),
+            _ = &mut shutdown => return Ok(()),
+        }
+    } else {
+        None
+    };
+    let started = Started {
+        dir: &dir,
+        exe: &exe,
+        slots: &slots,
+        previous,
+        hosts: hosts.as_ref(),
+    };
+    let result = run_with(args, started, nginx, shutdown).await;
+    if let Some(hosts) = hosts {
+        // Stopping the engines and their containers blocks (and waits): off the runtime's threads.
+        let _ = tokio::task::spawn_blocking(move || drop(hosts)).await;
+    }
+    result
+}
+
+/// What `run` prepared before starting any process.
+struct Started<'a> {
+    dir: &'a Path,
+    exe: &'a Path,
+    slots: &'a [Slot],
+    previous: Option<ClusterFile>,
+    hosts: Option<&'a hosts::Hosts>,
+}
+
+/// `run` once the hosts (if any) are up.
+async fn run_with(
+    args: DevArgs,
+    started: Started<'_>,
+    nginx: Option<PathBuf>,
+    mut shutdown: std::pin::Pin<&mut impl Future<Output = ()>>,
+) -> Result<(), DevError> {
+    let Started {
+        dir,
+        exe,
+        slots,
+        previous,
+        hosts,
+    } = started;
+    let mut agent_slots = layout::agent_slots(dir, args.agents);
+    if let Some(hosts) = hosts {
+        let list: Vec<_> = hosts
+            .hosts()
+            .iter()
+            .map(|h| (h.name.clone(), h.ip, h.docker_host()))
+            .collect();
+        agent_slots.extend(layout::host_agent_slots(dir, &list));
+    }
     let proxy_slot = match &nginx {
         Some(nginx) => {
             let previous = previous.as_ref().and_then(|f| f.proxy.as_ref());
-            Some((nginx.as_path(), ProxySlot::new(&dir, previous)?))
+            Some((nginx.as_path(), ProxySlot::new(dir, previous)?))
         }
         None => None,
     };
     let proxy = proxy_slot.as_ref().map(|(nginx, slot)| (*nginx, slot));
 
     let mut group = Group::new();
-    tokio::pin!(shutdown);
     let started = tokio::select! {
-        started = start(&exe, &slots, &agent_slots, proxy, previous.as_ref(), &mut group) => started,
+        started = start(exe, slots, &agent_slots, proxy, previous.as_ref(), &mut group) => started,
         _ = &mut shutdown => {
             group.stop().await;
             return Ok(());
         }
     };
-    let file = match started {
+    let mut file = match started {
         Ok(file) => file,
         Err(e) => {
             group.stop().await;
             return Err(e);
         }
     };
-    let path = layout::write_cluster_file(&dir, &file)?;
-    print_summary(&file, &slots, &path);
+    if let Some(hosts) = hosts {
+        file.hosts = hosts
+            .hosts()
+            .iter()
+            .map(|h| layout::HostEntry {
+                name: h.name.clone(),
+                docker_host: h.docker_host(),
+                addr: h.ip.to_string(),
+                netns: h.ns.clone(),
+                dockerd_pid: h.dockerd_pid().unwrap_or(0),
+                dockerd_log: h.log.clone(),
+            })
+            .collect();
+    }
+    let path = layout::write_cluster_file(dir, &file)?;
+    print_summary(&file, slots, &path);
 
+    let managers: Vec<String> = file.managers.iter().map(|m| m.grpc.clone()).collect();
+    let mut images = hosts.map(|h| images::Sync::new(h, client_config(managers, &file.tls_dir)));
+    let mut tick = tokio::time::interval(images::SYNC_EVERY);
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
+            _ = tick.tick(), if images.is_some() => {
+                if let Some(sync) = images.as_mut() {
+                    sync.run().await;
+                }
+            }
             (index, status) = group.next_exit() => {
                 let p = group.get(index);
                 eprintln!(
@@ -149,8 +237,12 @@ pub async fn run(args: DevArgs, shutdown: impl Future<Output = ()>) -> Result<()
         0 => "",
         _ => " and the proxy",
     };
+    let hosts = match file.hosts.len() {
+        0 => String::new(),
+        n => format!(" and {n} host{}", plural(n)),
+    };
     eprintln!(
-        "shoal dev: stopping {alive_managers} manager{}, {alive_agents} agent{}{proxy}",
+        "shoal dev: stopping {alive_managers} manager{}, {alive_agents} agent{}{proxy}{hosts}",
         plural(alive_managers),
         plural(alive_agents)
     );
@@ -234,6 +326,7 @@ async fn start(
         tls_dir,
         managers,
         agents,
+        hosts: Vec::new(),
         proxy,
     })
 }
@@ -368,6 +461,24 @@ fn print_summary(file: &ClusterFile, slots: &[Slot], path: &Path) {
             p.nginx_log.display()
         );
         println!("  {}  pid {}  log {}", p.name, p.pid, p.log.display());
+    }
+    if !file.hosts.is_empty() {
+        let n = file.hosts.len();
+        println!(
+            "{n} host{} running (network namespaces with their own engine; `docker` reaches one with DOCKER_HOST)",
+            if n == 1 { "" } else { "s" }
+        );
+    }
+    for h in &file.hosts {
+        println!(
+            "  {}  addr {}  netns {}  dockerd pid {}  log {}",
+            h.name,
+            h.addr,
+            h.netns,
+            h.dockerd_pid,
+            h.dockerd_log.display()
+        );
+        println!("      DOCKER_HOST={}", h.docker_host);
     }
     println!("join token (manager; joins any node role): {}", file.token);
     println!("credentials: {}", file.tls_dir.display());

@@ -283,6 +283,7 @@ impl Dispatcher for DispatcherService {
             .readers
             .subscribe(&self.objects, &leading, self.leading.clone());
         tokio::spawn(async move {
+            let _session = crate::metrics::families::DISPATCHER_SESSIONS.track(&[]);
             let mut sent: Option<Arc<NodeSet>> = None;
             loop {
                 let Ok(permit) = tx.reserve().await else {

@@ -72,6 +72,8 @@ pub struct ManagerConfig {
     pub quota_bytes: u64,
     /// Connection limit and idle timeout of each HTTP surface (Docker API, HTTP API).
     pub api_limits: crate::api::ConnLimits,
+    /// Where to serve `/metrics` over mutual TLS (`--metrics-addr`); None: not served there.
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 /// Where the Docker API listens without `--docker-api`.
@@ -140,12 +142,14 @@ fn http_api_tls(addr: SocketAddr, config: &ManagerConfig) -> bool {
     false
 }
 
-/// Names and addresses a manager's certificate carries: Docker and HTTP clients check them.
+/// Names and addresses a manager's certificate carries: Docker, HTTP and Prometheus clients
+/// check them.
 fn certificate_names(
     advertise: &str,
     local: SocketAddr,
     docker_api: Option<SocketAddr>,
     http: Option<SocketAddr>,
+    metrics: Option<SocketAddr>,
 ) -> Vec<String> {
     let mut sans = vec!["localhost".to_string(), "127.0.0.1".to_string()];
     let host = match advertise.rsplit_once(':') {
@@ -153,7 +157,10 @@ fn certificate_names(
         None => advertise.to_string(),
     };
     sans.push(host);
-    for addr in [Some(local), docker_api, http].into_iter().flatten() {
+    for addr in [Some(local), docker_api, http, metrics]
+        .into_iter()
+        .flatten()
+    {
         if !addr.ip().is_unspecified() {
             sans.push(addr.ip().to_string());
         }
@@ -179,6 +186,14 @@ pub async fn run(config: ManagerConfig, shutdown: impl Future<Output = ()>) -> a
         None => None,
     };
     let docker_api = bind_docker_api(config.docker_api).await?;
+    let metrics = match config.metrics_addr {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} (--metrics-addr)"))?,
+        ),
+        None => None,
+    };
     let advertise = match &config.advertise {
         Some(a) => a.clone(),
         None if local.ip().is_unspecified() => {
@@ -207,7 +222,8 @@ pub async fn run(config: ManagerConfig, shutdown: impl Future<Output = ()>) -> a
         None => false,
     };
     let http_addr = http.as_ref().map(|l| l.local_addr()).transpose()?;
-    let sans = certificate_names(&advertise, local, docker_addr, http_addr);
+    let metrics_addr = metrics.as_ref().map(|l| l.local_addr()).transpose()?;
+    let sans = certificate_names(&advertise, local, docker_addr, http_addr, metrics_addr);
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create {}", config.data_dir.display()))?;
     let material = security::local::open_manager(security::local::Start {
@@ -286,6 +302,35 @@ pub async fn run(config: ManagerConfig, shutdown: impl Future<Output = ()>) -> a
     let mut server = tokio::spawn(server);
     let (http_stop, http_stopped) = tokio::sync::oneshot::channel::<()>();
     let conns = crate::api::ApiConns::default();
+    let page = crate::metrics::manager::ManagerMetrics {
+        store: store.clone(),
+        objects: objects.clone(),
+        conns: conns.clone(),
+        creds: creds.clone(),
+    };
+    let (metrics_stop, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
+    let metrics = metrics.map(|l| {
+        if let Ok(addr) = l.local_addr() {
+            println!("metrics on https://{addr}/metrics");
+        }
+        let page = page.clone();
+        let render: crate::metrics::serve::Render = std::sync::Arc::new(move || {
+            let page = page.clone();
+            Box::pin(async move { page.render().await })
+        });
+        let server = crate::metrics::MetricsServer {
+            creds: creds.clone(),
+            render,
+        };
+        let stopped = async move {
+            let _ = metrics_stopped.await;
+        };
+        tokio::spawn(async move {
+            if let Err(e) = crate::metrics::serve(l, server, stopped).await {
+                tracing::error!(error = %e, "metrics server failed");
+            }
+        })
+    });
     let http = http.map(|l| {
         let tls = http_tls.then(|| creds.clone());
         let stopped = async move {
@@ -296,7 +341,7 @@ pub async fn run(config: ManagerConfig, shutdown: impl Future<Output = ()>) -> a
             store.clone(),
             tls,
             config.api_limits,
-            conns.clone(),
+            page.clone(),
             stopped,
         );
         tokio::spawn(async move {
@@ -374,6 +419,10 @@ pub async fn run(config: ManagerConfig, shutdown: impl Future<Output = ()>) -> a
     }
     let _ = stop_tx.send(());
     let _ = http_stop.send(());
+    let _ = metrics_stop.send(());
+    if let Some(m) = metrics {
+        let _ = m.await;
+    }
     if let Some(h) = http {
         let _ = h.await;
     }

@@ -65,6 +65,8 @@ enum Fate {
 }
 
 async fn commit<S: ObjectStore>(objects: &S, term: u64, reports: Vec<Report>) {
+    crate::metrics::families::STATUS_BATCHES.inc(&[]);
+    crate::metrics::families::STATUS_REPORTS.add(&[], reports.len() as u64);
     let mut fates: Vec<Vec<Fate>> = reports
         .iter()
         .map(|r| vec![Fate::Open; r.statuses.len()])

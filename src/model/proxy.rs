@@ -100,4 +100,12 @@ pub struct ProxyStatus {
     #[serde(default)]
     pub error: Option<String>,
     pub updated_ms: u64,
+    /// Reloads made, and configs that failed to validate or reload, since the proxy started.
+    #[serde(default)]
+    pub reloads: u64,
+    #[serde(default)]
+    pub failures: u64,
+    /// When the live config was made live (ms since the epoch; the proxy's start until then).
+    #[serde(default)]
+    pub applied_ms: u64,
 }

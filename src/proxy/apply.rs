@@ -37,6 +37,10 @@ pub(crate) struct Applier<C> {
     applied_revision: u64,
     /// The last attempt's failure, `generation N: why`; None once a later attempt succeeds.
     error: Option<String>,
+    /// Reloads made and failed attempts since the start, and when the live config went live.
+    reloads: u64,
+    failures: u64,
+    applied_ms: u64,
 }
 
 impl<C: Control> Applier<C> {
@@ -57,6 +61,9 @@ impl<C: Control> Applier<C> {
             applied_generation: 0,
             applied_revision: 0,
             error: None,
+            reloads: 0,
+            failures: 0,
+            applied_ms: crate::host::now_ms(),
         }
     }
 
@@ -64,12 +71,17 @@ impl<C: Control> Applier<C> {
     pub(crate) async fn apply(&mut self, record: &ProxyConfig, revision: u64) -> Outcome {
         match self.try_apply(record).await {
             Ok(outcome) => {
+                if matches!(outcome, Outcome::Reloaded) {
+                    self.reloads += 1;
+                    self.applied_ms = crate::host::now_ms();
+                }
                 self.applied_generation = record.generation;
                 self.applied_revision = revision;
                 self.error = None;
                 outcome
             }
             Err(e) => {
+                self.failures += 1;
                 self.error = Some(format!("generation {}: {e}", record.generation));
                 Outcome::Failed(e)
             }
@@ -78,6 +90,7 @@ impl<C: Control> Applier<C> {
 
     /// Records a failure that happened before any rendering (an unreadable record).
     pub(crate) fn fail(&mut self, error: ApplyError) {
+        self.failures += 1;
         self.error = Some(error.to_string());
     }
 
@@ -94,6 +107,9 @@ impl<C: Control> Applier<C> {
             applied_revision: self.applied_revision,
             error: self.error.clone(),
             updated_ms: now_ms,
+            reloads: self.reloads,
+            failures: self.failures,
+            applied_ms: self.applied_ms,
         }
     }
 

@@ -36,6 +36,8 @@ pub enum Method {
     CaToken,
     CaIssueClient,
     CaRotate,
+    /// `GET /metrics` on a manager's or an agent's `--metrics-addr` (HTTPS, not gRPC).
+    MetricsRead,
     /// Every method of `shoal.v1.RaftService` (appends, votes, snapshots, forwarded writes,
     /// joins): checked in `shoal-raft` itself, manager certificates only.
     Raft,
@@ -72,6 +74,7 @@ impl Method {
         Method::CaToken,
         Method::CaIssueClient,
         Method::CaRotate,
+        Method::MetricsRead,
         Method::Raft,
     ];
 
@@ -100,6 +103,7 @@ impl Method {
             Method::CaToken => "Ca.Token",
             Method::CaIssueClient => "Ca.IssueClient",
             Method::CaRotate => "Ca.Rotate",
+            Method::MetricsRead => "GET /metrics",
             Method::Raft => "RaftService.*",
         }
     }
@@ -125,7 +129,9 @@ impl Method {
             | Method::DispatcherUpdateTaskStatus => WORKER,
             Method::CaInfo | Method::CaJoin => ANYONE,
             Method::CaRenew => EVERY_ROLE,
-            Method::CaToken | Method::CaIssueClient | Method::CaRotate => OPERATOR,
+            Method::CaToken | Method::CaIssueClient | Method::CaRotate | Method::MetricsRead => {
+                OPERATOR
+            }
             Method::Raft => MANAGER,
         }
     }

@@ -13,7 +13,7 @@ use tokio::time::{sleep, Instant};
 
 use crate::cluster::{run_cli, serial, SHOAL, WAIT};
 
-fn alive(pid: u64) -> bool {
+pub(crate) fn alive(pid: u64) -> bool {
     // Signal 0: does the process exist? A zombie counts as gone for us only once reaped, so
     // also check /proc for its state.
     let exists = kill(Pid::from_raw(pid as i32), None).is_ok();
@@ -27,7 +27,7 @@ async fn start_dev(dir: &str, stale_pid: Option<u64>) -> (tokio::process::Child,
     start_dev_with(dir, stale_pid, &["--managers", "3"]).await
 }
 
-async fn start_dev_with(
+pub(crate) async fn start_dev_with(
     dir: &str,
     stale_pid: Option<u64>,
     args: &[&str],
@@ -56,7 +56,7 @@ async fn start_dev_with(
     }
 }
 
-async fn stop_dev(mut child: tokio::process::Child) -> String {
+pub(crate) async fn stop_dev(mut child: tokio::process::Child) -> String {
     kill(Pid::from_raw(child.id().unwrap() as i32), Signal::SIGTERM).unwrap();
     let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
         .await

@@ -194,6 +194,11 @@ pub fn docker_inspect(id: &str, format: &str) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
+/// The loopback address the `i`th agent (from 0) advertises.
+pub fn agent_addr(i: usize) -> String {
+    format!("127.0.0.{}", i + 2)
+}
+
 /// Managers plus agents. Fields drop in declaration order: the agents (and their containers,
 /// found through the node id in their data dirs) must go before the cluster removes its temp dir.
 pub struct Fleet {
@@ -229,11 +234,16 @@ impl Fleet {
     }
 
     pub fn add_agent(&mut self, name: &str, labels: Vec<String>) -> usize {
+        self.add_agent_with(name, labels, &[])
+    }
+
+    /// As `add_agent`, with `extra` flags; the agent advertises `agent_addr(i)`.
+    pub fn add_agent_with(&mut self, name: &str, labels: Vec<String>, extra: &[&str]) -> usize {
         let i = self.agents.len();
         let root = self.cluster.root().to_path_buf();
         let mut agent = Agent {
             name: name.to_string(),
-            addr: format!("127.0.0.{}", i + 2),
+            addr: agent_addr(i),
             labels,
             data_dir: root.join(name),
             log: root.join(format!("{name}.log")),
@@ -242,7 +252,7 @@ impl Fleet {
         agent.spawn(
             &self.cluster.hosts(),
             &self.cluster.worker_token.clone(),
-            &[],
+            extra,
         );
         self.agents.push(agent);
         i

@@ -288,6 +288,31 @@ pub fn root_name(cert_pem: &str) -> Result<String, TlsError> {
     Ok(name)
 }
 
+/// The common name and expiry of each certificate in `pem` (the cluster's roots, for metrics);
+/// one that does not parse is left out.
+pub fn expiries(pem: &str) -> Vec<(String, SystemTime)> {
+    use x509_parser::prelude::FromDer;
+    let Ok(certs) = certs_from_pem(pem) else {
+        return Vec::new();
+    };
+    certs
+        .iter()
+        .filter_map(|der| {
+            let (_, cert) = x509_parser::certificate::X509Certificate::from_der(der).ok()?;
+            let name = cert
+                .subject()
+                .iter_common_name()
+                .next()
+                .and_then(|a| a.as_str().ok())
+                .unwrap_or_default()
+                .to_string();
+            let secs = cert.validity().not_after.timestamp();
+            let at = SystemTime::UNIX_EPOCH + Duration::from_secs(secs.max(0) as u64);
+            Some((name, at))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -220,6 +220,7 @@ impl RaftSnapshotBuilder<TypeConfig> for Builder {
 }
 
 fn build(db: &DB, store: &SnapshotStore, fixed: oneshot::Sender<()>) -> io::Result<Snapshot> {
+    let started = std::time::Instant::now();
     let view = db.snapshot();
     let _ = fixed.send(());
 
@@ -271,6 +272,13 @@ fn build(db: &DB, store: &SnapshotStore, fixed: oneshot::Sender<()>) -> io::Resu
     store.publish(&meta, &tmp)?;
     tracing::info!(last_log_id = ?meta.last_log_id, records, "built snapshot");
     let path = store.dir.join(stem(&meta)).with_extension("snap");
+    let stats = &crate::stats::COUNTERS;
+    stats.snapshot.observe(started.elapsed());
+    if let Ok(m) = fs::metadata(&path) {
+        stats
+            .snapshot_bytes
+            .store(m.len(), std::sync::atomic::Ordering::Relaxed);
+    }
     Ok(Snapshot {
         meta,
         snapshot: SnapshotFile::open(path)?,

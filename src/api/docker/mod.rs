@@ -202,6 +202,10 @@ async fn dispatch(State(api): State<Api>, req: Request) -> Response {
             e.into_response()
         }
     };
+    let route = crate::metrics::routes::docker(&path);
+    let code = response.status().as_str().to_string();
+    crate::metrics::families::API_REQUESTS.inc(&["docker", route, &code]);
+    crate::metrics::families::API_SECONDS.observe_duration(&["docker", route], started.elapsed());
     if method != Method::GET && method != Method::HEAD {
         let status = response.status().as_u16();
         let ms = started.elapsed().as_millis();

@@ -72,7 +72,8 @@ use shoal_tls::{Credentials, Role};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::api::conn::{self, ApiConns, ConnLimits};
+use crate::api::conn::{self, ConnLimits};
+use crate::metrics::manager::ManagerMetrics;
 
 use self::error::ApiError;
 use self::query::decode;
@@ -85,30 +86,30 @@ pub(crate) struct Api {
     stopping: watch::Receiver<bool>,
     /// A plaintext loopback listener: requests must be addressed to this machine.
     check_host: bool,
-    /// Both HTTP surfaces' connection counters, for `/metrics`.
-    conns: ApiConns,
+    /// The manager's metrics page, for `/metrics`.
+    metrics: ManagerMetrics,
 }
 
 /// Serves the API on `listener` until `shutdown` resolves: over mutual TLS with `tls` (clients
 /// need a client or manager certificate of the cluster), plaintext without; with `limits` on
-/// its connections, counted in `conns.http`.
+/// its connections, counted in `metrics.conns.http`.
 pub async fn serve(
     listener: TcpListener,
     store: Store,
     tls: Option<Credentials>,
     limits: ConnLimits,
-    conns: ApiConns,
+    metrics: ManagerMetrics,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let (stop_tx, stopping) = watch::channel(false);
     let addr = listener.local_addr()?;
     let check_host = tls.is_none() && addr.ip().is_loopback();
-    let stats = conns.http.clone();
+    let stats = metrics.conns.http.clone();
     let app = Router::new().fallback(dispatch).with_state(Api {
         store,
         stopping,
         check_host,
-        conns,
+        metrics,
     });
     let shutdown = async move {
         shutdown.await;
@@ -140,8 +141,15 @@ async fn dispatch(
     }
     let path = uri.path();
     let raw_query = uri.query();
-    let result = route(&api, &method, path, raw_query, body).await;
-    result.unwrap_or_else(IntoResponse::into_response)
+    let started = std::time::Instant::now();
+    let response = route(&api, &method, path, raw_query, body)
+        .await
+        .unwrap_or_else(IntoResponse::into_response);
+    let route = crate::metrics::routes::consul(path);
+    let code = response.status().as_str().to_string();
+    crate::metrics::families::API_REQUESTS.inc(&["http", route, &code]);
+    crate::metrics::families::API_SECONDS.observe_duration(&["http", route], started.elapsed());
+    response
 }
 
 async fn route(
@@ -193,7 +201,7 @@ async fn route(
         }
         "/metrics" => {
             get(method)?;
-            status::metrics(api).await
+            Ok(crate::metrics::serve::page(api.metrics.render().await))
         }
         _ => Err(ApiError::NotFound(format!(
             "{path} is not an endpoint of shoal's Consul-compatible API"

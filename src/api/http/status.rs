@@ -1,18 +1,12 @@
 //! What clients and monitoring probe: `/v1/status/*`, `/v1/agent/self`, `/v1/catalog/nodes`,
-//! `/health` and Prometheus `/metrics`. The catalog lists the managers only for now: agents
+//! `/health` (Prometheus `/metrics` is `crate::metrics`). The catalog lists the managers only for now: agents
 //! join the cluster (and this list) in a later issue.
 
-use std::fmt::Write as _;
-
-use axum::http::header;
 use axum::http::StatusCode;
-use axum::response::IntoResponse;
 use axum::response::Response;
 use serde_json::json;
 use shoal_raft::MemberStatus;
 use shoal_raft::NodeId;
-
-use crate::api::conn::{ApiConns, ConnStats};
 
 use super::error::ApiError;
 use super::json;
@@ -179,124 +173,4 @@ pub(crate) async fn health(api: &Api) -> Result<Response, ApiError> {
         "revision": api.store.revision(),
     });
     Ok(json(status, &body))
-}
-
-/// Prometheus text exposition of this manager's replica and of the cluster as it sees it.
-pub(crate) async fn metrics(api: &Api) -> Result<Response, ApiError> {
-    let s = api.store.status().await;
-    let id = api.store.id();
-    let mut out = String::new();
-    let mut gauge = |name: &str, help: &str, value: u64| {
-        let _ = writeln!(out, "# HELP shoal_{name} {help}");
-        let _ = writeln!(out, "# TYPE shoal_{name} gauge");
-        let _ = writeln!(out, "shoal_{name} {value}");
-    };
-    gauge(
-        "is_leader",
-        "1 if this manager is the Raft leader.",
-        u64::from(s.leader == Some(id)),
-    );
-    gauge(
-        "has_leader",
-        "1 if this manager knows a leader.",
-        u64::from(s.leader.is_some()),
-    );
-    gauge(
-        "leader_id",
-        "Id of the leader this manager knows (0: none).",
-        s.leader.unwrap_or(0),
-    );
-    gauge("raft_term", "Current Raft term.", s.term);
-    gauge(
-        "raft_commit_index",
-        "Highest log index known committed.",
-        s.commit_index,
-    );
-    gauge(
-        "raft_applied_index",
-        "Highest log index applied by this manager.",
-        s.applied_index,
-    );
-    gauge(
-        "raft_snapshot_index",
-        "Log index of this manager's latest snapshot.",
-        s.snapshot_index,
-    );
-    gauge(
-        "store_revision",
-        "Store revision this manager has applied.",
-        s.revision,
-    );
-    gauge(
-        "store_used_bytes",
-        "Bytes the store holds, as its quota counts them.",
-        s.used_bytes,
-    );
-    gauge(
-        "store_quota_bytes",
-        "The storage quota in force (0: none recorded yet).",
-        s.quota_bytes,
-    );
-    gauge(
-        "store_alarm_nospace",
-        "1 while the NOSPACE alarm is raised: writes that add data are refused.",
-        u64::from(s.alarms.iter().any(|a| a.starts_with("NOSPACE"))),
-    );
-    gauge(
-        "managers",
-        "Managers in the membership.",
-        s.members.len() as u64,
-    );
-    gauge(
-        "voters",
-        "Voting managers.",
-        s.members.iter().filter(|m| m.voter).count() as u64,
-    );
-    connection_metrics(&mut out, &api.conns);
-    Ok((
-        StatusCode::OK,
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        out,
-    )
-        .into_response())
-}
-
-/// A metric's name, kind, help and reading.
-type Metric = (
-    &'static str,
-    &'static str,
-    &'static str,
-    fn(&ConnStats) -> u64,
-);
-
-/// The HTTP surfaces' connection counters, labelled by surface (`api="docker"`, `api="http"`).
-fn connection_metrics(out: &mut String, conns: &ApiConns) {
-    let surfaces = [("docker", &conns.docker), ("http", &conns.http)];
-    let metrics: [Metric; 3] = [
-        (
-            "api_connections_open",
-            "gauge",
-            "Connections open on a manager's HTTP surface (TLS handshakes and hijacked streams included).",
-            ConnStats::open,
-        ),
-        (
-            "api_connections_accepted_total",
-            "counter",
-            "Connections a manager's HTTP surface took.",
-            ConnStats::accepted,
-        ),
-        (
-            "api_connections_refused_total",
-            "counter",
-            "Connections closed at once because the surface had --api-max-connections open.",
-            ConnStats::refused,
-        ),
-    ];
-    for (name, kind, help, value) in metrics {
-        let _ = writeln!(out, "# HELP shoal_{name} {help}");
-        let _ = writeln!(out, "# TYPE shoal_{name} {kind}");
-        for (api, stats) in surfaces {
-            let _ = writeln!(out, "shoal_{name}{{api=\"{api}\"}} {}", value(stats));
-        }
-    }
 }

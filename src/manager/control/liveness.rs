@@ -113,6 +113,9 @@ pub fn plan(state: &View, heartbeats: &Heartbeats, now: Instant, now_ms: u64) ->
             (NodeStatus::Ready, String::new())
         };
         if status != node.status {
+            if status == NodeStatus::Down {
+                crate::metrics::families::HEARTBEATS_MISSED.inc(&[]);
+            }
             let mut node = node.clone();
             node.status = status;
             node.message = message;

@@ -17,6 +17,7 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 
 use crate::host::now_ms;
+use crate::metrics::families;
 use crate::objects::{Commit, ObjectStore, Objects, View, Write};
 use crate::scheduler::Strategy;
 
@@ -152,7 +153,9 @@ async fn drive<S: ObjectStore>(
     let mut first = true;
     loop {
         let view = views.borrow_and_update().clone();
+        let started = std::time::Instant::now();
         let plan = off_the_async_workers(|| planner(&view, now_ms()));
+        families::CONTROL_PASS_SECONDS.observe_duration(&[name], started.elapsed());
         if std::mem::take(&mut first) {
             // A new leader's time from its election to its first decision (bench/README.md).
             tracing::info!(
@@ -165,9 +168,11 @@ async fn drive<S: ObjectStore>(
         }
         if !plan.writes.is_empty() {
             let n = plan.writes.len();
+            families::CONTROL_WRITES.add(&[name], n as u64);
             match objects.commit(term, plan.writes).await {
                 Ok(Commit::Done(applied)) => {
                     let refused = applied.iter().filter(|a| !**a).count();
+                    families::CONTROL_CONFLICTS.add(&[name], refused as u64);
                     tracing::debug!(name, writes = n, refused, "committed");
                     // The view already holds what landed: plan again at once.
                     continue;
@@ -177,6 +182,7 @@ async fn drive<S: ObjectStore>(
                     std::future::pending::<()>().await;
                 }
                 Err(e) => {
+                    families::CONTROL_COMMIT_ERRORS.inc(&[name]);
                     tracing::warn!(name, error = %e, "control loop write failed");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;

@@ -8,6 +8,7 @@ use std::collections::HashSet;
 
 use rand::rngs::StdRng;
 
+use crate::metrics::families;
 use crate::model::{Actor, Task, TaskState};
 use crate::scheduler::{self, Decision, Occupancy, Snapshot, Strategy};
 
@@ -117,6 +118,7 @@ fn decide(
         let rev = current.mod_revision;
         let mut task = current.value.clone();
         if let Some(node) = node {
+            let waited_ms = now_ms.saturating_sub(task.created_ms);
             task.node_id = Some(node.clone());
             if task
                 .transition(TaskState::Assigned, Actor::Scheduler, "", now_ms)
@@ -124,10 +126,13 @@ fn decide(
             {
                 continue;
             }
+            families::PLACEMENTS.inc(&[]);
+            families::PLACEMENT_SECONDS.observe(&[], waited_ms as f64 / 1000.0);
         } else if let Some(reason) = reason {
             if task.message == *reason {
                 continue;
             }
+            families::UNSCHEDULABLE.inc(&[]);
             task.message = reason.clone();
             task.updated_ms = now_ms;
         }

@@ -3,7 +3,7 @@
 //! thread per connection, built statically so that the image can be `FROM scratch`. `whoami echo
 //! WORDS` prints them and `whoami exit N` exits with N, for attached runs in tests; `whoami check`
 //! asks the server in its own container for `/health` (exit 0 on a 200), a health check for an image
-//! without a shell.
+//! without a shell; `whoami check IP:PORT` asks another server (can this container reach it?).
 
 mod http;
 mod signal;
@@ -74,10 +74,17 @@ fn cat() -> ! {
     }
 }
 
-/// `whoami check`: `GET /health` on this container's own server; exit 0 on a 200, else 1 with why.
-fn check() -> ! {
+/// `whoami check [IP:PORT]`: `GET /health` on this container's own server (or on `IP:PORT`); exit 0
+/// on a 200, else 1 with why.
+fn check(target: Option<&str>) -> ! {
     use std::io::{Read, Write};
-    let addr = SocketAddr::from(([127, 0, 0, 1], port()));
+    let addr = match target {
+        Some(target) => target.parse().unwrap_or_else(|_| {
+            println!("{target:?} is not IP:PORT");
+            std::process::exit(2)
+        }),
+        None => SocketAddr::from(([127, 0, 0, 1], port())),
+    };
     let attempt = || -> std::io::Result<String> {
         let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
         s.set_read_timeout(Some(Duration::from_secs(2)))?;
@@ -116,7 +123,7 @@ fn main() {
             std::process::exit(0)
         }
         Some("exit") => std::process::exit(args.get(1).and_then(|c| c.parse().ok()).unwrap_or(1)),
-        Some("check") => check(),
+        Some("check") => check(args.get(1).map(String::as_str)),
         _ => {}
     }
     signal::exit_on_term();
