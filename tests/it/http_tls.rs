@@ -10,7 +10,7 @@ use crate::cluster::{free_port, serial, Cluster, WAIT};
 use crate::consul::http;
 
 /// `curl -s` with `args`; (HTTP status or 0 when no HTTP answer came, body).
-fn curl(args: &[&str]) -> (u16, String) {
+pub(crate) fn curl(args: &[&str]) -> (u16, String) {
     let out = Command::new("curl")
         .args(["-s", "--max-time", "20", "-w", "\n%{http_code}"])
         .args(args)

@@ -15,6 +15,7 @@ use tokio::time::{sleep, Instant};
 
 use crate::cluster::{free_port, serial, tail, Manager, WAIT};
 use crate::fleet::{agent_addr, http_request, Fleet};
+use crate::http_tls::curl;
 use crate::proxy::Proxy;
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
@@ -80,18 +81,6 @@ impl Drop for Prometheus {
         );
         let _ = self.child.wait();
     }
-}
-
-/// `curl -s` with `args`: the HTTP status (0: no HTTP answer) and the body.
-fn curl(args: &[&str]) -> (u16, String) {
-    let out = Command::new("curl")
-        .args(["-s", "--max-time", "20", "-w", "\n%{http_code}"])
-        .args(args)
-        .output()
-        .expect("running curl");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
-    (code.trim().parse().unwrap_or(0), body.to_string())
 }
 
 fn cert_args(dir: &Path, with_cert: bool) -> Vec<String> {

@@ -278,14 +278,17 @@ pub fn root_name(cert_pem: &str) -> Result<String, TlsError> {
     let der = CertificateDer::from_pem_slice(cert_pem.as_bytes()).map_err(cert_err)?;
     let (_, cert) = x509_parser::certificate::X509Certificate::from_der(&der)
         .map_err(|e| TlsError::Certificate(format!("unparsable certificate: {e}")))?;
-    let name = cert
-        .subject()
+    Ok(common_name(&cert))
+}
+
+/// A certificate's subject common name ("" if it has none).
+fn common_name(cert: &x509_parser::certificate::X509Certificate) -> String {
+    cert.subject()
         .iter_common_name()
         .next()
         .and_then(|a| a.as_str().ok())
         .unwrap_or_default()
-        .to_string();
-    Ok(name)
+        .to_string()
 }
 
 /// The common name and expiry of each certificate in `pem` (the cluster's roots, for metrics);
@@ -299,13 +302,7 @@ pub fn expiries(pem: &str) -> Vec<(String, SystemTime)> {
         .iter()
         .filter_map(|der| {
             let (_, cert) = x509_parser::certificate::X509Certificate::from_der(der).ok()?;
-            let name = cert
-                .subject()
-                .iter_common_name()
-                .next()
-                .and_then(|a| a.as_str().ok())
-                .unwrap_or_default()
-                .to_string();
+            let name = common_name(&cert);
             let secs = cert.validity().not_after.timestamp();
             let at = SystemTime::UNIX_EPOCH + Duration::from_secs(secs.max(0) as u64);
             Some((name, at))
