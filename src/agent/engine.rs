@@ -1,5 +1,5 @@
 //! The agent's watch on its Docker engine: waits for it at startup, re-lists its images for the
-//! heartbeats, and turns its container events into wake-ups for the task runner. A stopped engine is
+//! heartbeats when they change, and turns its container events into wake-ups for the task runner. A stopped engine is
 //! waited for and logged once, never an error.
 
 use std::sync::Arc;
@@ -52,11 +52,24 @@ pub(crate) async fn wait_for_engine(url: Option<&str>) -> (DockerRuntime, Engine
     }
 }
 
-/// Keeps `info.images` current; the heartbeat sends the list again when it changed.
+/// Keeps `info.images` current; the heartbeat sends the list again when it changed. The list is
+/// read again as soon as the engine says an image came or went (a pull, a `docker load`, a tag),
+/// so a node is eligible for the tasks of a new image within a heartbeat, and every
+/// `IMAGES_EVERY` in case an event was missed.
 pub(crate) async fn poll_images(docker: DockerRuntime, info: watch::Sender<EngineInfo>) {
     let mut throttle = Throttle::default();
+    let mut events = Box::pin(docker.image_events());
     loop {
-        sleep(IMAGES_EVERY).await;
+        tokio::select! {
+            () = sleep(IMAGES_EVERY) => {}
+            event = events.next() => {
+                if !matches!(event, Some(Ok(_))) {
+                    // The engine went away: the listing below says so; subscribe again.
+                    sleep(RETRY).await;
+                    events = Box::pin(docker.image_events());
+                }
+            }
+        }
         match docker.images().await {
             Ok(images) => {
                 if throttle.clear() {

@@ -121,10 +121,24 @@ impl DockerRuntime {
         &self,
         node: &str,
     ) -> impl Stream<Item = Result<String, RuntimeError>> + Send + 'static {
-        let filters = HashMap::from([
+        self.events(HashMap::from([
             ("type", vec!["container".to_string()]),
             ("label", vec![format!("{NODE_LABEL}={node}")]),
-        ]);
+        ]))
+    }
+
+    /// The engine's image events (`pull`, `load`, `tag`, `untag`, `delete`, ...), as their action
+    /// names; ends, or yields an error, when the engine goes away.
+    pub fn image_events(
+        &self,
+    ) -> impl Stream<Item = Result<String, RuntimeError>> + Send + 'static {
+        self.events(HashMap::from([("type", vec!["image".to_string()])]))
+    }
+
+    fn events(
+        &self,
+        filters: HashMap<&str, Vec<String>>,
+    ) -> impl Stream<Item = Result<String, RuntimeError>> + Send + 'static {
         let options = EventsOptionsBuilder::new().filters(&filters).build();
         // bollard's request timeout bounds the wait for the response head only, not the stream.
         let endpoint = self.endpoint.clone();
