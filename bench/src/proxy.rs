@@ -707,9 +707,15 @@ async fn scale(exe: &Path, hosts: &str, tls_dir: &Path, replicas: u64) -> Result
     Ok(())
 }
 
-/// Until web's update (`service inspect`) is in `state`.
-async fn update_done(exe: &Path, hosts: &str, tls_dir: &Path, state: &str) -> Result<()> {
-    let deadline = Instant::now() + STEP_TIMEOUT;
+/// Until web's update (`service inspect`) is in `state`, for at most `within`.
+async fn update_done(
+    exe: &Path,
+    hosts: &str,
+    tls_dir: &Path,
+    state: &str,
+    within: Duration,
+) -> Result<()> {
+    let deadline = Instant::now() + within;
     loop {
         let out = cli(exe, hosts, tls_dir, &["service", "inspect", "web"]).await?;
         let inspected: Value = serde_json::from_str(&out)?;
@@ -739,15 +745,13 @@ async fn until(what: &str, within: Duration, mut check: impl FnMut() -> bool) ->
 
 /// Until `n` tasks run and every one of them answered at or after `since` (ever, for None).
 async fn all_answering(poll: &Poller, load: &Load, n: usize, since: Option<Instant>) -> Result<()> {
-    until(
-        &format!("{n} tasks running and answering"),
-        STEP_TIMEOUT,
-        || {
-            let running = poll.running();
-            let answering = load.answering_since(since);
-            running.len() == n && running.iter().all(|t| answering.contains(t))
-        },
-    )
+    // A task needs a few seconds at most; many at once queue behind the engine.
+    let within = STEP_TIMEOUT.max(Duration::from_secs(2) * n as u32);
+    until(&format!("{n} tasks running and answering"), within, || {
+        let running = poll.running();
+        let answering = load.answering_since(since);
+        running.len() == n && running.iter().all(|t| answering.contains(t))
+    })
     .await
 }
 
@@ -1042,6 +1046,12 @@ async fn measure(args: &ProxyArgs, exe: &Path, dir: &Path) -> Result<()> {
     scale(exe, &join, &tls_dir, n).await?;
     all_answering(&poll, &load, n as usize, None).await?;
     let parallelism = args.update_parallelism.to_string();
+    // Each batch of an update waits for its tasks' drain delay, stop, start and first answer.
+    let batches = match args.update_parallelism {
+        0 => 1,
+        p => n.div_ceil(p),
+    };
+    let change_timeout = STEP_TIMEOUT.max(Duration::from_secs(30) * batches as u32);
     let mut changes = Vec::new();
     for (name, command, done) in [
         (
@@ -1079,7 +1089,7 @@ async fn measure(args: &ProxyArgs, exe: &Path, dir: &Path) -> Result<()> {
         let (start, before) = (Instant::now(), load.counters());
         cli(exe, &join, &tls_dir, &command).await?;
         if let Some(state) = done {
-            update_done(exe, &join, &tls_dir, state).await?;
+            update_done(exe, &join, &tls_dir, state, change_timeout).await?;
         }
         all_answering(&poll, &load, n as usize, Some(start)).await?;
         eprintln!("{name}: done after {:.0} ms", ms(start.elapsed()));
