@@ -325,7 +325,8 @@ impl<'a> Round<'a> {
         };
 
         // A rebalance, on a settled service only: slots that move off crowded nodes now.
-        let moves = match step.replace.is_empty() && moved_on.is_none() {
+        let settled = step.replace.is_empty() && moved_on.is_none();
+        let moves = match service.update_policy.rebalance && settled {
             true => {
                 let current: Vec<&Task> = tasks.iter().map(|t| self.current(t)).collect();
                 let nodes = self.state.nodes().map(|n| &n.value);
@@ -432,7 +433,11 @@ impl<'a> Round<'a> {
         }
         // A rebalance move: the task it replaces gives way once it serves; a move that finds
         // no node is called off.
-        let current: Vec<&Task> = live.iter().map(|t| self.current(t)).collect();
+        let current: Vec<&Task> = match live.len() {
+            // A move under way is two live tasks in the slot.
+            0 | 1 => Vec::new(),
+            _ => live.iter().map(|t| self.current(t)).collect(),
+        };
         if let Some(mover) = live
             .iter()
             .copied()
