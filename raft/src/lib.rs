@@ -7,6 +7,7 @@
 
 mod codec;
 mod command;
+mod compaction;
 mod db;
 mod error;
 mod forward;
@@ -84,6 +85,9 @@ pub mod testing {
     pub fn open_storage(dir: &std::path::Path) -> std::io::Result<(LogStore, StateMachine)> {
         let db = crate::db::open(dir).map_err(std::io::Error::other)?;
         let (sm, _) = StateMachine::open(db.clone(), dir.join("snapshots"), None)?;
-        Ok((LogStore::new(db), sm))
+        Ok((
+            LogStore::new(db, crate::compaction::LogBytes::default()),
+            sm,
+        ))
     }
 }

@@ -28,6 +28,7 @@ use rocksdb::DB;
 use tokio::sync::oneshot;
 
 use crate::codec;
+use crate::compaction::LogBytes;
 use crate::db::be;
 use crate::db::from_be;
 use crate::db::io_err;
@@ -106,12 +107,14 @@ fn lock(unwritten: &Unwritten) -> std::sync::MutexGuard<'_, Pending> {
 }
 
 impl LogStore {
-    pub(crate) fn new(db: Arc<DB>) -> Self {
+    /// A log store over `db`; `written` counts the bytes of every entry it writes.
+    pub(crate) fn new(db: Arc<DB>, written: LogBytes) -> Self {
         let (writer, rx) = mpsc::channel();
         let unwritten = Unwritten::default();
         let thread = Writer {
             db: db.clone(),
             unwritten: unwritten.clone(),
+            written,
         };
         let handle = std::thread::Builder::new()
             .name("shoal-raft-log".into())
@@ -211,6 +214,7 @@ impl LogStore {
 struct Writer {
     db: Arc<DB>,
     unwritten: Unwritten,
+    written: LogBytes,
 }
 
 /// Appends taken from the queue since the last sync, waiting for it.
@@ -259,9 +263,9 @@ impl Writer {
             Job::Append(entries, callback) => {
                 group.callbacks.push(callback);
                 for entry in entries {
-                    group
-                        .batch
-                        .put_cf(log_cf, be(entry.index()), codec::encode(&*entry)?);
+                    let bytes = codec::encode(&*entry)?;
+                    self.written.add(bytes.len() as u64);
+                    group.batch.put_cf(log_cf, be(entry.index()), bytes);
                     group.written.push((entry.index(), entry.log_id()));
                 }
                 Ok(())

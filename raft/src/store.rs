@@ -74,8 +74,11 @@ pub struct RaftTuning {
     pub heartbeat_ms: u64,
     pub election_min_ms: u64,
     pub election_max_ms: u64,
-    /// Build a snapshot after this many applied entries.
+    /// Build a snapshot at the latest after this many entries (bounds the log's length).
     pub snapshot_every: u64,
+    /// Build a snapshot once the log written since the last one holds as many bytes as that
+    /// snapshot, and at least this many (see `compaction.rs`).
+    pub snapshot_log_bytes: u64,
     /// Entries kept in the log behind a snapshot (for slightly lagging followers).
     pub keep_behind_snapshot: u64,
 }
@@ -91,7 +94,8 @@ impl Default for RaftTuning {
             heartbeat_ms: 50,
             election_min_ms: 200,
             election_max_ms: 400,
-            snapshot_every: 10_000,
+            snapshot_every: 100_000,
+            snapshot_log_bytes: 1 << 20,
             keep_behind_snapshot: 2_000,
         }
     }
@@ -225,7 +229,8 @@ impl Store {
             }
         };
 
-        let log = LogStore::new(db.clone());
+        let log_bytes = crate::compaction::LogBytes::default();
+        let log = LogStore::new(db.clone(), log_bytes.clone());
         if opened == Opened::ForcedNewCluster {
             crate::recovery::force_new_cluster(&log, ident.id, &config.node)?;
         }
@@ -289,6 +294,7 @@ impl Store {
         store.spawn_lease_loop();
         store.spawn_leadership_watch();
         store.spawn_quota_loop();
+        crate::compaction::spawn(&store, log_bytes, t.snapshot_log_bytes);
         Ok((store, opened))
     }
 
@@ -606,6 +612,28 @@ impl Store {
             h.abort();
         }
         let _ = self.inner.raft.shutdown().await;
+    }
+
+    /// The index of this replica's current snapshot (0: none).
+    pub(crate) fn snapshot_index(&self) -> u64 {
+        let m = self.inner.raft.metrics();
+        let index = m.borrow_watched().snapshot.map_or(0, |l| l.index);
+        index
+    }
+
+    /// The size of this replica's current snapshot file (0: none).
+    pub(crate) fn snapshot_bytes(&self) -> u64 {
+        self.inner.snapshots.current_bytes()
+    }
+
+    /// Asks openraft to build a snapshot now.
+    pub(crate) async fn trigger_snapshot(&self) -> Result<(), StoreError> {
+        self.inner.raft.trigger().snapshot().await.map_err(raft_err)
+    }
+
+    /// Keeps a background task of this store, aborted at shutdown.
+    pub(crate) fn keep_background(&self, h: tokio::task::JoinHandle<()>) {
+        self.inner.background.lock().expect("background").push(h);
     }
 
     fn local_status(&self) -> Status {

@@ -120,6 +120,13 @@ impl SnapshotStore {
         self.current.lock().expect("snapshot lock").clone()
     }
 
+    /// The size of the current snapshot's file (0: none).
+    pub(crate) fn current_bytes(&self) -> u64 {
+        self.current_meta()
+            .and_then(|meta| fs::metadata(self.dir.join(stem(&meta)).with_extension("snap")).ok())
+            .map_or(0, |m| m.len())
+    }
+
     /// The current snapshot, its file checked against its checksum and open at its start. A
     /// corrupt file is an [`io::ErrorKind::InvalidData`] error (see [`is_corrupt`]).
     pub(crate) fn current(&self) -> io::Result<Option<Snapshot>> {
