@@ -137,6 +137,21 @@ pub enum Op {
     Range(Range),
     Put(Put),
     Delete(Delete),
+    /// Appended last: the variant index is part of the log's encoding.
+    Merge(Merge),
+}
+
+/// Merges a JSON object into the JSON object stored at `key` ([`crate::merge_patch`], RFC 7386:
+/// a member set to null is removed, an object merges into an object, anything else replaces)
+/// and stores the result, the key's lease, flags and lock unchanged. A write that carries one
+/// applies only when the key exists and holds a JSON object; within a write, a merge reads the
+/// key as it was before that write. It lets a small change of a large record (a task's state)
+/// travel the log as the change alone.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Merge {
+    pub key: Vec<u8>,
+    /// A JSON object.
+    pub patch: Vec<u8>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -299,6 +314,9 @@ pub enum Rejection {
     /// part of the encoding managers exchange).
     #[error("{}", no_space_message(.quota, .used))]
     NoSpace { quota: u64, used: u64 },
+    /// A merge met a missing key or a value that is not a JSON object (appended last).
+    #[error("key {} holds no JSON object to merge into", String::from_utf8_lossy(.key))]
+    NotMergeable { key: Vec<u8> },
 }
 
 /// The one message a write refused for space carries, everywhere it is shown.
@@ -330,6 +348,8 @@ pub enum InvalidRequest {
     BatchFailureOps,
     #[error("a quota of {0} bytes is below the least accepted, {MIN_QUOTA_BYTES}")]
     QuotaTooSmall(u64),
+    #[error("a merge patch must be a JSON object")]
+    BadMergePatch,
 }
 
 fn check_key(key: &[u8], prefix: bool) -> Result<(), InvalidRequest> {
@@ -354,6 +374,16 @@ impl Op {
             Op::Range(r) => r.validate(),
             Op::Put(p) => Command::Put(p.clone()).validate(),
             Op::Delete(d) => check_key(&d.key, d.prefix),
+            Op::Merge(m) => {
+                check_key(&m.key, false)?;
+                if m.patch.len() > MAX_VALUE_BYTES {
+                    return Err(InvalidRequest::ValueTooLarge(m.patch.len()));
+                }
+                match serde_json::from_slice::<serde_json::Value>(&m.patch) {
+                    Ok(serde_json::Value::Object(_)) => Ok(()),
+                    _ => Err(InvalidRequest::BadMergePatch),
+                }
+            }
         }
     }
 }

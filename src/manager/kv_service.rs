@@ -159,6 +159,7 @@ impl Kv for KvService {
             let (who, name) = (caller.role, caller.name.as_str());
             match op {
                 shoal_raft::Op::Put(p) => policy::write(who, name, "put", &p.key, false)?,
+                shoal_raft::Op::Merge(m) => policy::write(who, name, "merge", &m.key, false)?,
                 shoal_raft::Op::Delete(d) => policy::write(who, name, "delete", &d.key, d.prefix)?,
                 shoal_raft::Op::Range(r) => policy::read(who, name, &r.key, r.prefix)?,
             }

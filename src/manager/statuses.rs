@@ -1,7 +1,8 @@
 //! Task states reported by agents, committed together: one batcher per leader term gathers
 //! the reports that arrive within a few milliseconds, checks each move against the object
 //! index (`Task::transition` as the agent, the task's node must be the reporter's), and
-//! commits them all as one fenced batch entry. A report answers once its moves landed or were
+//! commits them all as one fenced batch entry, each task's change as a merge of the fields that
+//! changed (`Write::TaskChange`), not a rewrite of the whole task. A report answers once its moves landed or were
 //! refused; a move that met newer state is decided again on the next view.
 
 use std::collections::HashMap;
@@ -12,7 +13,7 @@ use tonic::Status;
 
 use crate::host::now_ms;
 use crate::model::{Actor, Task, TaskState, TaskStatus};
-use crate::objects::{Commit, Expect, ObjectStore, View, Write};
+use crate::objects::{Commit, ObjectStore, View, Write};
 
 /// How long the batcher waits for more reports after the first one of a batch.
 const GATHER: Duration = Duration::from_millis(2);
@@ -186,17 +187,15 @@ fn decide(
         if moves.is_empty() {
             continue;
         }
-        if view.task(id).is_some_and(|t| t.value == task) {
+        let before = view.task(id).expect("decided tasks are in the view");
+        let Some(write) = Write::task_change(&before.value, rev, &task) else {
             // Nothing new: the report is applied without a write.
             for (r, s) in moves {
                 fates[r][s] = Fate::Applied;
             }
             continue;
-        }
-        writes.push(Write::Task {
-            task,
-            expect: Expect::ModRevision(rev),
-        });
+        };
+        writes.push(write);
         owners.push(moves);
     }
     (writes, owners)
@@ -206,7 +205,7 @@ fn decide(
 mod tests {
     use super::*;
     use crate::model::TaskState;
-    use crate::objects::{MemoryObjects, Versioned};
+    use crate::objects::{Expect, MemoryObjects, Versioned};
 
     fn status(id: &str, state: TaskState) -> TaskStatus {
         serde_json::from_value(serde_json::json!({"task_id": id, "state": state})).unwrap()

@@ -54,6 +54,7 @@ fn classify(op: &Op) -> Result<Option<Object>, TypedError> {
     let (what, key, prefix) = match op {
         Op::Range(_) => return Ok(None),
         Op::Put(p) => ("put", &p.key, false),
+        Op::Merge(m) => ("merge", &m.key, false),
         Op::Delete(d) => ("delete", &d.key, d.prefix),
     };
     let key = String::from_utf8_lossy(key).into_owned();

@@ -12,7 +12,7 @@ use tokio::sync::watch;
 use super::index::Index;
 use super::store::{view_at, ObjectStore};
 use super::view::View;
-use super::write::{term_value, Commit, Write};
+use super::write::{term_value, Commit, Effect, Write};
 use crate::model::keys;
 
 #[derive(Debug, Default)]
@@ -133,9 +133,18 @@ impl ObjectStore for MemoryObjects {
                 applied.push(false);
                 continue;
             }
-            match write.value() {
-                Some(value) => events.push(records.put(&key, value, revision)),
-                None => events.extend(records.delete(&key, revision)),
+            match write.effect() {
+                Effect::Put(value) => events.push(records.put(&key, value, revision)),
+                Effect::Merge(patch) => {
+                    // As the store merges: the key must hold a JSON object.
+                    let stored = records.kvs.get(&key).map(|(v, _)| v.as_slice());
+                    let Some(value) = stored.and_then(|v| shoal_raft::merge_json(v, &patch)) else {
+                        applied.push(false);
+                        continue;
+                    };
+                    events.push(records.put(&key, value, revision));
+                }
+                Effect::Delete => events.extend(records.delete(&key, revision)),
             }
             if let Some(other) = write.also_deleted() {
                 events.extend(records.delete(&other, revision));

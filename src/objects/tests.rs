@@ -260,6 +260,40 @@ async fn conformance<H: Harness>(h: &H) {
         .collect();
     assert_eq!(changed, ["t1"]);
 
+    // A task change merges only its fields, on its own expectation; it needs the task there.
+    let at = v2.task("t1").unwrap().mod_revision;
+    let mut running = assigned.clone();
+    running.state = TaskState::Running;
+    running.container_id = Some("c1".into());
+    running.message = "started".into();
+    let change = Write::task_change(&assigned, at, &running).expect("a change");
+    let Write::TaskChange { patch, .. } = &change else {
+        panic!("{change:?}")
+    };
+    assert_eq!(
+        patch,
+        &serde_json::json!({"state": "running", "container_id": "c1", "message": "started"})
+    );
+    assert_eq!(Write::task_change(&assigned, at, &assigned), None);
+    let mut gone = running.clone();
+    gone.id = "t-gone".into();
+    let outcome = s
+        .commit(
+            2,
+            vec![
+                change.clone(),
+                // Stale now: the first write moved t1 on.
+                change,
+                Write::task_change(&task("t-gone", "s1", 5), 1, &gone).unwrap(),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(outcome, Commit::Done(vec![true, false, false]));
+    let v2 = s.view();
+    assert_eq!(v2.task("t1").unwrap().value, running);
+    assert!(v2.task("t-gone").is_none());
+
     // The term fence: a deposed leader's batch writes nothing.
     assert!(s.claim(3).await.unwrap());
     let outcome = s
@@ -330,6 +364,15 @@ async fn random_writes<H: Harness>(h: &H, seed: u64) {
                 [rng.random_range(0..3)];
             if t.state != TaskState::Pending {
                 t.node_id = Some(format!("n{}", rng.random_range(0..5)));
+            }
+            // A change of the stored task, as status reports make, or a whole task.
+            if let Some(c) = current.filter(|_| rng.random_bool(0.5)) {
+                t.id.clone_from(&c.value.id);
+                t.message = format!("round {round}");
+                if let Some(w) = Write::task_change(&c.value, c.mod_revision, &t) {
+                    writes.push(w);
+                }
+                continue;
             }
             writes.push(Write::Task { task: t, expect });
         }

@@ -3,7 +3,7 @@
 //! fenced `Batch` entry of conditional writes.
 
 use serde::Serialize;
-use shoal_raft::{Batch, Compare, CompareOp, CompareTarget, Delete, Op, Put, Txn};
+use shoal_raft::{Batch, Compare, CompareOp, CompareTarget, Delete, Merge, Op, Put, Txn};
 
 use crate::model::{keys, Node, ProxyConfig, Service, Task};
 
@@ -30,6 +30,13 @@ pub enum Write {
     Service {
         service: Box<Service>,
         expect: Expect,
+    },
+    /// Part of a task changed (its state as its agent reported it): only the changed fields
+    /// travel the log, as a JSON merge patch (`patch`, from [`Write::task_change`]).
+    TaskChange {
+        id: String,
+        mod_revision: u64,
+        patch: serde_json::Value,
     },
     DeleteTask {
         id: String,
@@ -69,10 +76,35 @@ impl Commit {
 /// may carry, `RaftTuning`) never holds up a heartbeat.
 const ENTRY_BYTES: usize = 256 << 10;
 
+/// What a write does to its key.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Effect {
+    Put(Vec<u8>),
+    /// A JSON merge patch (an object) into the stored JSON object.
+    Merge(Vec<u8>),
+    Delete,
+}
+
 impl Write {
+    /// The write that turns `before` (read at `mod_revision`) into `after`, the same task: its
+    /// changed fields only. None when nothing changed.
+    pub fn task_change(before: &Task, mod_revision: u64, after: &Task) -> Option<Write> {
+        let value = |t: &Task| serde_json::to_value(t).expect("tasks serialize");
+        let patch = shoal_raft::merge_diff(&value(before), &value(after));
+        if patch.as_object().is_some_and(|p| p.is_empty()) {
+            return None;
+        }
+        Some(Write::TaskChange {
+            id: after.id.clone(),
+            mod_revision,
+            patch,
+        })
+    }
+
     pub(crate) fn key(&self) -> String {
         match self {
             Write::Task { task, .. } => keys::task(&task.id),
+            Write::TaskChange { id, .. } => keys::task(id),
             Write::Node { node, .. } => keys::node(&node.id),
             Write::Service { service, .. } => keys::service(&service.id),
             Write::DeleteTask { id, .. } => keys::task(id),
@@ -91,20 +123,21 @@ impl Write {
                 Expect::Absent => 0,
                 Expect::ModRevision(r) => *r,
             },
-            Write::DeleteTask { mod_revision, .. } | Write::DeleteService { mod_revision, .. } => {
-                *mod_revision
-            }
+            Write::DeleteTask { mod_revision, .. }
+            | Write::DeleteService { mod_revision, .. }
+            | Write::TaskChange { mod_revision, .. } => *mod_revision,
         }
     }
 
-    /// The stored value a put writes; None for a delete.
-    pub(crate) fn value(&self) -> Option<Vec<u8>> {
+    /// What the write does to its key.
+    pub(crate) fn effect(&self) -> Effect {
         match self {
-            Write::Task { task, .. } => Some(json(task)),
-            Write::Node { node, .. } => Some(json(node)),
-            Write::Service { service, .. } => Some(json(service)),
-            Write::Proxy { config, .. } => Some(json(config)),
-            Write::DeleteTask { .. } | Write::DeleteService { .. } => None,
+            Write::Task { task, .. } => Effect::Put(json(task)),
+            Write::Node { node, .. } => Effect::Put(json(node)),
+            Write::Service { service, .. } => Effect::Put(json(service)),
+            Write::Proxy { config, .. } => Effect::Put(json(config)),
+            Write::TaskChange { patch, .. } => Effect::Merge(json(patch)),
+            Write::DeleteTask { .. } | Write::DeleteService { .. } => Effect::Delete,
         }
     }
 
@@ -123,13 +156,14 @@ impl Write {
             target: CompareTarget::ModRevision(self.expected_revision()),
             op: CompareOp::Equal,
         }];
-        let mut success = vec![match self.value() {
-            Some(value) => Op::Put(Put {
+        let mut success = vec![match self.effect() {
+            Effect::Put(value) => Op::Put(Put {
                 key,
                 value,
                 ..Default::default()
             }),
-            None => delete(key),
+            Effect::Merge(patch) => Op::Merge(Merge { key, patch }),
+            Effect::Delete => delete(key),
         }];
         if let Some(other) = self.also_deleted() {
             success.push(delete(other.into_bytes()));
@@ -171,6 +205,7 @@ pub(crate) fn batches(term: u64, writes: &[Write]) -> Vec<Batch> {
             .iter()
             .map(|op| match op {
                 Op::Put(p) => p.key.len() + p.value.len(),
+                Op::Merge(m) => m.key.len() + m.patch.len(),
                 Op::Delete(d) => d.key.len(),
                 Op::Range(_) => 0,
             })

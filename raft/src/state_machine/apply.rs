@@ -247,7 +247,12 @@ impl EntryTx<'_> {
                     succeeded &= self.compare(c)?;
                 }
                 let ops = if succeeded { &t.success } else { &t.failure };
-                // A txn with a put that would be refused is rejected whole, before any change.
+                // A txn with a put or a merge that would be refused is rejected whole, before
+                // any change.
+                let merges = match self.resolve_merges(ops)? {
+                    Ok(merges) => merges,
+                    Err(reason) => return Ok(self.rejected(reason)),
+                };
                 for op in ops {
                     if let Op::Put(p) = op {
                         if let Err(reason) = self.check_put(p)? {
@@ -255,6 +260,7 @@ impl EntryTx<'_> {
                         }
                     }
                 }
+                let mut merges = merges.into_iter();
                 let mut responses = Vec::with_capacity(ops.len());
                 for op in ops {
                     responses.push(match op {
@@ -262,6 +268,11 @@ impl EntryTx<'_> {
                         Op::Put(p) => OpResponse::Put {
                             prev_kv: self.put(p)?.unwrap_or(None),
                         },
+                        Op::Merge(_) => {
+                            let p = merges.next().expect("one resolved put per merge");
+                            self.put(&p)?.ok();
+                            OpResponse::Put { prev_kv: None }
+                        }
                         Op::Delete(d) => {
                             let (deleted, prev_kvs) = self.delete(d)?;
                             OpResponse::Delete { deleted, prev_kvs }
@@ -357,6 +368,9 @@ impl EntryTx<'_> {
                 return Ok(false);
             }
         }
+        let Ok(merges) = self.resolve_merges(&w.success)? else {
+            return Ok(false);
+        };
         for op in &w.success {
             if let Op::Put(p) = op {
                 if self.check_put(p)?.is_err() {
@@ -364,11 +378,16 @@ impl EntryTx<'_> {
                 }
             }
         }
+        let mut merges = merges.into_iter();
         for op in &w.success {
             match op {
                 Op::Range(_) => {}
                 Op::Put(p) => {
                     self.put(p)?.ok();
+                }
+                Op::Merge(_) => {
+                    let p = merges.next().expect("one resolved put per merge");
+                    self.put(&p)?.ok();
                 }
                 Op::Delete(d) => {
                     self.delete(d)?;
@@ -376,6 +395,35 @@ impl EntryTx<'_> {
             }
         }
         Ok(true)
+    }
+
+    /// The put each merge of `ops` comes to, in order, read against the store as it is before
+    /// any of `ops` applies; or why one cannot apply (a missing key, not a JSON object, a put
+    /// the store would refuse).
+    fn resolve_merges(&self, ops: &[Op]) -> io::Result<Result<Vec<Put>, Rejection>> {
+        let mut puts = Vec::new();
+        for op in ops {
+            let Op::Merge(m) = op else { continue };
+            let not_mergeable = || Rejection::NotMergeable { key: m.key.clone() };
+            let Some(prev) = self.get(&m.key)? else {
+                return Ok(Err(not_mergeable()));
+            };
+            let Some(value) = crate::merge::merge_json(&prev.value, &m.patch) else {
+                return Ok(Err(not_mergeable()));
+            };
+            let put = Put {
+                key: m.key.clone(),
+                value,
+                lease: prev.lease,
+                flags: prev.flags,
+                ..Default::default()
+            };
+            if let Err(reason) = self.check_put(&put)? {
+                return Ok(Err(reason));
+            }
+            puts.push(put);
+        }
+        Ok(Ok(puts))
     }
 
     /// The revision the store is at once this entry is applied.
@@ -908,6 +956,70 @@ mod tests {
             }
         );
         assert!(events.is_empty());
+    }
+
+    fn merge_op(k: &str, patch: &str) -> Op {
+        Op::Merge(crate::command::Merge {
+            key: k.into(),
+            patch: patch.into(),
+        })
+    }
+
+    #[test]
+    fn a_merge_changes_part_of_a_json_object_and_keeps_the_keys_lease() {
+        let mut sm = Sm::new();
+        let Response::LeaseGranted { id: lease, .. } =
+            sm.apply(Command::LeaseGrant { ttl_ms: 60_000 }).0
+        else {
+            panic!("no lease")
+        };
+        sm.put("t", r#"{"state":"assigned","slot":3,"message":"x"}"#, lease);
+        sm.put("plain", "not json", 0);
+        let write = |k: &str, patch: &str| Txn {
+            compare: vec![],
+            success: vec![merge_op(k, patch)],
+            failure: vec![],
+        };
+        let (r, events) = sm.apply(Command::Batch(crate::command::Batch {
+            fence: vec![],
+            writes: vec![
+                write("t", r#"{"state":"running","message":null}"#),
+                write("missing", r#"{"a":1}"#),
+                write("plain", r#"{"a":1}"#),
+            ],
+        }));
+        let Response::Batch { applied, .. } = r else {
+            panic!("{r:?}")
+        };
+        assert_eq!(applied, vec![true, false, false]);
+        assert_eq!(events.len(), 1);
+        let t = sm.get("t").unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&t.value).unwrap();
+        assert_eq!(v, serde_json::json!({"state": "running", "slot": 3}));
+        assert_eq!((t.lease, t.version), (lease, 2));
+        assert_eq!(events[0].prev_kv.as_ref().map(|p| p.version), Some(1));
+        assert_eq!(sm.get("plain").unwrap().value, b"not json");
+        assert!(sm.get("missing").is_none());
+
+        // In a txn, a merge that cannot apply rejects the txn whole.
+        let (r, _) = sm.apply(Command::Txn(Txn {
+            compare: vec![],
+            success: vec![put_op("other", "1"), merge_op("missing", "{}")],
+            failure: vec![],
+        }));
+        assert!(
+            matches!(
+                r,
+                Response::Rejected {
+                    reason: Rejection::NotMergeable { .. },
+                    ..
+                }
+            ),
+            "{r:?}"
+        );
+        assert!(sm.get("other").is_none());
+        // And the space counted matches a measure from scratch.
+        assert_eq!(sm.space.used, sm.measured().used);
     }
 
     #[test]

@@ -312,9 +312,9 @@ pub(crate) async fn handle(api: &Api, q: Option<&str>, body: Bytes) -> Result<Re
         Ok(Applied::Rejected { reason, .. }) => {
             // A lock held by another session, or an unlock by one that does not hold it.
             let refused = match &reason {
-                Rejection::LockHeld { key, .. } | Rejection::LockNotHeld { key, .. } => {
-                    key.as_slice()
-                }
+                Rejection::LockHeld { key, .. }
+                | Rejection::LockNotHeld { key, .. }
+                | Rejection::NotMergeable { key } => key.as_slice(),
                 Rejection::LeaseNotFound(_) => &[],
                 // Store::write turns this one into an error; never an answer here.
                 Rejection::NoSpace { quota, used } => {
