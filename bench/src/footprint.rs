@@ -14,7 +14,7 @@ use clap::Args;
 use imbl::OrdMap;
 use serde::Serialize;
 use shoal::model::{keys, Service, Task, TaskState};
-use shoal::objects::Index;
+use shoal::objects::{Index, Write};
 use shoal::scheduler::Occupancy;
 use shoal_raft::{Event, EventKind, KeyValue};
 
@@ -54,6 +54,9 @@ struct Report {
     tasks: usize,
     /// The JSON of one RUNNING task, as the store holds it.
     task_json_bytes: usize,
+    /// What an agent's RUNNING report writes to the log for one task: the JSON merge patch of
+    /// the fields it changed (`Write::TaskChange`), where the whole task went before.
+    status_change_bytes: usize,
     parts: Vec<Part>,
 }
 
@@ -67,6 +70,16 @@ pub(crate) fn run(args: FootprintArgs) -> Result<()> {
         .collect();
     let tasks = running_tasks(&services, args.replicas, args.nodes);
     let task_json_bytes = serde_json::to_vec(&tasks[0])?.len();
+    let status_change_bytes = {
+        let mut assigned = tasks[0].clone();
+        assigned.state = TaskState::Assigned;
+        assigned.container_id = None;
+        assigned.updated_ms = assigned.created_ms + 40;
+        match Write::task_change(&assigned, 1, &tasks[0]) {
+            Some(Write::TaskChange { patch, .. }) => serde_json::to_vec(&patch)?.len(),
+            other => bail!("a RUNNING report made {other:?}"),
+        }
+    };
     let mut parts = Vec::new();
     let mut last = rss_bytes();
     let mut measure = |what: &'static str, parts: &mut Vec<Part>| {
@@ -167,6 +180,7 @@ pub(crate) fn run(args: FootprintArgs) -> Result<()> {
         nodes: args.nodes,
         tasks: tasks.len(),
         task_json_bytes,
+        status_change_bytes,
         parts,
     };
     println!("command:  {}", report.command);
@@ -174,6 +188,10 @@ pub(crate) fn run(args: FootprintArgs) -> Result<()> {
     println!(
         "tasks:    {} on {} nodes; one RUNNING task's JSON: {} bytes",
         report.tasks, report.nodes, report.task_json_bytes
+    );
+    println!(
+        "status:   a RUNNING report writes {} bytes of merge patch per task to the log (the whole task before)",
+        report.status_change_bytes
     );
     println!();
     println!("| structure | RSS growth MB | bytes per task |");
