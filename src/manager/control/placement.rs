@@ -12,7 +12,7 @@ use crate::metrics::families;
 use crate::model::{Actor, Task, TaskState};
 use crate::scheduler::{self, Decision, Occupancy, Snapshot, Strategy};
 
-use crate::objects::{Expect, View, Write};
+use crate::objects::{View, Write};
 
 use super::Plan;
 
@@ -136,10 +136,8 @@ fn decide(
             task.message = reason.clone();
             task.updated_ms = now_ms;
         }
-        writes.push(Write::Task {
-            task,
-            expect: Expect::ModRevision(rev),
-        });
+        // Only the fields that changed travel the log (node, state, message, time).
+        writes.extend(Write::task_change(&current.value, rev, &task));
     }
     Plan {
         writes,
@@ -155,7 +153,7 @@ mod tests {
 
     use super::*;
     use crate::model::{Node, NodeStatus, Service, Task};
-    use crate::objects::Versioned;
+    use crate::objects::{Expect, Versioned};
     use crate::scheduler::Occupancy;
 
     fn node(id: &str, labels: &[(&str, &str)]) -> Versioned<Node> {
@@ -210,22 +208,35 @@ mod tests {
         )
     }
 
+    /// The task a write of the plan leaves in `state`, and what it expected.
+    fn written(state: &View, w: &Write) -> (Task, Expect) {
+        let Write::TaskChange {
+            id,
+            mod_revision,
+            patch,
+        } = w
+        else {
+            panic!("{w:?}")
+        };
+        let mut json = serde_json::to_value(&state.task(id).unwrap().value).unwrap();
+        shoal_raft::merge_patch(&mut json, patch);
+        (
+            serde_json::from_value(json).unwrap(),
+            Expect::ModRevision(*mod_revision),
+        )
+    }
+
     #[test]
     fn pending_tasks_are_assigned_and_spread() {
-        let plan = Placement::default().plan(
-            &state(None),
-            100,
-            Strategy::Spread,
-            &mut StdRng::seed_from_u64(1),
-        );
+        let s = state(None);
+        let plan =
+            Placement::default().plan(&s, 100, Strategy::Spread, &mut StdRng::seed_from_u64(1));
         let assigned: Vec<(String, Option<String>, TaskState, Expect)> = plan
             .writes
             .iter()
-            .map(|w| match w {
-                Write::Task { task, expect } => {
-                    (task.id.clone(), task.node_id.clone(), task.state, *expect)
-                }
-                other => panic!("{other:?}"),
+            .map(|w| {
+                let (task, expect) = written(&s, w);
+                (task.id, task.node_id, task.state, expect)
             })
             .collect();
         assert_eq!(
@@ -254,9 +265,7 @@ mod tests {
         let mut placement = Placement::default();
         let first = placement.plan(&s, 100, Strategy::Spread, &mut rng);
         assert_eq!(first.writes.len(), 2);
-        let Write::Task { task, .. } = &first.writes[0] else {
-            panic!()
-        };
+        let (task, _) = written(&s, &first.writes[0]);
         assert_eq!(task.state, TaskState::Pending);
         assert_eq!(
             task.message,
@@ -264,12 +273,10 @@ mod tests {
         );
         // Once written, the same reason is not written again.
         for w in &first.writes {
-            let Write::Task { task, .. } = w else {
-                panic!()
-            };
+            let (task, _) = written(&s, w);
             let mod_revision = s.task(&task.id).unwrap().mod_revision;
             s.put_task(Versioned {
-                value: task.clone(),
+                value: task,
                 mod_revision,
             });
         }
