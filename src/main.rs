@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use clap::{ArgGroup, Args, CommandFactory, Parser, Subcommand};
 use shoal::cli::{
-    ClusterCommand, GlobalArgs, KvCommand, NodeCommand, ProxyCommand, ServiceCommand,
+    AclCommand, ClusterCommand, GlobalArgs, KvCommand, NodeCommand, ProxyCommand, ServiceCommand,
 };
 use shoal::dev::DevArgs;
 use shoal::manager::ManagerConfig;
@@ -65,6 +65,11 @@ enum Command {
     Service {
         #[command(subcommand)]
         command: ServiceCommand,
+    },
+    /// ACL tokens of the Consul-compatible HTTP API.
+    Acl {
+        #[command(subcommand)]
+        command: AclCommand,
     },
 }
 
@@ -147,6 +152,11 @@ struct ManagerArgs {
     /// and write every key. Warned at every start.
     #[arg(long, env = "SHOAL_INSECURE_HTTP")]
     insecure_http: bool,
+    /// What an HTTP API request without an ACL token may do with keys, sessions and
+    /// transactions (Consul's acl.default_policy): allow (everything) or deny (nothing; tokens
+    /// from `shoal acl token create`).
+    #[arg(long, value_name = "POLICY", default_value = "allow", value_parser = ["allow", "deny"], env = "SHOAL_HTTP_ACL_DEFAULT_POLICY")]
+    http_acl_default_policy: String,
     /// Connections each HTTP surface (Docker API, HTTP API) keeps open at once; one more is
     /// answered 503 and closed. TLS handshakes and attach/exec streams count.
     #[arg(long, value_name = "N", default_value_t = shoal::api::DEFAULT_MAX_CONNECTIONS, value_parser = parse_max_connections, env = "SHOAL_API_MAX_CONNECTIONS")]
@@ -328,6 +338,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Kv { command } => shoal::cli::run_kv(&global, command).await?,
         Command::Cluster { command } => shoal::cli::run_cluster(&global, command).await?,
         Command::Node { command } => shoal::cli::run_node(&global, command).await?,
+        Command::Acl { command } => shoal::cli::run_acl(&global, command).await?,
         Command::Service { command } => shoal::cli::run_service(&global, command).await?,
     }
     Ok(())
@@ -364,6 +375,11 @@ fn manager_config(args: ManagerArgs, token: Option<String>) -> anyhow::Result<Ma
         .map_err(anyhow::Error::msg)?,
         http_tls: args.http_tls,
         insecure_http: args.insecure_http,
+        http_acl_default: if args.http_acl_default_policy == "deny" {
+            shoal::model::Access::Deny
+        } else {
+            shoal::model::Access::Write
+        },
         quota_bytes: args.quota_bytes,
         api_limits: shoal::api::ConnLimits {
             max_connections: args.api_max_connections,

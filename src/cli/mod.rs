@@ -1,8 +1,9 @@
-//! The client side of the `shoal` command line: `kv`, `cluster`, `node`, `service`,
+//! The client side of the `shoal` command line: `kv`, `cluster`, `node`, `service`, `acl`,
 //! `proxy config|status` and `manager remove`. Each command is one short conversation with a
 //! manager through [`crate::client`]; output goes to stdout (`--json`: one JSON document, or JSON
 //! lines for `kv watch`), errors are returned, never printed.
 
+mod acl;
 pub mod bytes;
 mod cluster;
 mod error;
@@ -20,6 +21,7 @@ use std::time::Duration;
 use clap::{Args, Subcommand};
 
 use crate::client::{parse_hosts, Client, ClientConfig, DEFAULT_GRPC};
+pub use acl::AclCommand;
 pub use error::CliError;
 pub use node::NodeCommand;
 pub use proxy::ProxyCommand;
@@ -167,6 +169,11 @@ pub async fn run_node(global: &GlobalArgs, command: NodeCommand) -> Result<(), C
 /// `shoal service ...`: arguments are validated before any manager is contacted.
 pub async fn run_service(global: &GlobalArgs, command: ServiceCommand) -> Result<(), CliError> {
     quiet_broken_pipe(service::run(global, command).await)
+}
+
+/// `shoal acl token ...`
+pub async fn run_acl(global: &GlobalArgs, command: AclCommand) -> Result<(), CliError> {
+    quiet_broken_pipe(acl::run(global, command).await)
 }
 
 /// `shoal proxy config|status`

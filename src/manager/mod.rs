@@ -67,6 +67,8 @@ pub struct ManagerConfig {
     pub http_tls: bool,
     /// Allow a plaintext HTTP API on an address beyond loopback (warned at every start).
     pub insecure_http: bool,
+    /// What an HTTP API request without an ACL token may do (`--http-acl-default-policy`).
+    pub http_acl_default: crate::model::Access,
     /// This manager's storage quota in bytes (`--quota-bytes`); the smallest of all managers'
     /// governs.
     pub quota_bytes: u64,
@@ -342,6 +344,7 @@ pub async fn run(config: ManagerConfig, shutdown: impl Future<Output = ()>) -> a
             tls,
             config.api_limits,
             page.clone(),
+            config.http_acl_default,
             stopped,
         );
         tokio::spawn(async move {

@@ -1,18 +1,19 @@
 //! `Cluster.CommitObjects`: an operator's typed writes of cluster objects (the CLI's `service`
-//! commands and `node update`), the one way a client writes under `/shoal/`. Each put must be a
-//! valid object of its key: a service, a service name holding an id, or a node, of which only
-//! what an operator owns is taken (availability and labels, never a node's status or address,
-//! which its agent reports). Tasks, the leader's term, the CA, revocations: never written here.
+//! commands, `node update` and `acl token`), the one way a client writes under `/shoal/`. Each
+//! put must be a valid object of its key: a service, a service name holding an id, a node, of
+//! which only what an operator owns is taken (availability and labels, never a node's status or
+//! address, which its agent reports), or an ACL token of the HTTP API. Tasks, the leader's term,
+//! the CA, revocations: never written here.
 
 use shoal_raft::{Compare, CompareOp, CompareTarget, Op, Store, Txn};
 
-use crate::model::{keys, Node, Service};
+use crate::model::{is_sha256_hex, keys, AclToken, Node, Service};
 
 /// Why a typed commit was refused.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum TypedError {
     #[error(
-        "{what} {key:?} refused: a typed commit writes services, service names and nodes only"
+        "{what} {key:?} refused: a typed commit writes services, service names, nodes and ACL tokens only"
     )]
     NotAnObject { what: &'static str, key: String },
     #[error("{key}: {reason}")]
@@ -47,6 +48,7 @@ enum Object {
     Service,
     ServiceName,
     Node(Box<Node>),
+    AclToken,
 }
 
 /// Checks one put or delete; a node put is returned for the check against the stored node.
@@ -70,11 +72,13 @@ fn classify(op: &Op) -> Result<Option<Object>, TypedError> {
         keys::id_of(keys::SERVICE_NAMES, &key),
         keys::id_of(keys::NODES, &key),
     );
+    let acl = keys::id_of(keys::ACL_TOKENS, &key).filter(|h| is_sha256_hex(h));
     let Op::Put(p) = op else {
         // Services go with their names; nodes only through `Cluster.RemoveNode`.
-        return match (service, name) {
-            (Some(_), _) => Ok(Some(Object::Service)),
-            (_, Some(_)) => Ok(Some(Object::ServiceName)),
+        return match (service, name, acl) {
+            (Some(_), _, _) => Ok(Some(Object::Service)),
+            (_, Some(_), _) => Ok(Some(Object::ServiceName)),
+            (_, _, Some(_)) => Ok(Some(Object::AclToken)),
             _ => Err(refused()),
         };
     };
@@ -94,6 +98,14 @@ fn classify(op: &Op) -> Result<Option<Object>, TypedError> {
             return Err(bad(&key, format!("{id:?} is not a service id")));
         }
         return Ok(Some(Object::ServiceName));
+    }
+    if let Some(hash) = acl {
+        let t: AclToken = serde_json::from_slice(&p.value).map_err(|e| bad(&key, e))?;
+        t.validate().map_err(|e| bad(&key, e))?;
+        if t.secret_sha256 != hash {
+            return Err(bad(&key, "holds the token of another secret"));
+        }
+        return Ok(Some(Object::AclToken));
     }
     if let Some(id) = node {
         let n: Node = serde_json::from_slice(&p.value).map_err(|e| bad(&key, e))?;
@@ -184,6 +196,33 @@ mod tests {
             classify(&put("/shoal/service-names/web", b"s1")).unwrap(),
             Some(Object::ServiceName)
         );
+        let hash = crate::model::secret_sha256("secret");
+        let token = serde_json::json!({
+            "accessor_id": "a1", "secret_sha256": hash, "created_ms": 1,
+            "keys": [{"prefix": "app/", "access": "write"}],
+        });
+        let key = keys::acl_token(&hash);
+        assert_eq!(
+            classify(&put(&key, token.to_string().as_bytes())).unwrap(),
+            Some(Object::AclToken)
+        );
+        assert_eq!(
+            classify(&delete(&key, false)).unwrap(),
+            Some(Object::AclToken)
+        );
+        // Another secret's key, a key that is no hash, a prefix delete: refused.
+        let other = keys::acl_token(&crate::model::secret_sha256("other"));
+        let err = classify(&put(&other, token.to_string().as_bytes())).unwrap_err();
+        assert!(matches!(err, TypedError::Bad { .. }), "{err}");
+        for op in [
+            put("/shoal/acl/tokens/nothex", token.to_string().as_bytes()),
+            delete(keys::ACL_TOKENS, true),
+        ] {
+            assert!(
+                matches!(classify(&op), Err(TypedError::NotAnObject { .. })),
+                "{op:?}"
+            );
+        }
     }
 
     #[test]

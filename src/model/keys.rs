@@ -20,6 +20,14 @@ pub const LEADER_TERM: &str = "/shoal/leader/term";
 pub const NETWORKS: &str = "/shoal/networks/";
 pub const NETWORK_NAMES: &str = "/shoal/network-names/";
 
+/// The Consul API's ACL tokens (`AclToken`), keyed by the SHA-256 of their secret, in hex: the
+/// API finds a caller's token with one read, and the secret itself is stored nowhere.
+pub const ACL_TOKENS: &str = "/shoal/acl/tokens/";
+
+pub fn acl_token(secret_sha256: &str) -> String {
+    format!("{ACL_TOKENS}{secret_sha256}")
+}
+
 pub fn network(id: &str) -> String {
     format!("{NETWORKS}{id}")
 }

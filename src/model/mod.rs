@@ -1,6 +1,7 @@
 //! Cluster objects as the store holds them under `/shoal/`: nodes, services, tasks and the task
 //! lifecycle. Plain serde data (JSON, snake_case fields); nothing here does I/O or reads a clock.
 
+mod acl;
 mod container;
 mod error;
 mod health;
@@ -14,6 +15,7 @@ mod task;
 mod task_state;
 mod update;
 
+pub use self::acl::{is_sha256_hex, secret_sha256, Access, AclToken, KeyRule};
 pub use self::container::Container;
 pub use self::error::ModelError;
 pub use self::health::{Health, HealthCheck};

@@ -22,6 +22,17 @@ impl Named for Service {
     }
 }
 
+/// ACL tokens go by their accessor id (a unique prefix of it will do); they have no name.
+impl Named for crate::model::AclToken {
+    const KIND: &'static str = "ACL token";
+    fn id(&self) -> &str {
+        &self.accessor_id
+    }
+    fn name(&self) -> &str {
+        &self.accessor_id
+    }
+}
+
 impl Named for Node {
     const KIND: &'static str = "node";
     fn id(&self) -> &str {

@@ -27,6 +27,11 @@ struct HttpCluster {
 
 impl HttpCluster {
     async fn start(n: usize) -> HttpCluster {
+        HttpCluster::start_with(n, &[]).await
+    }
+
+    /// `n` managers, each started with `extra` flags too.
+    async fn start_with(n: usize, extra: &[&str]) -> HttpCluster {
         let root = tempfile::Builder::new()
             .prefix("shoal-consul-")
             .tempdir()
@@ -41,18 +46,16 @@ impl HttpCluster {
             let mut m = Manager::new(c._root.path(), &format!("m{}", i + 1));
             let http = format!("127.0.0.1:{}", free_port());
             if i == 0 {
-                m.spawn(&["--http", &http]);
+                let mut args = vec!["--http", &http];
+                args.extend_from_slice(extra);
+                m.spawn(&args);
                 token = m.wait_token().await;
             } else {
                 let join: Vec<String> = c.managers.iter().map(|m| m.grpc.clone()).collect();
-                m.spawn(&[
-                    "--join",
-                    &join.join(","),
-                    "--token",
-                    &token,
-                    "--http",
-                    &http,
-                ]);
+                let join = join.join(",");
+                let mut args = vec!["--join", &join, "--token", &token, "--http", &http];
+                args.extend_from_slice(extra);
+                m.spawn(&args);
             }
             c.managers.push(m);
             c.http.push(http);
@@ -147,10 +150,25 @@ pub(crate) async fn http(
     target: &str,
     body: &[u8],
 ) -> Result<Reply, String> {
+    http_with(addr, method, target, &[], body).await
+}
+
+/// [`http`] with extra request headers.
+pub(crate) async fn http_with(
+    addr: &str,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Result<Reply, String> {
     let exchange = async {
         let mut s = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+        let extra: String = headers
+            .iter()
+            .map(|(k, v)| format!("{k}: {v}\r\n"))
+            .collect();
         let head = format!(
-            "{method} {target} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            "{method} {target} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n",
             body.len()
         );
         s.write_all(head.as_bytes())
@@ -639,6 +657,197 @@ async fn consul_http_api_across_managers_and_after_leader_kill() {
         .json();
     assert_ne!(new_leader, c.http[leader].as_str());
     assert!(new_leader == w.as_str() || new_leader == r.as_str());
+}
+
+/// Runs `shoal acl token ARGS` against `m` with its own (manager) certificate.
+async fn acl(m: &Manager, args: &[&str]) -> crate::cluster::CliOutput {
+    let tls = m.data_dir.join("tls");
+    let mut all = vec!["--host", m.grpc.as_str(), "acl", "token"];
+    all.extend_from_slice(args);
+    crate::cluster::run_cli(&all, None, &[("SHOAL_TLS_DIR", tls.to_str().unwrap())]).await
+}
+
+/// The value of `Name:` in `acl token create`'s output.
+fn field<'a>(out: &'a str, name: &str) -> &'a str {
+    out.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}:")))
+        .map(str::trim)
+        .unwrap_or_else(|| panic!("no {name} in {out}"))
+}
+
+/// ACL tokens on two managers with `--http-acl-default-policy deny`: a token made with the CLI on
+/// one is honoured on the other, by header, bearer and query; its key rules (longest prefix
+/// wins), tree reads filtered, recursive deletes checked on every rule under the prefix, the
+/// session level, transactions; `/shoal/` refused whatever the token; a deleted token is "ACL
+/// not found".
+#[tokio::test(flavor = "multi_thread")]
+async fn acl_tokens_decide_what_each_request_may_do() {
+    let _serial = serial().await;
+    let c = HttpCluster::start_with(2, &["--http-acl-default-policy", "deny"]).await;
+    let (a, b) = (&c.http[0], &c.http[1]);
+    // Without a token: nothing of the KV, sessions or transactions; status still answers.
+    let r = expect(a, "GET", "/v1/kv/app/x", b"", 403).await;
+    assert!(
+        r.text()
+            .contains("anonymous token lacks permission 'key:read'"),
+        "{}",
+        r.text()
+    );
+    expect(a, "PUT", "/v1/session/create", b"{}", 403).await;
+    let get = br#"[{"KV":{"Verb":"get","Key":"app/x"}}]"#;
+    expect(a, "PUT", "/v1/txn", get, 403).await;
+    expect(a, "GET", "/v1/status/leader", b"", 200).await;
+
+    let made = acl(
+        &c.managers[0],
+        &[
+            "create",
+            "--description",
+            "app deployer",
+            "--write",
+            "app/",
+            "--deny",
+            "app/secret/",
+            "--read",
+            "config/",
+            "--session",
+            "write",
+        ],
+    )
+    .await;
+    assert!(made.ok(), "{made:?}");
+    let secret = field(&made.stdout, "SecretID").to_string();
+    let accessor = field(&made.stdout, "AccessorID").to_string();
+    assert_eq!(secret.len(), 36);
+    let q = |path: &str| {
+        format!(
+            "{path}{}token={secret}",
+            if path.contains('?') { "&" } else { "?" }
+        )
+    };
+
+    // Honoured on the other manager (once it applied the write), by the query parameter...
+    let deadline = Instant::now() + WAIT;
+    while call(b, "PUT", &q("/v1/kv/app/x"), b"1").await.status != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "the token never took effect on the other manager"
+        );
+        sleep(Duration::from_millis(100)).await;
+    }
+    // ...the header and a bearer.
+    let with = |h: &'static str, v: String| async move {
+        http_with(b, "PUT", "/v1/kv/app/y", &[(h, &v)], b"2")
+            .await
+            .unwrap()
+    };
+    assert_eq!(with("X-Consul-Token", secret.clone()).await.status, 200);
+    assert_eq!(
+        with("Authorization", format!("Bearer {secret}"))
+            .await
+            .status,
+        200
+    );
+    // Rules: write under app/, nothing under app/secret/, read only under config/.
+    let r = expect(b, "PUT", &q("/v1/kv/app/secret/k"), b"1", 403).await;
+    assert!(
+        r.text().contains(&format!(
+            "AccessorID '{accessor}' lacks permission 'key:write'"
+        )),
+        "{}",
+        r.text()
+    );
+    expect(b, "PUT", &q("/v1/kv/config/k"), b"1", 403).await;
+    expect(b, "GET", &q("/v1/kv/config/k"), b"", 404).await;
+    expect(b, "GET", &q("/v1/kv/other"), b"", 403).await;
+    // A tree read leaves out what the token may not read, and says so.
+    let r = expect(b, "GET", &q("/v1/kv/?recurse"), b"", 200).await;
+    let keys: Vec<String> = r
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["Key"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(keys, ["app/x", "app/y"]);
+    assert_eq!(r.header("X-Consul-Results-Filtered-By-ACLs"), Some("true"));
+    // A recursive delete of app/ would reach app/secret/: refused; below it, allowed.
+    expect(b, "DELETE", &q("/v1/kv/app/?recurse"), b"", 403).await;
+    expect_bool(b, "DELETE", &q("/v1/kv/app/y?recurse"), b"", true).await;
+    // The cluster's own records: refused whatever the token says, even one that may write
+    // every key.
+    let all = acl(&c.managers[0], &["create", "--write", ""]).await;
+    assert!(all.ok(), "{all:?}");
+    let root = field(&all.stdout, "SecretID").to_string();
+    let deadline = Instant::now() + WAIT;
+    while call(b, "PUT", &format!("/v1/kv/root-test?token={root}"), b"1")
+        .await
+        .status
+        != 200
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the second token never took effect"
+        );
+        sleep(Duration::from_millis(100)).await;
+    }
+    let r = expect(
+        b,
+        "PUT",
+        &format!("/v1/kv//shoal/leader/term?token={root}"),
+        b"9",
+        403,
+    )
+    .await;
+    assert!(r.text().contains("/shoal/"), "{}", r.text());
+    // Sessions (write) and a transaction within the rules; one op outside refuses it whole.
+    let s = expect(b, "PUT", &q("/v1/session/create"), b"{}", 200)
+        .await
+        .json();
+    assert!(s["ID"].as_str().is_some());
+    let ok = br#"[{"KV":{"Verb":"set","Key":"app/t","Value":"MQ=="}},{"KV":{"Verb":"get","Key":"app/x"}}]"#;
+    expect(b, "PUT", &q("/v1/txn"), ok, 200).await;
+    let bad = br#"[{"KV":{"Verb":"set","Key":"app/t2","Value":"MQ=="}},{"KV":{"Verb":"set","Key":"config/k","Value":"MQ=="}}]"#;
+    expect(b, "PUT", &q("/v1/txn"), bad, 403).await;
+    expect(b, "GET", &q("/v1/kv/app/t2"), b"", 404).await;
+
+    // Listed without its secret; deleted, it is not found anywhere.
+    let ls = acl(&c.managers[1], &["ls"]).await;
+    assert!(
+        ls.ok() && ls.stdout.contains(&accessor) && ls.stdout.contains("app deployer"),
+        "{ls:?}"
+    );
+    assert!(!ls.stdout.contains(&secret), "{ls:?}");
+    let rm = acl(&c.managers[1], &["rm", &accessor[..8]]).await;
+    assert!(rm.ok() && rm.stdout.trim() == accessor, "{rm:?}");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let r = call(a, "GET", &q("/v1/kv/app/x"), b"").await;
+        if r.status == 403 && r.text().contains("ACL not found") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a deleted token still answers {}",
+            r.status
+        );
+        sleep(Duration::from_millis(100)).await;
+    }
+    // Bad input: two rules for one prefix, an unknown accessor: one line, non-zero exit.
+    let twice = acl(&c.managers[0], &["create", "--read", "a/", "--write", "a/"]).await;
+    assert!(
+        !twice.ok() && twice.stderr.trim().lines().count() == 1,
+        "{twice:?}"
+    );
+    assert!(
+        twice.stderr.contains("two rules for the key prefix"),
+        "{twice:?}"
+    );
+    let unknown = acl(&c.managers[0], &["rm", "nope"]).await;
+    assert!(
+        !unknown.ok() && unknown.stderr.contains("no such ACL token"),
+        "{unknown:?}"
+    );
 }
 
 /// Installs py-consul if it is missing; fails (never skips) when that is impossible.

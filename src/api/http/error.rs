@@ -30,6 +30,12 @@ pub(crate) enum ApiError {
     /// 403: a web page's request, or one addressed to another host (`api::guard`).
     #[error("{0}")]
     Refused(String),
+    /// 403: the request's ACL token does not allow it (Consul's wording).
+    #[error("{0}")]
+    PermissionDenied(String),
+    /// 403: no token has the secret the request carries (Consul's wording).
+    #[error("ACL not found")]
+    AclNotFound,
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -42,7 +48,10 @@ impl ApiError {
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            ApiError::Forbidden(_) | ApiError::Refused(_) => StatusCode::FORBIDDEN,
+            ApiError::Forbidden(_)
+            | ApiError::Refused(_)
+            | ApiError::PermissionDenied(_)
+            | ApiError::AclNotFound => StatusCode::FORBIDDEN,
             ApiError::Store(StoreError::Invalid(
                 InvalidRequest::ValueTooLarge(_) | InvalidRequest::TxnTooLarge(_),
             )) => StatusCode::PAYLOAD_TOO_LARGE,

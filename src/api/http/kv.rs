@@ -24,11 +24,13 @@ use shoal_raft::Response as Applied;
 use shoal_raft::StoreError;
 use shoal_raft::Txn;
 
+use super::acl::Acl;
 use super::error::ApiError;
 use super::json;
 use super::query::Query;
 use super::session;
 use super::Api;
+use crate::model::Access;
 use crate::security::policy;
 
 /// Largest value accepted: Consul's default `kv_max_value_size` (512 KiB), so that what works
@@ -66,15 +68,16 @@ impl Entry {
 
 pub(crate) async fn handle(
     api: &Api,
+    acl: &Acl,
     method: &Method,
     key: &str,
     q: Option<&str>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     match *method {
-        Method::GET => get(api, key, q).await,
-        Method::PUT | Method::POST => put(api, key, q, body).await,
-        Method::DELETE => delete(api, key, q).await,
+        Method::GET => get(api, acl, key, q).await,
+        Method::PUT | Method::POST => put(api, acl, key, q, body).await,
+        Method::DELETE => delete(api, acl, key, q).await,
         _ => Err(ApiError::MethodNotAllowed(method.to_string())),
     }
 }
@@ -83,7 +86,7 @@ fn missing_key() -> ApiError {
     ApiError::BadRequest("Missing key name".into())
 }
 
-async fn get(api: &Api, key: &str, q: Option<&str>) -> Result<Response, ApiError> {
+async fn get(api: &Api, acl: &Acl, key: &str, q: Option<&str>) -> Result<Response, ApiError> {
     let q = Query::parse(
         q,
         &[
@@ -103,6 +106,9 @@ async fn get(api: &Api, key: &str, q: Option<&str>) -> Result<Response, ApiError
         return Err(missing_key());
     }
     let prefix = recurse || keys;
+    if !prefix {
+        acl.need_key(key, Access::Read)?;
+    }
     let held = api.block(q.blocking()?, key.as_bytes(), prefix).await?;
     let range = Range {
         key: key.as_bytes().to_vec(),
@@ -110,7 +116,12 @@ async fn get(api: &Api, key: &str, q: Option<&str>) -> Result<Response, ApiError
         keys_only: keys,
         ..Default::default()
     };
-    let (res, rev) = api.store.range(&range, stale).await?;
+    let (mut res, rev) = api.store.range(&range, stale).await?;
+    // A tree read leaves out what the token may not read, and says so (as Consul).
+    let before = res.kvs.len();
+    res.kvs
+        .retain(|kv| acl.key(&String::from_utf8_lossy(&kv.key)) >= Access::Read);
+    let filtered = res.kvs.len() < before;
     // As Consul: one key answers with its own ModifyIndex (so a blocking query on it wakes
     // only for it); a missing key or a prefix with the revision read (a delete under a prefix
     // leaves no ModifyIndex behind, and an older index would wake the next query at once).
@@ -118,8 +129,17 @@ async fn get(api: &Api, key: &str, q: Option<&str>) -> Result<Response, ApiError
         [kv] if !prefix => kv.mod_revision,
         _ => rev,
     });
+    let mark = |mut resp: Response| {
+        if filtered {
+            resp.headers_mut().insert(
+                "X-Consul-Results-Filtered-By-ACLs",
+                axum::http::HeaderValue::from_static("true"),
+            );
+        }
+        api.with_meta(resp, index)
+    };
     if res.kvs.is_empty() {
-        return Ok(api.with_meta(StatusCode::NOT_FOUND.into_response(), index));
+        return Ok(mark(StatusCode::NOT_FOUND.into_response()));
     }
     let resp = if keys {
         let sep = q.get("separator").filter(|s| !s.is_empty());
@@ -136,7 +156,7 @@ async fn get(api: &Api, key: &str, q: Option<&str>) -> Result<Response, ApiError
         let entries: Vec<Entry> = res.kvs.iter().map(|kv| Entry::new(kv, true)).collect();
         json(StatusCode::OK, &entries)
     };
-    Ok(api.with_meta(resp, index))
+    Ok(mark(resp))
 }
 
 /// Keys under `prefix`, each cut after the first `sep` following the prefix (Consul's
@@ -160,12 +180,19 @@ fn list_keys(prefix: &str, kvs: &[KeyValue], sep: Option<&str>) -> Vec<String> {
     out
 }
 
-async fn put(api: &Api, key: &str, q: Option<&str>, body: Bytes) -> Result<Response, ApiError> {
+async fn put(
+    api: &Api,
+    acl: &Acl,
+    key: &str,
+    q: Option<&str>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     let q = Query::parse(q, &["cas", "flags", "acquire", "release"])?;
     if key.is_empty() {
         return Err(missing_key());
     }
     policy::user_write("put", key.as_bytes(), false)?;
+    acl.need_key(key, Access::Write)?;
     if body.len() > MAX_VALUE {
         return Err(ApiError::TooLarge(format!(
             "Request body({} bytes) too large, max size: {MAX_VALUE} bytes",
@@ -229,13 +256,18 @@ async fn put(api: &Api, key: &str, q: Option<&str>, body: Bytes) -> Result<Respo
     Ok(bool_response(ok))
 }
 
-async fn delete(api: &Api, key: &str, q: Option<&str>) -> Result<Response, ApiError> {
+async fn delete(api: &Api, acl: &Acl, key: &str, q: Option<&str>) -> Result<Response, ApiError> {
     let q = Query::parse(q, &["recurse", "cas"])?;
     let recurse = q.has("recurse");
     if key.is_empty() && !recurse {
         return Err(missing_key());
     }
     policy::user_write("delete", key.as_bytes(), recurse)?;
+    if recurse {
+        acl.need_tree(key, Access::Write)?;
+    } else {
+        acl.need_key(key, Access::Write)?;
+    }
     let cas = q.u64("cas", "cas index")?;
     let del = Delete {
         key: key.as_bytes().to_vec(),

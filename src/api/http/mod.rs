@@ -35,8 +35,13 @@
 //! - **Catalog.** `/v1/catalog/nodes` lists the managers; agents join it in a later issue.
 //!   `/v1/status/leader` and `/peers` give managers' HTTP addresses (gRPC for one without).
 //! - **Health.** `/health` answers 200 while the manager knows a leader, else 503.
-//!   ACL tokens are ignored: the API has no authentication beyond TLS, hence its loopback
-//!   default.
+//! - **ACL tokens** (`acl.rs`): KV, session and transaction requests are checked against the
+//!   rules of the request's token (`X-Consul-Token`, `Authorization: Bearer`, `?token=`),
+//!   created with `shoal acl token create`; without a token, against the manager's
+//!   `--http-acl-default-policy` (`allow` by default, Consul's `acl.default_policy`). Recursive
+//!   reads leave out the keys the token may not read (`X-Consul-Results-Filtered-By-ACLs`).
+//!   Tokens have key-prefix rules and a session level; Consul's policies, roles and the
+//!   `/v1/acl/` endpoints are not served.
 //! - **Transport.** Plaintext on loopback; beyond loopback mutual TLS with the cluster's
 //!   certificates (a client or manager certificate), unless the manager runs with
 //!   `--insecure-http` (warned at every start); `--http-tls` asks for TLS on loopback too.
@@ -45,6 +50,7 @@
 //!   `--api-max-connections` open (one more gets a 503), closed when idle for
 //!   `--api-idle-timeout` (never while a blocking query waits).
 
+mod acl;
 mod blocking;
 mod error;
 mod kv;
@@ -75,8 +81,10 @@ use tokio::sync::watch;
 use crate::api::conn::{self, ConnLimits};
 use crate::metrics::manager::ManagerMetrics;
 
+use self::acl::Acl;
 use self::error::ApiError;
 use self::query::decode;
+use crate::model::Access;
 
 /// What every handler gets: the store, and a signal that the manager is stopping (blocking
 /// queries end early so that a graceful shutdown never waits minutes for them).
@@ -88,17 +96,21 @@ pub(crate) struct Api {
     check_host: bool,
     /// The manager's metrics page, for `/metrics`.
     metrics: ManagerMetrics,
+    /// What a request without an ACL token may do.
+    acl_default: Access,
 }
 
 /// Serves the API on `listener` until `shutdown` resolves: over mutual TLS with `tls` (clients
 /// need a client or manager certificate of the cluster), plaintext without; with `limits` on
-/// its connections, counted in `metrics.conns.http`.
+/// its connections, counted in `metrics.conns.http`; requests without an ACL token may do what
+/// `acl_default` allows.
 pub async fn serve(
     listener: TcpListener,
     store: Store,
     tls: Option<Credentials>,
     limits: ConnLimits,
     metrics: ManagerMetrics,
+    acl_default: Access,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let (stop_tx, stopping) = watch::channel(false);
@@ -110,6 +122,7 @@ pub async fn serve(
         stopping,
         check_host,
         metrics,
+        acl_default,
     });
     let shutdown = async move {
         shutdown.await;
@@ -142,7 +155,7 @@ async fn dispatch(
     let path = uri.path();
     let raw_query = uri.query();
     let started = std::time::Instant::now();
-    let response = route(&api, &method, path, raw_query, body)
+    let response = route(&api, &method, path, raw_query, &headers, body)
         .await
         .unwrap_or_else(IntoResponse::into_response);
     let route = crate::metrics::routes::consul(path);
@@ -157,23 +170,27 @@ async fn route(
     method: &Method,
     path: &str,
     q: Option<&str>,
+    headers: &HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     if let Some(key) =
         path.strip_prefix("/v1/kv/")
             .or(if path == "/v1/kv" { Some("") } else { None })
     {
-        return kv::handle(api, method, &decode(key, false)?, q, body).await;
+        let acl = Acl::resolve(api, headers, q).await?;
+        return kv::handle(api, &acl, method, &decode(key, false)?, q, body).await;
     }
     if let Some(rest) = path.strip_prefix("/v1/session/") {
+        let acl = Acl::resolve(api, headers, q).await?;
         let (verb, arg) = rest.split_once('/').unwrap_or((rest, ""));
-        return session::handle(api, method, verb, &decode(arg, false)?, q, body).await;
+        return session::handle(api, &acl, method, verb, &decode(arg, false)?, q, body).await;
     }
     let get = |m: &Method| allow(m, &[Method::GET]);
     match path {
         "/v1/txn" => {
             allow(method, &[Method::PUT])?;
-            txn::handle(api, q, body).await
+            let acl = Acl::resolve(api, headers, q).await?;
+            txn::handle(api, &acl, q, body).await
         }
         "/v1/status/leader" => {
             get(method)?;

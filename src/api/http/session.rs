@@ -19,6 +19,7 @@ use shoal_raft::Range;
 use shoal_raft::Response as Applied;
 use shoal_raft::StoreError;
 
+use super::acl::Acl;
 use super::error::ApiError;
 use super::json;
 use super::kv::bool_response;
@@ -27,6 +28,7 @@ use super::query::Query;
 use super::status::node_name;
 use super::Api;
 use crate::duration::{format_go as format_duration, parse_unbounded as parse_duration};
+use crate::model::Access;
 
 /// Where session records live (hidden nowhere: `shoal kv ls /shoal/consul/` shows them).
 pub(crate) const SESSIONS: &str = "/shoal/consul/sessions/";
@@ -141,6 +143,7 @@ pub(crate) async fn lookup(api: &Api, id: &str) -> Result<Option<Session>, ApiEr
 
 pub(crate) async fn handle(
     api: &Api,
+    acl: &Acl,
     method: &Method,
     verb: &str,
     id: &str,
@@ -161,6 +164,9 @@ pub(crate) async fn handle(
             Ok(())
         }
     };
+    // Creating, renewing and destroying sessions write; the rest reads.
+    let writes = matches!(verb, "create" | "renew" | "destroy");
+    acl.need_session(if writes { Access::Write } else { Access::Read })?;
     match verb {
         "create" => {
             need(Method::PUT)?;

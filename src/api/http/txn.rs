@@ -28,6 +28,7 @@ use shoal_raft::Response as Applied;
 use shoal_raft::StoreError;
 use shoal_raft::Txn;
 
+use super::acl::Acl;
 use super::error::ApiError;
 use super::json;
 use super::kv::mod_revision_is;
@@ -37,6 +38,7 @@ use super::kv::MAX_VALUE;
 use super::query::Query;
 use super::session;
 use super::Api;
+use crate::model::Access;
 use crate::security::policy;
 
 /// Consul's limit on operations in one transaction.
@@ -172,9 +174,28 @@ struct Plan {
     lease: u64,
 }
 
-pub(crate) async fn handle(api: &Api, q: Option<&str>, body: Bytes) -> Result<Response, ApiError> {
+pub(crate) async fn handle(
+    api: &Api,
+    acl: &Acl,
+    q: Option<&str>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     Query::parse(q, &[])?;
     let ops = parse_ops(&body)?;
+    // Every operation is checked against the token before anything is read or written; a tree
+    // read needs read on every key under its prefix (no filtering inside a transaction).
+    for op in &ops {
+        match op.verb {
+            Verb::Set | Verb::Cas | Verb::Lock | Verb::Unlock | Verb::Delete | Verb::DeleteCas => {
+                acl.need_key(&op.key, Access::Write)?
+            }
+            Verb::DeleteTree => acl.need_tree(&op.key, Access::Write)?,
+            Verb::GetTree => acl.need_tree(&op.key, Access::Read)?,
+            Verb::Get | Verb::CheckIndex | Verb::CheckSession | Verb::CheckNotExists => {
+                acl.need_key(&op.key, Access::Read)?
+            }
+        }
+    }
     let mut txn = Txn::default();
     let mut plans = Vec::with_capacity(ops.len());
     for (i, op) in ops.iter().enumerate() {
