@@ -51,6 +51,7 @@ mod events;
 mod filters;
 pub(crate) mod forward;
 mod guard;
+mod handover;
 mod images;
 mod networks;
 mod nodes;
@@ -294,6 +295,7 @@ async fn route(api: &Api, req: Request) -> Result<Response, DockerError> {
         (&M::POST, ["containers", id, "kill"]) => containers::kill(api, id, &q).await,
         (&M::POST, ["containers", id, "restart"]) => containers::restart(api, id, &q).await,
         (&M::POST, ["containers", id, "wait"]) => containers::wait(api, id, &q).await,
+        (&M::POST, ["containers", id, "rename"]) => containers::rename(api, id, &q).await,
         (&M::DELETE, ["containers", id]) => containers::remove(api, id, &q).await,
         (&M::POST, ["containers", id, "attach"]) => {
             let id = id.to_string();

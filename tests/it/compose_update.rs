@@ -1,0 +1,217 @@
+//! `docker-compose up -d` with a changed image, through shoal's Docker API, on a compose service
+//! carrying an update policy (`shoal.update.*` labels): under a constant load through a real nginx
+//! with its retries off, compose's recreate hands each container over to its successor one at a
+//! time, dropping no request, and ends with one new container per old one, all on the new image.
+//! A bad policy label is a 400 with a JSON message; `docker-compose down` needs no successor.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::cluster::serial;
+use crate::docker_api::{client, docker, ok, raw, Out};
+use crate::fleet::{whoami_with_check, Fleet};
+use crate::proxy::{wait_backends, Load, Proxy};
+
+const V1: &str = "shoal/whoami-good:it";
+const V2: &str = "shoal/whoami-good:it-compose2";
+const PROJECT: &str = "handover";
+
+fn images() {
+    whoami_with_check(V1, &["check"]);
+    let out = std::process::Command::new("docker")
+        .args(["tag", V1, V2])
+        .output()
+        .expect("docker tag");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The compose file: `web`, routed as test.local, on `image`, one container at a time.
+fn write_compose(dir: &std::path::Path, image: &str) {
+    std::fs::write(
+        dir.join("docker-compose.yml"),
+        format!(
+            r#"version: "2"
+services:
+  web:
+    image: {image}
+    ports:
+      - "80"
+    labels:
+      - "interlock.hostname=test"
+      - "interlock.domain=local"
+      - "shoal.update.parallelism=1"
+      - "shoal.update.order=start-first"
+"#
+        ),
+    )
+    .unwrap();
+}
+
+fn compose(host: &str, dir: &std::path::Path, args: &[&str]) -> Out {
+    let file = dir.join("docker-compose.yml");
+    let pre = [
+        "-H",
+        &format!("tcp://{host}"),
+        "-p",
+        PROJECT,
+        "-f",
+        file.to_str().unwrap(),
+    ];
+    client("docker-compose", &pre, args, None)
+}
+
+/// `docker ps` of the project through shoal: (id, name, image) of each container.
+fn containers(host: &str, all: bool) -> Vec<(String, String, String)> {
+    let filter = format!("label=com.docker.compose.project={PROJECT}");
+    let mut args = vec!["ps", "--no-trunc", "--filter", &filter];
+    if all {
+        args.push("-a");
+    }
+    args.extend(["--format", "{{.ID}} {{.Names}} {{.Image}}"]);
+    ok(docker(host, &args, None), "docker ps")
+        .lines()
+        .map(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            (w[0].to_string(), w[1].to_string(), w[2].to_string())
+        })
+        .collect()
+}
+
+/// The project's running containers on this machine's engine (the agents' engine).
+fn engine_running() -> usize {
+    let out = std::process::Command::new("docker")
+        .args([
+            "ps",
+            "-q",
+            "--filter",
+            &format!("label=com.docker.compose.project={PROJECT}"),
+        ])
+        .output()
+        .expect("docker ps");
+    String::from_utf8_lossy(&out.stdout).lines().count()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn compose_recreates_with_an_update_policy_one_at_a_time_dropping_nothing() {
+    let _serial = serial().await;
+    images();
+    let fleet = Fleet::start(1, 2).await;
+    let api = fleet.cluster.managers[0].docker_api.clone();
+
+    // Bad input: a bad policy label is a 400 with Docker's JSON error, and nothing is created.
+    for (labels, needle) in [
+        (
+            r#""shoal.update.parallelism": "two""#,
+            "shoal.update.parallelism=\\\"two\\\"",
+        ),
+        (r#""shoal.update.delay": "5""#, "shoal.update.delay"),
+        (
+            r#""shoal.update.order": "stop-first""#,
+            "always starts first",
+        ),
+        (r#""shoal.update.monitor": "5s""#, "reserved for shoal"),
+    ] {
+        let body = format!(
+            r#"{{"Image": "{V1}", "Labels": {{"com.docker.compose.project": "{PROJECT}",
+                "com.docker.compose.service": "web", "com.docker.compose.container-number": "1",
+                {labels}}}}}"#
+        );
+        let (code, ctype, text) = raw(&api, "POST", "/containers/create?name=bad1", &body).await;
+        assert_eq!(code, 400, "{labels}: {text}");
+        assert_eq!(ctype, "application/json", "{labels}");
+        assert!(text.starts_with(r#"{"message":"#), "{labels}: {text}");
+        assert!(text.contains(needle), "{labels}: {text}");
+    }
+    assert!(containers(&api, true).is_empty());
+
+    let dir = tempfile::tempdir().unwrap();
+    write_compose(dir.path(), V1);
+    ok(
+        compose(&api, dir.path(), &["up", "-d", "--scale", "web=4"]),
+        "compose up",
+    );
+    let before = containers(&api, false);
+    assert_eq!(before.len(), 4, "{before:?}");
+
+    let proxy = Proxy::without_retries(&fleet, "px1").await;
+    let backends = wait_backends(&fleet, &proxy, 4).await;
+    let load = Load::start(proxy.addr());
+
+    // Sample how many of the project's containers run at once during the recreate.
+    let sampling = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let sampler = {
+        let sampling = sampling.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut most = 0;
+            while sampling.load(std::sync::atomic::Ordering::Relaxed) {
+                most = most.max(engine_running());
+                std::thread::sleep(Duration::from_millis(150));
+            }
+            most
+        })
+    };
+    write_compose(dir.path(), V2);
+    let started = Instant::now();
+    let up = compose(&api, dir.path(), &["up", "-d", "--scale", "web=4"]);
+    let took = started.elapsed();
+    let after_backends = wait_backends(&fleet, &proxy, 4).await;
+    load.finish_without_failures(&proxy).await;
+    sampling.store(false, std::sync::atomic::Ordering::Relaxed);
+    let most = sampler.await.unwrap();
+    assert_eq!(up.code, 0, "compose up (v2): {}\n{}", up.stderr, up.stdout);
+    for n in 1..=4 {
+        let done = format!("Recreating {PROJECT}_web_{n} ... done");
+        assert!(up.stderr.contains(&done), "{done}: {}", up.stderr);
+    }
+    eprintln!("recreate of 4 containers: {took:?}, at most {most} running at once");
+
+    // One new container per old one, every one on the new image, the old ones gone.
+    let after = containers(&api, true);
+    assert_eq!(after.len(), 4, "{after:?}");
+    assert!(after.iter().all(|(_, _, image)| image == V2), "{after:?}");
+    let old_ids: BTreeSet<&String> = before.iter().map(|(id, _, _)| id).collect();
+    assert!(
+        after.iter().all(|(id, _, _)| !old_ids.contains(id)),
+        "{before:?} {after:?}"
+    );
+    let names = |list: &[(String, String, String)]| -> BTreeSet<String> {
+        list.iter()
+            .map(|(_, n, _)| n.rsplit('/').next().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(names(&before), names(&after));
+    assert!(
+        backends.is_disjoint(&after_backends),
+        "nginx reaches only new containers: {backends:?} {after_backends:?}"
+    );
+    // One at a time, start-first: a successor ran beside the 4 old ones, and never two (a
+    // successor starts once the container replaced before it has stopped; all at once is 8).
+    assert_eq!(most, 5, "containers running at once");
+    let log = fleet.cluster.managers[0].log_text();
+    assert_eq!(
+        log.matches("stop deferred until its successor serves")
+            .count(),
+        4,
+        "{}",
+        fleet.logs()
+    );
+    assert_eq!(log.matches("handed over to").count(), 4, "{}", fleet.logs());
+
+    // `down`: stops without a successor go at once, not after the handover's bounds.
+    let started = Instant::now();
+    ok(compose(&api, dir.path(), &["down"]), "compose down");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "down took {:?}",
+        started.elapsed()
+    );
+    assert!(containers(&api, true).is_empty());
+    drop(proxy);
+    drop(fleet);
+}
