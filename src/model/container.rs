@@ -66,6 +66,14 @@ pub const HANDOVER_TIMEOUT_MS: u64 = 40_000;
 /// The longest a handover lasts in all (a successor created, never started).
 pub const HANDOVER_MAX_MS: u64 = 120_000;
 
+/// The labels of a `HandoverPolicy`, the only `shoal.` labels a container may carry: the
+/// number of containers handing over at a time, the wait between turns, the order.
+pub const UPDATE_LABELS: [&str; 3] = [
+    "shoal.update.parallelism",
+    "shoal.update.delay",
+    "shoal.update.order",
+];
+
 /// Compose's labels naming a container's project, service and number.
 pub const COMPOSE_PROJECT: &str = "com.docker.compose.project";
 pub const COMPOSE_SERVICE: &str = "com.docker.compose.service";

@@ -16,7 +16,7 @@ mod update;
 
 pub use self::container::{
     compose_service, Container, Handover, HandoverPolicy, COMPOSE_NUMBER, COMPOSE_PROJECT,
-    COMPOSE_SERVICE, HANDOVER_MAX_MS, HANDOVER_ORPHAN_MS, HANDOVER_TIMEOUT_MS,
+    COMPOSE_SERVICE, HANDOVER_MAX_MS, HANDOVER_ORPHAN_MS, HANDOVER_TIMEOUT_MS, UPDATE_LABELS,
 };
 pub use self::error::ModelError;
 pub use self::health::{Health, HealthCheck};

@@ -203,6 +203,19 @@ async fn compose_recreates_with_an_update_policy_one_at_a_time_dropping_nothing(
     );
     assert_eq!(log.matches("handed over to").count(), 4, "{}", fleet.logs());
 
+    // `stop` is answered at once and shows the containers stopped; `start` before a successor
+    // came calls the handovers off: the same containers run on, past the 5 s a handover waits
+    // for a successor.
+    ok(compose(&api, dir.path(), &["stop"]), "compose stop");
+    assert!(containers(&api, false).is_empty());
+    ok(compose(&api, dir.path(), &["start"]), "compose start");
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let ids = |list: Vec<(String, String, String)>| -> BTreeSet<String> {
+        list.into_iter().map(|(id, _, _)| id).collect()
+    };
+    assert_eq!(ids(containers(&api, false)), ids(after.clone()));
+    assert_eq!(engine_running(), 4);
+
     // `down`: stops without a successor go at once, not after the handover's bounds.
     let started = Instant::now();
     ok(compose(&api, dir.path(), &["down"]), "compose down");

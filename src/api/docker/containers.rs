@@ -143,6 +143,12 @@ pub(crate) async fn inspect(api: &Api, query: &str) -> Result<Response, DockerEr
             Ok((status, body)) if status.is_success() => {
                 if let Ok(Value::Object(live)) = serde_json::from_slice::<Value>(&body) {
                     doc = Value::Object(live);
+                    if e.service.stop_answered() && doc["State"]["Running"] == true {
+                        // A handover: the client was told it stopped (`handover.rs`).
+                        doc["State"]["Running"] = json!(false);
+                        doc["State"]["Status"] = json!("exited");
+                        doc["State"]["ExitCode"] = json!(0);
+                    }
                 }
             }
             Ok(_) => {}
@@ -269,7 +275,24 @@ pub(crate) async fn start(api: &Api, query: &str) -> Result<Response, DockerErro
     let view = api.objects.view().await?;
     let e = plain(&view, query)?;
     let id = e.id.clone();
-    if active(e.service, &tasks_of(&view, &id)) {
+    let handing_over = e
+        .service
+        .container
+        .as_ref()
+        .is_some_and(|c| c.handover.is_some());
+    if handing_over && e.service.replicas > 0 {
+        // Started again before its successor came (`docker-compose stop`, then `start`): the
+        // handover is called off; it never stopped.
+        api.objects
+            .update_service(&id, |s| {
+                let c = s.container.as_mut().filter(|c| c.handover.is_some());
+                Ok(c.map(|c| c.handover = None).is_some())
+            })
+            .await?;
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    }
+    // Stopping after a handover looks stopped to clients: a start runs it again.
+    if active(e.service, &tasks_of(&view, &id)) && !e.service.stop_answered() {
         return Ok(StatusCode::NOT_MODIFIED.into_response());
     }
     // The successor of a container handing over (compose's recreate) starts in its turn.

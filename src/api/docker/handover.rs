@@ -20,16 +20,15 @@ use super::Api;
 use crate::host::now_ms;
 use crate::model::{
     compose_service, Handover, HandoverPolicy, Service, HANDOVER_TIMEOUT_MS, MAX_POLICY_MS,
+    UPDATE_LABELS,
 };
 
 /// Containers of the compose service handing over at a time; 0 is all at once.
-pub(crate) const PARALLELISM: &str = "shoal.update.parallelism";
+pub(crate) const PARALLELISM: &str = UPDATE_LABELS[0];
 /// Wait between one handover ending and the next stop going on (`2s`, `500ms`).
-pub(crate) const DELAY: &str = "shoal.update.delay";
+pub(crate) const DELAY: &str = UPDATE_LABELS[1];
 /// `start-first`, the only order (compose without a policy recreates stop-first).
-pub(crate) const ORDER: &str = "shoal.update.order";
-/// The `shoal.` labels a create body may carry; any other is shoal's own.
-pub(crate) const LABELS: [&str; 3] = [PARALLELISM, DELAY, ORDER];
+pub(crate) const ORDER: &str = UPDATE_LABELS[2];
 
 /// The longest a successor's start waits for its turn: then it starts anyway. With the start's
 /// own work, below compose's HTTP timeout (60 s).
@@ -51,21 +50,21 @@ pub(crate) fn policy(
     let bad = |why: String| Err(DockerError::BadRequest(why));
     if let Some(key) = labels
         .keys()
-        .find(|k| k.starts_with("shoal.") && !LABELS.contains(&k.as_str()))
+        .find(|k| k.starts_with("shoal.") && !UPDATE_LABELS.contains(&k.as_str()))
     {
         return bad(format!(
             "label {key} is reserved for shoal (a container may carry {})",
-            LABELS.join(", ")
+            UPDATE_LABELS.join(", ")
         ));
     }
-    if !LABELS.iter().any(|k| labels.contains_key(*k)) {
+    if !UPDATE_LABELS.iter().any(|k| labels.contains_key(*k)) {
         return Ok(None);
     }
     if compose_service(labels).is_none() || !labels.contains_key(crate::model::COMPOSE_NUMBER) {
         return bad(format!(
             "labels {}: an update policy applies to a compose service's containers \
              (com.docker.compose.project, .service and .container-number labels)",
-            LABELS.join(", ")
+            UPDATE_LABELS.join(", ")
         ));
     }
     let parallelism = match labels.get(PARALLELISM).map(|v| v.trim()) {
