@@ -20,6 +20,8 @@
 //!   `health=`, inspect shows `State.Health`. The proxies route only to healthy containers; an
 //!   unhealthy one keeps running, as with Docker. Stopping one that the proxy routes to
 //!   (`interlock.hostname`) waits for its drain delay (3 s): it leaves the config first.
+//! - **Compose's recreate** of a service with `shoal.update.*` labels hands each container over
+//!   to its successor, a few at a time (`handover.rs`); `rename` is served for it.
 //! - **Versions.** Any `/vX.Y` prefix and unversioned paths are accepted; 1.44 is advertised.
 //! - **Errors** are `{"message": ...}` with Docker's status codes; endpoints of Docker's API
 //!   that shoal does not serve answer 501 naming the endpoint; unknown paths 404.
