@@ -2,7 +2,9 @@
 //! carrying an update policy (`shoal.update.*` labels): under a constant load through a real nginx
 //! with its retries off, compose's recreate hands each container over to its successor one at a
 //! time, dropping no request, and ends with one new container per old one, all on the new image.
-//! A bad policy label is a 400 with a JSON message; `docker-compose down` needs no successor.
+//! A bad policy label is a 400 with a JSON message; `stop` then `start` calls the handovers off;
+//! `docker-compose down` needs no successor; kill -9 of the leader mid-recreate: the next leader
+//! carries the handovers on.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -227,4 +229,51 @@ async fn compose_recreates_with_an_update_policy_one_at_a_time_dropping_nothing(
     assert!(containers(&api, true).is_empty());
     drop(proxy);
     drop(fleet);
+}
+
+/// kill -9 of the leader in the middle of compose's recreate (compose talks to another
+/// manager): the next leader carries the handovers on from the store; compose's `up` succeeds
+/// with one new container per old one, all on the new image.
+#[tokio::test(flavor = "multi_thread")]
+async fn compose_recreate_survives_a_leader_kill() {
+    let _serial = serial().await;
+    images();
+    let mut fleet = Fleet::start(3, 2).await;
+    let leader = fleet.cluster.wait_leader().await;
+    let api = fleet.cluster.managers[(leader + 1) % 3].docker_api.clone();
+    let dir = tempfile::tempdir().unwrap();
+    write_compose(dir.path(), V1);
+    ok(
+        compose(&api, dir.path(), &["up", "-d", "--scale", "web=3"]),
+        "compose up",
+    );
+    let before = containers(&api, false);
+    assert_eq!(before.len(), 3, "{before:?}");
+
+    write_compose(dir.path(), V2);
+    let up = {
+        let (api, dir) = (api.clone(), dir.path().to_path_buf());
+        tokio::task::spawn_blocking(move || compose(&api, &dir, &["up", "-d", "--scale", "web=3"]))
+    };
+    // Once the first successor runs, the leader goes.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !containers(&api, false)
+        .iter()
+        .any(|(_, _, image)| image == V2)
+    {
+        assert!(Instant::now() < deadline, "no successor started");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    fleet.cluster.managers[leader].kill();
+    fleet.cluster.wait_leader().await;
+
+    let up = up.await.unwrap();
+    assert_eq!(up.code, 0, "compose up (v2): {}\n{}", up.stderr, up.stdout);
+    let after = containers(&api, true);
+    assert_eq!(after.len(), 3, "{after:?}");
+    assert!(after.iter().all(|(_, _, image)| image == V2), "{after:?}");
+    let old: BTreeSet<&String> = before.iter().map(|(id, _, _)| id).collect();
+    assert!(after.iter().all(|(id, _, _)| !old.contains(id)));
+    assert_eq!(engine_running(), 3);
+    ok(compose(&api, dir.path(), &["down"]), "compose down");
 }
