@@ -4,7 +4,7 @@
 //! time, dropping no request, and ends with one new container per old one, all on the new image.
 //! A bad policy label is a 400 with a JSON message; `stop` then `start` calls the handovers off;
 //! `docker-compose down` needs no successor; kill -9 of the leader mid-recreate: the next leader
-//! carries the handovers on.
+//! carries the handovers on. Without a policy, compose's own recreate (stop-first) works too.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -35,6 +35,19 @@ fn images() {
 
 /// The compose file: `web`, routed as test.local, on `image`, one container at a time.
 fn write_compose(dir: &std::path::Path, image: &str) {
+    let policy = [
+        "shoal.update.parallelism=1",
+        "shoal.update.order=start-first",
+    ];
+    write_compose_with(dir, image, &policy)
+}
+
+/// The same with the labels `policy`.
+fn write_compose_with(dir: &std::path::Path, image: &str, policy: &[&str]) {
+    let policy: String = policy
+        .iter()
+        .map(|l| format!("      - \"{l}\"\n"))
+        .collect();
     std::fs::write(
         dir.join("docker-compose.yml"),
         format!(
@@ -47,9 +60,7 @@ services:
     labels:
       - "interlock.hostname=test"
       - "interlock.domain=local"
-      - "shoal.update.parallelism=1"
-      - "shoal.update.order=start-first"
-"#
+{policy}"#
         ),
     )
     .unwrap();
@@ -275,5 +286,34 @@ async fn compose_recreate_survives_a_leader_kill() {
     let old: BTreeSet<&String> = before.iter().map(|(id, _, _)| id).collect();
     assert!(after.iter().all(|(id, _, _)| !old.contains(id)));
     assert_eq!(engine_running(), 3);
+    ok(compose(&api, dir.path(), &["down"]), "compose down");
+}
+
+/// Without a policy compose's recreate works as compose does it everywhere: each container
+/// stopped (out of the proxies first), renamed, replaced and removed.
+#[tokio::test(flavor = "multi_thread")]
+async fn compose_recreates_without_a_policy_as_compose_does() {
+    let _serial = serial().await;
+    images();
+    let fleet = Fleet::start(1, 1).await;
+    let api = fleet.cluster.managers[0].docker_api.clone();
+    let dir = tempfile::tempdir().unwrap();
+    write_compose_with(dir.path(), V1, &[]);
+    ok(
+        compose(&api, dir.path(), &["up", "-d", "--scale", "web=2"]),
+        "compose up",
+    );
+    let before = containers(&api, false);
+    write_compose_with(dir.path(), V2, &[]);
+    ok(
+        compose(&api, dir.path(), &["up", "-d", "--scale", "web=2"]),
+        "compose up (v2)",
+    );
+    let after = containers(&api, true);
+    assert_eq!(after.len(), 2, "{after:?}");
+    assert!(after.iter().all(|(_, _, image)| image == V2), "{after:?}");
+    assert!(after.iter().all(|a| !before.iter().any(|b| b.0 == a.0)));
+    let log = fleet.cluster.managers[0].log_text();
+    assert!(!log.contains("stop deferred"), "{log}");
     ok(compose(&api, dir.path(), &["down"]), "compose down");
 }
