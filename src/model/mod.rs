@@ -16,7 +16,10 @@ mod task_state;
 mod update;
 
 pub use self::acl::{is_sha256_hex, secret_sha256, Access, AclToken, KeyRule};
-pub use self::container::Container;
+pub use self::container::{
+    compose_service, Container, Handover, HandoverPolicy, COMPOSE_NUMBER, COMPOSE_PROJECT,
+    COMPOSE_SERVICE, HANDOVER_MAX_MS, HANDOVER_ORPHAN_MS, HANDOVER_TIMEOUT_MS, UPDATE_LABELS,
+};
 pub use self::error::ModelError;
 pub use self::health::{Health, HealthCheck};
 pub use self::node::{is_node_id, Availability, Node, NodeStatus, DEFAULT_HEARTBEAT_MS};

@@ -173,6 +173,36 @@ impl Service {
         !self.is_container() || self.reschedule_on_node_failure
     }
 
+    /// Whether a client's `stop` of this container was answered while it may still run: a
+    /// container with a handover policy handing over, or stopping after that. The Docker API
+    /// shows it stopped (the client was told so); the cluster still drains it.
+    pub fn stop_answered(&self) -> bool {
+        self.container.as_ref().is_some_and(|c| {
+            c.handover_policy.is_some() && (c.handover.is_some() || self.replicas == 0)
+        })
+    }
+
+    /// Whether this plain container is the one compose created in place of `old`, a container
+    /// handing over (`Container::handover`): another container of the same compose project,
+    /// service and number, not handing over itself.
+    pub fn succeeds(&self, old: &Service) -> bool {
+        let label = |s: &Service, key: &str| s.labels.get(key).cloned();
+        let same = |key: &str| label(self, key).is_some() && label(self, key) == label(old, key);
+        self.id != old.id
+            && self
+                .container
+                .as_ref()
+                .is_some_and(|c| c.handover.is_none())
+            && old.is_container()
+            && [
+                super::COMPOSE_PROJECT,
+                super::COMPOSE_SERVICE,
+                super::COMPOSE_NUMBER,
+            ]
+            .into_iter()
+            .all(same)
+    }
+
     /// The `start_seq` new tasks get (0 for services).
     pub fn start_seq(&self) -> u64 {
         self.container.as_ref().map_or(0, |c| c.start_seq)

@@ -42,7 +42,7 @@ fn compose(host: &str, dir: &std::path::Path, args: &[&str]) -> Out {
     )
 }
 
-fn client(program: &str, pre: &[&str], args: &[&str], input: Option<&str>) -> Out {
+pub(crate) fn client(program: &str, pre: &[&str], args: &[&str], input: Option<&str>) -> Out {
     let mut child = Command::new("timeout")
         .arg("120")
         .arg(program)

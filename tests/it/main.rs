@@ -5,6 +5,7 @@ mod authz;
 mod bad_input;
 mod cli;
 mod cluster;
+mod compose_update;
 mod consul;
 mod crash;
 mod deploy;

@@ -214,6 +214,7 @@ impl Load {
     /// Stops the load and asserts that it ran and that no request failed.
     pub async fn finish_without_failures(self, proxy: &Proxy) {
         let (sent, failed) = self.finish().await;
+        eprintln!("load through the proxy: {sent} requests, {failed} failed");
         assert!(sent > 50, "the load ran: {sent}");
         assert_eq!(
             failed,

@@ -260,7 +260,11 @@ impl ContainerSpec {
         if self.name.is_empty() || self.image.is_empty() {
             return invalid("a container needs a name and an image".to_string());
         }
-        if let Some(label) = self.labels.keys().find(|k| k.starts_with("shoal.")) {
+        if let Some(label) = self
+            .labels
+            .keys()
+            .find(|k| k.starts_with("shoal.") && !crate::model::UPDATE_LABELS.contains(&k.as_str()))
+        {
             return invalid(format!("label {label} is reserved for shoal"));
         }
         if let Some((key, _)) = self

@@ -110,6 +110,11 @@ fn reserved_labels_and_bad_env_names_are_refused() {
     spec.labels.insert("shoal.task".into(), "other".into());
     let err = spec.to_create_body().unwrap_err().to_string();
     assert!(err.contains("shoal.task is reserved"), "{err}");
+    // A compose service's update policy is the manager's to read, and harmless on the engine.
+    let mut spec = ContainerSpec::new("c1", "img", owner());
+    spec.labels
+        .insert("shoal.update.parallelism".into(), "1".into());
+    assert!(spec.to_create_body().is_ok());
 
     let mut spec = ContainerSpec::new("c1", "img", owner());
     spec.env.push(("A=B".into(), "x".into()));

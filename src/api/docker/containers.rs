@@ -143,6 +143,12 @@ pub(crate) async fn inspect(api: &Api, query: &str) -> Result<Response, DockerEr
             Ok((status, body)) if status.is_success() => {
                 if let Ok(Value::Object(live)) = serde_json::from_slice::<Value>(&body) {
                     doc = Value::Object(live);
+                    if e.service.stop_answered() && doc["State"]["Running"] == true {
+                        // A handover: the client was told it stopped (`handover.rs`).
+                        doc["State"]["Running"] = json!(false);
+                        doc["State"]["Status"] = json!("exited");
+                        doc["State"]["ExitCode"] = json!(0);
+                    }
                 }
             }
             Ok(_) => {}
@@ -248,7 +254,7 @@ fn plain<'v>(view: &'v View, query: &str) -> Result<Entry<'v>, DockerError> {
 }
 
 /// Whether the container runs or is about to: a live task, or a start not yet turned into one.
-fn active(service: &Service, tasks: &[&Task]) -> bool {
+pub(crate) fn active(service: &Service, tasks: &[&Task]) -> bool {
     let seq = service.start_seq();
     tasks.iter().any(|t| !t.state.is_terminal())
         || (service.replicas > 0 && !tasks.iter().any(|t| t.start_seq >= seq))
@@ -269,9 +275,31 @@ pub(crate) async fn start(api: &Api, query: &str) -> Result<Response, DockerErro
     let view = api.objects.view().await?;
     let e = plain(&view, query)?;
     let id = e.id.clone();
-    if active(e.service, &tasks_of(&view, &id)) {
+    let handing_over = e
+        .service
+        .container
+        .as_ref()
+        .is_some_and(|c| c.handover.is_some());
+    if handing_over && e.service.replicas > 0 {
+        // Started again before its successor came (`docker-compose stop`, then `start`): the
+        // handover is called off; it never stopped.
+        api.objects
+            .update_service(&id, |s| {
+                let c = s.container.as_mut().filter(|c| c.handover.is_some());
+                Ok(c.map(|c| c.handover = None).is_some())
+            })
+            .await?;
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    }
+    // Stopping after a handover looks stopped to clients: a start runs it again.
+    if active(e.service, &tasks_of(&view, &id)) && !e.service.stop_answered() {
         return Ok(StatusCode::NOT_MODIFIED.into_response());
     }
+    // The successor of a container handing over (compose's recreate) starts in its turn.
+    let turn = match crate::model::compose_service(&e.service.labels) {
+        Some(_) => super::handover::wait_turn(api, &id).await?,
+        None => None,
+    };
     let service = api
         .objects
         .update_service(&id, |s| {
@@ -282,6 +310,7 @@ pub(crate) async fn start(api: &Api, query: &str) -> Result<Response, DockerErro
             Ok(true)
         })
         .await?;
+    drop(turn);
     let seq = service.start_seq();
     // The scheduler may first miss an image a node has just loaded (nodes re-list images
     // every few seconds): a placement failure counts once it has lasted this long.
@@ -356,14 +385,25 @@ pub(crate) async fn stop(api: &Api, query: &str, q: &Query) -> Result<Response, 
     if !active(e.service, &tasks_of(&view, &id)) {
         return Ok(StatusCode::NOT_MODIFIED.into_response());
     }
+    // A compose service's container with an update policy hands over to its successor.
+    let policy = e
+        .service
+        .container
+        .as_ref()
+        .is_some_and(|c| c.handover_policy.is_some());
+    if policy && super::handover::defer_stop(api, &id).await? {
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    }
     stop_and_wait(api, &id, wait).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
+/// Stops the container now (a handover under way included) and waits for it to stop.
 async fn stop_and_wait(api: &Api, id: &str, timeout: Duration) -> Result<(), DockerError> {
     api.objects
         .update_service(id, |s| {
-            let changed = s.replicas != 0;
+            let handing_over = s.container.as_mut().and_then(|c| c.handover.take());
+            let changed = s.replicas != 0 || handing_over.is_some();
             s.replicas = 0;
             Ok(changed)
         })
@@ -438,7 +478,26 @@ pub(crate) async fn restart(api: &Api, query: &str, q: &Query) -> Result<Respons
 }
 
 pub(crate) async fn remove(api: &Api, query: &str, q: &Query) -> Result<Response, DockerError> {
-    let view = api.objects.view().await?;
+    let mut view = api.objects.view().await?;
+    // Compose removes a container it stopped (a handover, answered at once) once its successor
+    // started: it goes once the successor served and it stopped. Without a successor, the
+    // deferred stop is carried out now.
+    let handing_over = {
+        let e = plain(&view, query)?;
+        let policy = e
+            .service
+            .container
+            .as_ref()
+            .is_some_and(|c| c.handover_policy.is_some());
+        let live = active(e.service, &tasks_of(&view, &e.id));
+        (policy && live && !q.flag("force")).then(|| e.id.clone())
+    };
+    if let Some(id) = handing_over {
+        if !super::handover::wait_stopped(api, &id).await? {
+            stop_and_wait(api, &id, STOP_SLACK).await?;
+        }
+        view = api.objects.view().await?;
+    }
     let e = plain(&view, query)?;
     if active(e.service, &tasks_of(&view, &e.id)) && !q.flag("force") {
         return Err(DockerError::Conflict(format!(
@@ -450,6 +509,36 @@ pub(crate) async fn remove(api: &Api, query: &str, q: &Query) -> Result<Response
         .delete_named(keys::service(&e.id), keys::service_name(&e.name), &e.id)
         .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `POST /containers/{id}/rename?name=NEW`: the object's name and its name key, in one txn.
+pub(crate) async fn rename(api: &Api, query: &str, q: &Query) -> Result<Response, DockerError> {
+    let name = q
+        .get("name")
+        .unwrap_or("")
+        .trim_start_matches('/')
+        .to_string();
+    if !create::valid_name(&name) {
+        return Err(DockerError::BadRequest(format!(
+            "Invalid container name ({name}), only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed"
+        )));
+    }
+    let view = api.objects.view().await?;
+    let e = plain(&view, query)?;
+    if e.name == name {
+        return Err(DockerError::Conflict(format!(
+            "Renaming a container with the same name as its current name: {name}"
+        )));
+    }
+    let id = e.id.clone();
+    let old = e.name.clone();
+    match api.objects.rename_service(&id, &old, &name).await? {
+        true => Ok(StatusCode::NO_CONTENT.into_response()),
+        false => Err(DockerError::Conflict(format!(
+            "Conflict. The container name \"/{name}\" is already in use. You have to remove \
+             (or rename) that container to be able to reuse that name."
+        ))),
+    }
 }
 
 pub(crate) async fn wait(api: &Api, query: &str, q: &Query) -> Result<Response, DockerError> {

@@ -1,7 +1,8 @@
 //! `POST /containers/create`: a Docker create body read into a plain-container service. The
 //! scheduler's fields (image, placement, ports, restart, reservations, dependencies) are derived
 //! from the body; the body itself, less classic Swarm's placement entries, is what the agent
-//! creates. Pure: no store, no clock.
+//! creates; `shoal.update.*` labels are its compose service's update policy (`handover.rs`).
+//! Pure: no store, no clock.
 
 use std::collections::BTreeMap;
 
@@ -50,9 +51,7 @@ pub(crate) fn container(
         None | Some(Value::Null) => BTreeMap::new(),
         Some(v) => serde_json::from_value(v.clone()).map_err(|e| bad(format!("Labels: {e}")))?,
     };
-    if let Some(key) = labels.keys().find(|k| k.starts_with("shoal.")) {
-        return Err(bad(format!("label {key} is reserved for shoal")));
-    }
+    let handover_policy = super::handover::policy(&labels)?;
     let env: Vec<String> = match body.get("Env") {
         None | Some(Value::Null) => Vec::new(),
         Some(v) => serde_json::from_value(v.clone()).map_err(|e| bad(format!("Env: {e}")))?,
@@ -124,6 +123,8 @@ pub(crate) fn container(
             start_seq: 0,
             auto_remove,
             created_ms: now_ms,
+            handover_policy,
+            handover: None,
         }),
         // The body's `Healthcheck` is what the engine runs.
         health: None,

@@ -20,6 +20,8 @@
 //!   `health=`, inspect shows `State.Health`. The proxies route only to healthy containers; an
 //!   unhealthy one keeps running, as with Docker. Stopping one that the proxy routes to
 //!   (`interlock.hostname`) waits for its drain delay (3 s): it leaves the config first.
+//! - **Compose's recreate** of a service with `shoal.update.*` labels hands each container over
+//!   to its successor, a few at a time (`handover.rs`); `rename` is served for it.
 //! - **Versions.** Any `/vX.Y` prefix and unversioned paths are accepted; 1.44 is advertised.
 //! - **Errors** are `{"message": ...}` with Docker's status codes; endpoints of Docker's API
 //!   that shoal does not serve answer 501 naming the endpoint; unknown paths 404.
@@ -51,6 +53,7 @@ mod events;
 mod filters;
 pub(crate) mod forward;
 mod guard;
+mod handover;
 mod images;
 mod networks;
 mod nodes;
@@ -294,6 +297,7 @@ async fn route(api: &Api, req: Request) -> Result<Response, DockerError> {
         (&M::POST, ["containers", id, "kill"]) => containers::kill(api, id, &q).await,
         (&M::POST, ["containers", id, "restart"]) => containers::restart(api, id, &q).await,
         (&M::POST, ["containers", id, "wait"]) => containers::wait(api, id, &q).await,
+        (&M::POST, ["containers", id, "rename"]) => containers::rename(api, id, &q).await,
         (&M::DELETE, ["containers", id]) => containers::remove(api, id, &q).await,
         (&M::POST, ["containers", id, "attach"]) => {
             let id = id.to_string();

@@ -109,6 +109,48 @@ impl Objects {
         )))
     }
 
+    /// Renames the service `id` from `old` to `new`: its record and name keys in one txn.
+    /// False if `new` is taken.
+    pub(crate) async fn rename_service(
+        &self,
+        id: &str,
+        old: &str,
+        new: &str,
+    ) -> Result<bool, DockerError> {
+        let key = keys::service(id);
+        let (old_key, new_key) = (keys::service_name(old), keys::service_name(new));
+        for _ in 0..ATTEMPTS {
+            let Some((mut service, rev)) = self.get::<Service>(&key).await? else {
+                return Err(DockerError::no_such_container(id));
+            };
+            if service.name != old {
+                return Err(DockerError::Conflict(format!(
+                    "container {id} was renamed to {} meanwhile",
+                    service.name
+                )));
+            }
+            service.name = new.to_string();
+            let txn = Txn {
+                compare: vec![unchanged(&key, rev), exists(&new_key, false)],
+                success: vec![
+                    put_json(&key, &service),
+                    delete(&old_key),
+                    put_raw(&new_key, id.as_bytes().to_vec()),
+                ],
+                failure: Vec::new(),
+            };
+            if self.commit(txn).await? {
+                return Ok(true);
+            }
+            if self.get_raw_exists(&new_key).await? {
+                return Ok(false);
+            }
+        }
+        Err(DockerError::Conflict(format!(
+            "container {id} changed {ATTEMPTS} times while being renamed; try again"
+        )))
+    }
+
     /// Removes an object and its name key (if the name key still designates it).
     pub(crate) async fn delete_named(
         &self,
@@ -149,6 +191,16 @@ impl Objects {
         let value = serde_json::from_slice(&kv.value)
             .map_err(|e| DockerError::Internal(format!("{key} holds an invalid object: {e}")))?;
         Ok(Some((value, kv.mod_revision)))
+    }
+
+    /// Whether `key` exists.
+    async fn get_raw_exists(&self, key: &str) -> Result<bool, DockerError> {
+        let range = Range {
+            key: key.as_bytes().to_vec(),
+            ..Default::default()
+        };
+        let (result, _) = self.store.range(&range, false).await?;
+        Ok(!result.kvs.is_empty())
     }
 
     /// Every object under `prefix` (one level).

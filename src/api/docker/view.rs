@@ -152,6 +152,8 @@ impl Entry<'_> {
     /// Docker's `State` word: created, running, exited.
     pub(crate) fn state(&self) -> &'static str {
         match self.task {
+            // Its stop was answered (a handover): stopped, as far as clients go.
+            Some(t) if t.state == TaskState::Running && self.service.stop_answered() => "exited",
             Some(t) if t.state == TaskState::Running => "running",
             // A task that never got a container (it could not be placed) left it created.
             Some(t) if t.state.is_terminal() && t.container_id.is_some() => "exited",

@@ -4,6 +4,7 @@
 //! another. `run` starts them whenever this manager becomes the leader, after fencing the store
 //! with its term, and stops them when leadership changes.
 
+mod handover;
 mod liveness;
 mod orchestrator;
 mod placement;

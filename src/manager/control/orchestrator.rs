@@ -16,7 +16,7 @@ use crate::objects::{Expect, Versioned, View, Write};
 use crate::proxy::labels;
 use crate::scheduler::NO_SUITABLE_NODE;
 
-use super::{rebalance, rollout, Plan};
+use super::{handover, rebalance, rollout, Plan};
 
 /// Why a slot's live task is replaced by a new one this round.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -112,15 +112,32 @@ pub fn plan_services<'a>(
 pub struct Orchestrator {
     last: Option<View>,
     wake_at_ms: Option<u64>,
+    /// Containers handing over (`handover`): planned every round, since what they wait for
+    /// (their successor serving) is another service's change.
+    handing_over: BTreeSet<String>,
 }
 
 impl Orchestrator {
     pub fn plan(&mut self, state: &View, now_ms: u64, new_id: &mut dyn FnMut() -> String) -> Plan {
         let woken = self.wake_at_ms.is_some_and(|at| at <= now_ms);
         let plan = match self.last.as_ref().filter(|_| !woken) {
-            None => plan(state, now_ms, new_id),
+            None => {
+                self.handing_over = state
+                    .services()
+                    .filter(|s| handing_over(state, &s.value.id))
+                    .map(|s| s.value.id.clone())
+                    .collect();
+                plan(state, now_ms, new_id)
+            }
             Some(last) => {
-                let dirty = dirty_services(state, last);
+                let mut dirty = dirty_services(state, last);
+                for c in state.service_changes(last) {
+                    let s = c.current().or(c.previous()).expect("a change has a side");
+                    self.handing_over.remove(&s.value.id);
+                }
+                self.handing_over
+                    .extend(dirty.iter().filter(|id| handing_over(state, id)).cloned());
+                dirty.extend(self.handing_over.iter().cloned());
                 let plan = plan_services(state, dirty.iter().map(String::as_str), now_ms, new_id);
                 // A backoff still running elsewhere keeps its wake-up time.
                 Plan {
@@ -136,6 +153,13 @@ impl Orchestrator {
         self.wake_at_ms = plan.wake_at_ms;
         plan
     }
+}
+
+fn handing_over(state: &View, id: &str) -> bool {
+    state
+        .service(id)
+        .and_then(|s| s.value.container.as_ref())
+        .is_some_and(|c| c.handover.is_some())
 }
 
 /// The services whose service record, tasks or tasks' nodes differ between `last` and `state`.
@@ -249,6 +273,25 @@ impl<'a> Round<'a> {
         new_id: &mut dyn FnMut() -> String,
     ) {
         let service = &versioned.value;
+        // A container handing over to its successor (compose's recreate with a policy): its
+        // stop takes effect once the successor serves. The stop itself is the next round's,
+        // on the record as written, as a `docker stop`'s is.
+        match handover::decide(service, self.state, self.now_ms) {
+            handover::Decision::None => {}
+            handover::Decision::Wait { until_ms } => self.wake_at(until_ms),
+            handover::Decision::Stop { handed_over, why } => {
+                if handed_over {
+                    tracing::info!(container = %service.name, "{why}");
+                } else {
+                    tracing::warn!(container = %service.name, "handover: {why}");
+                }
+                self.writes.push(Write::Service {
+                    service: Box::new(handover::stopped(service)),
+                    expect: Expect::ModRevision(versioned.mod_revision),
+                });
+                return;
+            }
+        }
         // Per task: lost nodes, drained nodes, slots beyond the replica count, and finishing
         // what was already asked to stop.
         for t in tasks {

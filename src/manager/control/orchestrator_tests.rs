@@ -334,6 +334,8 @@ fn container(replicas: u64, start_seq: u64, restart: RestartPolicy) -> Versioned
         start_seq,
         auto_remove: false,
         created_ms: 1,
+        handover_policy: None,
+        handover: None,
     });
     s
 }
@@ -783,5 +785,129 @@ fn a_move_that_finds_no_node_is_called_off_and_retried_later() {
     assert_eq!(
         moves(&run(&rebalancing(4, tasks), 15_000)),
         vec![(4, Some("n1".into()))]
+    );
+}
+
+/// Compose's recreate of container `old` (handing over since 1000) by `new`, both of compose
+/// project p, service web, number 1; the successor's task in `new_state` if any.
+fn handover_state(new_state: Option<TaskState>) -> View {
+    let compose = |s: &mut Service| {
+        for (k, v) in [
+            (crate::model::COMPOSE_PROJECT, "p"),
+            (crate::model::COMPOSE_SERVICE, "web"),
+            (crate::model::COMPOSE_NUMBER, "1"),
+        ] {
+            s.labels.insert(k.into(), v.into());
+        }
+    };
+    let mut old = container(1, 1, RestartPolicy::No);
+    old.value.name = "7f3e_p_web_1".into();
+    compose(&mut old.value);
+    old.value.container.as_mut().unwrap().handover = Some(crate::model::Handover {
+        name: "p_web_1".into(),
+        since_ms: 1_000,
+    });
+    let mut new = container(1, 1, RestartPolicy::No);
+    new.value.id = "n".into();
+    new.value.name = "p_web_1".into();
+    compose(&mut new.value);
+    let mut tasks = vec![started(task("old", 1, Running, Some("n1")), 1)];
+    if let Some(state) = new_state {
+        let mut t = started(task("new", 1, state, Some("n2")), 1);
+        t.value.service_id = "n".into();
+        tasks.push(t);
+    }
+    let services = match new_state {
+        Some(_) => vec![old, new],
+        None => vec![old],
+    };
+    state(services, tasks)
+}
+
+/// The handing-over container's record as the plan writes it, if it does.
+fn handed_over(plan: &Plan) -> Option<&Service> {
+    plan.writes.iter().find_map(|w| match w {
+        Write::Service { service, .. } if service.id == "s" => Some(&**service),
+        _ => None,
+    })
+}
+
+#[test]
+fn a_container_handing_over_stops_once_its_successor_serves() {
+    // The successor runs, not healthy yet: the old one keeps serving, woken at the timeout.
+    let mut s = handover_state(Some(Running));
+    let mut unhealthy = s.task("new").unwrap().clone();
+    unhealthy.value.health = Some(Health::Starting);
+    s.put_task(unhealthy.clone());
+    let p = run(&s, 3_000);
+    assert!(handed_over(&p).is_none(), "{:?}", p.writes);
+    assert_eq!(
+        p.wake_at_ms,
+        Some(1_000 + crate::model::HANDOVER_TIMEOUT_MS)
+    );
+    // Healthy: the old container's record says stopped, and nothing else happens this round.
+    unhealthy.value.health = Some(Health::Healthy);
+    s.put_task(unhealthy);
+    let p = run(&s, 3_000);
+    let written = handed_over(&p).expect("the old container stops");
+    assert_eq!(written.replicas, 0);
+    assert_eq!(written.container.as_ref().unwrap().handover, None);
+    assert!(!p
+        .writes
+        .iter()
+        .any(|w| matches!(w, Write::Task { task, .. } if task.id == "old")));
+    // The next round stops its task as `docker stop`'s: asked to shut down, still RUNNING
+    // (the agent waits its drain delay), so out of the proxies.
+    let mut after = s.clone();
+    after.put_service(Versioned {
+        value: written.clone(),
+        mod_revision: 30,
+    });
+    let (puts, _) = summary(&run(&after, 3_100));
+    assert_eq!(puts, vec![("old".into(), 1, Running, Shutdown)]);
+}
+
+#[test]
+fn a_handover_without_a_successor_or_past_its_bound_is_an_ordinary_stop() {
+    // No successor (`docker-compose stop`): kept only for the orphan window.
+    let s = handover_state(None);
+    let p = run(&s, 2_000);
+    assert!(handed_over(&p).is_none());
+    assert_eq!(p.wake_at_ms, Some(1_000 + crate::model::HANDOVER_ORPHAN_MS));
+    let p = run(&s, 1_000 + crate::model::HANDOVER_ORPHAN_MS);
+    assert_eq!(handed_over(&p).map(|s| s.replicas), Some(0));
+    // A successor that never serves: stopped at the timeout.
+    let s = handover_state(Some(Starting));
+    assert!(handed_over(&run(&s, 20_000)).is_none());
+    let p = run(&s, 1_000 + crate::model::HANDOVER_TIMEOUT_MS);
+    assert_eq!(handed_over(&p).map(|s| s.replicas), Some(0));
+    // A stopped container's stale handover is nothing to decide.
+    let mut s = handover_state(Some(Running));
+    let mut stopped = s.service("s").unwrap().clone();
+    stopped.value.replicas = 0;
+    s.put_service(stopped);
+    assert!(handed_over(&run(&s, 3_000)).is_none());
+}
+
+#[test]
+fn the_loop_replans_a_handover_when_only_its_successor_changes() {
+    let mut s = handover_state(Some(Starting));
+    let mut orch = Orchestrator::default();
+    let mut n = 0;
+    let mut ids = || {
+        n += 1;
+        format!("new{n}")
+    };
+    assert!(handed_over(&orch.plan(&s, 2_000, &mut ids)).is_none());
+    let mut t = s.task("new").unwrap().clone();
+    t.value.state = Running;
+    t.mod_revision = 40;
+    s.put_task(t);
+    let p = orch.plan(&s, 2_100, &mut ids);
+    assert_eq!(
+        handed_over(&p).map(|s| s.replicas),
+        Some(0),
+        "{:?}",
+        p.writes
     );
 }
