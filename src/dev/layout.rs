@@ -3,8 +3,8 @@
 //! file or the new one, never half of one).
 
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};

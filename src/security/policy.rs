@@ -158,7 +158,9 @@ impl Method {
                 | Method::DispatcherUpdateTaskStatus,
                 _,
             ) => "its own node only",
-            (Method::CaJoin, _) => "with a join token, a new node id or manager name, its own addresses",
+            (Method::CaJoin, _) => {
+                "with a join token, a new node id or manager name, its own addresses"
+            }
             (Method::CaRenew, _) => "its own name and role, its own addresses",
             _ => "yes",
         })

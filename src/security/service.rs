@@ -319,10 +319,14 @@ mod tests {
             assert!(check_sans(role, &sans(&["10.0.0.7", "127.0.0.1"]), &managers, from).is_ok());
             assert!(check_sans(role, &sans(&["10.0.0.8"]), &managers, from).is_ok());
             // A manager's address, from elsewhere: refused, naming it.
-            let e = check_sans(role, &sans(&["10.0.0.7", "10.0.0.1"]), &managers, from)
-                .unwrap_err();
+            let e =
+                check_sans(role, &sans(&["10.0.0.7", "10.0.0.1"]), &managers, from).unwrap_err();
             assert_eq!(e.code(), tonic::Code::InvalidArgument);
-            assert!(e.message().contains("cannot name 10.0.0.1"), "{}", e.message());
+            assert!(
+                e.message().contains("cannot name 10.0.0.1"),
+                "{}",
+                e.message()
+            );
             // ... but from that manager's own host (an agent beside a manager): its address.
             let beside = Some("10.0.0.1".parse().unwrap());
             assert!(check_sans(role, &sans(&["10.0.0.1"]), &managers, beside).is_ok());
@@ -336,6 +340,12 @@ mod tests {
         let e = check_sans(Role::Worker, &sans(&["::ffff:10.0.0.2"]), &managers, from);
         assert!(e.is_err());
         // A manager's certificate names what its listeners need.
-        assert!(check_sans(Role::Manager, &sans(&["m1.example", "10.0.0.1"]), &managers, None).is_ok());
+        assert!(check_sans(
+            Role::Manager,
+            &sans(&["m1.example", "10.0.0.1"]),
+            &managers,
+            None
+        )
+        .is_ok());
     }
 }

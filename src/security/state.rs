@@ -394,7 +394,11 @@ pub const MANAGER_ADDRESSES: &str = "/shoal/manager-addresses/";
 
 /// Records this manager's certificate name and the IP addresses among its `sans` under its
 /// member id.
-pub async fn record_manager(store: &Store, name: &str, sans: &[String]) -> Result<(), SecurityError> {
+pub async fn record_manager(
+    store: &Store,
+    name: &str,
+    sans: &[String],
+) -> Result<(), SecurityError> {
     store
         .write(Command::Put(Put {
             key: format!("{MANAGER_NAMES}{}", store.id()).into_bytes(),

@@ -519,7 +519,9 @@ async fn a_node_name_stays_its_nodes_until_the_node_is_removed() {
             let nodes = fleet.nodes().await;
             nodes
                 .iter()
-                .any(|n| n["name"] == "node-1" && n["status"] == "ready" && n["id"] != node1.as_str())
+                .any(|n| {
+                    n["name"] == "node-1" && n["status"] == "ready" && n["id"] != node1.as_str()
+                })
                 .then_some(())
         })
         .await;
@@ -570,11 +572,17 @@ async fn a_worker_cannot_carry_a_managers_address() {
     })
     .await;
     // A loopback address (a manager's too) and an address of no manager stay the node's own.
-    let ok = ask("ownaddrs".into(), vec!["127.0.0.1".into(), "127.0.0.30".into()]).await;
+    let ok = ask(
+        "ownaddrs".into(),
+        vec!["127.0.0.1".into(), "127.0.0.30".into()],
+    )
+    .await;
     assert!(ok.is_ok(), "{:?}", ok.err().map(|e| e.to_string()));
     // Nor a manager's host name, ever.
     let e = ask("hostname".into(), vec!["localhost".into()]).await;
-    assert!(e.err().is_some_and(|e| e.to_string().contains("IP addresses only")));
+    assert!(e
+        .err()
+        .is_some_and(|e| e.to_string().contains("IP addresses only")));
 }
 
 /// Every file and directory under `dir` that its group or others may read, write or enter.
@@ -587,7 +595,11 @@ fn shared_entries(dir: &Path) -> Vec<String> {
             continue; // RocksDB removed it meanwhile
         };
         if meta.permissions().mode() & 0o077 != 0 {
-            found.push(format!("{:o} {}", meta.permissions().mode() & 0o7777, path.display()));
+            found.push(format!(
+                "{:o} {}",
+                meta.permissions().mode() & 0o7777,
+                path.display()
+            ));
         }
         if meta.is_dir() {
             if let Ok(entries) = std::fs::read_dir(&path) {
@@ -609,7 +621,10 @@ async fn tokens_come_from_a_file_or_the_environment_and_data_dirs_are_private() 
     let hosts = c.hosts();
     // The manager keeps the worker token there too (what compose hands to agents and proxies).
     wait_until("the worker token file", || async { token_file.exists() }).await;
-    assert_eq!(std::fs::read_to_string(&token_file).unwrap().trim(), c.worker_token);
+    assert_eq!(
+        std::fs::read_to_string(&token_file).unwrap().trim(),
+        c.worker_token
+    );
     assert_eq!(shared_entries(&token_file), Vec::<String>::new());
 
     // One agent reads the token from that file, one from the environment: no token in argv.
@@ -635,9 +650,10 @@ async fn tokens_come_from_a_file_or_the_environment_and_data_dirs_are_private() 
         let out = c.cli(&["node", "ls", "--json"]).await;
         let nodes: Value = serde_json::from_str(&out.stdout).unwrap_or(Value::Null);
         let ready = |name: &str| {
-            nodes
-                .as_array()
-                .is_some_and(|n| n.iter().any(|n| n["name"] == name && n["status"] == "ready"))
+            nodes.as_array().is_some_and(|n| {
+                n.iter()
+                    .any(|n| n["name"] == name && n["status"] == "ready")
+            })
         };
         ready("by-file") && ready("by-env")
     })
@@ -645,7 +661,10 @@ async fn tokens_come_from_a_file_or_the_environment_and_data_dirs_are_private() 
     for agent in [&by_file, &by_env] {
         let argv = std::fs::read(format!("/proc/{}/cmdline", agent.child.id())).unwrap();
         let argv = String::from_utf8_lossy(&argv);
-        assert!(!argv.contains(&c.worker_token), "the token shows in ps: {argv}");
+        assert!(
+            !argv.contains(&c.worker_token),
+            "the token shows in ps: {argv}"
+        );
     }
 
     // Nothing the processes wrote is anyone else's to read: the manager's RocksDB, log,
@@ -659,7 +678,18 @@ async fn tokens_come_from_a_file_or_the_environment_and_data_dirs_are_private() 
         root.join("by-file"),
         root.join("by-env"),
     ] {
-        assert!(dir.join(if dir.ends_with("m1") { "tls/kek" } else { "node_id" }).exists());
-        assert_eq!(shared_entries(&dir), Vec::<String>::new(), "{}", dir.display());
+        assert!(dir
+            .join(if dir.ends_with("m1") {
+                "tls/kek"
+            } else {
+                "node_id"
+            })
+            .exists());
+        assert_eq!(
+            shared_entries(&dir),
+            Vec::<String>::new(),
+            "{}",
+            dir.display()
+        );
     }
 }

@@ -143,7 +143,10 @@ fn constraints_translate_both_ways() {
         shoal("engine.labels.zone!=b"),
         Ok(Some("engine.labels.zone!=b".into()))
     );
-    assert_eq!(shoal("node.labels.node==x"), Ok(Some("node.labels.node==x".into())));
+    assert_eq!(
+        shoal("node.labels.node==x"),
+        Ok(Some("node.labels.node==x".into()))
+    );
     assert_eq!(shoal("storage==ssd"), Ok(Some("storage==ssd".into())));
     assert_eq!(shoal("node.role==worker"), Ok(None));
     assert_eq!(shoal("node.role!=manager"), Ok(None));
@@ -160,7 +163,11 @@ fn constraints_translate_both_ways() {
         );
     }
     assert_eq!(constraint_to_docker("node==n1"), "node.hostname==n1");
-    for same in ["storage!=hdd", "node.labels.storage==ssd", "engine.labels.zone==a"] {
+    for same in [
+        "storage!=hdd",
+        "node.labels.storage==ssd",
+        "engine.labels.zone==a",
+    ] {
         assert_eq!(constraint_to_docker(same), same);
     }
 }
