@@ -170,6 +170,13 @@ struct ManagerArgs {
     /// client-cert`) or a manager's certificate required (default: not served).
     #[arg(long, value_name = "ADDR", env = "SHOAL_METRICS_ADDR")]
     metrics_addr: Option<SocketAddr>,
+    /// Also keep the current worker join token in this file (0600, rewritten when rotated), for
+    /// agents and proxies to read with --token-file without seeing this data dir.
+    #[arg(long, value_name = "PATH", env = "SHOAL_WRITE_WORKER_TOKEN")]
+    write_worker_token: Option<PathBuf>,
+    /// Also keep the current manager join token in this file (0600), for joining managers.
+    #[arg(long, value_name = "PATH", env = "SHOAL_WRITE_MANAGER_TOKEN")]
+    write_manager_token: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -316,10 +323,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             ..
         }) => shoal::cli::remove_manager(&global, id).await?,
         Command::Manager(mut args) => {
+            shoal::host::private_files();
             let token = join_token(&mut args.token, &args.token_file).await?;
             shoal::manager::run(manager_config(args, token)?, shutdown_signal()).await?
         }
         Command::Agent(mut args) => {
+            shoal::host::private_files();
             let token = join_token(&mut args.token, &args.token_file).await?;
             let token = token.ok_or_else(|| anyhow::anyhow!("--token is required"))?;
             shoal::agent::run(agent_config(args, token), shutdown_signal()).await?
@@ -386,6 +395,13 @@ fn manager_config(args: ManagerArgs, token: Option<String>) -> anyhow::Result<Ma
             idle_timeout: args.api_idle_timeout,
         },
         metrics_addr: args.metrics_addr,
+        token_outputs: [
+            (shoal_tls::Role::Worker, args.write_worker_token),
+            (shoal_tls::Role::Manager, args.write_manager_token),
+        ]
+        .into_iter()
+        .filter_map(|(role, path)| Some((role, path?)))
+        .collect(),
     })
 }
 

@@ -12,6 +12,12 @@ pub enum AgentError {
     #[error("invalid manager address {addr:?}: {reason}")]
     BadAddress { addr: String, reason: String },
 
+    #[error("data dir {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+
     #[error("node id file {path}: {source}")]
     NodeIdFile {
         path: PathBuf,
@@ -36,7 +42,8 @@ pub enum AgentError {
         source: std::io::Error,
     },
 
-    /// PERMISSION_DENIED / UNAUTHENTICATED: the node's certificate is refused (removed node).
+    /// PERMISSION_DENIED / UNAUTHENTICATED: the node's certificate is refused (removed node);
+    /// ALREADY_EXISTS: its name is another node's.
     #[error("manager {addr} refused this agent: {message}")]
     Refused { addr: String, message: String },
 

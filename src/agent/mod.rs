@@ -86,6 +86,10 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> any
     if config.join.is_empty() {
         return Err(AgentError::NoManagers.into());
     }
+    crate::host::private_dir(&config.data_dir).map_err(|source| AgentError::DataDir {
+        path: config.data_dir.clone(),
+        source,
+    })?;
     let node_id = node_id::load_or_create(&config.data_dir)?;
     let name = config.name.clone().unwrap_or_else(crate::host::host_name);
     tracing::info!(node = %node_id, %name, addr = %config.advertise_addr, "starting agent");

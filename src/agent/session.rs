@@ -52,7 +52,7 @@ pub(crate) struct Identity {
 /// Why a session with one manager ended.
 #[derive(Debug)]
 enum End {
-    /// PERMISSION_DENIED / UNAUTHENTICATED: fatal.
+    /// PERMISSION_DENIED / UNAUTHENTICATED (the certificate), ALREADY_EXISTS (the name): fatal.
     Refused(String),
     /// The manager is not the leader; it named the leader, or None.
     NotLeader(Option<String>),
@@ -256,7 +256,10 @@ fn classify(status: &Status) -> End {
         );
     }
     match status.code() {
-        Code::PermissionDenied | Code::Unauthenticated => End::Refused(status.message().into()),
+        // ALREADY_EXISTS: the node's name is another node's (`Register`); retrying cannot help.
+        Code::PermissionDenied | Code::Unauthenticated | Code::AlreadyExists => {
+            End::Refused(status.message().into())
+        }
         Code::NotFound => End::NotRegistered,
         Code::Unavailable => match status.metadata().get(LEADER_HEADER) {
             Some(leader) => End::NotLeader(leader.to_str().ok().map(str::to_string)),

@@ -4,6 +4,7 @@
 
 use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -272,7 +273,13 @@ pub(crate) fn write_cluster_file(dir: &Path, file: &ClusterFile) -> Result<PathB
     let tmp = dir.join(".cluster.json.tmp");
     let text = serde_json::to_string_pretty(file).expect("plain data");
     let write = || -> std::io::Result<()> {
-        let mut f = std::fs::File::create(&tmp)?;
+        // It holds the join token: its user's only.
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
         f.write_all(text.as_bytes())?;
         f.write_all(b"\n")?;
         f.sync_all()?;

@@ -174,14 +174,19 @@ impl Dispatcher for DispatcherService {
         }
         let id = r.node_id.clone();
         self.update_node(leading.term, &id, |current, view| {
+            // A name is the node's until it is removed, down or not: constraints and operators
+            // name nodes by it (`node==NAME`), so a newcomer never inherits another's placements.
             if let Some(other) = view
                 .nodes_named(&r.name)
                 .map(|n| &n.value)
-                .find(|n| n.id != r.node_id && n.status == NodeStatus::Ready)
+                .find(|n| n.id != r.node_id)
             {
                 return Err(Status::already_exists(format!(
-                    "node name {} is taken by node {}, which is ready; give --name another name",
-                    r.name, other.id
+                    "node name {} is taken by node {} ({}); give --name another name, or remove that node first (shoal node rm {})",
+                    r.name,
+                    other.id,
+                    other.status.as_str(),
+                    other.id
                 )));
             }
             let (operator_labels, availability) = match current {

@@ -76,6 +76,10 @@ pub struct ManagerConfig {
     pub api_limits: crate::api::ConnLimits,
     /// Where to serve `/metrics` over mutual TLS (`--metrics-addr`); None: not served there.
     pub metrics_addr: Option<SocketAddr>,
+    /// Where to keep the current worker and manager join tokens besides `DATA_DIR/tokens/`
+    /// (`--write-worker-token`, `--write-manager-token`): files a deployment hands to the
+    /// processes that need one, and nothing else of the data dir.
+    pub token_outputs: Vec<(shoal_tls::Role, PathBuf)>,
 }
 
 /// Where the Docker API listens without `--docker-api`.
@@ -226,7 +230,7 @@ pub async fn run(config: ManagerConfig, shutdown: impl Future<Output = ()>) -> a
     let http_addr = http.as_ref().map(|l| l.local_addr()).transpose()?;
     let metrics_addr = metrics.as_ref().map(|l| l.local_addr()).transpose()?;
     let sans = certificate_names(&advertise, local, docker_addr, http_addr, metrics_addr);
-    std::fs::create_dir_all(&config.data_dir)
+    crate::host::private_dir(&config.data_dir)
         .with_context(|| format!("cannot create {}", config.data_dir.display()))?;
     let material = security::local::open_manager(security::local::Start {
         data_dir: &config.data_dir,
@@ -259,7 +263,8 @@ pub async fn run(config: ManagerConfig, shutdown: impl Future<Output = ()>) -> a
             creds: creds.clone(),
             kek: material.kek.clone(),
             data_dir: config.data_dir.clone(),
-            sans,
+            sans: sans.clone(),
+            token_outputs: config.token_outputs.clone(),
         }
         .run(),
     );
@@ -395,7 +400,7 @@ pub async fn run(config: ManagerConfig, shutdown: impl Future<Output = ()>) -> a
         }
         _ => {}
     }
-    if let Err(e) = security::state::record_manager(&store, &material.name).await {
+    if let Err(e) = security::state::record_manager(&store, &material.name, &sans).await {
         tracing::warn!("recording this manager's certificate name: {e}");
     }
     println!(

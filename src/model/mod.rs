@@ -22,7 +22,10 @@ pub use self::container::{
 };
 pub use self::error::ModelError;
 pub use self::health::{Health, HealthCheck};
-pub use self::node::{is_node_id, Availability, Node, NodeStatus, DEFAULT_HEARTBEAT_MS};
+pub use self::node::{
+    is_node_id, Availability, Node, NodeStatus, DEFAULT_HEARTBEAT_MS, ENGINE_LABEL_PREFIX,
+    OPERATOR_LABEL_PREFIX,
+};
 pub use self::placement::Placement;
 pub use self::port::{PortSpec, Protocol};
 pub use self::proxy::{Balance, ProxyConfig, ProxyHost, ProxyModel, ProxyStatus, Upstream};

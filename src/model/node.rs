@@ -13,6 +13,16 @@ pub enum NodeStatus {
     Down,
 }
 
+impl NodeStatus {
+    /// As the JSON and the CLI spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeStatus::Ready => "ready",
+            NodeStatus::Down => "down",
+        }
+    }
+}
+
 /// Set by the operator (`shoal node update`): a drained node takes no new tasks and gives its
 /// tasks away.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -37,7 +47,8 @@ pub struct Node {
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
     /// Labels set by an operator (`shoal node update --label-add`); they survive registrations
-    /// and win over the agent's. Constraints see both (`Node::label`).
+    /// and win over the agent's. No agent can set them: `node.labels.K` constraints see only
+    /// these (`Node::placement_label`).
     #[serde(default)]
     pub operator_labels: BTreeMap<String, String>,
     pub cpus: u32,
@@ -58,6 +69,11 @@ pub struct Node {
     pub message: String,
 }
 
+/// A placement key naming an operator's label only (`node.labels.storage`).
+pub const OPERATOR_LABEL_PREFIX: &str = "node.labels.";
+/// A placement key naming an agent's label only (`engine.labels.storage`).
+pub const ENGINE_LABEL_PREFIX: &str = "engine.labels.";
+
 /// `shoal agent --heartbeat` default.
 pub const DEFAULT_HEARTBEAT_MS: u64 = 500;
 
@@ -77,6 +93,20 @@ impl Node {
             .get(key)
             .or_else(|| self.labels.get(key))
             .map(String::as_str)
+    }
+
+    /// A placement expression's label, as swarm mode names them: `node.labels.K` is the
+    /// operator's label only (set with `shoal node update --label-add`, which no agent can
+    /// claim), `engine.labels.K` the agent's only (its `--label`, self-reported), and a bare `K`
+    /// (classic Swarm's `constraint:K==V`) either, the operator's winning.
+    pub fn placement_label(&self, key: &str) -> Option<&str> {
+        if let Some(k) = key.strip_prefix(OPERATOR_LABEL_PREFIX) {
+            return self.operator_labels.get(k).map(String::as_str);
+        }
+        if let Some(k) = key.strip_prefix(ENGINE_LABEL_PREFIX) {
+            return self.labels.get(k).map(String::as_str);
+        }
+        self.label(key)
     }
 
     /// Every label, the operator's winning over the agent's.
@@ -132,5 +162,9 @@ mod tests {
         assert_eq!(back.label("storage"), Some("hdd"), "operator labels win");
         assert_eq!(back.all_labels()["storage"], "hdd");
         assert_eq!(back.label("zone"), None);
+        // Swarm mode's names tell who set a label.
+        assert_eq!(back.placement_label("node.labels.storage"), Some("hdd"));
+        assert_eq!(back.placement_label("engine.labels.storage"), Some("ssd"));
+        assert_eq!(back.placement_label("storage"), Some("hdd"));
     }
 }

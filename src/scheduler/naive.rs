@@ -254,6 +254,6 @@ fn affinity(expr: &Expr, n: &NodeTasks) -> bool {
 fn constraint(expr: &Expr, n: &NodeTasks) -> bool {
     match expr.key.as_str() {
         "node" => expr.holds([n.node.id.as_str(), n.node.name.as_str()]),
-        label => expr.holds(n.node.label(label)),
+        label => expr.holds(n.node.placement_label(label)),
     }
 }

@@ -59,6 +59,38 @@ fn seed_ssd_constraint_lands_on_node_1_only() {
 }
 
 #[test]
+fn a_label_an_agent_reports_does_not_attract_a_task_meant_for_an_operators_label() {
+    // node 1's agent claims storage=ssd itself; the operator labelled node 2 (node update).
+    let mut nodes = vec![node(1, &[("storage", "ssd")]), node(2, &[])];
+    nodes[1]
+        .operator_labels
+        .insert("storage".into(), "ssd".into());
+    let mut db = service("db");
+    db.constraints = vec!["node.labels.storage==ssd".into()];
+    let decisions = run(&nodes, &[&db], &replicas(&db, 3), Strategy::Spread);
+    assert_eq!(per_node(&decisions), BTreeMap::from([("n2".into(), 3)]));
+    // The agent's own labels stay available by their name, and classic Swarm's bare key
+    // means either.
+    db.constraints = vec!["engine.labels.storage==ssd".into()];
+    let decisions = run(&nodes, &[&db], &replicas(&db, 2), Strategy::Spread);
+    assert_eq!(per_node(&decisions), BTreeMap::from([("n1".into(), 2)]));
+    db.constraints = vec!["storage==ssd".into()];
+    let decisions = run(&nodes, &[&db], &replicas(&db, 2), Strategy::Spread);
+    assert_eq!(
+        per_node(&decisions),
+        BTreeMap::from([("n1".into(), 1), ("n2".into(), 1)])
+    );
+    // Nobody can claim an operator's label: with none set, nothing fits.
+    nodes[1].operator_labels.clear();
+    db.constraints = vec!["node.labels.storage==ssd".into()];
+    let decisions = run(&nodes, &[&db], &replicas(&db, 1), Strategy::Spread);
+    assert!(
+        matches!(&decisions[..], [Decision::Unschedulable { .. }]),
+        "{decisions:?}"
+    );
+}
+
+#[test]
 fn seed_impossible_constraint_leaves_tasks_pending_with_the_reason() {
     let mut db = service("db");
     db.constraints = vec!["storage==nvme".into()];

@@ -58,6 +58,8 @@ pub struct ManagerKeeper {
     pub kek: Kek,
     pub data_dir: PathBuf,
     pub sans: Vec<String>,
+    /// More files to keep a role's current token in (`--write-worker-token`, ...).
+    pub token_outputs: Vec<(Role, PathBuf)>,
 }
 
 impl ManagerKeeper {
@@ -130,18 +132,20 @@ impl ManagerKeeper {
         Ok(())
     }
 
-    /// Keeps `DATA_DIR/tokens/*` current for deployments that read them.
+    /// Keeps `DATA_DIR/tokens/*` and the `--write-*-token` files current for deployments that
+    /// read them.
     fn write_tokens(&self, ca: &CaState) -> Result<(), SecurityError> {
-        for role in [Role::Worker, Role::Manager] {
-            let token = format!("{}\n", ca.token(&self.kek, role)?);
-            let path = local::token_file(&self.data_dir, role);
-            if std::fs::read_to_string(&path).ok().as_deref() != Some(token.as_str()) {
+        let kept = [Role::Worker, Role::Manager]
+            .map(|role| (role, local::token_file(&self.data_dir, role)));
+        for (role, path) in kept.iter().chain(&self.token_outputs) {
+            let token = format!("{}\n", ca.token(&self.kek, *role)?);
+            if std::fs::read_to_string(path).ok().as_deref() != Some(token.as_str()) {
                 if let Some(parent) = path.parent() {
                     std::fs::create_dir_all(parent).map_err(|e| {
                         SecurityError::BadInput(format!("{}: {e}", parent.display()))
                     })?;
                 }
-                shoal_tls::creds::write_private(&path, token.as_bytes())?;
+                shoal_tls::creds::write_private(path, token.as_bytes())?;
             }
         }
         Ok(())

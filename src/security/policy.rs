@@ -149,15 +149,19 @@ impl Method {
             }
             (Method::KvPut | Method::KvDelete | Method::KvTxn, _) => "writes outside `/shoal/`",
             (Method::ClusterCommitObjects, _) => "services, service names and nodes, typed",
+            (Method::DispatcherRegister, _) => {
+                "its own node only, under a node name no other node holds"
+            }
             (
-                Method::DispatcherRegister
-                | Method::DispatcherHeartbeat
+                Method::DispatcherHeartbeat
                 | Method::DispatcherAssignments
                 | Method::DispatcherUpdateTaskStatus,
                 _,
             ) => "its own node only",
-            (Method::CaJoin, _) => "with a join token",
-            (Method::CaRenew, _) => "its own name and role",
+            (Method::CaJoin, _) => {
+                "with a join token, a new node id or manager name, its own addresses"
+            }
+            (Method::CaRenew, _) => "its own name and role, its own addresses",
             _ => "yes",
         })
     }

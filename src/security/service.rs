@@ -1,6 +1,9 @@
 //! `shoal.v1.Ca` on every manager: joins by token, renewals, tokens, client certificates and
 //! root rotations, all from the CA state in the store opened with this manager's KEK.
 
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+
 use shoal_proto::v1 as pb;
 use shoal_proto::v1::ca_server::Ca;
 use shoal_raft::Store;
@@ -71,6 +74,20 @@ impl CaService {
         Ok(())
     }
 
+    /// `check_sans` against the managers' addresses in the store (read only when it matters).
+    async fn claimable_sans(
+        &self,
+        role: Role,
+        sans: &[String],
+        from: Option<IpAddr>,
+    ) -> Result<(), Status> {
+        let managers = match role {
+            Role::Manager => BTreeSet::new(),
+            _ => state::manager_addresses(&self.store).await?,
+        };
+        check_sans(role, sans, &managers, from.map(|ip| ip.to_canonical()))
+    }
+
     async fn exists(&self, key: &str) -> Result<bool, Status> {
         let range = shoal_raft::Range {
             key: key.as_bytes().to_vec(),
@@ -82,23 +99,40 @@ impl CaService {
     }
 }
 
-/// The names a certificate may carry besides its subject: a worker or a proxy only IP
-/// addresses (its own, which the managers dial), never a host name, which a Docker client
-/// checks and a manager's certificate carries.
-fn check_sans(role: Role, sans: &[String]) -> Result<(), Status> {
+/// The names a certificate may carry besides its subject. A manager's are its own (it holds the
+/// CA's key anyway). A worker's or a proxy's: IP addresses only, never a host name (a Docker
+/// client checks those, and managers' certificates carry them), at most 16, and none that a
+/// manager's certificate names (`managers`) unless it is a loopback address (reached only from
+/// the same machine) or the address the request comes from (`from`: the node shares that
+/// manager's host). So no node can pose as a manager to a Docker or HTTP client that checks the
+/// address it dialled.
+fn check_sans(
+    role: Role,
+    sans: &[String],
+    managers: &BTreeSet<IpAddr>,
+    from: Option<IpAddr>,
+) -> Result<(), Status> {
     if matches!(role, Role::Manager) {
         return Ok(());
-    }
-    if let Some(name) = sans.iter().find(|s| s.parse::<std::net::IpAddr>().is_err()) {
-        return Err(Status::invalid_argument(format!(
-            "a {role} certificate names IP addresses only, not {name:?}"
-        )));
     }
     if sans.len() > 16 {
         return Err(Status::invalid_argument(format!(
             "a {role} certificate names at most 16 addresses, not {}",
             sans.len()
         )));
+    }
+    for name in sans {
+        let Ok(ip) = name.parse::<IpAddr>() else {
+            return Err(Status::invalid_argument(format!(
+                "a {role} certificate names IP addresses only, not {name:?}"
+            )));
+        };
+        let ip = ip.to_canonical();
+        if managers.contains(&ip) && !ip.is_loopback() && from != Some(ip) {
+            return Err(Status::invalid_argument(format!(
+                "a {role} certificate cannot name {ip}: a manager's certificate names it, and this request does not come from it"
+            )));
+        }
     }
     Ok(())
 }
@@ -135,11 +169,11 @@ impl Ca for CaService {
     }
 
     async fn join(&self, req: Request<pb::CaJoinRequest>) -> Result<Response<pb::Issued>, Status> {
-        let remote = peer(
-            req.extensions()
-                .get::<shoal_tls::PeerInfo>()
-                .map(|p| p.remote),
-        );
+        let from = req
+            .extensions()
+            .get::<shoal_tls::PeerInfo>()
+            .map(|p| p.remote);
+        let remote = peer(from);
         let r = req.into_inner();
         let role: Role = r
             .role
@@ -166,7 +200,8 @@ impl Ca for CaService {
             )));
         }
         self.claimable(role, &r.name).await?;
-        check_sans(role, &r.sans)?;
+        self.claimable_sans(role, &r.sans, from.map(|a| a.ip()))
+            .await?;
         let cert_pem = s.issue(&self.kek, &r.csr_pem, role, &r.name, &r.sans)?;
         let (kek, raft_token) = match role {
             Role::Manager => (self.kek.as_bytes().to_vec(), s.raft_token(&self.kek)?),
@@ -186,8 +221,12 @@ impl Ca for CaService {
         req: Request<pb::CaRenewRequest>,
     ) -> Result<Response<pb::Issued>, Status> {
         let id = self.authorize(&req, Method::CaRenew)?;
+        let from = req
+            .extensions()
+            .get::<shoal_tls::PeerInfo>()
+            .map(|p| p.remote.ip());
         let r = req.into_inner();
-        check_sans(id.role, &r.sans)?;
+        self.claimable_sans(id.role, &r.sans, from).await?;
         let s = self.state().await?;
         let cert_pem = s.issue(&self.kek, &r.csr_pem, id.role, &id.name, &r.sans)?;
         Ok(Response::new(pb::Issued {
@@ -257,5 +296,56 @@ impl Ca for CaService {
         Ok(Response::new(pb::RotateResponse {
             generation: s.generation,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sans(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn a_node_names_its_own_addresses_only() {
+        let managers: BTreeSet<IpAddr> = ["127.0.0.1", "10.0.0.1", "10.0.0.2"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        let from = Some("10.0.0.7".parse().unwrap());
+        for role in [Role::Worker, Role::Proxy] {
+            // Its own address, a loopback one (a manager's included), another node's.
+            assert!(check_sans(role, &sans(&["10.0.0.7", "127.0.0.1"]), &managers, from).is_ok());
+            assert!(check_sans(role, &sans(&["10.0.0.8"]), &managers, from).is_ok());
+            // A manager's address, from elsewhere: refused, naming it.
+            let e =
+                check_sans(role, &sans(&["10.0.0.7", "10.0.0.1"]), &managers, from).unwrap_err();
+            assert_eq!(e.code(), tonic::Code::InvalidArgument);
+            assert!(
+                e.message().contains("cannot name 10.0.0.1"),
+                "{}",
+                e.message()
+            );
+            // ... but from that manager's own host (an agent beside a manager): its address.
+            let beside = Some("10.0.0.1".parse().unwrap());
+            assert!(check_sans(role, &sans(&["10.0.0.1"]), &managers, beside).is_ok());
+            // A host name, never (a manager's or any).
+            let e = check_sans(role, &sans(&["m1.example"]), &managers, from).unwrap_err();
+            assert!(e.message().contains("IP addresses only"), "{}", e.message());
+            let many: Vec<String> = (0..17).map(|i| format!("10.1.0.{i}")).collect();
+            assert!(check_sans(role, &many, &managers, from).is_err());
+        }
+        // IPv4 written as IPv6 is the same address.
+        let e = check_sans(Role::Worker, &sans(&["::ffff:10.0.0.2"]), &managers, from);
+        assert!(e.is_err());
+        // A manager's certificate names what its listeners need.
+        assert!(check_sans(
+            Role::Manager,
+            &sans(&["m1.example", "10.0.0.1"]),
+            &managers,
+            None
+        )
+        .is_ok());
     }
 }

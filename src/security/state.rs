@@ -388,8 +388,17 @@ pub async fn is_revoked(store: &Store, role: Role, name: &str) -> Result<bool, S
 /// the manager is removed.
 pub const MANAGER_NAMES: &str = "/shoal/managers/";
 
-/// Records this manager's certificate name under its member id.
-pub async fn record_manager(store: &Store, name: &str) -> Result<(), SecurityError> {
+/// `/shoal/manager-addresses/<member id>`: the IP addresses that manager's certificate names
+/// (a JSON list), which the CA keeps out of workers' and proxies' certificates.
+pub const MANAGER_ADDRESSES: &str = "/shoal/manager-addresses/";
+
+/// Records this manager's certificate name and the IP addresses among its `sans` under its
+/// member id.
+pub async fn record_manager(
+    store: &Store,
+    name: &str,
+    sans: &[String],
+) -> Result<(), SecurityError> {
     store
         .write(Command::Put(Put {
             key: format!("{MANAGER_NAMES}{}", store.id()).into_bytes(),
@@ -397,7 +406,49 @@ pub async fn record_manager(store: &Store, name: &str) -> Result<(), SecurityErr
             ..Default::default()
         }))
         .await?;
+    let ips: Vec<&String> = sans
+        .iter()
+        .filter(|s| s.parse::<std::net::IpAddr>().is_ok())
+        .collect();
+    let value = serde_json::to_vec(&ips).expect("a list of strings serializes");
+    let key = format!("{MANAGER_ADDRESSES}{}", store.id()).into_bytes();
+    let range = Range {
+        key: key.clone(),
+        ..Default::default()
+    };
+    // Written at every start, but only when it changed: a restart is no Raft write.
+    let (found, _) = store.range(&range, false).await?;
+    if found.kvs.first().map(|kv| &kv.value) != Some(&value) {
+        store
+            .write(Command::Put(Put {
+                key,
+                value,
+                ..Default::default()
+            }))
+            .await?;
+    }
     Ok(())
+}
+
+/// Every IP address a manager's certificate names (removed managers' included: their
+/// certificates may still be out there until they expire).
+pub async fn manager_addresses(
+    store: &Store,
+) -> Result<std::collections::BTreeSet<std::net::IpAddr>, SecurityError> {
+    let range = Range {
+        key: MANAGER_ADDRESSES.as_bytes().to_vec(),
+        prefix: true,
+        ..Default::default()
+    };
+    let (res, _) = store.range(&range, false).await?;
+    Ok(res
+        .kvs
+        .iter()
+        .filter_map(|kv| serde_json::from_slice::<Vec<String>>(&kv.value).ok())
+        .flatten()
+        .filter_map(|s| s.parse::<std::net::IpAddr>().ok())
+        .map(|ip| ip.to_canonical())
+        .collect())
 }
 
 /// The certificate names every manager recorded.

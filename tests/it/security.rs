@@ -1,13 +1,17 @@
 //! Mutual TLS end to end, with real processes: joins by token for every role, refusals of
 //! plaintext and of another cluster's certificates, token rotation, a root CA rotation while
-//! writes go on, renewal of short-lived certificates, a removed agent shut out, and the docker
-//! CLI with `--tlsverify`.
+//! writes go on, renewal of short-lived certificates, a removed agent shut out, the docker
+//! CLI with `--tlsverify`; a node's name kept from newcomers, a manager's address kept out of
+//! workers' certificates, tokens from a file or the environment, and private data dirs.
 
 use std::path::Path;
 use std::time::Duration;
 
 use serde_json::Value;
 use tokio::time::{sleep, Instant};
+
+use shoal::security::join;
+use shoal_tls::Role;
 
 use crate::cluster::{free_port, put, run_cli, serial, tail, Cluster, WAIT};
 use crate::fleet::Fleet;
@@ -390,4 +394,302 @@ async fn the_docker_cli_gets_in_with_tlsverify_and_not_without() {
     wide.spawn(&["--insecure-docker-api"]);
     let _ = wide.wait_token().await;
     assert!(wide.log_text().contains("WARNING"), "{}", wide.log_text());
+}
+
+/// A `shoal agent` this file starts itself (the harness's agents always pass `--token`), in its
+/// own process group, killed with it when dropped; its output in `log`.
+struct Started {
+    child: std::process::Child,
+    log: std::path::PathBuf,
+}
+
+impl Started {
+    /// `shoal agent --data-dir ROOT/DIR --join HOSTS --name NAME --advertise-addr ADDR` plus
+    /// `args`, with `envs` (and no SHOAL_TOKEN of the test's own environment).
+    fn agent(
+        root: &Path,
+        dir: &str,
+        name: &str,
+        hosts: &str,
+        addr: &str,
+        args: &[&str],
+        envs: &[(&str, &str)],
+    ) -> Started {
+        use std::os::unix::process::CommandExt;
+        let log = root.join(format!("{dir}.log"));
+        let out = std::fs::File::create(&log).unwrap();
+        let data_dir = root.join(dir);
+        let child = std::process::Command::new(crate::cluster::SHOAL)
+            .args(["agent", "--data-dir", data_dir.to_str().unwrap()])
+            .args(["--join", hosts, "--name", name, "--advertise-addr", addr])
+            .args(args)
+            .env_remove("SHOAL_TOKEN")
+            .env_remove("SHOAL_TOKEN_FILE")
+            .envs(envs.iter().copied())
+            .env("RUST_LOG", "info")
+            .stdin(std::process::Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .process_group(0)
+            .spawn()
+            .expect("spawning shoal agent");
+        Started { child, log }
+    }
+
+    /// Its exit status, if it exits within 30 s.
+    async fn wait_exit(&mut self) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            sleep(Duration::from_millis(100)).await;
+        }
+        None
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        use nix::sys::signal::{killpg, Signal};
+        let _ = killpg(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            Signal::SIGKILL,
+        );
+        let _ = self.child.wait();
+    }
+}
+
+/// Asserts that an agent stopped by itself, non-zero, with exactly one `error:` line that
+/// contains `what`.
+async fn refused_with(agent: &mut Started, what: &str) {
+    let status = agent.wait_exit().await;
+    let log = agent.log_text();
+    assert!(
+        status.is_some_and(|s| !s.success()),
+        "{status:?}: {}",
+        tail(&log)
+    );
+    let errors: Vec<&str> = log.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 1, "{}", tail(&log));
+    assert!(errors[0].contains(what), "{}", errors[0]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_name_stays_its_nodes_until_the_node_is_removed() {
+    let _serial = serial().await;
+    let mut fleet = Fleet::start(1, 1).await;
+    let root = fleet.cluster.root().to_path_buf();
+    let hosts = fleet.cluster.hosts();
+    let token = fleet.cluster.worker_token.clone();
+    let node1 = fleet.nodes().await[0]["id"].as_str().unwrap().to_string();
+    let taken = format!("node name node-1 is taken by node {node1}");
+
+    // A newcomer (a data dir of its own) calling itself node-1 while node-1 is ready: refused.
+    let args = ["--token", token.as_str()];
+    let mut newcomer = Started::agent(&root, "new1", "node-1", &hosts, "127.0.0.20", &args, &[]);
+    refused_with(&mut newcomer, &format!("{taken} (ready)")).await;
+
+    // Down is not gone: node-1's name (and the placements made by it) stay node-1's.
+    fleet.agents[0].kill();
+    fleet
+        .wait_for("node-1 down", || async {
+            let nodes = fleet.nodes().await;
+            (nodes[0]["status"] == "down").then_some(())
+        })
+        .await;
+    let mut newcomer = Started::agent(&root, "new2", "node-1", &hosts, "127.0.0.20", &args, &[]);
+    refused_with(&mut newcomer, &format!("{taken} (down)")).await;
+
+    // The node itself, restarted with its certificate, is node-1 again.
+    fleet.restart_agent(0);
+    fleet.wait_nodes_ready(1).await;
+    assert_eq!(fleet.nodes().await[0]["id"], node1.as_str());
+
+    // Once the node is removed, the name is free.
+    let out = fleet.cluster.cli(&["node", "rm", "--force", &node1]).await;
+    assert!(out.ok(), "{out:?}");
+    let _successor = Started::agent(&root, "new3", "node-1", &hosts, "127.0.0.21", &args, &[]);
+    fleet
+        .wait_for("a new node-1", || async {
+            let nodes = fleet.nodes().await;
+            nodes
+                .iter()
+                .any(|n| {
+                    n["name"] == "node-1" && n["status"] == "ready" && n["id"] != node1.as_str()
+                })
+                .then_some(())
+        })
+        .await;
+}
+
+/// An IPv4 address of this machine beyond loopback (the Docker bridge's at least).
+fn outside_ip() -> Option<String> {
+    let out = std::process::Command::new("hostname")
+        .arg("-I")
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .filter_map(|s| s.parse::<std::net::Ipv4Addr>().ok())
+        .find(|ip| !ip.is_loopback())
+        .map(|ip| ip.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_cannot_carry_a_managers_address() {
+    let _serial = serial().await;
+    let Some(ip) = outside_ip() else {
+        panic!("this test needs an IPv4 address beyond loopback (hostname -I)");
+    };
+    // The manager's certificate names `ip` (its metrics listener is there).
+    let metrics = format!("{ip}:0");
+    let c = Cluster::start_with(1, &["--metrics-addr", &metrics]).await;
+    let hosts: Vec<String> = c.managers.iter().map(|m| m.grpc.clone()).collect();
+    let ask = |name: String, sans: Vec<String>| {
+        let (hosts, token) = (hosts.clone(), c.worker_token.clone());
+        async move { join::join(&hosts, &token, Role::Worker, &name, &sans).await }
+    };
+    // Asked from 127.0.0.1, not from `ip`: refused (once the manager has recorded its names).
+    let mut attempt = 0;
+    wait_until("a manager's address refused", || {
+        attempt += 1;
+        let try_it = ask(format!("claims{attempt}"), vec![ip.clone()]);
+        let refusal = format!("cannot name {ip}");
+        async move {
+            match try_it.await {
+                Err(e) => {
+                    assert!(e.to_string().contains(&refusal), "{e}");
+                    true
+                }
+                Ok(_) => false,
+            }
+        }
+    })
+    .await;
+    // A loopback address (a manager's too) and an address of no manager stay the node's own.
+    let ok = ask(
+        "ownaddrs".into(),
+        vec!["127.0.0.1".into(), "127.0.0.30".into()],
+    )
+    .await;
+    assert!(ok.is_ok(), "{:?}", ok.err().map(|e| e.to_string()));
+    // Nor a manager's host name, ever.
+    let e = ask("hostname".into(), vec!["localhost".into()]).await;
+    assert!(e
+        .err()
+        .is_some_and(|e| e.to_string().contains("IP addresses only")));
+}
+
+/// Every file and directory under `dir` that its group or others may read, write or enter.
+fn shared_entries(dir: &Path) -> Vec<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut found = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(path) = todo.pop() {
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            continue; // RocksDB removed it meanwhile
+        };
+        if meta.permissions().mode() & 0o077 != 0 {
+            found.push(format!(
+                "{:o} {}",
+                meta.permissions().mode() & 0o7777,
+                path.display()
+            ));
+        }
+        if meta.is_dir() {
+            if let Ok(entries) = std::fs::read_dir(&path) {
+                todo.extend(entries.flatten().map(|e| e.path()));
+            }
+        }
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tokens_come_from_a_file_or_the_environment_and_data_dirs_are_private() {
+    let _serial = serial().await;
+    let out_dir = tempfile::tempdir().unwrap();
+    let token_file = out_dir.path().join("worker-token");
+    let path = token_file.to_str().unwrap();
+    let c = Cluster::start_with(1, &["--write-worker-token", path]).await;
+    let root = c.root().to_path_buf();
+    let hosts = c.hosts();
+    // The manager keeps the worker token there too (what compose hands to agents and proxies).
+    wait_until("the worker token file", || async { token_file.exists() }).await;
+    assert_eq!(
+        std::fs::read_to_string(&token_file).unwrap().trim(),
+        c.worker_token
+    );
+    assert_eq!(shared_entries(&token_file), Vec::<String>::new());
+
+    // One agent reads the token from that file, one from the environment: no token in argv.
+    let by_file = Started::agent(
+        &root,
+        "by-file",
+        "by-file",
+        &hosts,
+        "127.0.0.22",
+        &["--token-file", path],
+        &[],
+    );
+    let by_env = Started::agent(
+        &root,
+        "by-env",
+        "by-env",
+        &hosts,
+        "127.0.0.23",
+        &[],
+        &[("SHOAL_TOKEN", &c.worker_token)],
+    );
+    wait_until("both agents' nodes ready", || async {
+        let out = c.cli(&["node", "ls", "--json"]).await;
+        let nodes: Value = serde_json::from_str(&out.stdout).unwrap_or(Value::Null);
+        let ready = |name: &str| {
+            nodes.as_array().is_some_and(|n| {
+                n.iter()
+                    .any(|n| n["name"] == name && n["status"] == "ready")
+            })
+        };
+        ready("by-file") && ready("by-env")
+    })
+    .await;
+    for agent in [&by_file, &by_env] {
+        let argv = std::fs::read(format!("/proc/{}/cmdline", agent.child.id())).unwrap();
+        let argv = String::from_utf8_lossy(&argv);
+        assert!(
+            !argv.contains(&c.worker_token),
+            "the token shows in ps: {argv}"
+        );
+    }
+
+    // Nothing the processes wrote is anyone else's to read: the manager's RocksDB, log,
+    // snapshots, keys and tokens, the agents' node ids and keys.
+    let mut kv = c.managers[0].kv();
+    for i in 0..50 {
+        put(&mut kv, &format!("private/{i}"), "x").await.unwrap();
+    }
+    for dir in [
+        c.managers[0].data_dir.clone(),
+        root.join("by-file"),
+        root.join("by-env"),
+    ] {
+        assert!(dir
+            .join(if dir.ends_with("m1") {
+                "tls/kek"
+            } else {
+                "node_id"
+            })
+            .exists());
+        assert_eq!(
+            shared_entries(&dir),
+            Vec::<String>::new(),
+            "{}",
+            dir.display()
+        );
+    }
 }

@@ -76,7 +76,17 @@ async fn docker_service_and_node_commands_drive_the_cluster_through_a_follower()
         "{text}"
     );
 
-    // create: the CLI waits until both tasks run; the constraint puts them on node-1.
+    // create: the CLI waits until both tasks run; the constraint puts them on node-1, which the
+    // operator labels (`node.labels` are the operator's: node-1's agent reports storage=ssd too,
+    // but what an agent says of itself is `engine.labels`).
+    ok(
+        docker(
+            h,
+            &["node", "update", "--label-add", "storage=ssd", "node-1"],
+            None,
+        ),
+        "node update --label-add",
+    );
     ok(
         docker(
             h,

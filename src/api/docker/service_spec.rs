@@ -13,7 +13,7 @@ use serde_json::{json, Map, Value};
 use super::error::DockerError;
 use crate::model::{
     check_image, check_service_name, HealthCheck, PortSpec, Protocol, Reservations, RestartPolicy,
-    Service, UpdateOrder, UpdatePolicy, MAX_POLICY_MS,
+    Service, UpdateOrder, UpdatePolicy, ENGINE_LABEL_PREFIX, MAX_POLICY_MS, OPERATOR_LABEL_PREFIX,
 };
 
 type Object = Map<String, Value>;
@@ -404,8 +404,10 @@ fn ports(top: &Object) -> Result<Vec<PortSpec>, DockerError> {
     Ok(out)
 }
 
-/// A swarm-mode constraint as the scheduler's classic Swarm expression; None for one every
-/// shoal node satisfies (`node.role==worker`: managers run no tasks).
+/// A swarm-mode constraint as the scheduler's expression; None for one every shoal node
+/// satisfies (`node.role==worker`: managers run no tasks). `node.labels.K` (the operator's
+/// labels) and `engine.labels.K` (the agent's) keep their names: the scheduler tells them apart,
+/// so an agent cannot claim an operator's label. A bare `K` is classic Swarm's (either label).
 pub(crate) fn constraint_to_shoal(c: &str) -> Result<Option<String>, DockerError> {
     let refuse = |why: &str| bad(format!("invalid constraint {c:?}: {why}"));
     let at = [c.find("=="), c.find("!=")].into_iter().flatten().min();
@@ -419,20 +421,21 @@ pub(crate) fn constraint_to_shoal(c: &str) -> Result<Option<String>, DockerError
         return Err(refuse("no value"));
     }
     let label = key
-        .strip_prefix("node.labels.")
-        .or_else(|| key.strip_prefix("engine.labels."));
+        .strip_prefix(OPERATOR_LABEL_PREFIX)
+        .or_else(|| key.strip_prefix(ENGINE_LABEL_PREFIX));
     match (key, label) {
         ("node.hostname" | "node.id", _) => Ok(Some(format!("node{op}{value}"))),
-        (_, Some("node")) => Err(refuse(
-            "a label named node cannot be told from the node's name in shoal",
-        )),
-        (_, Some(label)) if !label.is_empty() => Ok(Some(format!("{label}{op}{value}"))),
+        (_, Some(label)) if !label.is_empty() => Ok(Some(format!("{key}{op}{value}"))),
         ("node.role", _) => match (op, value) {
             ("==", "worker") | ("!=", "manager") => Ok(None),
             _ => Err(refuse(
                 "shoal's managers run no tasks: only node.role==worker can be satisfied",
             )),
         },
+        ("node", _) => Ok(Some(format!("node{op}{value}"))),
+        (bare, None) if !bare.is_empty() && !bare.contains('.') => {
+            Ok(Some(format!("{bare}{op}{value}")))
+        }
         _ => Err(refuse(
             "shoal places by node.hostname, node.id, node.labels.KEY, engine.labels.KEY \
              and node.role",
@@ -440,8 +443,9 @@ pub(crate) fn constraint_to_shoal(c: &str) -> Result<Option<String>, DockerError
     }
 }
 
-/// A scheduler expression as swarm mode writes it: `node==X` is `node.hostname==X`, any other
-/// key a node label (which shoal matches against the agent's and the operator's labels).
+/// A scheduler expression as swarm mode writes it: `node==X` is `node.hostname==X`; label keys
+/// keep their names (`node.labels.K`, `engine.labels.K`, classic Swarm's bare `K`), so that a
+/// spec read back is the service it came from.
 pub(crate) fn constraint_to_docker(c: &str) -> String {
     let at = [c.find("=="), c.find("!=")].into_iter().flatten().min();
     let Some(at) = at else {
@@ -450,7 +454,7 @@ pub(crate) fn constraint_to_docker(c: &str) -> String {
     let (key, rest) = (c[..at].trim(), &c[at..]);
     match key {
         "node" => format!("node.hostname{rest}"),
-        _ => format!("node.labels.{key}{rest}"),
+        _ => c.to_string(),
     }
 }
 

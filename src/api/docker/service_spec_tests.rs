@@ -20,7 +20,7 @@ fn the_docker_clis_create_body_is_read() {
     assert_eq!((s.id.as_str(), s.name.as_str()), ("s1", "web"));
     assert_eq!((s.image.as_str(), s.replicas), ("shoal/whoami:latest", 2));
     assert_eq!(s.cmd, ["a", "b"]);
-    assert_eq!(s.constraints, ["storage==ssd"]);
+    assert_eq!(s.constraints, ["node.labels.storage==ssd"]);
     assert_eq!(
         s.ports,
         [PortSpec {
@@ -107,7 +107,7 @@ fn a_rendered_spec_reads_back_as_the_same_service() {
         json!([
             "node.labels.storage==ssd",
             "node.hostname!=node-2",
-            "node.labels.zone==~a"
+            "zone==~a"
         ])
     );
     let back = read(&spec, &s).unwrap();
@@ -134,11 +134,20 @@ fn constraints_translate_both_ways() {
         Ok(Some("node==node-1".into()))
     );
     assert_eq!(shoal("node.id != abc"), Ok(Some("node!=abc".into())));
+    // Who set a label stays told: the operator (node.labels), the agent (engine.labels).
     assert_eq!(
         shoal("node.labels.storage==ssd"),
-        Ok(Some("storage==ssd".into()))
+        Ok(Some("node.labels.storage==ssd".into()))
     );
-    assert_eq!(shoal("engine.labels.zone!=b"), Ok(Some("zone!=b".into())));
+    assert_eq!(
+        shoal("engine.labels.zone!=b"),
+        Ok(Some("engine.labels.zone!=b".into()))
+    );
+    assert_eq!(
+        shoal("node.labels.node==x"),
+        Ok(Some("node.labels.node==x".into()))
+    );
+    assert_eq!(shoal("storage==ssd"), Ok(Some("storage==ssd".into())));
     assert_eq!(shoal("node.role==worker"), Ok(None));
     assert_eq!(shoal("node.role!=manager"), Ok(None));
     for (bad, why) in [
@@ -146,7 +155,6 @@ fn constraints_translate_both_ways() {
         ("node.platform.os==linux", "shoal places by"),
         ("storage", "expected KEY==VALUE"),
         ("node.labels.storage==", "no value"),
-        ("node.labels.node==x", "label named node"),
     ] {
         let err = shoal(bad).unwrap_err();
         assert!(
@@ -155,10 +163,13 @@ fn constraints_translate_both_ways() {
         );
     }
     assert_eq!(constraint_to_docker("node==n1"), "node.hostname==n1");
-    assert_eq!(
-        constraint_to_docker("storage!=hdd"),
-        "node.labels.storage!=hdd"
-    );
+    for same in [
+        "storage!=hdd",
+        "node.labels.storage==ssd",
+        "engine.labels.zone==a",
+    ] {
+        assert_eq!(constraint_to_docker(same), same);
+    }
 }
 
 #[test]

@@ -95,6 +95,14 @@ pub fn plan(state: &View, heartbeats: &Heartbeats, now: Instant, now_ms: u64) ->
     for n in state.nodes() {
         let node = &n.value;
         let Some(&Beat { at: last, told_ms }) = seen.get(&node.id) else {
+            // A READY node this leader has no beat of yet: its registration is applied but the
+            // dispatcher records the beat just after. Look again within a period; without it,
+            // nothing would wake this plan if the node died at once in a quiet cluster, and it
+            // would stay READY for good.
+            if node.status == NodeStatus::Ready {
+                let due = now + Duration::from_millis(period_ms(node.heartbeat_ms, count).max(1));
+                next = Some(next.map_or(due, |n| n.min(due)));
+            }
             continue;
         };
         // A node keeps the period of its last answer until its next heartbeat: never judge it
@@ -210,6 +218,21 @@ mod tests {
         assert!(plan(&state, &hb, now + Duration::from_secs(10), 0)
             .writes
             .is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_node_registered_before_its_beat_is_recorded_is_looked_at_again() {
+        // The registration's write woke the plan before the dispatcher recorded the beat.
+        let state = View::build(0, vec![node("a", NodeStatus::Ready)], vec![], vec![], None);
+        let now = Instant::now();
+        let hb = Heartbeats::default();
+        let p = plan(&state, &hb, now, 1_000);
+        assert!(p.writes.is_empty());
+        assert_eq!(p.wake_at_ms, Some(1_500), "within one period");
+        // Then the beat is there, and a node that died at once goes DOWN.
+        hb.registered("a", now, 500);
+        let p = plan(&state, &hb, now + Duration::from_millis(1_500), 2_500);
+        assert_eq!(statuses(&p), vec![("a".into(), NodeStatus::Down)]);
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! Constraint: node attributes against the service's expressions. `node` matches the node's id
-//! or name; any other key is a node label (operator labels and engine attributes such as
-//! `storagedriver`, `operatingsystem`, `kernelversion`). A missing label satisfies only `!=`.
+//! or name; any other key is a node label (`Node::placement_label`: `node.labels.K` the
+//! operator's only, `engine.labels.K` the agent's only, a bare `K` either, engine attributes
+//! such as `storagedriver`, `operatingsystem`, `kernelversion` among the agent's). A missing
+//! label satisfies only `!=`.
 
 use super::super::expr::Expr;
 use super::super::view::{NodeInfo, Request};
@@ -33,7 +35,7 @@ fn holds(expr: &Expr, node: &NodeInfo) -> bool {
     let n = node.node;
     match expr.key.as_str() {
         "node" => expr.holds([n.id.as_str(), n.name.as_str()]),
-        label => expr.holds(n.label(label)),
+        label => expr.holds(n.placement_label(label)),
     }
 }
 
