@@ -22,15 +22,7 @@ const PROJECT: &str = "handover";
 
 fn images() {
     whoami_with_check(V1, &["check"]);
-    let out = std::process::Command::new("docker")
-        .args(["tag", V1, V2])
-        .output()
-        .expect("docker tag");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    crate::fleet::docker_tag(V1, V2);
 }
 
 /// The compose file: `web`, routed as test.local, on `image`, one container at a time.

@@ -62,6 +62,19 @@ pub fn whoami_with_check(tag: &str, check: &[&str]) {
     );
 }
 
+/// `docker tag FROM TO`: a second name for a test image (a "new version" without a registry).
+pub fn docker_tag(from: &str, to: &str) {
+    let out = Command::new("docker")
+        .args(["tag", from, to])
+        .output()
+        .expect("docker tag");
+    assert!(
+        out.status.success(),
+        "docker tag {from} {to}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// One `shoal agent` process (or its data dir while it is down).
 pub struct Agent {
     pub name: String,

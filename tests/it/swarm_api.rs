@@ -45,11 +45,7 @@ async fn docker_service_and_node_commands_drive_the_cluster_through_a_follower()
     let leader = fleet.cluster.leader().await;
     let h = fleet.cluster.managers[(leader + 1) % 3].docker_api.clone();
     let h = h.as_str();
-    let tag = Command::new("docker")
-        .args(["tag", WHOAMI, WHOAMI_V2])
-        .status()
-        .expect("docker tag");
-    assert!(tag.success());
+    crate::fleet::docker_tag(WHOAMI, WHOAMI_V2);
 
     // `docker info`: a swarm with this manager in control, and classic Swarm's status too.
     let swarm = ok(

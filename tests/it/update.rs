@@ -6,7 +6,6 @@
 //! joins, start-first, dropping nothing.
 
 use std::collections::BTreeMap;
-use std::process::Command;
 
 use serde_json::Value;
 
@@ -24,15 +23,7 @@ const SICK: &str = "shoal/whoami-sick:it";
 fn images() {
     whoami_with_check(GOOD, &["check"]);
     whoami_with_check(SICK, &["exit", "1"]);
-    let out = Command::new("docker")
-        .args(["tag", GOOD, GOOD_V2])
-        .output()
-        .expect("docker tag");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    crate::fleet::docker_tag(GOOD, GOOD_V2);
 }
 
 /// `web`, routed by nginx as test.local, on `image`.
