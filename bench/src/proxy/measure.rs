@@ -18,7 +18,7 @@ use super::report::{print, window, Latency, Propagation, Report, TaskFigures};
 use super::{hosts, loadavg, ms, ProxyArgs, HOST, POLL, STEP_TIMEOUT};
 use crate::cluster::Cluster;
 use crate::failover::{self, start_agents};
-use crate::report::{self, Machine};
+use crate::report::{self, Header};
 
 pub(super) async fn measure(args: &ProxyArgs, exe: &Path, dir: &Path) -> Result<()> {
     let loadavg_start = loadavg();
@@ -282,10 +282,7 @@ pub(super) async fn measure(args: &ProxyArgs, exe: &Path, dir: &Path) -> Result<
     drop(cluster);
 
     let report = Report {
-        benchmark: "proxy",
-        command: report::command_line(),
-        date: report::now_utc(),
-        machine: Machine::probe(dir),
+        header: Header::new("proxy", dir),
         loadavg_start,
         loadavg_end,
         clients: args.clients,

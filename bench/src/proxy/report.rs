@@ -8,14 +8,12 @@ use tokio::time::Instant;
 
 use super::load::Counters;
 use crate::failover;
-use crate::report::Machine;
+use crate::report::Header;
 
 #[derive(Debug, Serialize)]
 pub(super) struct Report {
-    pub(super) benchmark: &'static str,
-    pub(super) command: String,
-    pub(super) date: String,
-    pub(super) machine: Machine,
+    #[serde(flatten)]
+    pub(super) header: Header,
     /// `/proc/loadavg` when the cluster started and when the measurements ended: other work on
     /// the machine shows here.
     pub(super) loadavg_start: String,
@@ -124,13 +122,8 @@ pub(super) fn window(
     }
 }
 pub(super) fn print(r: &Report) {
-    let m = &r.machine;
-    println!("command:  {}", r.command);
-    println!("date:     {}", r.date);
-    println!(
-        "machine:  {} cpus ({}), memory {}, kernel {}",
-        m.nproc, m.cpu, m.mem_total, m.kernel
-    );
+    r.header.print_command_and_date();
+    r.header.print_machine();
     println!(
         "loadavg:  {} at the start, {} at the end (1, 5, 15 min)",
         r.loadavg_start, r.loadavg_end
