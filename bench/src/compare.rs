@@ -16,7 +16,7 @@ use crate::cluster::{self, Cluster};
 use crate::etcd::{self, EtcdCluster, EtcdDriver};
 use crate::fanout;
 use crate::load::{self, Keyspace, KvDriver, Phase};
-use crate::report::{self, Machine, Row};
+use crate::report::{self, Header, Row};
 use crate::shoal::ShoalDriver;
 
 #[derive(Debug, Args)]
@@ -79,10 +79,8 @@ struct Ratio {
 
 #[derive(Debug, Serialize)]
 struct Report {
-    benchmark: &'static str,
-    command: String,
-    date: String,
-    machine: Machine,
+    #[serde(flatten)]
+    header: Header,
     data_dir: PathBuf,
     shoal_bin: PathBuf,
     etcd_bin: PathBuf,
@@ -115,10 +113,7 @@ pub(crate) async fn run(args: CompareArgs) -> Result<()> {
         .with_context(|| format!("creating a temporary dir in {}", args.dir.display()))?;
     let dir = tmp.path().to_path_buf();
     let report = Report {
-        benchmark: "compare",
-        command: report::command_line(),
-        date: report::now_utc(),
-        machine: Machine::probe(&dir),
+        header: Header::new("compare", &dir),
         data_dir: dir.clone(),
         shoal_bin: exe,
         etcd_bin: etcd_exe,
@@ -144,13 +139,9 @@ pub(crate) async fn run(args: CompareArgs) -> Result<()> {
 }
 
 async fn measure(args: &CompareArgs, mut report: Report) -> Result<()> {
-    let m = &report.machine;
-    println!("command:  {}", report.command);
-    println!("date:     {}", report.date);
-    println!(
-        "machine:  {} cpus ({}), memory {}, kernel {}",
-        m.nproc, m.cpu, m.mem_total, m.kernel
-    );
+    report.header.print_command_and_date();
+    report.header.print_machine();
+    let m = &report.header.machine;
     println!(
         "data dir: {} on {}",
         report.data_dir.display(),

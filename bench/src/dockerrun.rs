@@ -16,7 +16,7 @@ use tokio::time::Instant;
 
 use crate::cluster::{self, Cluster};
 use crate::failover::{figures, leader_index, remove_labelled, start_agents, Figures};
-use crate::report::{self, Machine};
+use crate::report::{self, Header};
 
 #[derive(Debug, Args)]
 pub(crate) struct DockerRunArgs {
@@ -38,10 +38,8 @@ pub(crate) struct DockerRunArgs {
 
 #[derive(Debug, Serialize)]
 struct Report {
-    benchmark: &'static str,
-    command: String,
-    date: String,
-    machine: Machine,
+    #[serde(flatten)]
+    header: Header,
     image: String,
     /// Through a follower's Docker API.
     shoal: Figures,
@@ -115,10 +113,7 @@ async fn measure(args: &DockerRunArgs, exe: &Path, dir: &Path) -> Result<Report>
     }
     let (shoal, engine) = (figures(shoal), figures(engine));
     Ok(Report {
-        benchmark: "docker-run",
-        command: report::command_line(),
-        date: report::now_utc(),
-        machine: Machine::probe(dir),
+        header: Header::new("docker-run", dir),
         image: args.image.clone(),
         added_p50_ms: shoal.p50_ms - engine.p50_ms,
         added_p99_ms: shoal.p99_ms - engine.p99_ms,

@@ -29,7 +29,7 @@ use shoal_tls::Credentials;
 use tokio::time::Instant;
 
 use crate::cluster::{self, Cluster};
-use crate::report::{self, Machine};
+use crate::report::Header;
 
 #[derive(Debug, Args)]
 pub(crate) struct FailoverArgs {
@@ -60,10 +60,8 @@ pub(crate) struct Figures {
 
 #[derive(Debug, Serialize)]
 struct Report {
-    benchmark: &'static str,
-    command: String,
-    date: String,
-    machine: Machine,
+    #[serde(flatten)]
+    header: Header,
     node_loss: Figures,
     leader_loss: Figures,
     /// From the leader's kill to the first client write a survivor acknowledged.
@@ -360,10 +358,7 @@ pub(crate) async fn run(args: FailoverArgs) -> Result<()> {
     }
 
     let report = Report {
-        benchmark: "failover",
-        command: report::command_line(),
-        date: report::now_utc(),
-        machine: Machine::probe(&args.dir),
+        header: Header::new("failover", &args.dir),
         node_loss: figures(node_loss),
         leader_loss: figures(kill.scheduled),
         leader_loss_first_write: figures(kill.first_write),

@@ -18,7 +18,7 @@ use shoal::objects::{Index, Write};
 use shoal::scheduler::Occupancy;
 use shoal_raft::{Event, EventKind, KeyValue};
 
-use crate::report::{self, Machine};
+use crate::report::{self, Header};
 use crate::sched::{bench_node, bench_service};
 
 #[derive(Debug, Args)]
@@ -46,10 +46,8 @@ struct Part {
 
 #[derive(Debug, Serialize)]
 struct Report {
-    benchmark: &'static str,
-    command: String,
-    date: String,
-    machine: Machine,
+    #[serde(flatten)]
+    header: Header,
     nodes: usize,
     tasks: usize,
     /// The JSON of one RUNNING task, as the store holds it.
@@ -173,18 +171,14 @@ pub(crate) fn run(args: FootprintArgs) -> Result<()> {
     measure("assignment sets (each task's JSON per node)", &mut parts);
 
     let report = Report {
-        benchmark: "footprint",
-        command: report::command_line(),
-        date: report::now_utc(),
-        machine: Machine::probe(&std::env::temp_dir()),
+        header: Header::new("footprint", &std::env::temp_dir()),
         nodes: args.nodes,
         tasks: tasks.len(),
         task_json_bytes,
         status_change_bytes,
         parts,
     };
-    println!("command:  {}", report.command);
-    println!("date:     {}", report.date);
+    report.header.print_command_and_date();
     println!(
         "tasks:    {} on {} nodes; one RUNNING task's JSON: {} bytes",
         report.tasks, report.nodes, report.task_json_bytes

@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use crate::cluster::{self, Cluster};
 use crate::load::{self, Keyspace, Outcome, Phase};
-use crate::report::{self, Machine, Row};
+use crate::report::{self, Header, Row};
 use crate::shoal::ShoalDriver;
 
 #[derive(Debug, Args)]
@@ -47,10 +47,8 @@ pub(crate) struct KvArgs {
 
 #[derive(Debug, Serialize)]
 struct Report {
-    benchmark: &'static str,
-    command: String,
-    date: String,
-    machine: Machine,
+    #[serde(flatten)]
+    header: Header,
     data_dir: PathBuf,
     shoal_bin: PathBuf,
     /// Profile this bench binary was built with; the managers' is that of `shoal_bin`.
@@ -81,11 +79,8 @@ pub(crate) async fn run(args: KvArgs) -> Result<()> {
 }
 
 async fn measure(args: &KvArgs, exe: PathBuf, dir: PathBuf) -> Result<()> {
-    let machine = Machine::probe(&dir);
     let mut report = Report {
-        benchmark: "kv",
-        command: report::command_line(),
-        date: report::now_utc(),
+        header: Header::new("kv", &dir),
         data_dir: dir.clone(),
         shoal_bin: exe.clone(),
         bench_profile: if cfg!(debug_assertions) {
@@ -97,15 +92,10 @@ async fn measure(args: &KvArgs, exe: PathBuf, dir: PathBuf) -> Result<()> {
         clients: args.clients,
         value_size: args.value_size,
         phases: Vec::new(),
-        machine,
     };
-    println!("command:  {}", report.command);
-    println!("date:     {}", report.date);
-    let m = &report.machine;
-    println!(
-        "machine:  {} cpus ({}), memory {}, kernel {}",
-        m.nproc, m.cpu, m.mem_total, m.kernel
-    );
+    report.header.print_command_and_date();
+    report.header.print_machine();
+    let m = &report.header.machine;
     println!("data dir: {} on {}", dir.display(), m.data_dir_fs);
     println!(
         "shoal:    {} (bench built as {})",

@@ -33,6 +33,43 @@ impl Machine {
     }
 }
 
+/// What every bench's report starts with (flattened into its JSON): which bench, the command line
+/// as typed, when (UTC), and the machine.
+#[derive(Debug, Serialize)]
+pub(crate) struct Header {
+    pub(crate) benchmark: &'static str,
+    pub(crate) command: String,
+    pub(crate) date: String,
+    pub(crate) machine: Machine,
+}
+
+impl Header {
+    /// The header of `benchmark` run now, the machine probed with `data_dir` as its data dir.
+    pub(crate) fn new(benchmark: &'static str, data_dir: &Path) -> Header {
+        Header {
+            benchmark,
+            command: command_line(),
+            date: now_utc(),
+            machine: Machine::probe(data_dir),
+        }
+    }
+
+    /// The `command:` and `date:` lines that open a printed report.
+    pub(crate) fn print_command_and_date(&self) {
+        println!("command:  {}", self.command);
+        println!("date:     {}", self.date);
+    }
+
+    /// The `machine:` line: cpus, memory, kernel.
+    pub(crate) fn print_machine(&self) {
+        let m = &self.machine;
+        println!(
+            "machine:  {} cpus ({}), memory {}, kernel {}",
+            m.nproc, m.cpu, m.mem_total, m.kernel
+        );
+    }
+}
+
 /// `key: value` from a /proc file.
 fn field(text: &str, key: &str) -> Option<String> {
     text.lines().find_map(|l| {
@@ -72,7 +109,7 @@ pub(crate) fn emit_json<T: serde::Serialize>(
     Ok(())
 }
 
-pub(crate) fn now_utc() -> String {
+fn now_utc() -> String {
     Command::new("date")
         .args(["-u", "+%Y-%m-%dT%H:%M:%SZ"])
         .output()
@@ -83,7 +120,7 @@ pub(crate) fn now_utc() -> String {
 }
 
 /// The command line as typed, quoted where a shell would need it.
-pub(crate) fn command_line() -> String {
+fn command_line() -> String {
     std::env::args()
         .map(|a| {
             if !a.is_empty()

@@ -22,7 +22,7 @@ use tokio::time::Instant;
 
 use crate::cluster::{self, Cluster};
 use crate::failover::leader_index;
-use crate::report::{self, Machine};
+use crate::report::{self, Header};
 use crate::simagent::{self, SimAgents, SimConfig};
 
 #[derive(Debug, Args)]
@@ -93,10 +93,8 @@ struct Run {
 
 #[derive(Debug, Serialize)]
 struct Report {
-    benchmark: &'static str,
-    command: String,
-    date: String,
-    machine: Machine,
+    #[serde(flatten)]
+    header: Header,
     shoal_bin: PathBuf,
     heartbeat_ms: u64,
     runs: Vec<Run>,
@@ -109,16 +107,12 @@ pub(crate) async fn run(args: ScaleArgs) -> Result<()> {
     let exe = cluster::shoal_exe(args.shoal_bin.as_deref())?;
     std::fs::create_dir_all(&args.dir)?;
     let mut report = Report {
-        benchmark: "scale",
-        command: report::command_line(),
-        date: report::now_utc(),
-        machine: Machine::probe(&args.dir),
+        header: Header::new("scale", &args.dir),
         shoal_bin: exe.clone(),
         heartbeat_ms: args.heartbeat_ms,
         runs: Vec::new(),
     };
-    println!("command:  {}", report.command);
-    println!("date:     {}", report.date);
+    report.header.print_command_and_date();
     for &nodes in &args.nodes {
         let tmp = tempfile::Builder::new()
             .prefix("shoal-bench-scale-")

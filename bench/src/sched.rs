@@ -13,7 +13,7 @@ use serde::Serialize;
 use shoal::model::{Node, NodeStatus, Reservations, Service, Task, TaskState};
 use shoal::scheduler::{schedule, Decision, Snapshot, Strategy};
 
-use crate::report::{self, Machine};
+use crate::report::{self, Header};
 use crate::scale::cpu_seconds;
 
 #[derive(Debug, Args)]
@@ -55,10 +55,8 @@ struct Run {
 
 #[derive(Debug, Serialize)]
 struct Report {
-    benchmark: &'static str,
-    command: String,
-    date: String,
-    machine: Machine,
+    #[serde(flatten)]
+    header: Header,
     profile: &'static str,
     strategy: Strategy,
     services: usize,
@@ -71,10 +69,7 @@ pub(crate) fn run(args: SchedArgs) -> Result<()> {
         bail!("--nodes and --services must be at least 1");
     }
     let mut report = Report {
-        benchmark: "sched",
-        command: report::command_line(),
-        date: report::now_utc(),
-        machine: Machine::probe(&std::env::temp_dir()),
+        header: Header::new("sched", &std::env::temp_dir()),
         profile: if cfg!(debug_assertions) {
             "dev"
         } else {
@@ -85,11 +80,10 @@ pub(crate) fn run(args: SchedArgs) -> Result<()> {
         replicas: args.replicas,
         runs: Vec::new(),
     };
-    println!("command:  {}", report.command);
-    println!("date:     {}", report.date);
+    report.header.print_command_and_date();
     println!(
         "machine:  {} cpus ({}), profile {}",
-        report.machine.nproc, report.machine.cpu, report.profile
+        report.header.machine.nproc, report.header.machine.cpu, report.profile
     );
     println!();
     println!("| nodes | tasks | assigned | per node min..max | CPU s | wall s | decisions/CPU s | decisions/wall s |");

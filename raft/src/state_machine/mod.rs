@@ -3,6 +3,7 @@
 //! installs snapshots. It never reads a clock.
 
 mod apply;
+mod read;
 mod snapshot;
 mod space;
 
@@ -24,12 +25,12 @@ use rocksdb::WriteBatch;
 use rocksdb::DB;
 use tokio::sync::broadcast;
 
-pub(crate) use self::apply::scan;
 pub(crate) use self::apply::Counters;
 pub use self::apply::LeaseRecord;
-pub(crate) use self::apply::View;
 pub(crate) use self::apply::HISTORY_REVISIONS;
 pub(crate) use self::apply::KEY_COUNTERS;
+pub(crate) use self::read::scan;
+pub(crate) use self::read::View;
 pub use self::snapshot::SnapshotFile;
 pub(crate) use self::snapshot::SnapshotStore;
 pub use self::space::human_bytes;
@@ -139,7 +140,7 @@ impl StateMachine {
             prefix: true,
             ..Default::default()
         };
-        let found = apply::scan(View::live(&self.db), &range, true)?;
+        let found = scan(View::live(&self.db), &range, true)?;
         observer.reset(self.counters.revision, found.kvs);
         Ok(())
     }
