@@ -954,7 +954,7 @@ impl Store {
                 }
             }
         });
-        self.inner.background.lock().expect("background").push(h);
+        self.keep_background(h);
     }
 
     /// Proposes this manager's quota whenever the replicated record of it differs (at the first
@@ -987,7 +987,7 @@ impl Store {
                 }
             }
         });
-        self.inner.background.lock().expect("background").push(h);
+        self.keep_background(h);
     }
 
     /// The leader's lease loop: every 100 ms, revoke what expired (one log entry per round).
@@ -1026,7 +1026,7 @@ impl Store {
                 }
             }
         });
-        self.inner.background.lock().expect("background").push(h);
+        self.keep_background(h);
     }
 }
 

@@ -2,8 +2,8 @@
 //! the reports that arrive within a few milliseconds, checks each move against the object
 //! index (`Task::transition` as the agent, the task's node must be the reporter's), and
 //! commits them all as one fenced batch entry, each task's change as a merge of the fields that
-//! changed (`Write::TaskChange`), not a rewrite of the whole task. A report answers once its moves landed or were
-//! refused; a move that met newer state is decided again on the next view.
+//! changed (`Write::TaskChange`), not a rewrite of the whole task. A report answers once its
+//! moves landed or were refused; a move that met newer state is decided again on the next view.
 
 use std::collections::HashMap;
 use std::time::Duration;
