@@ -62,6 +62,8 @@ struct Inner {
     cluster_id: String,
     state: RwLock<State>,
     revoked: RwLock<HashSet<String>>,
+    /// Bumped whenever `revoked` changes, for open streams to check their caller again.
+    revocations: tokio::sync::watch::Sender<u64>,
 }
 
 struct State {
@@ -126,6 +128,7 @@ impl Credentials {
                     own: None,
                 }),
                 revoked: RwLock::new(HashSet::new()),
+                revocations: tokio::sync::watch::Sender::new(0),
             }),
         })
     }
@@ -233,9 +236,27 @@ impl Credentials {
         Ok(())
     }
 
-    /// Refuses certificates naming any of `names` (see [`revocation_name`]) from now on.
+    /// Refuses certificates naming any of `names` (see [`revocation_name`]) from now on; a
+    /// change wakes [`Credentials::until_revoked`].
     pub fn set_revoked(&self, names: HashSet<String>) {
-        *self.inner.revoked.write().expect("credentials lock") = names;
+        let mut revoked = self.inner.revoked.write().expect("credentials lock");
+        if *revoked != names {
+            *revoked = names;
+            drop(revoked);
+            self.inner.revocations.send_modify(|n| *n += 1);
+        }
+    }
+
+    /// Resolves once `identity` is revoked (at once if it is already): open streams end on it.
+    pub async fn until_revoked(&self, identity: &PeerIdentity) {
+        // Subscribed before the check, so a change between the two is not missed.
+        let mut changes = self.inner.revocations.subscribe();
+        while !self.is_revoked(identity) {
+            if changes.changed().await.is_err() {
+                // Never: the sender lives as long as `self`.
+                std::future::pending::<()>().await;
+            }
+        }
     }
 
     pub fn is_revoked(&self, identity: &PeerIdentity) -> bool {
@@ -294,9 +315,32 @@ impl Credentials {
             Arc::new(ClusterServerVerifier {
                 creds: self.clone(),
                 expect: expect.to_vec(),
+                name: None,
             }),
             alpn,
         )
+    }
+
+    /// For clients that mean one holder: as [`Credentials::client_config`], and the server's
+    /// certificate must be `role`'s named `name` (a worker's name is its node id), else the
+    /// handshake fails with [`WrongPeer`]. Sessions are not resumed: every connection shows
+    /// its certificate again, checked against the revocations of the moment.
+    pub fn client_config_for(
+        &self,
+        role: Role,
+        name: &str,
+        alpn: &[&[u8]],
+    ) -> Arc<rustls::ClientConfig> {
+        let mut config = self.client_config_with(
+            Arc::new(ClusterServerVerifier {
+                creds: self.clone(),
+                expect: vec![role],
+                name: Some(name.to_string()),
+            }),
+            alpn,
+        );
+        Arc::make_mut(&mut config).resumption = rustls::client::Resumption::disabled();
+        config
     }
 
     fn client_config_with(
@@ -471,11 +515,50 @@ impl ClientCertVerifier for ClusterClientVerifier {
     handshake_signatures!();
 }
 
-/// Checks a server's certificate against the current roots, cluster, revocations and role.
+/// A server showed a valid certificate of the cluster, but not the one of the holder the
+/// client meant to reach (another node answering at that node's address).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("the server presents the certificate of {presented_role} {presented}, not of {expected_role} {expected}")]
+pub struct WrongPeer {
+    pub expected_role: Role,
+    pub expected: String,
+    pub presented_role: Role,
+    pub presented: String,
+}
+
+impl WrongPeer {
+    /// The `WrongPeer` behind a failed handshake's error, if that is why it failed.
+    pub fn of<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a WrongPeer> {
+        let mut next = Some(error);
+        while let Some(e) = next {
+            if let Some(wrong) = e.downcast_ref::<WrongPeer>() {
+                return Some(wrong);
+            }
+            if let Some(rustls::Error::InvalidCertificate(CertificateError::Other(other))) =
+                e.downcast_ref::<rustls::Error>()
+            {
+                next = Some(other.0.as_ref() as &(dyn std::error::Error + 'static));
+                continue;
+            }
+            if let Some(io) = e.downcast_ref::<std::io::Error>() {
+                next = io
+                    .get_ref()
+                    .map(|inner| inner as &(dyn std::error::Error + 'static));
+                continue;
+            }
+            next = e.source();
+        }
+        None
+    }
+}
+
+/// Checks a server's certificate against the current roots, cluster, revocations and role (and
+/// name, when the client means one holder).
 #[derive(Debug)]
 struct ClusterServerVerifier {
     creds: Credentials,
     expect: Vec<Role>,
+    name: Option<String>,
 }
 
 impl ServerCertVerifier for ClusterServerVerifier {
@@ -504,6 +587,20 @@ impl ServerCertVerifier for ClusterServerVerifier {
             provider().signature_verification_algorithms.all,
         )?;
         let id = self.creds.check_peer(end_entity)?;
+        let wrong = match &self.name {
+            Some(name) => *name != id.name || !self.expect.contains(&id.role),
+            None => false,
+        };
+        if wrong {
+            return Err(rustls::Error::InvalidCertificate(CertificateError::Other(
+                rustls::OtherError(Arc::new(WrongPeer {
+                    expected_role: self.expect[0],
+                    expected: self.name.clone().unwrap_or_default(),
+                    presented_role: id.role,
+                    presented: id.name,
+                })),
+            )));
+        }
         if !self.expect.contains(&id.role) {
             return Err(rustls::Error::InvalidCertificate(
                 CertificateError::ApplicationVerificationFailure,

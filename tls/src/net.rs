@@ -26,6 +26,7 @@ use tokio::net::TcpStream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::Connected;
 
+use crate::creds::WrongPeer;
 use crate::pki::PeerIdentity;
 use crate::Credentials;
 use crate::Role;
@@ -330,8 +331,28 @@ impl Connector {
         tokio_rustls::TlsConnector::from(self.config.clone())
             .connect(name, tcp)
             .await
-            .map_err(|e| std::io::Error::new(e.kind(), format!("TLS handshake with {addr}: {e}")))
+            .map_err(|e| match WrongPeer::of(&e) {
+                // Kept typed, so a caller can tell "not the node I meant" from "unreachable".
+                Some(wrong) => std::io::Error::new(
+                    std::io::ErrorKind::PermissionDenied,
+                    NotThePeer {
+                        addr: addr.to_string(),
+                        wrong: wrong.clone(),
+                    },
+                ),
+                None => std::io::Error::new(e.kind(), format!("TLS handshake with {addr}: {e}")),
+            })
     }
+}
+
+/// A handshake refused because the server is another holder than the one the connector was
+/// made for (`Credentials::client_config_for`).
+#[derive(Debug, thiserror::Error)]
+#[error("TLS handshake with {addr}: {wrong}")]
+struct NotThePeer {
+    addr: String,
+    #[source]
+    wrong: WrongPeer,
 }
 
 impl tower_service::Service<http::Uri> for Connector {

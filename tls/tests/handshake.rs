@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use shoal_tls::creds::revocation_name;
+use shoal_tls::creds::{revocation_name, WrongPeer};
 use shoal_tls::net::{incoming, Connector};
 use shoal_tls::pki::{signing_request, Issue, RootCa};
 use shoal_tls::{Credentials, Role};
@@ -186,4 +186,84 @@ fn a_dir_read_in_the_middle_of_a_renewal_loads_the_new_pair() {
     // Files that stay broken are still an error.
     std::fs::write(dir.path().join("key.pem"), "not a key").unwrap();
     assert!(Credentials::load_dir(dir.path()).is_err());
+}
+
+/// A connector made for one holder (a manager dialling node n1's engine endpoint) refuses a
+/// server that shows another valid certificate of the cluster (node n2 at that address), and
+/// says whose it was; the right holder gets in.
+#[tokio::test]
+async fn a_connector_for_one_node_refuses_another_nodes_certificate() {
+    let ca = RootCa::generate(CLUSTER, 1).unwrap();
+    let manager = creds(&ca, CLUSTER, Role::Manager, "m1");
+    let n2 = creds(&ca, CLUSTER, Role::Worker, "n2");
+    let (addr, _who) = server(&n2, Some(&[Role::Manager])).await;
+
+    let err = Connector::new(manager.client_config_for(Role::Worker, "n1", &[]))
+        .connect(&addr)
+        .await
+        .err()
+        .expect("n2's certificate where n1 was meant must be refused");
+    let wrong = WrongPeer::of(&err).unwrap_or_else(|| panic!("not a WrongPeer: {err}"));
+    assert_eq!(
+        (wrong.expected.as_str(), wrong.presented.as_str()),
+        ("n1", "n2")
+    );
+    assert!(
+        err.to_string()
+            .contains("presents the certificate of worker n2, not of worker n1"),
+        "{err}"
+    );
+    assert_eq!(err.kind(), std::io::ErrorKind::PermissionDenied);
+
+    // n2 itself, as n2: in. A manager's certificate where a worker is meant: refused.
+    let mut s = Connector::new(manager.client_config_for(Role::Worker, "n2", &[]))
+        .connect(&addr)
+        .await
+        .expect("n2 where n2 is meant");
+    s.write_all(b"hello").await.unwrap();
+    let mut buf = [0u8; 5];
+    s.read_exact(&mut buf).await.unwrap();
+    let (maddr, _) = server(&manager, None).await;
+    let err = Connector::new(n2.client_config_for(Role::Worker, "m1", &[]))
+        .connect(&maddr)
+        .await
+        .err()
+        .expect("a manager's certificate is no worker's");
+    assert!(WrongPeer::of(&err).is_some(), "{err}");
+
+    // Revoked, n2 is refused even where it is meant.
+    manager.set_revoked(HashSet::from([revocation_name(Role::Worker, "n2")]));
+    let err = Connector::new(manager.client_config_for(Role::Worker, "n2", &[]))
+        .connect(&addr)
+        .await
+        .err()
+        .expect("a revoked node is refused");
+    assert!(WrongPeer::of(&err).is_none(), "{err}");
+}
+
+/// `until_revoked` wakes an open stream's guard when its caller's certificate is revoked, and
+/// not for another's.
+#[tokio::test]
+async fn until_revoked_resolves_when_the_holder_is_revoked() {
+    let ca = RootCa::generate(CLUSTER, 1).unwrap();
+    let manager = creds(&ca, CLUSTER, Role::Manager, "m1");
+    let alice = creds(&ca, CLUSTER, Role::Client, "alice")
+        .identity()
+        .unwrap();
+    let guard = tokio::spawn({
+        let manager = manager.clone();
+        async move { manager.until_revoked(&alice).await }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    manager.set_revoked(HashSet::from([revocation_name(Role::Client, "bob")]));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!guard.is_finished(), "bob's revocation is not alice's");
+    manager.set_revoked(HashSet::from([
+        revocation_name(Role::Client, "bob"),
+        revocation_name(Role::Client, "alice"),
+    ]));
+    tokio::time::timeout(Duration::from_secs(5), guard)
+        .await
+        .expect("alice's revocation wakes the guard")
+        .unwrap();
 }
