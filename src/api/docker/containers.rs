@@ -95,7 +95,7 @@ pub(crate) async fn check_image(api: &Api, view: &View, image: &str) -> Result<(
     }
     // Nodes re-list their images every few seconds: ask the engines about one just loaded.
     for node in nodes {
-        let engine = NodeEngine::new(node.engine_addr.clone(), api.engine_tls.clone());
+        let engine = NodeEngine::of(node, api.engine_tls.as_ref());
         let path = format!("/images/{}/json", encode(&want));
         if let Ok((status, _)) = engine.request(Method::GET, &path, None).await {
             if status.is_success() {
@@ -645,7 +645,7 @@ pub(crate) fn engine_of(api: &Api, e: &Entry<'_>) -> Result<(NodeEngine, String)
         )));
     }
     Ok((
-        NodeEngine::new(node.engine_addr.clone(), api.engine_tls.clone()),
+        NodeEngine::of(node, api.engine_tls.as_ref()),
         engine_id.to_string(),
     ))
 }

@@ -1,6 +1,8 @@
 //! The managers' client to one node's engine endpoint (served by `shoal agent`, see
 //! `agent::engine_proxy`): sends a Docker API request about that node's containers over mutual
-//! TLS (this manager's certificate; the node must show a worker certificate), and hands back the engine's answer as it streams, or its hijacked stream.
+//! TLS (this manager's certificate; the endpoint must show the worker certificate of that very
+//! node, the one the CA issued for its node id, never just any worker's), and hands back the
+//! engine's answer as it streams, or its hijacked stream.
 //! It never rewrites paths or bodies: its callers do.
 
 use std::time::Duration;
@@ -12,8 +14,12 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
+use shoal_tls::creds::WrongPeer;
 use shoal_tls::net::Connector;
+use shoal_tls::{Credentials, Role};
 use tokio::net::TcpStream;
+
+use crate::model::Node;
 
 /// Bound on opening the connection to a node.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -34,6 +40,15 @@ pub(crate) enum ForwardError {
     #[error("node engine endpoint {addr} is unreachable: {reason}")]
     Unreachable { addr: String, reason: String },
 
+    /// Another node (or anyone holding another worker certificate) answers at the address node
+    /// `node` registered: nothing is sent to it.
+    #[error("node engine endpoint {addr} refused: it is not node {node}'s ({reason})")]
+    WrongNode {
+        addr: String,
+        node: String,
+        reason: String,
+    },
+
     #[error("node engine endpoint {addr} gave no answer within {after:?}")]
     TimedOut { addr: String, after: Duration },
 
@@ -51,16 +66,30 @@ impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
 /// One node's engine endpoint: every request opens its own connection.
 #[derive(Debug, Clone)]
 pub(crate) struct NodeEngine {
+    /// The node's id: the name its worker certificate must carry.
+    node: String,
     /// `host:port`, as the node registered it (`Node::engine_addr`).
     addr: String,
-    /// Mutual TLS to the node; None only for tests' plaintext engine doubles.
+    /// Mutual TLS to that node only; None only for tests' plaintext engine doubles.
     tls: Option<Connector>,
 }
 
 impl NodeEngine {
-    /// The endpoint at `addr` (`host:port`), dialled through `tls`.
-    pub(crate) fn new(addr: impl Into<String>, tls: Option<Connector>) -> Self {
+    /// `node`'s endpoint, dialled with this manager's `creds`.
+    pub(crate) fn of(node: &Node, creds: Option<&Credentials>) -> Self {
+        NodeEngine::new(&node.id, node.engine_addr.clone(), creds)
+    }
+
+    /// The endpoint of node `node` at `addr` (`host:port`), dialled with this manager's
+    /// `creds`: the handshake succeeds only if the endpoint shows node `node`'s worker
+    /// certificate (an address is only what the node registered, and any worker can register
+    /// any address).
+    pub(crate) fn new(node: &str, addr: impl Into<String>, creds: Option<&Credentials>) -> Self {
+        let tls = creds.map(|creds| {
+            Connector::new(creds.client_config_for(Role::Worker, node, &[b"http/1.1"]))
+        });
         NodeEngine {
+            node: node.to_string(),
             addr: addr.into(),
             tls,
         }
@@ -108,7 +137,16 @@ impl NodeEngine {
         };
         let stream = match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
             Ok(Ok(stream)) => stream,
-            Ok(Err(e)) => return Err(self.unreachable(e)),
+            Ok(Err(e)) => {
+                return Err(match WrongPeer::of(&e) {
+                    Some(wrong) => ForwardError::WrongNode {
+                        addr: self.addr.clone(),
+                        node: self.node.clone(),
+                        reason: wrong.to_string(),
+                    },
+                    None => self.unreachable(e),
+                })
+            }
             Err(_) => {
                 return Err(self.unreachable(format!("no connection within {CONNECT_TIMEOUT:?}")))
             }

@@ -4,6 +4,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -74,7 +75,7 @@ async fn fake_node(mut req: Request<Incoming>) -> Response<axum::body::Body> {
 #[tokio::test]
 async fn requests_carry_a_host_and_close_their_connection() {
     let node = serve(fake_node).await.to_string();
-    let (status, body) = NodeEngine::new(&node, None)
+    let (status, body) = NodeEngine::new("n1", &node, None)
         .request(Method::GET, "/_ping", None)
         .await
         .unwrap();
@@ -88,7 +89,7 @@ async fn an_unreachable_node_is_one_line_naming_its_address() {
     let free = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = free.local_addr().unwrap().to_string();
     drop(free);
-    let err = NodeEngine::new(&addr, None)
+    let err = NodeEngine::new("n1", &addr, None)
         .request(Method::GET, "/_ping", None)
         .await
         .unwrap_err();
@@ -111,7 +112,10 @@ async fn a_hijacked_stream_is_spliced_both_ways_with_half_close() {
                 .header(header::UPGRADE, "tcp")
                 .body(axum::body::Body::empty())
                 .unwrap();
-            let mut resp = NodeEngine::new(node, None).send(forwarded).await.unwrap();
+            let mut resp = NodeEngine::new("n1", node, None)
+                .send(forwarded)
+                .await
+                .unwrap();
             assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
             let upgraded = hyper::upgrade::on(&mut resp);
             tokio::spawn(splice(client, upgraded));
@@ -144,4 +148,86 @@ async fn a_hijacked_stream_is_spliced_both_ways_with_half_close() {
     let read = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut echoed));
     read.await.expect("EOF after the echo").unwrap();
     assert_eq!(echoed, b"hello through the node");
+}
+
+/// A certificate of `role`/`name` of one cluster's root `ca`.
+fn creds_of(ca: &shoal_tls::pki::RootCa, role: Role, name: &str) -> Credentials {
+    let (key, csr) = shoal_tls::pki::signing_request().unwrap();
+    let issue = shoal_tls::pki::Issue {
+        cluster_id: "00000000000000cc".into(),
+        role,
+        name: name.into(),
+        sans: vec!["127.0.0.1".into()],
+        lifetime: Duration::from_secs(3600),
+    };
+    let cert = ca.issue(&csr, &issue).unwrap();
+    Credentials::with_cert(&ca.cert_pem, &cert, &key).unwrap()
+}
+
+/// `fake_node` over mutual TLS as the agent's endpoint serves it: `creds`' certificate, manager
+/// clients only.
+async fn serve_tls(creds: &Credentials) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let acceptor = shoal_tls::net::Acceptor::new(
+        creds.server_config(Some(&[Role::Manager]), &[b"http/1.1"]),
+        "test engine endpoint",
+    );
+    tokio::spawn(async move {
+        while let Ok((tcp, remote)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Some(conn) = acceptor.accept(tcp, remote).await else {
+                    return;
+                };
+                let service =
+                    service_fn(|req| async move { Ok::<_, Infallible>(fake_node(req).await) });
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(conn), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// The bug this guards: a worker that registers (or answers at) another node's engine address
+/// must not receive that node's requests. The manager pins the node it means: n2's worker
+/// certificate where n1 is meant is refused before any request leaves, naming both.
+#[tokio::test]
+async fn another_nodes_certificate_at_the_address_is_refused() {
+    let ca = shoal_tls::pki::RootCa::generate("00000000000000cc", 1).unwrap();
+    let manager = creds_of(&ca, Role::Manager, "manager-1");
+    let n2 = creds_of(&ca, Role::Worker, "n2");
+    let addr = serve_tls(&n2).await.to_string();
+
+    let err = NodeEngine::new("n1", &addr, Some(&manager))
+        .request(Method::GET, "/_ping", None)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ForwardError::WrongNode { .. }), "{err:?}");
+    let line = err.to_string();
+    assert!(
+        line.contains(&addr)
+            && line.contains("not node n1's")
+            && line.contains("certificate of worker n2"),
+        "{line}"
+    );
+
+    // The node it is: its requests go through.
+    let (status, _) = NodeEngine::new("n2", &addr, Some(&manager))
+        .request(Method::GET, "/_ping", None)
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::OK);
+    let node = Node {
+        id: "n2".into(),
+        engine_addr: addr.clone(),
+        ..crate::scheduler::testutil::node(2, &[])
+    };
+    let (status, _) = NodeEngine::of(&node, Some(&manager))
+        .request(Method::GET, "/_ping", None)
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::OK);
 }

@@ -35,7 +35,7 @@ async fn nodes(api: &Api, only: &[String]) -> Result<Vec<Node>, DockerError> {
 }
 
 fn engine(api: &Api, node: &Node) -> NodeEngine {
-    NodeEngine::new(node.engine_addr.clone(), api.engine_tls.clone())
+    NodeEngine::of(node, api.engine_tls.as_ref())
 }
 
 pub(crate) async fn list(api: &Api, q: &Query) -> Result<Response, DockerError> {

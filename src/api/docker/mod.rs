@@ -92,8 +92,9 @@ pub const API_VERSION: &str = "1.44";
 #[derive(Clone)]
 pub(crate) struct Api {
     objects: Objects,
-    /// How to reach the agents' engine endpoints (this manager's credentials).
-    engine_tls: Option<shoal_tls::net::Connector>,
+    /// How to reach the agents' engine endpoints: this manager's credentials, each connection
+    /// pinned to the node meant (`forward::NodeEngine`).
+    engine_tls: Option<Credentials>,
     execs: Execs,
     /// What containers created here may do to their node.
     policy: std::sync::Arc<DockerPolicy>,
@@ -116,9 +117,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let store = index.store().clone();
-    let engine_tls = store.tls().map(|creds| {
-        shoal_tls::net::Connector::new(creds.client_config(&[Role::Worker], &[b"http/1.1"]))
-    });
+    let engine_tls = store.tls().cloned();
     let check_host = tls.is_none() && listener.local_addr()?.ip().is_loopback();
     let api = Api {
         engine_tls,
@@ -128,10 +127,7 @@ pub async fn serve(
         check_host,
     };
     let app = Router::new().fallback(dispatch).with_state(api);
-    let tls = tls.map(|creds| {
-        let config = creds.server_config(Some(&[Role::Client, Role::Manager]), &[b"http/1.1"]);
-        shoal_tls::net::Acceptor::new(config, "Docker API")
-    });
+    let tls = tls.map(|creds| conn::Tls::new(&creds, &[Role::Client, Role::Manager], "Docker API"));
     let server = conn::Server {
         what: "Docker API",
         limits,

@@ -129,7 +129,7 @@ pub(crate) async fn list(api: &Api, q: &Query) -> Result<Response, DockerError> 
         // Each node's own networks, as `<node>/<name>`.
         let view = api.objects.view().await?;
         for node in view.ready_nodes() {
-            let engine = NodeEngine::new(node.engine_addr.clone(), api.engine_tls.clone());
+            let engine = NodeEngine::of(node, api.engine_tls.as_ref());
             let Ok((status, body)) = engine.request(Method::GET, "/networks", None).await else {
                 continue;
             };
@@ -170,7 +170,7 @@ pub(crate) async fn inspect(api: &Api, query: &str) -> Result<Response, DockerEr
         None => (None, query),
     };
     if let Some(node) = node {
-        let engine = NodeEngine::new(node.engine_addr.clone(), api.engine_tls.clone());
+        let engine = NodeEngine::of(node, api.engine_tls.as_ref());
         if let Ok((status, body)) = engine
             .request(Method::GET, &format!("/networks/{name}"), None)
             .await

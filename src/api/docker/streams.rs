@@ -19,20 +19,20 @@ use super::Api;
 /// How long an attach stream may outlive its container's exit (output still in flight).
 const EXIT_GRACE: Duration = Duration::from_secs(2);
 
-/// Which node each exec instance was created on (exec ids are the engine's).
+/// Which node's engine each exec instance was created on (exec ids are the engine's).
 #[derive(Clone, Default)]
-pub(crate) struct Execs(Arc<Mutex<HashMap<String, String>>>);
+pub(crate) struct Execs(Arc<Mutex<HashMap<String, NodeEngine>>>);
 
 impl Execs {
-    fn insert(&self, exec: String, engine_addr: String) {
+    fn insert(&self, exec: String, engine: NodeEngine) {
         let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
         if map.len() > 10_000 {
             map.clear();
         }
-        map.insert(exec, engine_addr);
+        map.insert(exec, engine);
     }
 
-    fn get(&self, exec: &str) -> Option<String> {
+    fn get(&self, exec: &str) -> Option<NodeEngine> {
         let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
         map.get(exec).cloned()
     }
@@ -145,24 +145,19 @@ pub(crate) async fn attach(
                     .map(|t| &t.value)
                     .filter(|t| t.start_seq > seq)
                     .max_by_key(|t| t.created_ms)?;
-                let addr = v
-                    .state
-                    .node(task.node_id.as_deref()?)?
-                    .value
-                    .engine_addr
-                    .clone();
+                let node = &v.state.node(task.node_id.as_deref()?)?.value;
                 Some((
-                    addr,
+                    (node.id.clone(), node.engine_addr.clone()),
                     task.container_id.clone()?,
                     task.id.clone(),
                     task.state.is_terminal(),
                 ))
             })
             .await;
-        let Ok(Some((addr, engine_id, task_id, ended))) = found else {
+        let Ok(Some(((node, addr), engine_id, task_id, ended))) = found else {
             return;
         };
-        let engine = NodeEngine::new(addr, api.engine_tls.clone());
+        let engine = NodeEngine::new(&node, addr, api.engine_tls.as_ref());
         let upstream = Request::builder()
             .method(Method::POST)
             .uri(format!("/containers/{engine_id}/attach?{query}"))
@@ -292,8 +287,7 @@ pub(crate) async fn exec_create(
         .ok()
         .and_then(|v| v.get("Id").and_then(Value::as_str).map(String::from))
     {
-        let addr = e.node.map(|n| n.engine_addr.clone()).unwrap_or_default();
-        api.execs.insert(exec, addr);
+        api.execs.insert(exec, engine);
     }
     Ok(super::containers::passthrough(status, answer))
 }
@@ -306,26 +300,24 @@ pub(crate) async fn exec(
     suffix: &str,
     req: Request<Body>,
 ) -> Result<Response, DockerError> {
-    let addr = match api.execs.get(exec_id) {
-        Some(addr) => addr,
+    let engine = match api.execs.get(exec_id) {
+        Some(engine) => engine,
         None => find_exec(api, exec_id).await?,
     };
-    let engine = NodeEngine::new(addr, api.engine_tls.clone());
     relay(&engine, &format!("/exec/{exec_id}/{suffix}"), req).await
 }
 
-async fn find_exec(api: &Api, exec_id: &str) -> Result<String, DockerError> {
+async fn find_exec(api: &Api, exec_id: &str) -> Result<NodeEngine, DockerError> {
     let view = api.objects.view().await?;
     for node in view.ready_nodes() {
-        let engine = NodeEngine::new(node.engine_addr.clone(), api.engine_tls.clone());
+        let engine = NodeEngine::of(node, api.engine_tls.as_ref());
         if let Ok((status, _)) = engine
             .request(Method::GET, &format!("/exec/{exec_id}/json"), None)
             .await
         {
             if status.is_success() {
-                api.execs
-                    .insert(exec_id.to_string(), node.engine_addr.clone());
-                return Ok(node.engine_addr.clone());
+                api.execs.insert(exec_id.to_string(), engine.clone());
+                return Ok(engine);
             }
         }
     }
