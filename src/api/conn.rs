@@ -5,7 +5,9 @@
 //! its accept, its handshake, or the end of its last response) is closed. A request in progress
 //! is never idle: blocking queries, event and log streams and hijacked streams last as long as
 //! they need. So a client that opens sockets and sends nothing can neither run the manager out of
-//! descriptors (which RocksDB needs too) nor keep them for ever.
+//! descriptors (which RocksDB needs too) nor keep them for ever. Over mutual TLS, a connection
+//! whose client certificate gets revoked is closed as soon as this process learns it, the request
+//! it is serving included (a hijacked stream has left the connection and is not).
 //! It owns connections only; what a request means is each surface's business.
 
 use std::future::Future;
@@ -20,6 +22,7 @@ use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use shoal_tls::net::Acceptor;
+use shoal_tls::{Credentials, Role};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
@@ -83,6 +86,26 @@ pub struct ApiConns {
     pub(crate) http: Arc<ConnStats>,
 }
 
+/// Mutual TLS on a listener: the handshakes, and the credentials whose revocations close a
+/// revoked holder's open connections.
+#[derive(Clone)]
+pub(crate) struct Tls {
+    acceptor: Acceptor,
+    creds: Credentials,
+}
+
+impl Tls {
+    /// For the server called `what` (HTTP/1.1), presenting `creds`' certificate and requiring a
+    /// client certificate of one of `roles`.
+    pub(crate) fn new(creds: &Credentials, roles: &[Role], what: &'static str) -> Tls {
+        let config = creds.server_config(Some(roles), &[b"http/1.1"]);
+        Tls {
+            acceptor: Acceptor::new(config, what),
+            creds: creds.clone(),
+        }
+    }
+}
+
 /// One HTTP listener's settings.
 pub(crate) struct Server {
     /// Its name in log lines and answers ("Docker API", "HTTP API").
@@ -90,7 +113,7 @@ pub(crate) struct Server {
     pub limits: ConnLimits,
     pub stats: Arc<ConnStats>,
     /// Mutual TLS; None: plaintext.
-    pub tls: Option<Acceptor>,
+    pub tls: Option<Tls>,
 }
 
 /// Serves `app` on `listener` until `shutdown` resolves; then accepts nothing more, lets every
@@ -107,7 +130,10 @@ pub(crate) async fn serve(
         stats,
         tls,
     } = server;
-    let tls = tls.map(|t| t.with_timeout(limits.idle_timeout));
+    let tls = tls.map(|t| Tls {
+        acceptor: t.acceptor.with_timeout(limits.idle_timeout),
+        creds: t.creds,
+    });
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let (closing_tx, closing) = watch::channel(false);
     let mut connections = JoinSet::new();
@@ -156,7 +182,7 @@ async fn connection(
     tcp: TcpStream,
     remote: SocketAddr,
     open: Open,
-    tls: Option<Acceptor>,
+    tls: Option<Tls>,
     app: Router,
     idle: Duration,
     mut closing: watch::Receiver<bool>,
@@ -173,15 +199,23 @@ async fn connection(
                 app,
                 idle,
                 closing,
+                std::future::pending(),
             )
             .await
         }
-        Some(acceptor) => {
+        Some(Tls { acceptor, creds }) => {
             let conn = tokio::select! {
                 conn = acceptor.accept(tcp, remote) => conn,
                 _ = closing.wait_for(|closing| *closing) => None,
             };
             if let Some(conn) = conn {
+                let who = conn.info().identity.clone();
+                let revoked = async move {
+                    match who {
+                        Some(who) => creds.until_revoked(&who).await,
+                        None => std::future::pending().await,
+                    }
+                };
                 serve_http(
                     Counted {
                         io: conn,
@@ -190,6 +224,7 @@ async fn connection(
                     app,
                     idle,
                     closing,
+                    revoked,
                 )
                 .await;
             }
@@ -197,7 +232,8 @@ async fn connection(
     }
 }
 
-/// HTTP/1 on `io` until the client or the idle timeout closes it, or the server stops. Hyper's
+/// HTTP/1 on `io` until the client or the idle timeout closes it, the server stops, or
+/// `revoked` resolves (the client's certificate was revoked: closed at once). Hyper's
 /// header read timeout is the idle timeout: it runs whenever the connection waits for a request's
 /// head (from the start, or from the end of the last response) and never while a request is
 /// served. An upgraded connection leaves hyper (and this task) with its `Counted` io.
@@ -206,6 +242,7 @@ async fn serve_http<T>(
     app: Router,
     idle: Duration,
     mut closing: watch::Receiver<bool>,
+    revoked: impl Future<Output = ()>,
 ) where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -215,9 +252,14 @@ async fn serve_http<T>(
         .serve_connection(TokioIo::new(io), TowerToHyperService::new(app))
         .with_upgrades();
     tokio::pin!(conn);
+    tokio::pin!(revoked);
     let mut stopping = false;
     loop {
         tokio::select! {
+            () = &mut revoked => {
+                tracing::info!("closing a connection: its client certificate was revoked");
+                return;
+            }
             result = conn.as_mut() => {
                 if let Err(e) = result {
                     tracing::trace!(error = %e, "HTTP connection ended");

@@ -1,5 +1,5 @@
-//! `shoal cluster status|token` and `shoal manager remove ID`. The status also names every proxy
-//! whose last config did not go live.
+//! `shoal cluster status|token|client-cert|client-certs|revoke-client|ca` and `shoal manager
+//! remove ID`. The status also names every proxy whose last config did not go live.
 
 use serde::Serialize;
 use shoal_proto::v1 as pb;
@@ -59,6 +59,14 @@ pub(super) async fn run(mut client: Client, command: ClusterCommand) -> Result<(
         }
         ClusterCommand::Token { role, rotate } => out(client.token(&role, rotate).await?),
         ClusterCommand::ClientCert { dir, name } => client_cert(&mut client, &dir, &name).await,
+        ClusterCommand::ClientCerts { json } => client_certs(&mut client, json).await,
+        ClusterCommand::RevokeClient { name } => {
+            let known = client.revoke_client(&name).await?;
+            out(format_args!(
+                "revoked client certificate name {name}{}: managers refuse its certificates from the next second on",
+                if known { "" } else { " (issued before the CA kept records, or never)" }
+            ))
+        }
         ClusterCommand::Ca { rotate, json } => {
             if rotate {
                 let r = client.rotate_ca().await?;
@@ -115,6 +123,58 @@ async fn client_cert(
         "wrote {}/{{ca,cert,key}}.pem: use `shoal --tls-dir {0}`, or `docker --tlsverify` with DOCKER_CERT_PATH={0}",
         dir.display()
     ))
+}
+
+/// `cluster client-certs [--json]`.
+async fn client_certs(client: &mut Client, json: bool) -> Result<(), CliError> {
+    let certs = client.clients().await?;
+    if json {
+        let doc: Vec<serde_json::Value> = certs
+            .iter()
+            .map(|c| {
+                serde_json::json!({
+                    "name": c.name,
+                    "issued_by": c.issued_by,
+                    "issued_ms": c.issued_ms,
+                    "expires_ms": c.expires_ms,
+                    "count": c.count,
+                    "revoked": c.revoked,
+                })
+            })
+            .collect();
+        return out(serde_json::to_string_pretty(&doc).expect("plain data"));
+    }
+    let now = crate::host::now_ms();
+    let rows: Vec<Vec<String>> = certs
+        .iter()
+        .map(|c| {
+            vec![
+                c.name.clone(),
+                c.issued_by.clone(),
+                since(c.issued_ms, now).map_or(String::new(), |d| format!("{d} ago")),
+                since(now, c.expires_ms).map_or(String::new(), |d| format!("in {d}")),
+                c.count.to_string(),
+                if c.revoked { "yes" } else { "no" }.into(),
+            ]
+        })
+        .collect();
+    let header = ["NAME", "ISSUED BY", "ISSUED", "EXPIRES", "COUNT", "REVOKED"];
+    out(super::table::render(&header, &rows))
+}
+
+/// `from` to `to` in its largest whole unit (`3d`, `5h`, `12m`, `40s`); None when either is
+/// unknown (0) or `to` is before `from`.
+fn since(from: u64, to: u64) -> Option<String> {
+    if from == 0 || to == 0 || to < from {
+        return None;
+    }
+    let secs = (to - from) / 1000;
+    Some(match secs {
+        s if s >= 86_400 => format!("{}d", s / 86_400),
+        s if s >= 3_600 => format!("{}h", s / 3_600),
+        s if s >= 60 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    })
 }
 
 pub(super) async fn remove(mut client: Client, id: u64) -> Result<(), CliError> {

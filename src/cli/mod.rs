@@ -137,10 +137,20 @@ pub enum ClusterCommand {
     /// `shoal --tls-dir DIR` and `docker --tlsverify` (DOCKER_CERT_PATH=DIR).
     ClientCert {
         dir: std::path::PathBuf,
-        /// The name the certificate carries.
+        /// The name the certificate carries (one per operator, so that it can be revoked alone:
+        /// `shoal cluster revoke-client NAME`).
         #[arg(long, default_value = "admin")]
         name: String,
     },
+    /// List the operators' client certificate names: who had the newest issued, when it
+    /// expires, how many were issued, whether the name is revoked.
+    ClientCerts {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke every client certificate named NAME: every manager refuses it from the next
+    /// second on (open connections and streams included); the name is never issued again.
+    RevokeClient { name: String },
     /// Show the root CA (generation, rotation phase, roots' digests); --rotate starts a root
     /// rotation that every node follows without a restart.
     Ca {

@@ -205,6 +205,25 @@ impl Client {
         .await
     }
 
+    /// The operators' certificate names: issued and revoked.
+    pub async fn clients(&mut self) -> Result<Vec<pb::ClientCert>, ClientError> {
+        let resp = self
+            .read(|c| async move { c.ca().clients(pb::ClientsRequest {}).await })
+            .await?;
+        Ok(resp.clients)
+    }
+
+    /// Revokes the client certificates named `name`; whether the CA had issued that name.
+    pub async fn revoke_client(&mut self, name: &str) -> Result<bool, ClientError> {
+        let req = pb::RevokeClientRequest {
+            name: name.to_string(),
+        };
+        let resp = self
+            .write(|c| async move { c.ca().revoke_client(req).await })
+            .await?;
+        Ok(resp.known)
+    }
+
     /// Starts a root CA rotation.
     pub async fn rotate_ca(&mut self) -> Result<pb::RotateResponse, ClientError> {
         self.write(|c| async move { c.ca().rotate(pb::RotateRequest {}).await })

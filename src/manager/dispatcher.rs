@@ -324,9 +324,17 @@ impl Dispatcher for DispatcherService {
                     Some(message) => permit.send(Ok(message)),
                     None => drop(permit),
                 }
+                // A revocation wakes the stream at once (the check above then ends it).
+                let revoked = async {
+                    match (&creds, &caller) {
+                        (Some(creds), Some(caller)) => creds.until_revoked(caller).await,
+                        _ => std::future::pending().await,
+                    }
+                };
                 tokio::select! {
                     r = sets.changed() => if r.is_err() { break },
                     _ = tx.closed() => return,
+                    () = revoked => {}
                 }
             }
             let _ = tx.send(Err(leadership_changed())).await;

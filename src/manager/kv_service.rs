@@ -180,12 +180,28 @@ impl Kv for KvService {
         let (member_id, store) = (self.store.id(), self.store.clone());
         let prev_kv = w.prev_kv;
         let creds = self.creds.clone();
-        let out = stream.map(move |item| match item {
-            // Checked again before every batch: a revoked watcher learns nothing more.
-            Ok(_) if creds.is_revoked(&caller) => Err(Status::permission_denied(format!(
+        let denied = |caller: &PeerIdentity| {
+            Status::permission_denied(format!(
                 "certificate of {} {} is revoked (removed from the cluster)",
                 caller.role, caller.name
-            ))),
+            ))
+        };
+        // A revocation ends the stream as soon as this manager learns it (within a second),
+        // changes or not; the check before every batch closes the gap until then.
+        let guard = {
+            let (creds, caller) = (creds.clone(), caller.clone());
+            async move { creds.until_revoked(&caller).await }
+        };
+        let after = {
+            let (creds, caller) = (creds.clone(), caller.clone());
+            futures::stream::once(
+                async move { creds.is_revoked(&caller).then(|| Err(denied(&caller))) },
+            )
+            .filter_map(futures::future::ready)
+        };
+        let out = stream.map(move |item| match item {
+            // Checked again before every batch: a revoked watcher learns nothing more.
+            Ok(_) if creds.is_revoked(&caller) => Err(denied(&caller)),
             Ok(batch) => Ok(pb::WatchResponse {
                 header: Some(pb::Header {
                     revision: batch.revision,
@@ -205,7 +221,7 @@ impl Kv for KvService {
             }),
             Err(e) => Err(Status::from(e)),
         });
-        Ok(Response::new(Box::pin(out)))
+        Ok(Response::new(Box::pin(out.take_until(guard).chain(after))))
     }
 
     async fn lease_grant(

@@ -37,7 +37,6 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let roles = policy::Method::MetricsRead.roles();
-    let config = server.creds.server_config(Some(roles), &[b"http/1.1"]);
     let app = Router::new()
         .fallback(answer)
         .with_state(server.render.clone());
@@ -48,7 +47,7 @@ pub async fn serve(
             ..ConnLimits::default()
         },
         stats: Arc::new(ConnStats::default()),
-        tls: Some(shoal_tls::net::Acceptor::new(config, "metrics")),
+        tls: Some(conn::Tls::new(&server.creds, roles, "metrics")),
     };
     conn::serve(listener, app, server, shutdown).await
 }

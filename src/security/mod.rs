@@ -1,11 +1,13 @@
 //! The cluster's security, on top of `shoal-tls`: the CA's state in the store ([`state`]), the
-//! CA service every manager serves ([`service`]), joining with a token ([`join`]), keeping
-//! credentials fresh ([`keeper`]) and a manager's material on disk ([`local`]).
+//! CA service every manager serves ([`service`]), operators' certificates by name
+//! ([`clients`]), joining with a token ([`join`]), keeping credentials fresh ([`keeper`]) and a
+//! manager's material on disk ([`local`]).
 //!
 //! Every gRPC connection is mutual TLS. A node's certificate is its identity: the subject names
 //! the cluster, the role (manager, worker, proxy, client) and the holder; each service checks
 //! the role and scope of each method ([`policy`], [`admit`]).
 
+pub mod clients;
 pub mod join;
 pub mod keeper;
 pub mod local;

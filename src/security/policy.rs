@@ -35,6 +35,8 @@ pub enum Method {
     CaRenew,
     CaToken,
     CaIssueClient,
+    CaClients,
+    CaRevokeClient,
     CaRotate,
     /// `GET /metrics` on a manager's or an agent's `--metrics-addr` (HTTPS, not gRPC).
     MetricsRead,
@@ -73,6 +75,8 @@ impl Method {
         Method::CaRenew,
         Method::CaToken,
         Method::CaIssueClient,
+        Method::CaClients,
+        Method::CaRevokeClient,
         Method::CaRotate,
         Method::MetricsRead,
         Method::Raft,
@@ -102,6 +106,8 @@ impl Method {
             Method::CaRenew => "Ca.Renew",
             Method::CaToken => "Ca.Token",
             Method::CaIssueClient => "Ca.IssueClient",
+            Method::CaClients => "Ca.Clients",
+            Method::CaRevokeClient => "Ca.RevokeClient",
             Method::CaRotate => "Ca.Rotate",
             Method::MetricsRead => "GET /metrics",
             Method::Raft => "RaftService.*",
@@ -129,9 +135,12 @@ impl Method {
             | Method::DispatcherUpdateTaskStatus => WORKER,
             Method::CaInfo | Method::CaJoin => ANYONE,
             Method::CaRenew => EVERY_ROLE,
-            Method::CaToken | Method::CaIssueClient | Method::CaRotate | Method::MetricsRead => {
-                OPERATOR
-            }
+            Method::CaToken
+            | Method::CaIssueClient
+            | Method::CaClients
+            | Method::CaRevokeClient
+            | Method::CaRotate
+            | Method::MetricsRead => OPERATOR,
             Method::Raft => MANAGER,
         }
     }
@@ -162,6 +171,8 @@ impl Method {
                 "with a join token, a new node id or manager name, its own addresses"
             }
             (Method::CaRenew, _) => "its own name and role, its own addresses",
+            (Method::CaIssueClient, _) => "under a name not revoked",
+            (Method::CaRevokeClient, _) => "client certificates only",
             _ => "yes",
         })
     }

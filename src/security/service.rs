@@ -14,6 +14,7 @@ use tonic::Request;
 use tonic::Response;
 use tonic::Status;
 
+use super::clients;
 use super::policy::Method;
 use super::state;
 use super::state::CaState;
@@ -221,6 +222,14 @@ impl Ca for CaService {
         req: Request<pb::CaRenewRequest>,
     ) -> Result<Response<pb::Issued>, Status> {
         let id = self.authorize(&req, Method::CaRenew)?;
+        // This manager's revocation set may be a second behind the store: a certificate revoked
+        // meanwhile (a root rotation asks every holder to renew) gets nothing new.
+        if state::is_revoked_now(&self.store, id.role, &id.name).await? {
+            return Err(Status::permission_denied(format!(
+                "certificate of {} {} is revoked (removed from the cluster); it is not renewed",
+                id.role, id.name
+            )));
+        }
         let from = req
             .extensions()
             .get::<shoal_tls::PeerInfo>()
@@ -272,7 +281,27 @@ impl Ca for CaService {
         } else {
             r.name
         };
+        clients::check_name(&name)?;
+        // A certificate is revoked by its name: one issued under a revoked name would be dead.
+        if clients::is_revoked(&self.store, &name).await? {
+            return Err(Status::permission_denied(format!(
+                "client certificate name {name} is revoked; issue one under another name (--name)"
+            )));
+        }
         let cert_pem = s.issue(&self.kek, &r.csr_pem, Role::Client, &name, &[])?;
+        let expires_ms = shoal_tls::PeerIdentity::from_pem(&cert_pem)
+            .map_err(SecurityError::from)?
+            .not_after
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        clients::record(
+            &self.store,
+            &name,
+            &by.name,
+            crate::host::now_ms(),
+            expires_ms,
+        )
+        .await?;
         tracing::info!(by = %by.name, %name, "issued a client certificate");
         Ok(Response::new(pb::Issued {
             cert_pem,
@@ -280,6 +309,27 @@ impl Ca for CaService {
             kek: Vec::new(),
             raft_token: String::new(),
         }))
+    }
+
+    async fn clients(
+        &self,
+        req: Request<pb::ClientsRequest>,
+    ) -> Result<Response<pb::ClientsResponse>, Status> {
+        self.authorize(&req, Method::CaClients)?;
+        Ok(Response::new(pb::ClientsResponse {
+            clients: clients::list(&self.store).await?,
+        }))
+    }
+
+    async fn revoke_client(
+        &self,
+        req: Request<pb::RevokeClientRequest>,
+    ) -> Result<Response<pb::RevokeClientResponse>, Status> {
+        let by = self.authorize(&req, Method::CaRevokeClient)?;
+        let name = req.into_inner().name;
+        let known = clients::revoke(&self.store, &name).await?;
+        tracing::info!(by = %by.name, %name, "revoked client certificates");
+        Ok(Response::new(pb::RevokeClientResponse { known }))
     }
 
     async fn rotate(

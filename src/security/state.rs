@@ -371,6 +371,21 @@ pub async fn revoked(store: &Store) -> Result<HashSet<String>, SecurityError> {
 /// Whether `role`/`name` is revoked, as this replica has it: one key read, for the calls made
 /// for every agent (registering), where reading every revocation would cost O(revoked) each.
 pub async fn is_revoked(store: &Store, role: Role, name: &str) -> Result<bool, SecurityError> {
+    revoked_key(store, role, name, true).await
+}
+
+/// As [`is_revoked`], read linearizably: for the CA's decisions (renewing, issuing), which must
+/// not follow a revocation a second late.
+pub async fn is_revoked_now(store: &Store, role: Role, name: &str) -> Result<bool, SecurityError> {
+    revoked_key(store, role, name, false).await
+}
+
+async fn revoked_key(
+    store: &Store,
+    role: Role,
+    name: &str,
+    stale: bool,
+) -> Result<bool, SecurityError> {
     let range = Range {
         key: format!(
             "{REVOKED_PREFIX}{}",
@@ -380,7 +395,7 @@ pub async fn is_revoked(store: &Store, role: Role, name: &str) -> Result<bool, S
         keys_only: true,
         ..Default::default()
     };
-    let (res, _) = store.range(&range, true).await?;
+    let (res, _) = store.range(&range, stale).await?;
     Ok(!res.kvs.is_empty())
 }
 

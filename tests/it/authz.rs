@@ -86,6 +86,11 @@ fn matrix() -> Vec<Row> {
         ("Ca.Renew", [Yes, Yes, Yes, Yes, No]),
         ("Ca.Token", [Yes, No, No, Yes, No]),
         ("Ca.IssueClient", [Yes, No, No, Yes, No]),
+        ("Ca.Clients", [Yes, No, No, Yes, No]),
+        (
+            "Ca.RevokeClient a name never issued",
+            [Yes, No, No, Yes, No],
+        ),
         ("Ca.Rotate", [Skip, No, No, Skip, No]),
         ("RaftService.Vote", [Skip, No, No, No, No]),
     ]
@@ -311,6 +316,14 @@ async fn call(what: &str, ch: Channel, me: &Caller, f: &Fixture) -> Result<(), t
         }))
         .await
         .map(drop),
+        "Ca.Clients" => bounded(ca.clients(pb::ClientsRequest {})).await.map(drop),
+        "Ca.RevokeClient a name never issued" => {
+            bounded(ca.revoke_client(pb::RevokeClientRequest {
+                name: "authz-never-issued".into(),
+            }))
+            .await
+            .map(drop)
+        }
         "Ca.Rotate" => bounded(ca.rotate(pb::RotateRequest {})).await.map(drop),
         "RaftService.Vote" => {
             bounded(RaftServiceClient::new(ch).vote(shoal_proto::raft::Blob::default()))
@@ -634,4 +647,196 @@ async fn the_leader_fence_is_not_a_users_key_and_failover_still_works() {
             .is_ok_and(|v| v.as_array().is_some_and(|a| a.len() == 2))
     })
     .await;
+}
+
+/// `curl -s` with `dir`'s certificate and `args`; (HTTP status or 0 when no HTTP answer came,
+/// how long it took).
+fn curl_as(dir: &Path, args: &[&str]) -> (u16, Duration) {
+    let file = |f: &str| dir.join(f).display().to_string();
+    let started = std::time::Instant::now();
+    let out = std::process::Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "--max-time",
+            "60",
+            "-w",
+            "%{http_code}",
+        ])
+        .args(["--cacert", &file("ca.pem"), "--cert", &file("cert.pem")])
+        .args(["--key", &file("key.pem")])
+        .args(args)
+        .output()
+        .expect("running curl");
+    let code = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0);
+    (code, started.elapsed())
+}
+
+/// Issue 18, item 7: operators' certificates are named, listed and revoked one by one. A
+/// revoked one is refused on every API, its open streams (a `Kv.Watch` with nothing to say, a
+/// blocking HTTP query) end within seconds, its name is never issued again and the CA does not
+/// renew it; a removed node's open `Assignments` ends the same way. The other operator keeps
+/// working.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_operator_certificate_is_named_listed_and_revoked_on_every_api() {
+    let _serial = serial().await;
+    let http = format!("127.0.0.1:{}", free_port());
+    let mut c = Cluster::start_with(1, &["--http", &http, "--http-tls"]).await;
+    let leader = c.wait_leader().await;
+    let addr = c.managers[leader].grpc.clone();
+    let root = c.root().to_path_buf();
+    let alice = root.join("alice-tls");
+
+    let out = c
+        .cli(&[
+            "cluster",
+            "client-cert",
+            alice.to_str().unwrap(),
+            "--name",
+            "alice",
+        ])
+        .await;
+    assert!(out.ok(), "{out:?}");
+    let out = c
+        .cli(&["cluster", "client-cert", "/nonexistent-x", "--name", "a/b"])
+        .await;
+    assert!(
+        !out.ok() && out.stderr.contains("invalid client certificate name"),
+        "{out:?}"
+    );
+    let listed = c.cli(&["cluster", "client-certs", "--json"]).await;
+    assert!(listed.ok(), "{listed:?}");
+    let certs: serde_json::Value = serde_json::from_str(&listed.stdout).unwrap();
+    let alice_row = certs
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "alice")
+        .unwrap_or_else(|| panic!("alice not listed: {certs}"));
+    assert_eq!(alice_row["revoked"], false, "{certs}");
+    assert_eq!(alice_row["count"], 1, "{certs}");
+    assert_eq!(alice_row["issued_by"], "admin", "{certs}");
+    assert!(alice_row["expires_ms"].as_u64().unwrap() > 0, "{certs}");
+
+    // Alice works everywhere, and holds streams open: a watch with nothing to say, a blocking
+    // HTTP query for a minute.
+    let mut kv = KvClient::new(channel(&addr, &alice));
+    bounded(kv.put(pb::PutRequest {
+        key: b"alice/k".to_vec(),
+        value: b"v".to_vec(),
+        ..Default::default()
+    }))
+    .await
+    .expect("alice writes");
+    let (code, _) = curl_as(&alice, &[&format!("https://{http}/v1/kv/alice/k")]);
+    assert_eq!(code, 200);
+    let mut watching = bounded(kv.watch(watch("quiet/", true)))
+        .await
+        .expect("alice watches");
+    let blocking = {
+        let (alice, http) = (alice.clone(), http.clone());
+        std::thread::spawn(move || {
+            curl_as(
+                &alice,
+                &[&format!(
+                    "https://{http}/v1/kv/quiet/k?index=1000000000&wait=60s"
+                )],
+            )
+        })
+    };
+    // A worker's open Assignments, for its node's removal.
+    let worker_dir = root.join("w-revoked");
+    join_as(
+        &c,
+        &c.worker_token.clone(),
+        Role::Worker,
+        "revokedw1",
+        &worker_dir,
+    )
+    .await;
+    let mut d = DispatcherClient::new(channel(&addr, &worker_dir));
+    bounded(d.register(register("revokedw1")))
+        .await
+        .expect("register");
+    let mut assignments = bounded(d.assignments(pb::AssignmentsRequest {
+        node_id: "revokedw1".into(),
+        incremental: true,
+    }))
+    .await
+    .expect("assignments");
+    tokio::time::timeout(Duration::from_secs(10), assignments.message())
+        .await
+        .expect("the first set in time")
+        .expect("the first set");
+    sleep(Duration::from_millis(500)).await;
+
+    let out = c.cli(&["cluster", "revoke-client", "alice"]).await;
+    assert!(out.ok() && out.stdout.contains("revoked"), "{out:?}");
+    // The CA renews nothing for it, even before this manager's revocation set has it.
+    let renewed = bounded(
+        CaClient::new(channel(&addr, &alice)).renew(pb::CaRenewRequest {
+            csr_pem: csr(),
+            sans: vec![],
+        }),
+    )
+    .await;
+    assert_eq!(met(&renewed.map(drop)), No, "a revoked certificate renewed");
+    let out = c.cli(&["node", "rm", "--force", "revokedw1"]).await;
+    assert!(out.ok(), "{out:?}");
+
+    // The open streams end, with nothing written under what they watch.
+    let ended = tokio::time::timeout(Duration::from_secs(10), watching.message()).await;
+    match ended {
+        Ok(Err(status)) => assert_eq!(status.code(), Code::PermissionDenied, "{status:?}"),
+        other => panic!("alice's watch did not end with PERMISSION_DENIED: {other:?}"),
+    }
+    let ended = tokio::time::timeout(Duration::from_secs(10), assignments.message()).await;
+    match ended {
+        Ok(Err(status)) => assert_eq!(status.code(), Code::PermissionDenied, "{status:?}"),
+        other => panic!("the removed node's assignments did not end: {other:?}"),
+    }
+    let (code, took) = blocking.join().unwrap();
+    assert_eq!(
+        code, 0,
+        "the blocking query was answered after the revocation"
+    );
+    assert!(
+        took < Duration::from_secs(30),
+        "the blocking query lasted {took:?}"
+    );
+
+    // Refused on every API from now on; the name is not issued again.
+    let got = bounded(KvClient::new(channel(&addr, &alice)).range(range("alice/", true))).await;
+    assert_eq!(met(&got.map(drop)), No);
+    let (code, _) = curl_as(&alice, &[&format!("https://{http}/v1/kv/alice/k")]);
+    assert_eq!(code, 0, "the HTTP API served a revoked certificate");
+    let out = cli_on(&addr, &alice, &["kv", "get", "alice/k"]).await;
+    assert!(!out.ok(), "{out:?}");
+    let again = root.join("alice-again");
+    let out = c
+        .cli(&[
+            "cluster",
+            "client-cert",
+            again.to_str().unwrap(),
+            "--name",
+            "alice",
+        ])
+        .await;
+    assert!(!out.ok() && out.stderr.contains("revoked"), "{out:?}");
+
+    // Listed as revoked; the harness's operator is untouched.
+    let listed = c.cli(&["cluster", "client-certs"]).await;
+    assert!(listed.ok(), "{listed:?}");
+    let row = listed
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("alice "))
+        .unwrap_or_else(|| panic!("{listed:?}"));
+    assert!(row.trim_end().ends_with("yes"), "{row}");
+    let (code, _) = curl_as(&c.admin_tls, &[&format!("https://{http}/v1/kv/alice/k")]);
+    assert_eq!(code, 200);
 }

@@ -128,10 +128,7 @@ pub async fn serve(
         shutdown.await;
         let _ = stop_tx.send(true);
     };
-    let tls = tls.map(|creds| {
-        let config = creds.server_config(Some(&[Role::Client, Role::Manager]), &[b"http/1.1"]);
-        shoal_tls::net::Acceptor::new(config, "HTTP API")
-    });
+    let tls = tls.map(|creds| conn::Tls::new(&creds, &[Role::Client, Role::Manager], "HTTP API"));
     let server = conn::Server {
         what: "HTTP API",
         limits,
