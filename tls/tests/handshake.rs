@@ -198,11 +198,12 @@ async fn a_connector_for_one_node_refuses_another_nodes_certificate() {
     let n2 = creds(&ca, CLUSTER, Role::Worker, "n2");
     let (addr, _who) = server(&n2, Some(&[Role::Manager])).await;
 
-    let err = Connector::new(manager.client_config_for(Role::Worker, "n1", &[]))
+    let Err(err) = Connector::new(manager.client_config_for(Role::Worker, "n1", &[]))
         .connect(&addr)
         .await
-        .err()
-        .expect("n2's certificate where n1 was meant must be refused");
+    else {
+        panic!("n2's certificate where n1 was meant must be refused");
+    };
     let wrong = WrongPeer::of(&err).unwrap_or_else(|| panic!("not a WrongPeer: {err}"));
     assert_eq!(
         (wrong.expected.as_str(), wrong.presented.as_str()),
@@ -224,20 +225,22 @@ async fn a_connector_for_one_node_refuses_another_nodes_certificate() {
     let mut buf = [0u8; 5];
     s.read_exact(&mut buf).await.unwrap();
     let (maddr, _) = server(&manager, None).await;
-    let err = Connector::new(n2.client_config_for(Role::Worker, "m1", &[]))
+    let Err(err) = Connector::new(n2.client_config_for(Role::Worker, "m1", &[]))
         .connect(&maddr)
         .await
-        .err()
-        .expect("a manager's certificate is no worker's");
+    else {
+        panic!("a manager's certificate is no worker's");
+    };
     assert!(WrongPeer::of(&err).is_some(), "{err}");
 
     // Revoked, n2 is refused even where it is meant.
     manager.set_revoked(HashSet::from([revocation_name(Role::Worker, "n2")]));
-    let err = Connector::new(manager.client_config_for(Role::Worker, "n2", &[]))
+    let Err(err) = Connector::new(manager.client_config_for(Role::Worker, "n2", &[]))
         .connect(&addr)
         .await
-        .err()
-        .expect("a revoked node is refused");
+    else {
+        panic!("a revoked node is refused");
+    };
     assert!(WrongPeer::of(&err).is_none(), "{err}");
 }
 
