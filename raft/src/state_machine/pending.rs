@@ -14,10 +14,12 @@ use crate::command::Range;
 use crate::db::io_err;
 use crate::db::CF_KV;
 
-/// Writes to the state machine's column families, in the order they must happen (`None`: a
-/// delete).
+/// One write: column family, key, value (`None`: a delete).
+type Write = (&'static str, Vec<u8>, Option<Vec<u8>>);
+
+/// Writes to the state machine's column families, in the order they must happen.
 #[derive(Debug, Default)]
-pub(crate) struct Writes(Vec<(&'static str, Vec<u8>, Option<Vec<u8>>)>);
+pub(crate) struct Writes(Vec<Write>);
 
 impl Writes {
     pub(crate) fn put(&mut self, cf: &'static str, key: impl Into<Vec<u8>>, value: Vec<u8>) {
