@@ -3,7 +3,10 @@
 //! manager certificate of this cluster.
 
 use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
 
+use futures::future::BoxFuture;
 use futures::StreamExt;
 use openraft::raft::AppendEntriesRequest;
 use openraft::raft::TransferLeaderRequest;
@@ -13,6 +16,7 @@ use shoal_proto::raft::Blob;
 use shoal_proto::raft::JoinRequest;
 use shoal_proto::raft::JoinResponse;
 use shoal_proto::raft::SnapshotChunk;
+use shoal_tls::Credentials;
 use tonic::Request;
 use tonic::Response;
 use tonic::Status;
@@ -24,18 +28,43 @@ use crate::forward::LeaderRequest;
 use crate::forward::LeaderResponse;
 use crate::network::TOKEN_HEADER;
 use crate::state_machine::SnapshotFile;
-use crate::store::Store;
 use crate::types::ManagerNode;
+use crate::types::NodeId;
+use crate::types::Raft;
 use crate::types::SnapshotMeta;
 use crate::types::TypeConfig;
 use crate::types::Vote;
 
+/// What the peer service needs of this manager's store. The store implements it, so this module
+/// never names the store (the store mounts the service, not the other way round).
+pub(crate) trait PeerHost: Send + Sync + 'static {
+    fn raft(&self) -> &Raft;
+    /// This manager's credentials, when its peers speak mutual TLS.
+    fn tls(&self) -> Option<&Credentials>;
+    /// Whether `given` is this cluster's join token.
+    fn token_matches(&self, given: &str) -> bool;
+    fn cluster_id(&self) -> &str;
+    /// Where an incoming snapshot is written before it is installed.
+    fn snapshot_temp_path(&self) -> PathBuf;
+    /// Serves a request a follower forwarded; this manager must lead.
+    fn handle_as_leader(
+        &self,
+        req: LeaderRequest,
+    ) -> BoxFuture<'_, Result<LeaderResponse, StoreError>>;
+    /// Adds (or, with `id == 0`, allocates an id for) a manager, at the leader.
+    fn join_member(
+        &self,
+        id: NodeId,
+        node: ManagerNode,
+    ) -> BoxFuture<'_, Result<NodeId, StoreError>>;
+}
+
 pub struct PeerService {
-    store: Store,
+    store: Arc<dyn PeerHost>,
 }
 
 impl PeerService {
-    pub(crate) fn new(store: Store) -> Self {
+    pub(crate) fn new(store: Arc<dyn PeerHost>) -> Self {
         PeerService { store }
     }
 

@@ -5,12 +5,13 @@
 use std::collections::BTreeMap;
 use std::io;
 
-use rocksdb::WriteBatch;
 use rocksdb::DB;
 use serde::Deserialize;
 use serde::Serialize;
 
-use super::read::read_kv;
+use super::pending::Base;
+use super::pending::Pending;
+use super::pending::Writes;
 use super::read::scan;
 use super::read::View;
 use super::space;
@@ -36,7 +37,6 @@ use crate::command::Request;
 use crate::command::Response;
 use crate::command::Txn;
 use crate::db::be;
-use crate::db::io_err;
 use crate::db::CF_HISTORY;
 use crate::db::CF_KV;
 use crate::db::CF_LEASE;
@@ -93,9 +93,10 @@ pub(crate) fn lease_key(id: u64, key: &[u8]) -> Vec<u8> {
     k
 }
 
-/// The effect of one entry, written by the caller in one atomic batch.
+/// The effect of one entry; the caller writes it with the other entries of the `apply()` call,
+/// in one atomic batch.
 pub(crate) struct Applied {
-    pub batch: WriteBatch,
+    pub writes: Writes,
     pub response: Response,
     pub counters: Counters,
     /// Events at `counters.revision`, empty if the entry changed no key.
@@ -104,16 +105,18 @@ pub(crate) struct Applied {
     pub space: Space,
 }
 
-/// Applies one entry's request on top of `db` as it stands, `space` being its space record.
+/// Applies one entry's request on top of `db` under the writes `pending` from earlier entries of
+/// the same `apply()` call, `space` being the space record they left.
 pub(crate) fn apply_request(
     db: &DB,
+    pending: &Pending,
     counters: Counters,
     space: &Space,
     req: &Request,
 ) -> io::Result<Applied> {
     let mut tx = EntryTx {
-        db,
-        batch: WriteBatch::default(),
+        base: Base::new(db, pending),
+        writes: Writes::default(),
         overlay: BTreeMap::new(),
         counters,
         next_rev: counters.revision + 1,
@@ -127,8 +130,9 @@ pub(crate) fn apply_request(
 }
 
 struct EntryTx<'a> {
-    db: &'a DB,
-    batch: WriteBatch,
+    /// What the entry reads: the store as the entries before it left it.
+    base: Base<'a>,
+    writes: Writes,
     /// Keys this entry already changed: later operations in the same txn must see them.
     overlay: BTreeMap<Vec<u8>, Option<KeyValue>>,
     counters: Counters,
@@ -212,8 +216,7 @@ impl EntryTx<'_> {
                     ttl_ms: *ttl_ms,
                     granted_at_ms: req.at_ms,
                 };
-                let cf = self.db.cf_handle(CF_LEASE).expect("cf lease");
-                self.batch.put_cf(cf, be(id), codec::encode(&rec)?);
+                self.writes.put(CF_LEASE, be(id), codec::encode(&rec)?);
                 self.space.grow(space::LEASE_BYTES);
                 self.leases.granted.push(rec);
                 Response::LeaseGranted {
@@ -258,9 +261,8 @@ impl EntryTx<'_> {
             }
             Command::SetQuota { member, bytes } => {
                 // One proposed just before its manager was removed is not kept.
-                let sm = self.db.cf_handle(CF_SM).expect("cf sm");
                 let membership: crate::types::StoredMembership =
-                    match self.db.get_cf(sm, KEY_MEMBERSHIP).map_err(io_err)? {
+                    match self.base.get(CF_SM, KEY_MEMBERSHIP)? {
                         Some(bytes) => codec::decode(&bytes)?,
                         None => Default::default(),
                     };
@@ -368,11 +370,10 @@ impl EntryTx<'_> {
     fn finish(mut self, response: Response, may_grow: bool) -> io::Result<Applied> {
         if !self.events.is_empty() {
             self.counters.revision = self.next_rev;
-            let cf = self.db.cf_handle(CF_HISTORY).expect("cf history");
             let bytes = codec::encode(&self.events)?;
             self.space.grow(space::history_bytes(bytes.len()));
             self.space.history += space::history_bytes(bytes.len());
-            self.batch.put_cf(cf, be(self.next_rev), bytes);
+            self.writes.put(CF_HISTORY, be(self.next_rev), bytes);
             self.space.history_floor = self.space.history_floor.max(1);
             while self.space.history_floor + HISTORY_REVISIONS <= self.next_rev {
                 self.trim_history()?;
@@ -397,13 +398,12 @@ impl EntryTx<'_> {
                 self.space.alarm = None;
             }
         }
-        let sm = self.db.cf_handle(CF_SM).expect("cf sm");
-        self.batch
-            .put_cf(sm, KEY_COUNTERS, codec::encode(&self.counters)?);
-        self.batch
-            .put_cf(sm, space::KEY_SPACE, codec::encode(&self.space)?);
+        self.writes
+            .put(CF_SM, KEY_COUNTERS, codec::encode(&self.counters)?);
+        self.writes
+            .put(CF_SM, space::KEY_SPACE, codec::encode(&self.space)?);
         Ok(Applied {
-            batch: self.batch,
+            writes: self.writes,
             response,
             counters: self.counters,
             events: self.events,
@@ -414,14 +414,13 @@ impl EntryTx<'_> {
 
     /// Drops the oldest revision history holds.
     fn trim_history(&mut self) -> io::Result<()> {
-        let cf = self.db.cf_handle(CF_HISTORY).expect("cf history");
         let rev = be(self.space.history_floor);
-        if let Some(old) = self.db.get_pinned_cf(cf, rev).map_err(io_err)? {
+        if let Some(old) = self.base.get(CF_HISTORY, &rev)? {
             let bytes = space::history_bytes(old.len());
             self.space.shrink(bytes);
             self.space.history = self.space.history.saturating_sub(bytes);
         }
-        self.batch.delete_cf(cf, rev);
+        self.writes.delete(CF_HISTORY, rev);
         self.space.history_floor += 1;
         Ok(())
     }
@@ -437,11 +436,10 @@ impl EntryTx<'_> {
             short,
             revision: counters.revision,
         });
-        let mut batch = WriteBatch::default();
-        let sm = self.db.cf_handle(CF_SM).expect("cf sm");
-        batch.put_cf(sm, space::KEY_SPACE, codec::encode(&space)?);
+        let mut writes = Writes::default();
+        writes.put(CF_SM, space::KEY_SPACE, codec::encode(&space)?);
         Ok(Applied {
-            batch,
+            writes,
             response: Response::Rejected {
                 revision: counters.revision,
                 reason: Rejection::NoSpace {
@@ -459,17 +457,19 @@ impl EntryTx<'_> {
     fn get(&self, key: &[u8]) -> io::Result<Option<KeyValue>> {
         match self.overlay.get(key) {
             Some(v) => Ok(v.clone()),
-            None => read_kv(self.db, key),
+            None => self.base.get_kv(key),
         }
     }
 
     fn range(&self, r: &Range) -> io::Result<RangeResult> {
-        if self.overlay.is_empty() {
-            return scan(View::live(self.db), r, false);
+        let pending = self.base.pending_kvs(r)?;
+        if self.overlay.is_empty() && pending.is_empty() {
+            return scan(View::live(self.base.db), r, false);
         }
-        // Merge what this entry changed over the stored keys, then apply the limit.
+        // Merge what earlier entries of this apply call, then this entry, changed over the
+        // stored keys, then apply the limit.
         let stored = scan(
-            View::live(self.db),
+            View::live(self.base.db),
             &Range {
                 count_only: false,
                 ..r.clone()
@@ -481,6 +481,12 @@ impl EntryTx<'_> {
             .into_iter()
             .map(|kv| (kv.key.clone(), kv))
             .collect();
+        for (k, v) in pending {
+            match v {
+                Some(kv) => merged.insert(k, kv),
+                None => merged.remove(&k),
+            };
+        }
         for (k, v) in &self.overlay {
             let inside = if r.prefix {
                 k.starts_with(&r.key)
@@ -515,9 +521,8 @@ impl EntryTx<'_> {
         if lease == 0 {
             return Ok(Ok(()));
         }
-        let cf = self.db.cf_handle(CF_LEASE).expect("cf lease");
         let revoked_here = self.leases.revoked.contains(&lease);
-        if revoked_here || self.db.get_cf(cf, be(lease)).map_err(io_err)?.is_none() {
+        if revoked_here || self.base.get(CF_LEASE, &be(lease))?.is_none() {
             return Ok(Err(Rejection::LeaseNotFound(lease)));
         }
         Ok(Ok(()))
@@ -581,25 +586,25 @@ impl EntryTx<'_> {
         };
         let attachment = space::attachment_bytes(&p.key);
         if held != lock {
-            let lock_cf = self.db.cf_handle(CF_LEASE_LOCK).expect("cf lease_lock");
             if held != 0 {
-                self.batch.delete_cf(lock_cf, lease_key(held, &p.key));
+                self.writes.delete(CF_LEASE_LOCK, lease_key(held, &p.key));
                 self.space.shrink(attachment);
             }
             if lock != 0 {
-                self.batch.put_cf(lock_cf, lease_key(lock, &p.key), []);
+                self.writes
+                    .put(CF_LEASE_LOCK, lease_key(lock, &p.key), Vec::new());
                 self.space.grow(attachment);
             }
         }
-        let lease_cf = self.db.cf_handle(CF_LEASE_KEY).expect("cf lease_key");
         let prev_lease = prev.as_ref().map_or(0, |kv| kv.lease);
         if prev_lease != 0 && prev_lease != p.lease {
-            self.batch
-                .delete_cf(lease_cf, lease_key(prev_lease, &p.key));
+            self.writes
+                .delete(CF_LEASE_KEY, lease_key(prev_lease, &p.key));
             self.space.shrink(attachment);
         }
         if p.lease != 0 {
-            self.batch.put_cf(lease_cf, lease_key(p.lease, &p.key), []);
+            self.writes
+                .put(CF_LEASE_KEY, lease_key(p.lease, &p.key), Vec::new());
             if prev_lease != p.lease {
                 self.space.grow(attachment);
             }
@@ -612,8 +617,8 @@ impl EntryTx<'_> {
             key: Vec::new(),
             ..kv.clone()
         };
-        let cf = self.db.cf_handle(CF_KV).expect("cf kv");
-        self.batch.put_cf(cf, &p.key, codec::encode(&stored)?);
+        self.writes
+            .put(CF_KV, p.key.clone(), codec::encode(&stored)?);
         self.overlay.insert(p.key.clone(), Some(kv.clone()));
         self.events.push(Event {
             kind: EventKind::Put,
@@ -642,17 +647,16 @@ impl EntryTx<'_> {
     }
 
     fn remove(&mut self, kv: &KeyValue) {
-        let cf = self.db.cf_handle(CF_KV).expect("cf kv");
-        self.batch.delete_cf(cf, &kv.key);
+        self.writes.delete(CF_KV, kv.key.clone());
         self.space.shrink(space::kv_bytes(kv));
         if kv.lock != 0 {
-            let lock_cf = self.db.cf_handle(CF_LEASE_LOCK).expect("cf lease_lock");
-            self.batch.delete_cf(lock_cf, lease_key(kv.lock, &kv.key));
+            self.writes
+                .delete(CF_LEASE_LOCK, lease_key(kv.lock, &kv.key));
             self.space.shrink(space::attachment_bytes(&kv.key));
         }
         if kv.lease != 0 {
-            let lease_cf = self.db.cf_handle(CF_LEASE_KEY).expect("cf lease_key");
-            self.batch.delete_cf(lease_cf, lease_key(kv.lease, &kv.key));
+            self.writes
+                .delete(CF_LEASE_KEY, lease_key(kv.lease, &kv.key));
             self.space.shrink(space::attachment_bytes(&kv.key));
         }
         self.overlay.insert(kv.key.clone(), None);
@@ -668,13 +672,10 @@ impl EntryTx<'_> {
     }
 
     fn revoke(&mut self, id: u64) -> io::Result<bool> {
-        let cf = self.db.cf_handle(CF_LEASE).expect("cf lease");
-        if self.db.get_cf(cf, be(id)).map_err(io_err)?.is_none()
-            || self.leases.revoked.contains(&id)
-        {
+        if self.base.get(CF_LEASE, &be(id))?.is_none() || self.leases.revoked.contains(&id) {
             return Ok(false);
         }
-        self.batch.delete_cf(cf, be(id));
+        self.writes.delete(CF_LEASE, be(id));
         self.space.shrink(space::LEASE_BYTES);
         self.leases.revoked.push(id);
         // Keys attached to the lease go; keys merely locked by it stay, unlocked.
@@ -702,19 +703,9 @@ impl EntryTx<'_> {
     }
 
     /// Keys recorded under lease `id` in column family `cf_name`.
-    fn attached(&self, cf_name: &str, id: u64) -> io::Result<Vec<Vec<u8>>> {
-        let cf = self.db.cf_handle(cf_name).expect("lease attachment cf");
-        let prefix = be(id);
-        let mode = rocksdb::IteratorMode::From(&prefix, rocksdb::Direction::Forward);
-        let mut keys = Vec::new();
-        for item in self.db.iterator_cf(cf, mode) {
-            let (k, _) = item.map_err(io_err)?;
-            if !k.starts_with(&prefix) {
-                break;
-            }
-            keys.push(k[8..].to_vec());
-        }
-        Ok(keys)
+    fn attached(&self, cf_name: &'static str, id: u64) -> io::Result<Vec<Vec<u8>>> {
+        let keys = self.base.keys_with_prefix(cf_name, &be(id))?;
+        Ok(keys.into_iter().map(|k| k[8..].to_vec()).collect())
     }
 
     fn compare(&self, c: &Compare) -> io::Result<bool> {

@@ -1,6 +1,10 @@
 //! Entries applied to a real RocksDB store, checked through what reads and the counters show.
 
 use super::*;
+use crate::state_machine::read::read_kv;
+
+#[path = "batch_tests.rs"]
+mod batch;
 
 struct Sm {
     _dir: tempfile::TempDir,
@@ -24,8 +28,15 @@ impl Sm {
 
     fn apply(&mut self, cmd: Command) -> (Response, Vec<Event>) {
         let req = Request { at_ms: 7, cmd };
-        let a = apply_request(&self.db, self.counters, &self.space, &req).unwrap();
-        self.db.write(a.batch).unwrap();
+        let a = apply_request(
+            &self.db,
+            &Pending::default(),
+            self.counters,
+            &self.space,
+            &req,
+        )
+        .unwrap();
+        self.db.write(a.writes.batch(&self.db)).unwrap();
         self.counters = a.counters;
         self.space = a.space;
         (a.response, a.events)

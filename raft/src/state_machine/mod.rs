@@ -3,6 +3,7 @@
 //! installs snapshots. It never reads a clock.
 
 mod apply;
+mod pending;
 mod read;
 mod snapshot;
 mod space;
@@ -16,12 +17,12 @@ use std::sync::Mutex;
 
 use futures::Stream;
 use futures::TryStreamExt;
+use openraft::storage::ApplyResponder;
 use openraft::storage::EntryResponder;
 use openraft::storage::RaftSnapshotBuilder;
 use openraft::storage::RaftStateMachine;
 use openraft::EntryPayload;
 use openraft::OptionalSend;
-use rocksdb::WriteBatch;
 use rocksdb::DB;
 use tokio::sync::broadcast;
 
@@ -29,6 +30,8 @@ pub(crate) use self::apply::Counters;
 pub use self::apply::LeaseRecord;
 pub(crate) use self::apply::HISTORY_REVISIONS;
 pub(crate) use self::apply::KEY_COUNTERS;
+use self::pending::Pending;
+use self::pending::Writes;
 pub(crate) use self::read::scan;
 pub(crate) use self::read::View;
 pub use self::snapshot::SnapshotFile;
@@ -50,6 +53,10 @@ use crate::types::LogId;
 use crate::types::SnapshotMeta;
 use crate::types::StoredMembership;
 use crate::types::TypeConfig;
+
+/// Past this many bytes of keys and values, the entries applied so far in one `apply()` call
+/// are written before the next one (a replay after a restart applies thousands at once).
+const FLUSH_BYTES: usize = 16 << 20;
 
 /// The changes one entry made, all at one revision. An empty `events` list with a revision
 /// ahead of the watcher means "re-read history up to here" (a snapshot was installed).
@@ -145,11 +152,102 @@ impl StateMachine {
         Ok(())
     }
 
-    fn set_space(&mut self, space: Space) {
-        if space != self.space {
-            *self.shared.space.lock().expect("space") = space.clone();
-            self.space = space;
+    /// Shows readers the space record apply has reached (once it is written).
+    fn publish_space(&self) {
+        let mut shared = self.shared.space.lock().expect("space");
+        if *shared != self.space {
+            *shared = self.space.clone();
         }
+    }
+
+    /// Applies one entry on top of RocksDB and the writes `pending` before it; its writes join
+    /// them. What it did is published once they are written (`flush`).
+    fn apply_entry(
+        &mut self,
+        pending: &mut Pending,
+        entry: &crate::types::Entry,
+    ) -> io::Result<Done> {
+        let mut writes = Writes::default();
+        let (response, events, leases) = match &entry.payload {
+            EntryPayload::Blank => (empty(self.counters), vec![], None),
+            EntryPayload::Normal(req) => {
+                let applied =
+                    apply::apply_request(&self.db, pending, self.counters, &self.space, req)?;
+                self.counters = applied.counters;
+                self.space = applied.space;
+                writes = applied.writes;
+                (applied.response, applied.events, Some(applied.leases))
+            }
+            EntryPayload::Membership(m) => {
+                let stored = StoredMembership::new(Some(entry.log_id), m.clone());
+                writes.put(CF_SM, apply::KEY_MEMBERSHIP, codec::encode(&stored)?);
+                // Ids are never reused: the allocator stays above every id ever a member.
+                let max_id = m.nodes().map(|(id, _)| *id).max().unwrap_or(0);
+                if self.counters.next_member <= max_id {
+                    self.counters.next_member = max_id + 1;
+                    writes.put(CF_SM, KEY_COUNTERS, codec::encode(&self.counters)?);
+                }
+                // A manager that left no longer holds the cluster to its quota.
+                let mut space = self.space.clone();
+                space.retain_members(|id| m.get_node(&id).is_some());
+                if space != self.space {
+                    writes.put(CF_SM, space::KEY_SPACE, codec::encode(&space)?);
+                    self.space = space;
+                }
+                (empty(self.counters), vec![], None)
+            }
+        };
+        pending.add(&self.db, writes);
+        Ok(Done {
+            revision: self.counters.revision,
+            response,
+            events,
+            leases,
+        })
+    }
+
+    /// Writes what `pending` holds with `applied` as the last applied log id, in one batch, then
+    /// publishes each entry's changes in order and answers its proposer: nothing is visible or
+    /// acknowledged before it is written. Not synced: the log entries it comes from are durable,
+    /// and the next synced write shares this WAL (see db.rs); after a crash, openraft applies
+    /// again from the applied log id written here.
+    fn flush(
+        &mut self,
+        pending: &mut Pending,
+        applied: LogId,
+        done: &mut Vec<(Done, Option<ApplyResponder<TypeConfig>>)>,
+    ) -> io::Result<()> {
+        let mut last = Writes::default();
+        last.put(CF_SM, apply::KEY_APPLIED, codec::encode(&Some(applied))?);
+        pending.add(&self.db, last);
+        self.db.write(pending.take()).map_err(io_err)?;
+        self.publish_space();
+        for (d, responder) in done.drain(..) {
+            if let Some(changes) = d.leases {
+                let mut table = self.shared.leases.lock().expect("lease table");
+                for rec in changes.granted {
+                    table.insert(rec.id, rec);
+                }
+                for id in changes.revoked {
+                    table.remove(&id);
+                }
+            }
+            if !d.events.is_empty() {
+                if let Some(observer) = &self.observer {
+                    observer.applied(d.revision, &d.events);
+                }
+                self.shared.revision.store(d.revision, Ordering::Release);
+                // No receiver is fine: nobody is watching.
+                let _ = self.shared.events.send(Arc::new(RevisionEvents {
+                    revision: d.revision,
+                    events: d.events,
+                }));
+            }
+            if let Some(responder) = responder {
+                responder.send(d.response);
+            }
+        }
+        Ok(())
     }
 
     /// Re-reads everything cached in memory after the stored state was replaced.
@@ -201,79 +299,28 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Ok((applied, membership))
     }
 
+    /// Applies the entries as one RocksDB write batch (cut into several only past
+    /// `FLUSH_BYTES`): each entry reads through the writes of those before it, and every
+    /// answer waits for the batch to be written.
     async fn apply<S>(&mut self, mut entries: S) -> Result<(), io::Error>
     where
         S: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
     {
-        let db = self.db.clone();
-        let sm_cf = db.cf_handle(CF_SM).expect("cf sm");
+        let mut pending = Pending::default();
+        let mut done = Vec::new();
+        let mut last = None;
         while let Some((entry, responder)) = entries.try_next().await? {
-            let log_id = entry.log_id;
-            let (mut batch, response, events, leases) = match &entry.payload {
-                EntryPayload::Blank => (WriteBatch::default(), empty(self.counters), vec![], None),
-                EntryPayload::Normal(req) => {
-                    let applied = apply::apply_request(&self.db, self.counters, &self.space, req)?;
-                    self.counters = applied.counters;
-                    self.set_space(applied.space);
-                    (
-                        applied.batch,
-                        applied.response,
-                        applied.events,
-                        Some(applied.leases),
-                    )
-                }
-                EntryPayload::Membership(m) => {
-                    let mut batch = WriteBatch::default();
-                    let stored = StoredMembership::new(Some(log_id), m.clone());
-                    batch.put_cf(sm_cf, apply::KEY_MEMBERSHIP, codec::encode(&stored)?);
-                    // Ids are never reused: the allocator stays above every id ever a member.
-                    let max_id = m.nodes().map(|(id, _)| *id).max().unwrap_or(0);
-                    if self.counters.next_member <= max_id {
-                        self.counters.next_member = max_id + 1;
-                        batch.put_cf(sm_cf, KEY_COUNTERS, codec::encode(&self.counters)?);
-                    }
-                    // A manager that left no longer holds the cluster to its quota.
-                    let mut space = self.space.clone();
-                    space.retain_members(|id| m.get_node(&id).is_some());
-                    if space != self.space {
-                        batch.put_cf(sm_cf, space::KEY_SPACE, codec::encode(&space)?);
-                        self.set_space(space);
-                    }
-                    (batch, empty(self.counters), vec![], None)
-                }
-            };
-            batch.put_cf(sm_cf, apply::KEY_APPLIED, codec::encode(&Some(log_id))?);
-            // Not synced: the log entry it comes from is durable, and the next synced write
-            // shares this WAL. See db.rs.
-            self.db.write(batch).map_err(io_err)?;
-
-            if let Some(changes) = leases {
-                let mut table = self.shared.leases.lock().expect("lease table");
-                for rec in changes.granted {
-                    table.insert(rec.id, rec);
-                }
-                for id in changes.revoked {
-                    table.remove(&id);
-                }
-            }
-            if !events.is_empty() {
-                if let Some(observer) = &self.observer {
-                    observer.applied(self.counters.revision, &events);
-                }
-                self.shared
-                    .revision
-                    .store(self.counters.revision, Ordering::Release);
-                // No receiver is fine: nobody is watching.
-                let _ = self.shared.events.send(Arc::new(RevisionEvents {
-                    revision: self.counters.revision,
-                    events,
-                }));
-            }
-            if let Some(responder) = responder {
-                responder.send(response);
+            let d = self.apply_entry(&mut pending, &entry)?;
+            done.push((d, responder));
+            last = Some(entry.log_id);
+            if pending.bytes() >= FLUSH_BYTES {
+                self.flush(&mut pending, entry.log_id, &mut done)?;
             }
         }
-        Ok(())
+        match last {
+            Some(log_id) if !done.is_empty() => self.flush(&mut pending, log_id, &mut done),
+            _ => Ok(()),
+        }
     }
 
     async fn try_create_snapshot_builder(&mut self, _force: bool) -> Option<Self::SnapshotBuilder> {
@@ -330,6 +377,16 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             other => other,
         }
     }
+}
+
+/// What one applied entry did, kept until its batch is written.
+struct Done {
+    /// The store's revision once the entry applied.
+    revision: u64,
+    response: Response,
+    /// Its changes, at `revision` (empty: it changed no key).
+    events: Vec<Event>,
+    leases: Option<apply::LeaseChanges>,
 }
 
 fn empty(c: Counters) -> Response {

@@ -14,6 +14,7 @@ use crate::db::prefix_end;
 use crate::db::CF_KV;
 
 /// Reads one key's record (stored without its key).
+#[cfg(test)]
 pub(crate) fn read_kv(db: &DB, key: &[u8]) -> io::Result<Option<KeyValue>> {
     View::live(db).get_kv(key)
 }

@@ -479,9 +479,10 @@ mod tests {
                     ..Default::default()
                 }),
             };
-            let a = apply::apply_request(&db, counters, &space, &req).unwrap();
+            let pending = crate::state_machine::pending::Pending::default();
+            let a = apply::apply_request(&db, &pending, counters, &space, &req).unwrap();
             (counters, space) = (a.counters, a.space);
-            db.write(a.batch).unwrap();
+            db.write(a.writes.batch(&db)).unwrap();
         }
         let applied = Some(LogId::new(
             LeaderId {
