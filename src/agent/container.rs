@@ -3,7 +3,7 @@
 
 use std::net::IpAddr;
 
-use super::runtime::{ContainerSpec, Owner, PortSpec};
+use crate::engine::{ContainerSpec, Owner, PortSpec};
 use crate::model::{Service, Task};
 
 /// `<service>.<slot>.<first 8 characters of the task id>`: a replacement in the same slot never

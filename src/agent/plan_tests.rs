@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, HashSet};
 
 use super::*;
-use crate::agent::runtime::Owner;
+use crate::engine::Owner;
 use crate::model::PublishedPort;
 
 const NODE: &str = "node1";

@@ -1,4 +1,4 @@
-//! What the agent asks Docker to run: a `ContainerSpec` and its translation into Docker's create body.
+//! What shoal asks Docker to run: a `ContainerSpec` and its translation into Docker's create body.
 //! The only place that decides which labels and environment every shoal container carries.
 
 use std::collections::{BTreeMap, HashMap};
@@ -8,13 +8,13 @@ use bollard::models::{ContainerCreateBody, HealthConfig, HostConfig, PortBinding
 
 use super::error::RuntimeError;
 use super::restart;
-use crate::model::{HealthCheck, RestartPolicy};
+use crate::model::{HealthCheck, Protocol, RestartPolicy};
 
-pub const TASK_LABEL: &str = "shoal.task";
-pub const SERVICE_LABEL: &str = "shoal.service";
-pub const NODE_LABEL: &str = "shoal.node";
+pub(crate) const TASK_LABEL: &str = "shoal.task";
+pub(crate) const SERVICE_LABEL: &str = "shoal.service";
+pub(crate) const NODE_LABEL: &str = "shoal.node";
 /// On the networks an agent creates for cluster containers (`<project>_default`...).
-pub const NETWORK_LABEL: &str = "shoal.network";
+pub(crate) const NETWORK_LABEL: &str = "shoal.network";
 
 /// The task a container runs for. Written on the container as labels (so an agent can reconcile after a
 /// restart) and into its environment as `SHOAL_TASK`, `SHOAL_SERVICE`, `SHOAL_NODE`.
@@ -27,7 +27,7 @@ pub struct Owner {
 
 impl Owner {
     /// The owner recorded on a container, if it carries all three labels.
-    pub fn from_labels(labels: &BTreeMap<String, String>) -> Option<Owner> {
+    pub(crate) fn from_labels(labels: &BTreeMap<String, String>) -> Option<Owner> {
         Some(Owner {
             task: labels.get(TASK_LABEL)?.clone(),
             service: labels.get(SERVICE_LABEL)?.clone(),
@@ -52,9 +52,6 @@ fn is_user_network(name: &str) -> bool {
     !matches!(name, "" | "default" | "bridge" | "host" | "none") && !name.starts_with("container:")
 }
 
-/// The runtime publishes ports with the model's protocol type.
-pub use crate::model::Protocol;
-
 /// A container port published on the host. `host_port` 0 lets Docker pick a free port; `host_ip` None
 /// publishes on every address (agents sharing one engine each pass their own 127.0.0.x).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,7 +74,7 @@ impl PortSpec {
 
     /// A service's published port (`model::PortSpec`: no host port means an ephemeral one), bound to
     /// `host_ip`.
-    pub fn from_model(port: &crate::model::PortSpec, host_ip: Option<IpAddr>) -> PortSpec {
+    pub(crate) fn from_model(port: &crate::model::PortSpec, host_ip: Option<IpAddr>) -> PortSpec {
         PortSpec {
             container_port: port.container_port,
             host_port: port.host_port.unwrap_or(0),

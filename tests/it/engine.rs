@@ -1,11 +1,11 @@
-//! The agent's container runtime against the real Docker engine, with the `shoal/whoami` image the repo
-//! builds itself (`deploy/images/build`, run once per test binary). Each test owns a unique node id and
-//! force-removes every container labelled with it when it ends, passed or not.
+//! The Docker engine module (`shoal::engine`) against the real Docker engine, with the `shoal/whoami`
+//! image the repo builds itself (`deploy/images/build`, run once per test binary). Each test owns a
+//! unique node id and force-removes every container labelled with it when it ends, passed or not.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use shoal::agent::{ContainerSpec, ContainerState, DockerRuntime, Owner, PortSpec, RuntimeError};
+use shoal::engine::{ContainerSpec, ContainerState, DockerRuntime, Owner, PortSpec, RuntimeError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{sleep, Instant};
