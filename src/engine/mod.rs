@@ -11,5 +11,5 @@ mod status;
 
 pub use error::RuntimeError;
 pub use runtime::DockerRuntime;
-pub use spec::{ContainerSpec, Owner, PortSpec};
+pub use spec::{ContainerSpec, Owner};
 pub use status::{ContainerInfo, ContainerState, EngineInfo};
