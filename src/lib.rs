@@ -9,6 +9,7 @@ pub mod client;
 pub mod config;
 pub mod dev;
 pub mod duration;
+pub mod engine;
 pub mod host;
 pub mod manager;
 pub mod metrics;

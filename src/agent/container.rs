@@ -3,7 +3,7 @@
 
 use std::net::IpAddr;
 
-use super::runtime::{ContainerSpec, Owner, PortSpec};
+use crate::engine::{ContainerSpec, Owner};
 use crate::model::{Service, Task};
 
 /// `<service>.<slot>.<first 8 characters of the task id>`: a replacement in the same slot never
@@ -37,11 +37,8 @@ pub(crate) fn spec(
         })
         .collect();
     spec.labels = service.labels.clone();
-    spec.ports = service
-        .ports
-        .iter()
-        .map(|p| PortSpec::from_model(p, Some(host_ip)))
-        .collect();
+    spec.ports = service.ports.clone();
+    spec.host_ip = Some(host_ip);
     spec.restart = service.restart;
     spec.health = service.health.clone();
     let limit = |v: u64| (v != 0).then(|| i64::try_from(v).unwrap_or(i64::MAX));
@@ -50,7 +47,6 @@ pub(crate) fn spec(
     if let Some(container) = &service.container {
         spec.base = Some(container.config.clone());
         spec.alias = Some(service.name.clone());
-        spec.host_ip = Some(host_ip);
     }
     spec
 }
@@ -103,14 +99,18 @@ mod tests {
             BTreeMap::from([("interlock.hostname".to_string(), "web".to_string())])
         );
         assert_eq!(spec.ports.len(), 2);
-        assert!(spec.ports.iter().all(|p| p.host_ip == Some(ip)));
+        assert_eq!(
+            spec.host_ip,
+            Some(ip),
+            "every port is published on the node's address"
+        );
         assert_eq!(
             (spec.ports[0].container_port, spec.ports[0].host_port),
-            (80, 0)
+            (80, None)
         );
         assert_eq!(
             (spec.ports[1].host_port, spec.ports[1].protocol),
-            (5353, Protocol::Udp)
+            (Some(5353), Protocol::Udp)
         );
         assert_eq!(spec.restart, RestartPolicy::OnFailure { max: Some(3) });
         assert_eq!((spec.memory_bytes, spec.nano_cpus), (None, None));

@@ -59,7 +59,7 @@ enum Upstream {
 
 impl Upstream {
     /// `unix:///path`, a bare socket path, `tcp://host:port` or `http://host:port`; None: the local
-    /// socket (the URLs `DockerRuntime::connect` takes).
+    /// socket (the URLs `engine::DockerRuntime::connect` takes).
     fn parse(url: Option<&str>) -> Result<Upstream, AgentError> {
         let Some(url) = url else {
             return Ok(Upstream::Unix(DEFAULT_SOCKET.into()));

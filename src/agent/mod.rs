@@ -6,13 +6,12 @@
 
 mod backoff;
 mod container;
-mod engine;
 mod engine_proxy;
+mod engine_watch;
 mod error;
 mod follow;
 mod node_id;
 mod plan;
-mod runtime;
 mod session;
 mod tasks;
 mod throttle;
@@ -28,10 +27,6 @@ use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinSet;
 
 pub use error::AgentError;
-pub use runtime::{
-    ContainerInfo, ContainerSpec, ContainerState, DockerRuntime, EngineInfo, Owner, PortSpec,
-    Protocol, RuntimeError, NODE_LABEL, SERVICE_LABEL, TASK_LABEL,
-};
 
 /// Everything `shoal agent` is started with.
 #[derive(Debug, Clone)]
@@ -132,7 +127,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> any
     tracing::info!(addr = %engine_addr, "engine endpoint listening");
 
     let (docker, engine) = tokio::select! {
-        ready = engine::wait_for_engine(config.docker.as_deref()) => ready,
+        ready = engine_watch::wait_for_engine(config.docker.as_deref()) => ready,
         () = &mut shutdown => return Ok(()),
     };
     match docker.adopt(&node_id).await {
@@ -179,8 +174,8 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> any
         Some(tls_dir),
         sans,
     ));
-    background.spawn(engine::poll_images(docker.clone(), engine_tx));
-    background.spawn(engine::watch_events(
+    background.spawn(engine_watch::poll_images(docker.clone(), engine_tx));
+    background.spawn(engine_watch::watch_events(
         docker.clone(),
         node_id.clone(),
         wake.clone(),

@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use super::container;
-use super::runtime::{ContainerInfo, ContainerSpec, ContainerState};
+use crate::engine::{ContainerInfo, ContainerSpec, ContainerState};
 use crate::model::{Health, Service, Task, TaskState, TaskStatus};
 
 /// One task of the node's assignment set, with its service (None if the service is gone).

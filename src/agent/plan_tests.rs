@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, HashSet};
 
 use super::*;
-use crate::agent::runtime::Owner;
+use crate::engine::Owner;
 use crate::model::PublishedPort;
 
 const NODE: &str = "node1";
@@ -135,7 +135,7 @@ fn an_assigned_task_is_accepted_and_started_with_its_spec() {
     assert_eq!((task.as_str(), *accept), ("t1", true));
     assert_eq!(spec.name, "web.1.t1");
     assert_eq!(spec.owner.node, NODE);
-    assert_eq!(spec.ports[0].host_ip, Some(node().host_ip));
+    assert_eq!(spec.host_ip, Some(node().host_ip));
 }
 
 #[test]

@@ -23,8 +23,8 @@ use super::backoff::Backoff;
 use super::error::AgentError;
 use super::follow::{Follow, Next};
 use super::plan::Assignment;
-use super::runtime::EngineInfo;
 use super::throttle::Throttle;
+use crate::engine::EngineInfo;
 use crate::model::{Service, Task, TaskStatus};
 
 /// Metadata key in a non-leader's UNAVAILABLE answer: the leader's gRPC address, or empty.

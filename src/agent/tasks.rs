@@ -14,9 +14,9 @@ use tokio::task::JoinSet;
 use tokio::time::{sleep, Instant};
 
 use super::plan::{self, Action, Node, Observed};
-use super::runtime::{ContainerSpec, DockerRuntime, RuntimeError};
 use super::session::Assignments;
 use super::throttle::Throttle;
+use crate::engine::{ContainerSpec, DockerRuntime, RuntimeError};
 use crate::metrics::families::AGENT_ENGINE_ERRORS as ENGINE_ERRORS;
 use crate::model::{Health, PublishedPort, TaskState, TaskStatus};
 

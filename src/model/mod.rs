@@ -27,12 +27,12 @@ pub use self::node::{
     OPERATOR_LABEL_PREFIX,
 };
 pub use self::placement::Placement;
-pub use self::port::{PortSpec, Protocol};
+pub use self::port::{PortSpec, Protocol, PublishedPort};
 pub use self::proxy::{Balance, ProxyConfig, ProxyHost, ProxyModel, ProxyStatus, Upstream};
 pub use self::service::{
     check_image, check_service_name, Reservations, RestartPolicy, Service, DEFAULT_STOP_GRACE_MS,
 };
-pub use self::task::{PublishedPort, Task, TaskStatus};
+pub use self::task::{Task, TaskStatus};
 pub use self::task_state::{Actor, TaskState};
 pub use self::update::{
     parse_failure_ratio, FailureAction, UpdateOrder, UpdatePolicy, UpdateState, UpdateStatus,

@@ -1,5 +1,6 @@
-//! Published ports as `-p` spells them: `80`, `8080:80`, `8080:80/udp`. Only the engine picks
-//! an ephemeral host port; a fixed one is a placement rule (one per node and protocol).
+//! Published ports: as a service asks for them (`PortSpec`, spelled as `-p` spells them: `80`,
+//! `8080:80`, `8080:80/udp`) and as the engine published them (`PublishedPort`). Only the engine
+//! picks an ephemeral host port; a fixed one is a placement rule (one per node and protocol).
 
 use std::fmt;
 use std::str::FromStr;
@@ -35,6 +36,18 @@ pub struct PortSpec {
     pub protocol: Protocol,
     #[serde(default)]
     pub host_port: Option<u16>,
+}
+
+/// A port the engine actually published for a task's container, as the agent observed it (an
+/// ephemeral host port resolved): the observed side of a `PortSpec`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublishedPort {
+    pub container_port: u16,
+    #[serde(default)]
+    pub protocol: Protocol,
+    #[serde(default)]
+    pub host_ip: String,
+    pub host_port: u16,
 }
 
 impl FromStr for PortSpec {

@@ -5,19 +5,8 @@ use serde::{Deserialize, Serialize};
 
 use super::error::ModelError;
 use super::health::Health;
-use super::port::Protocol;
+use super::port::PublishedPort;
 use super::task_state::{Actor, TaskState};
-
-/// A port the engine actually published for the task's container.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PublishedPort {
-    pub container_port: u16,
-    #[serde(default)]
-    pub protocol: Protocol,
-    #[serde(default)]
-    pub host_ip: String,
-    pub host_port: u16,
-}
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Task {
@@ -159,6 +148,7 @@ impl Task {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::Protocol;
 
     #[test]
     fn json_round_trip() {

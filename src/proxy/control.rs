@@ -14,7 +14,7 @@ use tokio::sync::OnceCell;
 
 use super::error::{one_line, ApplyError};
 use super::render::ProxyKind;
-use crate::agent::{DockerRuntime, RuntimeError};
+use crate::engine::{DockerRuntime, RuntimeError};
 
 /// Bound on `nginx -t` / `haproxy -c`.
 const VALIDATE_TIMEOUT: Duration = Duration::from_secs(30);

@@ -12,7 +12,7 @@ mod deploy;
 mod dev;
 mod docker_api;
 mod docker_policy;
-mod docker_runtime;
+mod engine;
 mod engine_proxy;
 mod failover;
 mod fleet;

@@ -1,11 +1,7 @@
-//! The agent's container runtime: the local Docker engine through bollard. Creates, inspects, stops and
-//! removes the containers of this node's tasks and finds them again by label after a restart. It never
-//! decides what should run; the agent's task loop does.
-
-mod error;
-mod restart;
-mod spec;
-mod status;
+//! `DockerRuntime`, a handle on one Docker engine: creates and starts a `ContainerSpec`, inspects,
+//! signals, stops and removes containers, lists a node's containers by label after a restart, and
+//! reads the engine's version, resources, images and events. It never decides what should run; the
+//! agent's task loop does.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -18,12 +14,9 @@ use bollard::query_parameters::{
 use bollard::Docker;
 use futures::{Stream, StreamExt};
 
-use error::engine_status;
-pub use error::RuntimeError;
-pub use spec::{
-    ContainerSpec, Owner, PortSpec, Protocol, NETWORK_LABEL, NODE_LABEL, SERVICE_LABEL, TASK_LABEL,
-};
-pub use status::{ContainerInfo, ContainerState, EngineInfo};
+use super::error::{engine_status, RuntimeError};
+use super::spec::{ContainerSpec, NETWORK_LABEL, NODE_LABEL};
+use super::status::{ContainerInfo, EngineInfo};
 
 /// bollard's default for every request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
@@ -54,7 +47,7 @@ impl DockerRuntime {
         Ok(DockerRuntime { docker, endpoint })
     }
 
-    pub fn endpoint(&self) -> &str {
+    pub(crate) fn endpoint(&self) -> &str {
         &self.endpoint
     }
 
@@ -98,7 +91,7 @@ impl DockerRuntime {
     }
 
     /// `repo:tag` of every tagged image present, sorted: what the scheduler's image filter needs.
-    pub async fn images(&self) -> Result<Vec<String>, RuntimeError> {
+    pub(crate) async fn images(&self) -> Result<Vec<String>, RuntimeError> {
         let options = ListImagesOptionsBuilder::new().build();
         let listed = self
             .docker
@@ -117,7 +110,7 @@ impl DockerRuntime {
 
     /// The engine's events about node `node`'s containers (`start`, `die`, `oom`, `destroy`, ...), as
     /// their action names. The stream ends, or yields an error, when the engine goes away.
-    pub fn container_events(
+    pub(crate) fn container_events(
         &self,
         node: &str,
     ) -> impl Stream<Item = Result<String, RuntimeError>> + Send + 'static {
@@ -129,7 +122,7 @@ impl DockerRuntime {
 
     /// The engine's image events (`pull`, `load`, `tag`, `untag`, `delete`, ...), as their action
     /// names; ends, or yields an error, when the engine goes away.
-    pub fn image_events(
+    pub(crate) fn image_events(
         &self,
     ) -> impl Stream<Item = Result<String, RuntimeError>> + Send + 'static {
         self.events(HashMap::from([("type", vec!["image".to_string()])]))
@@ -300,7 +293,7 @@ impl DockerRuntime {
 
     /// Sends `signal` (`SIGHUP`, `SIGUSR2`...) to a running container's main process: how `shoal proxy`
     /// reloads an nginx or haproxy that runs in a container, as the seed's Interlock did.
-    pub async fn signal(&self, container: &str, signal: &str) -> Result<(), RuntimeError> {
+    pub(crate) async fn signal(&self, container: &str, signal: &str) -> Result<(), RuntimeError> {
         let options = KillContainerOptionsBuilder::new().signal(signal).build();
         let sent = self.docker.kill_container(container, Some(options)).await;
         sent.map_err(RuntimeError::on("signal", container))
@@ -322,7 +315,11 @@ impl DockerRuntime {
     }
 
     /// Every container, running or not, labelled `key=value`, inspected; sorted by name.
-    pub async fn list(&self, key: &str, value: &str) -> Result<Vec<ContainerInfo>, RuntimeError> {
+    pub(crate) async fn list(
+        &self,
+        key: &str,
+        value: &str,
+    ) -> Result<Vec<ContainerInfo>, RuntimeError> {
         let filters = HashMap::from([("label", vec![format!("{key}={value}")])]);
         let options = ListContainersOptionsBuilder::new()
             .all(true)

@@ -1,6 +1,6 @@
 //! The agent's watch on its Docker engine: waits for it at startup, re-lists its images for the
-//! heartbeats when they change, and turns its container events into wake-ups for the task runner. A stopped engine is
-//! waited for and logged once, never an error.
+//! heartbeats when they change, and turns its container events into wake-ups for the task runner.
+//! A stopped engine is waited for and logged once, never an error.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,8 +9,8 @@ use futures::StreamExt;
 use tokio::sync::{watch, Notify};
 use tokio::time::sleep;
 
-use super::runtime::{DockerRuntime, EngineInfo};
 use super::throttle::Throttle;
+use crate::engine::{DockerRuntime, EngineInfo, RuntimeError};
 
 /// Between attempts to reach a stopped engine.
 const RETRY: Duration = Duration::from_secs(1);
@@ -27,7 +27,7 @@ pub(crate) async fn wait_for_engine(url: Option<&str>) -> (DockerRuntime, Engine
         let attempt = async {
             let docker = DockerRuntime::connect(url).await?;
             let info = docker.engine_info().await?;
-            Ok::<_, super::runtime::RuntimeError>((docker, info))
+            Ok::<_, RuntimeError>((docker, info))
         };
         match attempt.await {
             Ok((docker, info)) => {

@@ -1,6 +1,7 @@
-//! Errors of the agent's container runtime: each names the engine, container or image it concerns.
-//! The variants a caller acts on (missing image, name or port conflict, no such container) are distinct;
-//! everything else from Docker keeps the operation and container it failed on.
+//! Errors of the Docker engine boundary (`crate::engine`): each names the engine, container or
+//! image it concerns. The variants a caller acts on (missing image, name or port conflict, no such
+//! container) are distinct; everything else from Docker keeps the operation and container it
+//! failed on.
 
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {

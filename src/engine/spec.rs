@@ -1,4 +1,4 @@
-//! What the agent asks Docker to run: a `ContainerSpec` and its translation into Docker's create body.
+//! What shoal asks Docker to run: a `ContainerSpec` and its translation into Docker's create body.
 //! The only place that decides which labels and environment every shoal container carries.
 
 use std::collections::{BTreeMap, HashMap};
@@ -8,13 +8,13 @@ use bollard::models::{ContainerCreateBody, HealthConfig, HostConfig, PortBinding
 
 use super::error::RuntimeError;
 use super::restart;
-use crate::model::{HealthCheck, RestartPolicy};
+use crate::model::{HealthCheck, PortSpec, RestartPolicy};
 
-pub const TASK_LABEL: &str = "shoal.task";
-pub const SERVICE_LABEL: &str = "shoal.service";
-pub const NODE_LABEL: &str = "shoal.node";
+pub(crate) const TASK_LABEL: &str = "shoal.task";
+pub(crate) const SERVICE_LABEL: &str = "shoal.service";
+pub(crate) const NODE_LABEL: &str = "shoal.node";
 /// On the networks an agent creates for cluster containers (`<project>_default`...).
-pub const NETWORK_LABEL: &str = "shoal.network";
+pub(crate) const NETWORK_LABEL: &str = "shoal.network";
 
 /// The task a container runs for. Written on the container as labels (so an agent can reconcile after a
 /// restart) and into its environment as `SHOAL_TASK`, `SHOAL_SERVICE`, `SHOAL_NODE`.
@@ -27,7 +27,7 @@ pub struct Owner {
 
 impl Owner {
     /// The owner recorded on a container, if it carries all three labels.
-    pub fn from_labels(labels: &BTreeMap<String, String>) -> Option<Owner> {
+    pub(crate) fn from_labels(labels: &BTreeMap<String, String>) -> Option<Owner> {
         Some(Owner {
             task: labels.get(TASK_LABEL)?.clone(),
             service: labels.get(SERVICE_LABEL)?.clone(),
@@ -52,41 +52,6 @@ fn is_user_network(name: &str) -> bool {
     !matches!(name, "" | "default" | "bridge" | "host" | "none") && !name.starts_with("container:")
 }
 
-/// The runtime publishes ports with the model's protocol type.
-pub use crate::model::Protocol;
-
-/// A container port published on the host. `host_port` 0 lets Docker pick a free port; `host_ip` None
-/// publishes on every address (agents sharing one engine each pass their own 127.0.0.x).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PortSpec {
-    pub container_port: u16,
-    pub host_port: u16,
-    pub host_ip: Option<IpAddr>,
-    pub protocol: Protocol,
-}
-
-impl PortSpec {
-    pub fn tcp(container_port: u16, host_port: u16) -> PortSpec {
-        PortSpec {
-            container_port,
-            host_port,
-            host_ip: None,
-            protocol: Protocol::Tcp,
-        }
-    }
-
-    /// A service's published port (`model::PortSpec`: no host port means an ephemeral one), bound to
-    /// `host_ip`.
-    pub fn from_model(port: &crate::model::PortSpec, host_ip: Option<IpAddr>) -> PortSpec {
-        PortSpec {
-            container_port: port.container_port,
-            host_port: port.host_port.unwrap_or(0),
-            host_ip,
-            protocol: port.protocol,
-        }
-    }
-}
-
 /// One container to create and start. `cmd` empty keeps the image's default command.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ContainerSpec {
@@ -96,6 +61,8 @@ pub struct ContainerSpec {
     pub cmd: Vec<String>,
     pub env: Vec<(String, String)>,
     pub labels: BTreeMap<String, String>,
+    /// Published ports, as a service has them (no host port: an ephemeral one), bound to
+    /// `host_ip`.
     pub ports: Vec<PortSpec>,
     pub restart: RestartPolicy,
     pub memory_bytes: Option<i64>,
@@ -110,7 +77,9 @@ pub struct ContainerSpec {
     /// A network alias on every user-defined network (the container's cluster name, so that
     /// other containers resolve it as with Docker).
     pub alias: Option<String>,
-    /// Where unbound published ports of `base` are bound (the node's address).
+    /// Where the published ports are bound: the node's address (agents sharing one engine each
+    /// pass their own 127.0.0.x); None: every address. Of `base`'s ports, only those its client
+    /// left unbound.
     pub host_ip: Option<IpAddr>,
 }
 
@@ -150,9 +119,10 @@ impl ContainerSpec {
         }
         let mut bindings: HashMap<String, Option<Vec<PortBinding>>> = HashMap::new();
         for p in &self.ports {
+            // No host port (or 0) lets Docker pick a free one.
             let binding = PortBinding {
-                host_ip: p.host_ip.map(|ip| ip.to_string()),
-                host_port: (p.host_port != 0).then(|| p.host_port.to_string()),
+                host_ip: self.host_ip.map(|ip| ip.to_string()),
+                host_port: p.host_port.filter(|&n| n != 0).map(|n| n.to_string()),
             };
             let key = format!("{}/{}", p.container_port, p.protocol);
             bindings

@@ -1,11 +1,11 @@
-//! The agent's container runtime against the real Docker engine, with the `shoal/whoami` image the repo
-//! builds itself (`deploy/images/build`, run once per test binary). Each test owns a unique node id and
-//! force-removes every container labelled with it when it ends, passed or not.
+//! The Docker engine module (`shoal::engine`) against the real Docker engine, with the `shoal/whoami`
+//! image the repo builds itself (`deploy/images/build`, run once per test binary). Each test owns a
+//! unique node id and force-removes every container labelled with it when it ends, passed or not.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use shoal::agent::{ContainerSpec, ContainerState, DockerRuntime, Owner, PortSpec, RuntimeError};
+use shoal::engine::{ContainerSpec, ContainerState, DockerRuntime, Owner, RuntimeError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{sleep, Instant};
@@ -37,9 +37,8 @@ impl TestNode {
     /// A whoami container for `task`, its port 80 published on a random loopback port.
     fn whoami(&self, task: &str) -> ContainerSpec {
         let mut spec = ContainerSpec::new(format!("{}-{task}", self.id), IMAGE, self.owner(task));
-        let mut port = PortSpec::tcp(80, 0);
-        port.host_ip = Some([127, 0, 0, 1].into());
-        spec.ports.push(port);
+        spec.ports.push("80".parse().unwrap());
+        spec.host_ip = Some([127, 0, 0, 1].into());
         spec
     }
 }
@@ -198,7 +197,7 @@ async fn name_and_host_port_conflicts_are_distinct_and_leave_nothing_behind() {
 
     let taken = docker.inspect(&id).await.unwrap().host_port(80).unwrap();
     let mut spec = node.whoami("t2");
-    spec.ports[0].host_port = taken;
+    spec.ports[0].host_port = Some(taken);
     let err = docker.create_and_start(&spec).await.unwrap_err();
     assert!(matches!(err, RuntimeError::PortConflict { .. }), "{err:?}");
     let tasks: Vec<_> = docker

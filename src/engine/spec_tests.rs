@@ -32,20 +32,21 @@ fn restart_policies_map_to_docker_names() {
 
 #[test]
 fn model_ports_publish_on_the_given_address() {
-    let ip = Some("127.0.0.3".parse().unwrap());
-    let ephemeral: crate::model::PortSpec = "80".parse().unwrap();
-    let fixed: crate::model::PortSpec = "5353:53/udp".parse().unwrap();
+    let mut spec = ContainerSpec::new("c1", "img", owner());
+    spec.ports = vec!["80".parse().unwrap(), "5353:53/udp".parse().unwrap()];
+    spec.host_ip = Some("127.0.0.3".parse().unwrap());
+    let body = spec.to_create_body().unwrap();
+    let bindings = body.host_config.unwrap().port_bindings.unwrap();
+    let ephemeral = &bindings["80/tcp"].as_ref().unwrap()[0];
     assert_eq!(
-        PortSpec::from_model(&ephemeral, ip),
-        PortSpec {
-            container_port: 80,
-            host_port: 0,
-            host_ip: ip,
-            protocol: Protocol::Tcp
-        }
+        (ephemeral.host_ip.as_deref(), ephemeral.host_port.as_deref()),
+        (Some("127.0.0.3"), None)
     );
-    let fixed = PortSpec::from_model(&fixed, None);
-    assert_eq!((fixed.host_port, fixed.protocol), (5353, Protocol::Udp));
+    let fixed = &bindings["53/udp"].as_ref().unwrap()[0];
+    assert_eq!(
+        (fixed.host_ip.as_deref(), fixed.host_port.as_deref()),
+        (Some("127.0.0.3"), Some("5353"))
+    );
 }
 
 #[test]
@@ -75,13 +76,8 @@ fn every_container_carries_its_owner_as_labels_and_env() {
 #[test]
 fn ports_restart_and_limits_map_to_docker() {
     let mut spec = ContainerSpec::new("c1", "img", owner());
-    spec.ports.push(PortSpec::tcp(80, 0));
-    spec.ports.push(PortSpec {
-        container_port: 53,
-        host_port: 5353,
-        host_ip: Some("127.0.0.2".parse().unwrap()),
-        protocol: Protocol::Udp,
-    });
+    spec.ports.push("80".parse().unwrap());
+    spec.ports.push("5353:53/udp".parse().unwrap());
     spec.restart = RestartPolicy::OnFailure { max: Some(2) };
     spec.memory_bytes = Some(64 << 20);
     let body = spec.to_create_body().unwrap();
@@ -96,7 +92,7 @@ fn ports_restart_and_limits_map_to_docker() {
         (None, None)
     );
     let fixed = &bindings["53/udp"].as_ref().unwrap()[0];
-    assert_eq!(fixed.host_ip.as_deref(), Some("127.0.0.2"));
+    assert_eq!(fixed.host_ip.as_deref(), None, "no address: every address");
     assert_eq!(fixed.host_port.as_deref(), Some("5353"));
     let restart = host.restart_policy.unwrap();
     assert_eq!(restart.name, Some(RestartPolicyNameEnum::ON_FAILURE));
