@@ -14,7 +14,9 @@ use shoal::dev::DevArgs;
 use shoal::manager::ManagerConfig;
 
 /// mimalloc, not glibc's malloc: with glibc, allocation and free were about a quarter of a
-/// busy leader's CPU (bench/README.md, the scale section).
+/// busy leader's CPU (bench/README.md, the scale section). The `system-allocator` feature keeps
+/// glibc's, for heap profilers that hook malloc (`heaptrack`, bench/README.md "Memory").
+#[cfg(not(feature = "system-allocator"))]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

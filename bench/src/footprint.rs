@@ -1,20 +1,20 @@
 //! `shoal-bench footprint`: what the leader's long-lived in-memory structures cost per task,
 //! built in this process from synthetic objects (no store, no network): the object index fed
 //! through `Index::apply` as the state machine feeds it, the scheduler's followed counters,
-//! and a node-by-node copy of every assigned task's JSON shaped like the dispatcher's
-//! assignment sets. Each figure is the growth of this process's resident memory (VmRSS) while
+//! and per node its assigned tasks shaped like the dispatcher's assignment sets (the index's
+//! records, shared). Each figure is the growth of this process's resident memory (VmRSS) while
 //! that structure is built and the ones before it are kept: an upper bound, since the allocator
 //! may keep freed pages.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::{bail, Result};
-use bytes::Bytes;
 use clap::Args;
 use imbl::OrdMap;
 use serde::Serialize;
 use shoal::model::{keys, Service, Task, TaskState};
-use shoal::objects::{Index, Write};
+use shoal::objects::{Index, Versioned, Write};
 use shoal::scheduler::Occupancy;
 use shoal_raft::{Event, EventKind, KeyValue};
 
@@ -157,18 +157,20 @@ pub(crate) fn run(args: FootprintArgs) -> Result<()> {
     );
     measure("scheduler counters (Occupancy)", &mut parts);
 
-    // Shaped like the dispatcher's assignment sets: per node, task id -> (revision, service
-    // id, the task's JSON).
-    let mut sets: OrdMap<String, OrdMap<String, (u64, String, Bytes)>> = OrdMap::new();
+    // Shaped like the dispatcher's assignment sets: per node, task id -> the index's own record
+    // (shared, encoded only when sent).
+    let mut sets: OrdMap<String, OrdMap<String, Arc<Versioned<Task>>>> = OrdMap::new();
     for t in view.tasks() {
         let node = t.value.node_id.clone().unwrap_or_default();
-        let json = Bytes::from(serde_json::to_vec(&t.value)?);
-        sets.entry(node).or_default().insert(
-            t.value.id.clone(),
-            (t.mod_revision, t.value.service_id.clone(), json),
-        );
+        let shared = view.shared_task(&t.value.id).expect("listed").clone();
+        sets.entry(node)
+            .or_default()
+            .insert(t.value.id.clone(), shared);
     }
-    measure("assignment sets (each task's JSON per node)", &mut parts);
+    measure(
+        "assignment sets (per node, each task's record shared with the index)",
+        &mut parts,
+    );
 
     let report = Report {
         header: Header::new("footprint", &std::env::temp_dir()),

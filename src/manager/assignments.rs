@@ -17,21 +17,34 @@ use tokio::sync::watch;
 use tonic::{Code, Status};
 
 use super::control::Leading;
-use crate::model::TaskState;
-use crate::objects::{ObjectStore, View};
+use crate::model::{Task, TaskState};
+use crate::objects::{ObjectStore, Versioned, View};
 
-/// One task of a node's set, encoded once: its mod revision, its service and its JSON.
+/// One task of a node's set: the index's own record, shared rather than copied, and encoded
+/// only when a stream sends it (a set holds a pointer per task, not a second copy of it).
 #[derive(Debug, Clone)]
-pub(crate) struct Entry {
-    pub version: u64,
-    pub service_id: String,
-    pub task: Bytes,
+pub(crate) struct Entry(Arc<Versioned<Task>>);
+
+impl Entry {
+    /// The mod revision of the task's record.
+    pub fn version(&self) -> u64 {
+        self.0.mod_revision
+    }
+
+    pub fn service_id(&self) -> &str {
+        &self.0.value.service_id
+    }
+
+    /// The task as agents receive it (JSON).
+    pub fn encode(&self) -> Bytes {
+        Bytes::from(serde_json::to_vec(&self.0.value).expect("tasks serialize"))
+    }
 }
 
-/// The mod revision says it all: two entries of one task at one revision hold the same JSON.
+/// The mod revision says it all: two entries of one task at one revision hold the same task.
 impl PartialEq for Entry {
     fn eq(&self, other: &Entry) -> bool {
-        self.version == other.version && self.service_id == other.service_id
+        self.version() == other.version() && self.service_id() == other.service_id()
     }
 }
 
@@ -59,10 +72,10 @@ impl NodeSet {
                 .tasks
                 .values()
                 .map(|e| pb::Assignment {
-                    task: e.task.clone(),
+                    task: e.encode(),
                     service: self
                         .services
-                        .get(&e.service_id)
+                        .get(e.service_id())
                         .map(|(_, json)| json.clone())
                         .unwrap_or_default(),
                 })
@@ -75,7 +88,7 @@ impl NodeSet {
     pub fn complete(&self) -> pb::AssignmentSet {
         pb::AssignmentSet {
             revision: self.revision,
-            tasks: self.tasks.values().map(|e| bare(e.task.clone())).collect(),
+            tasks: self.tasks.values().map(|e| bare(e.encode())).collect(),
             services: self.services.values().map(|(_, s)| s.clone()).collect(),
             ..Default::default()
         }
@@ -93,7 +106,7 @@ impl NodeSet {
         for d in sent.tasks.diff(&self.tasks) {
             match d {
                 DiffItem::Add(_, e) | DiffItem::Update { new: (_, e), .. } => {
-                    msg.tasks.push(bare(e.task.clone()))
+                    msg.tasks.push(bare(e.encode()))
                 }
                 DiffItem::Remove(id, _) => msg.removed.push(id.clone()),
             }
@@ -304,7 +317,9 @@ pub(crate) fn group(
             };
             for t in view.tasks_of_node(node) {
                 if t.value.state >= TaskState::Assigned {
-                    set.tasks.insert(t.value.id.clone(), entry(t));
+                    if let Some(e) = entry(view, &t.value.id) {
+                        set.tasks.insert(t.value.id.clone(), e);
+                    }
                 }
             }
             if !set.tasks.is_empty() {
@@ -351,14 +366,16 @@ pub(crate) fn group(
                         && t.value.state >= TaskState::Assigned =>
                 {
                     let old = tasks.get(&id);
-                    if old.map(|e| e.version) != Some(t.mod_revision) {
+                    if old.map(Entry::version) != Some(t.mod_revision) {
                         match old {
                             None => added.push(t.value.service_id.clone()),
-                            Some(e) if e.service_id != t.value.service_id => recount = true,
+                            Some(e) if e.service_id() != t.value.service_id => recount = true,
                             Some(_) => {}
                         }
                         touched = true;
-                        tasks.insert(id, entry(t));
+                        if let Some(e) = entry(view, &id) {
+                            tasks.insert(id, e);
+                        }
                     }
                 }
                 _ => {
@@ -399,13 +416,9 @@ pub(crate) fn group(
     out
 }
 
-/// A task's entry, its JSON encoded.
-fn entry(t: &crate::objects::Versioned<crate::model::Task>) -> Entry {
-    Entry {
-        version: t.mod_revision,
-        service_id: t.value.service_id.clone(),
-        task: Bytes::from(serde_json::to_vec(&t.value).expect("tasks serialize")),
-    }
+/// Task `id`'s entry: its record in `view`, shared.
+fn entry(view: &View, id: &str) -> Option<Entry> {
+    view.shared_task(id).cloned().map(Entry)
 }
 
 /// The services `tasks` use that exist in `view`.
@@ -414,7 +427,7 @@ fn services_of(
     view: &View,
     encoder: &mut Encoder,
 ) -> OrdMap<String, (u64, Bytes)> {
-    let ids: BTreeSet<&str> = tasks.values().map(|e| e.service_id.as_str()).collect();
+    let ids: BTreeSet<&str> = tasks.values().map(Entry::service_id).collect();
     ids.into_iter()
         .filter_map(|id| Some((id.to_string(), encoder.service(view, id)?)))
         .collect()
@@ -425,8 +438,7 @@ mod tests {
     use rand::{Rng, SeedableRng};
 
     use super::*;
-    use crate::model::{Service, Task};
-    use crate::objects::Versioned;
+    use crate::model::Service;
 
     fn task(id: &str, node: Option<&str>, state: TaskState, rev: u64) -> Versioned<Task> {
         task_of("s", id, node, state, rev)
@@ -497,18 +509,15 @@ mod tests {
         let n1 = second.get("n1").unwrap();
         assert!(!Arc::ptr_eq(first.get("n1").unwrap(), n1));
         assert_eq!(n1.revision, 10);
-        // Only t1 changed: t4's encoding is the same bytes, not a new encoding.
-        assert_eq!(
-            n1.tasks.get("t4").unwrap().task.as_ptr(),
-            first
-                .get("n1")
-                .unwrap()
-                .tasks
-                .get("t4")
-                .unwrap()
-                .task
-                .as_ptr()
-        );
+        // Only t1 changed: t4's entry is the index's same record, not a copy.
+        assert!(Arc::ptr_eq(
+            &n1.tasks.get("t4").unwrap().0,
+            &first.get("n1").unwrap().tasks.get("t4").unwrap().0
+        ));
+        assert!(Arc::ptr_eq(
+            &n1.tasks.get("t4").unwrap().0,
+            v2.shared_task("t4").unwrap()
+        ));
         // An incremental stream that sent `first` gets t1 alone.
         let change = n1
             .changes_since(first.get("n1").unwrap())
@@ -572,7 +581,7 @@ mod tests {
                 tasks: set
                     .tasks
                     .iter()
-                    .map(|(id, e)| (id.clone(), e.task.clone()))
+                    .map(|(id, e)| (id.clone(), e.encode()))
                     .collect(),
                 services: set
                     .services

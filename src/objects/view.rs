@@ -163,6 +163,11 @@ impl View {
         self.tasks.get(id).map(|t| &**t)
     }
 
+    /// Task `id`'s record itself, for holders that keep it beyond this view without a copy.
+    pub fn shared_task(&self, id: &str) -> Option<&Arc<Versioned<Task>>> {
+        self.tasks.get(id)
+    }
+
     pub fn service_by_name(&self, name: &str) -> Option<&Versioned<Service>> {
         self.names.get(name).and_then(|id| self.service(id))
     }

@@ -248,7 +248,9 @@ async fn docker_cli_drives_the_cluster_through_any_manager() {
     }
     let port = ok(docker(&other, &["port", "web1", "80/tcp"], None), "port");
     let addr = port.lines().next().unwrap().to_string();
-    let answer = crate::fleet::http_get(&addr).await.unwrap_or_default();
+    let answer = crate::fleet::http_get_within(&addr, Duration::from_secs(10))
+        .await
+        .unwrap_or_default();
     assert!(
         answer.contains("200") && answer.contains("node: "),
         "{addr}: {answer}"

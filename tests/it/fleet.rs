@@ -415,6 +415,19 @@ pub async fn http_get(addr: &str) -> Option<String> {
     http_request(addr, "/", addr).await
 }
 
+/// `http_get` again every 100 ms until `addr` answers or `within` has passed: a RUNNING task's
+/// container has started, but its process may not be listening yet.
+pub async fn http_get_within(addr: &str, within: Duration) -> Option<String> {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let answer = http_get(addr).await;
+        if answer.is_some() || tokio::time::Instant::now() >= deadline {
+            return answer;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// One HTTP/1.0 GET of `path` with `Host: host`; the whole response, status line first.
 pub async fn http_request(addr: &str, path: &str, host: &str) -> Option<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

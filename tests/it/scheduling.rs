@@ -9,7 +9,9 @@ use serde_json::Value;
 use tokio::time::{sleep, Instant};
 
 use crate::cluster::serial;
-use crate::fleet::{docker_inspect, docker_ps, http_get, is_live, node_names, Fleet, WHOAMI};
+use crate::fleet::{
+    docker_inspect, docker_ps, http_get_within, is_live, node_names, Fleet, WHOAMI,
+};
 
 fn published(task: &Value) -> String {
     let port = &task["ports"][0];
@@ -54,7 +56,7 @@ async fn seed_scenario_spreads_replicas_and_honours_constraints() {
     // Each task answers on the address `service ps` shows for it.
     for task in &web {
         let addr = published(task);
-        let body = http_get(&addr)
+        let body = http_get_within(&addr, Duration::from_secs(10))
             .await
             .unwrap_or_else(|| panic!("no answer from {addr}"));
         let id = task["id"].as_str().unwrap();
