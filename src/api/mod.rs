@@ -3,8 +3,12 @@
 
 pub(crate) mod conn;
 pub mod docker;
+#[cfg(test)]
+mod fuzz;
 mod guard;
 pub mod http;
+#[cfg(test)]
+mod test_store;
 
 pub use self::conn::{
     ApiConns, ConnLimits, ConnStats, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS,

@@ -52,6 +52,8 @@ mod error;
 mod events;
 mod filters;
 pub(crate) mod forward;
+#[cfg(test)]
+mod fuzz_tests;
 mod guard;
 mod handover;
 mod images;

@@ -53,6 +53,8 @@
 mod acl;
 mod blocking;
 mod error;
+#[cfg(test)]
+mod fuzz_tests;
 mod kv;
 mod query;
 mod session;
