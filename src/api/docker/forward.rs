@@ -23,8 +23,12 @@ use crate::model::Node;
 
 /// Bound on opening the connection to a node.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Bound on a whole `request` (status and body); `send` streams and has none after connecting.
+/// Bound on a whole `request` (status and body), unless set with `within`; `send` streams and
+/// has none after connecting.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
+/// Most bytes of a node's answer that `request` and `collect` hold in memory: an engine's JSON
+/// answers and progress streams are far smaller, and a node cannot make the manager buffer more.
+pub(crate) const MAX_ANSWER: usize = 64 << 20;
 /// Per-connection headers of the caller's request that must not reach the node.
 const HOP_BY_HOP: [&str; 5] = [
     "keep-alive",
@@ -52,6 +56,9 @@ pub(crate) enum ForwardError {
     #[error("node engine endpoint {addr} gave no answer within {after:?}")]
     TimedOut { addr: String, after: Duration },
 
+    #[error("node engine endpoint {addr} answered more than {limit} bytes")]
+    TooLarge { addr: String, limit: usize },
+
     #[error("node engine endpoint {addr}: {reason}")]
     Protocol { addr: String, reason: String },
 
@@ -72,6 +79,8 @@ pub(crate) struct NodeEngine {
     addr: String,
     /// Mutual TLS to that node only; None only for tests' plaintext engine doubles.
     tls: Option<Connector>,
+    /// Bound on a whole `request`.
+    timeout: Duration,
 }
 
 impl NodeEngine {
@@ -92,7 +101,15 @@ impl NodeEngine {
             node: node.to_string(),
             addr: addr.into(),
             tls,
+            timeout: REQUEST_TIMEOUT,
         }
+    }
+
+    /// The same endpoint, its `request`s bounded by `timeout` instead of 2 minutes.
+    #[cfg(test)]
+    pub(crate) fn within(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
     }
 
     /// Sends `req` (path and query already rewritten by the caller, e.g.
@@ -166,8 +183,8 @@ impl NodeEngine {
             .map_err(|e| self.protocol(e))
     }
 
-    /// Sends `method path_and_query` with an optional JSON body and reads the whole answer, within
-    /// 2 minutes; for answers that are not streams.
+    /// Sends `method path_and_query` with an optional JSON body and reads the whole answer, at most
+    /// [`MAX_ANSWER`] bytes, within 2 minutes (or `within`'s); for answers that are not streams.
     pub(crate) async fn request(
         &self,
         method: Method,
@@ -186,21 +203,49 @@ impl NodeEngine {
         let exchange = async {
             let resp = self.send(req).await?;
             let status = resp.status();
-            let body = resp
-                .into_body()
-                .collect()
-                .await
-                .map_err(|e| self.protocol(e))?;
-            Ok::<_, ForwardError>((status, body.to_bytes()))
+            Ok::<_, ForwardError>((status, self.read_body(resp.into_body()).await?))
         };
-        tokio::time::timeout(REQUEST_TIMEOUT, exchange)
+        tokio::time::timeout(self.timeout, exchange)
             .await
-            .unwrap_or_else(|_| {
-                Err(ForwardError::TimedOut {
-                    addr: self.addr.clone(),
-                    after: REQUEST_TIMEOUT,
-                })
-            })
+            .unwrap_or_else(|_| Err(self.timed_out(self.timeout)))
+    }
+
+    /// Sends `req` (as `send`) and reads the whole answer, at most [`MAX_ANSWER`] bytes, all
+    /// within `within`: for the fan-outs whose answers are progress streams (`pull`, `load`).
+    pub(crate) async fn collect(
+        &self,
+        req: Request<axum::body::Body>,
+        within: Duration,
+    ) -> Result<(StatusCode, Bytes), ForwardError> {
+        let exchange = async {
+            let resp = self.send(req).await?;
+            let status = resp.status();
+            Ok::<_, ForwardError>((status, self.read_body(resp.into_body()).await?))
+        };
+        tokio::time::timeout(within, exchange)
+            .await
+            .unwrap_or_else(|_| Err(self.timed_out(within)))
+    }
+
+    async fn read_body(&self, body: Incoming) -> Result<Bytes, ForwardError> {
+        match http_body_util::Limited::new(body, MAX_ANSWER)
+            .collect()
+            .await
+        {
+            Ok(body) => Ok(body.to_bytes()),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ForwardError::TooLarge {
+                addr: self.addr.clone(),
+                limit: MAX_ANSWER,
+            }),
+            Err(e) => Err(self.protocol(e)),
+        }
+    }
+
+    fn timed_out(&self, after: Duration) -> ForwardError {
+        ForwardError::TimedOut {
+            addr: self.addr.clone(),
+            after,
+        }
     }
 
     fn unreachable(&self, reason: impl ToString) -> ForwardError {

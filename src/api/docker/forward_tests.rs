@@ -231,3 +231,53 @@ async fn another_nodes_certificate_at_the_address_is_refused() {
         .unwrap();
     assert_eq!(status, StatusCode::OK);
 }
+
+/// A node that takes the request and never answers costs its caller the timeout it chose, then
+/// an error naming the node's address.
+#[tokio::test]
+async fn a_node_that_never_answers_times_out_naming_its_address() {
+    let node = serve(|_req: Request<Incoming>| async {
+        std::future::pending::<()>().await;
+        unreachable!()
+    })
+    .await
+    .to_string();
+    let started = tokio::time::Instant::now();
+    let err = NodeEngine::new("n1", &node, None)
+        .within(Duration::from_millis(300))
+        .request(Method::GET, "/images/json", None)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ForwardError::TimedOut { .. }), "{err:?}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(err.to_string().contains(&node), "{err}");
+
+    let req = Request::post("/images/create?fromImage=x")
+        .body(axum::body::Body::empty())
+        .unwrap();
+    let err = NodeEngine::new("n1", &node, None)
+        .collect(req, Duration::from_millis(300))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ForwardError::TimedOut { .. }), "{err:?}");
+}
+
+/// A node cannot make the manager buffer more than `MAX_ANSWER` of its answer.
+#[tokio::test]
+async fn an_answer_beyond_the_cap_is_refused() {
+    let node = serve(|_req: Request<Incoming>| async {
+        let chunk = Bytes::from(vec![b'x'; 1 << 20]);
+        let chunks = (0..(MAX_ANSWER >> 20) + 2)
+            .map(move |_| Ok::<_, Infallible>(hyper::body::Frame::data(chunk.clone())));
+        let body = http_body_util::StreamBody::new(futures::stream::iter(chunks));
+        Response::new(axum::body::Body::new(body))
+    })
+    .await
+    .to_string();
+    let err = NodeEngine::new("n1", &node, None)
+        .request(Method::GET, "/images/json", None)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ForwardError::TooLarge { .. }), "{err:?}");
+    assert!(err.to_string().contains(&node), "{err}");
+}

@@ -3,11 +3,11 @@
 //! `docker pull` asks each node, reporting each node's error by name.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::http::{Method, Request, StatusCode};
 use axum::response::{IntoResponse, Response};
-use http_body_util::BodyExt;
 use serde_json::{json, Value};
 
 use super::containers::{encode, passthrough};
@@ -19,6 +19,9 @@ use crate::model::Node;
 
 /// `docker load` archives up to this size are buffered and sent to every node.
 pub(crate) const MAX_LOAD: usize = 2 << 30;
+/// Bound on one node's `pull` or `load` (the nodes run at once): a node that has not finished by
+/// then is reported by name as timed out, and the others' answers are not held back longer.
+const FAN_OUT_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 
 async fn nodes(api: &Api, only: &[String]) -> Result<Vec<Node>, DockerError> {
     let view = api.objects.view().await?;
@@ -46,8 +49,16 @@ pub(crate) async fn list(api: &Api, q: &Query) -> Result<Response, DockerError> 
         path.push_str(&format!("?filters={}", encode(&filters.to_json())));
     }
     let mut merged: BTreeMap<String, Value> = BTreeMap::new();
-    for node in nodes(api, &only).await? {
-        let (status, body) = match engine(api, &node).request(Method::GET, &path, None).await {
+    let nodes = nodes(api, &only).await?;
+    // All nodes at once: one slow node costs its own timeout, not the sum.
+    let answers = futures::future::join_all(
+        nodes
+            .iter()
+            .map(|node| async { engine(api, node).request(Method::GET, &path, None).await }),
+    )
+    .await;
+    for (node, answer) in nodes.iter().zip(answers) {
+        let (status, body) = match answer {
             Ok(answer) => answer,
             Err(e) => {
                 tracing::warn!(node = %node.name, "listing images: {e}");
@@ -106,12 +117,16 @@ pub(crate) async fn remove(api: &Api, name: &str, q: &Query) -> Result<Response,
     let mut deleted = Vec::new();
     let mut errors = Vec::new();
     let force = if q.flag("force") { "?force=1" } else { "" };
-    for node in nodes(api, &[]).await? {
-        let path = format!("/images/{name}{force}");
-        match engine(api, &node)
-            .request(Method::DELETE, &path, None)
-            .await
-        {
+    let path = format!("/images/{name}{force}");
+    let nodes = nodes(api, &[]).await?;
+    let answers = futures::future::join_all(
+        nodes
+            .iter()
+            .map(|node| async { engine(api, node).request(Method::DELETE, &path, None).await }),
+    )
+    .await;
+    for (node, answer) in nodes.iter().zip(answers) {
+        match answer {
             Ok((status, body)) if status.is_success() => {
                 if let Ok(Value::Array(items)) = serde_json::from_slice::<Value>(&body) {
                     deleted.extend(items);
@@ -229,34 +244,43 @@ pub(crate) async fn pull(
     .await
 }
 
-/// POSTs the request `build` makes to every READY node and merges their progress streams, each
-/// message prefixed with its node, errors last.
+/// POSTs the request `build` makes to every READY node, all at once, and merges their progress
+/// streams, each message prefixed with its node, errors last: a node that fails, answers too
+/// much or takes longer than [`FAN_OUT_TIMEOUT`] is an error naming it.
 async fn fan_out(
     api: &Api,
     build: impl Fn(axum::http::request::Builder) -> Result<Request<Body>, axum::http::Error>,
 ) -> Result<Response, DockerError> {
-    let mut out = Vec::new();
-    let mut errors = Vec::new();
-    for node in nodes(api, &[]).await? {
+    let nodes = nodes(api, &[]).await?;
+    let engines: Vec<NodeEngine> = nodes.iter().map(|node| engine(api, node)).collect();
+    let mut requests = Vec::new();
+    for engine in &engines {
         let req = build(Request::builder().method(Method::POST))
             .map_err(|e| DockerError::Internal(e.to_string()))?;
-        match engine(api, &node).send(req).await {
-            Ok(resp) => {
-                let status = resp.status();
-                let bytes = resp
-                    .into_body()
-                    .collect()
-                    .await
-                    .map(|c| c.to_bytes())
-                    .unwrap_or_default();
+        requests.push(engine.collect(req, FAN_OUT_TIMEOUT));
+    }
+    let names: Vec<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
+    Ok(merge(&names, futures::future::join_all(requests).await))
+}
+
+/// The answers of the nodes called `names` to a fan-out as one progress stream (see `fan_out`).
+fn merge(
+    names: &[&str],
+    answers: Vec<Result<(StatusCode, Bytes), super::forward::ForwardError>>,
+) -> Response {
+    let mut out = Vec::new();
+    let mut errors = Vec::new();
+    for (name, answer) in names.iter().copied().zip(answers) {
+        match answer {
+            Ok((status, bytes)) => {
                 if status.is_success() {
-                    prefixed(&node.name, &bytes, &mut out, &mut errors);
+                    prefixed(name, &bytes, &mut out, &mut errors);
                 } else {
-                    errors.push(error(&node.name, &message(&bytes)));
+                    errors.push(error(name, &message(&bytes)));
                 }
             }
-            Err(e) => errors.push(error(&node.name, &e.to_string())),
+            Err(e) => errors.push(error(name, &e.to_string())),
         }
     }
-    Ok(stream_of(out, errors))
+    stream_of(out, errors)
 }
