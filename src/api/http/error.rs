@@ -20,7 +20,7 @@ pub(crate) enum ApiError {
     /// 413: a value or transaction over the limits.
     #[error("{0}")]
     TooLarge(String),
-    /// 500: Consul answers an unknown session this way.
+    /// 500: Consul answers an unknown session or datacenter this way.
     #[error("{0}")]
     Internal(String),
     /// 403: a write into `/shoal/`, the cluster's own records (answered as JSON,

@@ -116,10 +116,10 @@ fn request() -> impl Strategy<Value = Hostile> {
         })
 }
 
-/// 500 for an unknown session in `?acquire` is Consul's own answer (documented in `mod.rs`);
-/// clients match on it.
+/// 500 for an unknown session in `?acquire` and for a `?dc` other than ours ("No path to
+/// datacenter") are Consul's own answers (documented in `mod.rs`); clients match on them.
 fn consul_compatible_500(status: u16, body: &str) -> bool {
-    status == 500 && body.contains("invalid session")
+    status == 500 && (body.contains("invalid session") || body.contains("No path to datacenter"))
 }
 
 #[test]

@@ -74,8 +74,8 @@ impl Query {
         }
         if let Some(dc) = q.get("dc") {
             if !dc.is_empty() && dc != DATACENTER {
-                // Consul answers 500 here; a wrong `dc` is the client's mistake, so 400.
-                return Err(ApiError::BadRequest(format!(
+                // Consul's answer for a datacenter it cannot route to.
+                return Err(ApiError::Internal(format!(
                     "No path to datacenter {dc:?}: a shoal cluster is the single datacenter {DATACENTER:?}"
                 )));
             }
