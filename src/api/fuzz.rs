@@ -204,3 +204,11 @@ pub(crate) fn body(samples: &'static [&'static str]) -> impl Strategy<Value = Ve
         1 => prop::collection::vec(any::<u8>(), 0..64),
     ]
 }
+
+/// That a run's requests reached the handlers (statuses seen -> count): some succeeded, and
+/// several kinds of client error came back, so a test cannot pass by refusing all at the door.
+pub(crate) fn assert_reached_handlers(seen: &std::collections::BTreeMap<u16, usize>) {
+    eprintln!("statuses: {seen:?}");
+    assert!(seen.range(200..300).count() >= 1, "{seen:?}");
+    assert!(seen.range(400..500).count() >= 3, "{seen:?}");
+}

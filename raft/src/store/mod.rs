@@ -161,6 +161,11 @@ fn raft_err<E: std::fmt::Display>(e: E) -> StoreError {
 impl Store {
     /// Whether the membership this replica knows includes it.
     pub fn is_member(&self) -> bool {
+        self.member(self.inner.id).is_some()
+    }
+
+    /// Member `id` as the membership this replica knows has it.
+    pub(crate) fn member(&self, id: NodeId) -> Option<ManagerNode> {
         let m = self
             .inner
             .raft
@@ -168,7 +173,7 @@ impl Store {
             .borrow_watched()
             .membership_config
             .clone();
-        m.membership().get_node(&self.inner.id).is_some()
+        m.membership().get_node(&id).cloned()
     }
 
     pub fn id(&self) -> NodeId {

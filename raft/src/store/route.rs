@@ -8,7 +8,6 @@ use std::future::Future;
 use std::time::Duration;
 
 use openraft::error::RaftError;
-use openraft::type_config::async_runtime::WatchReceiver;
 use openraft::ReadPolicy;
 use shoal_proto::raft::raft_service_client::RaftServiceClient;
 use shoal_proto::raft::Blob;
@@ -193,18 +192,9 @@ impl Router for Store {
         req: &LeaderRequest,
         timeout: Duration,
     ) -> Result<LeaderResponse, StoreError> {
-        let addr = {
-            let m = self
-                .inner
-                .raft
-                .metrics()
-                .borrow_watched()
-                .membership_config
-                .clone();
-            match m.membership().get_node(&leader) {
-                Some(n) => n.grpc.clone(),
-                None => return Err(StoreError::NoLeader { waited_ms: 0 }),
-            }
+        let addr = match self.member(leader) {
+            Some(n) => n.grpc,
+            None => return Err(StoreError::NoLeader { waited_ms: 0 }),
         };
         let mut client = self.peer_client(&addr)?;
         let data = codec::encode(req)?;
